@@ -319,7 +319,7 @@ class PipelineStateManager:
     def _record(s: _Session, t: float, event: str, service: str | None, error: str | None,
                 advance: bool) -> Transition:
         sv = s.services
-        tr = Transition(t, s.session_id, s.seq, event, service, s.turn_id, s.status, s.state,
+        tr = Transition(float(t), s.session_id, s.seq, event, service, s.turn_id, s.status, s.state,
                         sv["stt"], sv["llm"], sv["tts"], s.buffer_size, s.audio_quality, error)
         if advance:
             s.seq += 1

@@ -1,0 +1,252 @@
+"""Latency and duration distributions, as they are written in scenario files, and their samplers.
+
+In a scenario file a distribution is a bare number (a constant) or a mapping with a ``kind``::
+
+    latency_s: 0.25                                  # constant
+    latency_s: {kind: exponential, mean: 0.2}
+    latency_s: {kind: lognormal, p50: 0.25, p95: 0.35}
+    latency_s: {kind: gamma, mean: 0.3, cv: 0.5}
+    latency_s: {kind: uniform, low: 0.1, high: 0.3}
+    latency_s: {kind: normal, mean: 0.3, sd: 0.05}   # truncated at 0
+    latency_s: {kind: empirical, csv: stt_latencies.csv, column: latency_s}
+    latency_s: {kind: empirical, samples: [0.21, 0.25, 0.4]}
+
+Samplers draw in blocks from one ``numpy.random.Generator`` (fast, and deterministic for a given
+stream).
+
+>>> import numpy as np
+>>> d = parse_distribution({"kind": "lognormal", "p50": 0.25, "p95": 0.35})
+>>> s = d.sampler(np.random.default_rng(1))
+>>> 0.1 < s() < 1.0
+True
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+_Z95 = 1.6448536269514722  # standard normal quantile at 0.95
+_BLOCK = 64
+
+
+class _Dist(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def mean(self) -> float:
+        """The distribution's mean (analytic where there is one)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def sampler(self, rng: np.random.Generator) -> Sampler:
+        """A callable that returns one draw at a time, drawing ``rng`` in blocks."""
+        return Sampler(self, rng)
+
+
+class Constant(_Dist):
+    kind: Literal["constant"] = "constant"
+    value: Annotated[float, Field(ge=0)]
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return np.full(n, self.value)
+
+    @property
+    def mean(self) -> float:
+        return self.value
+
+    def sampler(self, rng: np.random.Generator) -> Sampler:
+        return _ConstantSampler(self.value)  # type: ignore[return-value]
+
+
+class Exponential(_Dist):
+    kind: Literal["exponential"] = "exponential"
+    mean_: Annotated[float, Field(gt=0, alias="mean")]
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.exponential(self.mean_, n)
+
+    @property
+    def mean(self) -> float:
+        return self.mean_
+
+
+class LogNormal(_Dist):
+    """Given by its median and 95th percentile, as latency figures are published."""
+
+    kind: Literal["lognormal"] = "lognormal"
+    p50: Annotated[float, Field(gt=0)]
+    p95: Annotated[float, Field(gt=0)]
+
+    @model_validator(mode="after")
+    def _p95_above_p50(self) -> LogNormal:
+        if self.p95 <= self.p50:
+            raise ValueError(f"p95 must be greater than p50, got p50={self.p50} p95={self.p95}")
+        return self
+
+    @property
+    def sigma(self) -> float:
+        return math.log(self.p95 / self.p50) / _Z95
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.lognormal(math.log(self.p50), self.sigma, n)
+
+    @property
+    def mean(self) -> float:
+        return self.p50 * math.exp(self.sigma**2 / 2)
+
+
+class Gamma(_Dist):
+    """Given by its mean and coefficient of variation (sd / mean)."""
+
+    kind: Literal["gamma"] = "gamma"
+    mean_: Annotated[float, Field(gt=0, alias="mean")]
+    cv: Annotated[float, Field(gt=0)]
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        shape = 1.0 / self.cv**2
+        return rng.gamma(shape, self.mean_ / shape, n)
+
+    @property
+    def mean(self) -> float:
+        return self.mean_
+
+
+class Uniform(_Dist):
+    kind: Literal["uniform"] = "uniform"
+    low: Annotated[float, Field(ge=0)]
+    high: Annotated[float, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if self.high < self.low:
+            raise ValueError(f"high must be >= low, got low={self.low} high={self.high}")
+        return self
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.uniform(self.low, self.high, n)
+
+    @property
+    def mean(self) -> float:
+        return (self.low + self.high) / 2
+
+
+class Normal(_Dist):
+    """Truncated at zero: durations are never negative."""
+
+    kind: Literal["normal"] = "normal"
+    mean_: Annotated[float, Field(ge=0, alias="mean")]
+    sd: Annotated[float, Field(ge=0)]
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return np.maximum(rng.normal(self.mean_, self.sd, n), 0.0)
+
+    @property
+    def mean(self) -> float:
+        return self.mean_
+
+
+class Empirical(_Dist):
+    """Resamples observed values: inline ``samples`` or a ``column`` of a ``csv`` file (a path relative
+    to the scenario file)."""
+
+    kind: Literal["empirical"] = "empirical"
+    samples: tuple[float, ...] | None = None
+    csv_: Annotated[str | None, Field(alias="csv")] = None
+    column: str | None = None
+
+    @field_validator("samples")
+    @classmethod
+    def _non_negative(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is not None and (not v or min(v) < 0):
+            raise ValueError("samples must be a non-empty list of values >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Empirical:
+        if (self.samples is None) == (self.csv_ is None):
+            raise ValueError("give exactly one of 'samples' or 'csv' (with 'column')")
+        return self
+
+    def resolved(self, base_dir: Path) -> Empirical:
+        """Load the CSV column (relative to ``base_dir``) into ``samples``."""
+        if self.samples is not None:
+            return self
+        path = Path(self.csv_ or "")
+        path = path if path.is_absolute() else base_dir / path
+        try:
+            with path.open(newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        column = self.column or (list(rows[0])[0] if rows else "")
+        if not rows or column not in rows[0]:
+            raise ValueError(f"{path} has no column {column!r}")
+        try:
+            values = tuple(float(r[column]) for r in rows if r[column] not in ("", None))
+        except ValueError as exc:
+            raise ValueError(f"{path} column {column!r}: {exc}") from None
+        return Empirical(samples=values)
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        if self.samples is None:
+            raise ValueError("empirical distribution from a CSV must be resolved before sampling")
+        return rng.choice(np.asarray(self.samples), n)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.samples)) if self.samples else math.nan
+
+
+Distribution = Annotated[
+    Constant | Exponential | LogNormal | Gamma | Uniform | Normal | Empirical, Field(discriminator="kind")
+]
+_adapter: TypeAdapter[Any] = TypeAdapter(Distribution)
+
+
+def coerce_distribution(value: Any) -> Any:
+    """Scenario-file shorthand: a bare number is a constant."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return {"kind": "constant", "value": value}
+    return value
+
+
+def parse_distribution(value: Any) -> _Dist:
+    """Validate one distribution given as in a scenario file."""
+    return _adapter.validate_python(coerce_distribution(value))
+
+
+class Sampler:
+    """Returns one draw per call, refilling a block of draws from its generator when empty."""
+
+    __slots__ = ("_dist", "_rng", "_block", "_i")
+
+    def __init__(self, dist: _Dist, rng: np.random.Generator) -> None:
+        self._dist, self._rng = dist, rng
+        self._block: list[float] = []
+        self._i = 0
+
+    def __call__(self) -> float:
+        if self._i >= len(self._block):
+            self._block = self._dist.draw(self._rng, _BLOCK).tolist()
+            self._i = 0
+        value = self._block[self._i]
+        self._i += 1
+        return value
+
+
+class _ConstantSampler:
+    __slots__ = ("value",)
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __call__(self) -> float:
+        return self.value

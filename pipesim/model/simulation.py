@@ -1,0 +1,621 @@
+"""The SimPy model of the whole pipeline, driving the real state manager.
+
+One generator per actor, in SimPy's style: a user per session (speaks, waits, speaks again), a turn
+(STT, then LLM streaming into TTS), the services as ``simpy.Resource`` pools, Kafka in closed form.
+The model never reads a wall clock and does no I/O: offline, ``env.run()`` goes as fast as it can;
+live, :mod:`pipesim.live` steps the same environment in real time and calls :meth:`Simulation.control`.
+
+Cancelling (pause, stop, barge-in, a failed turn) needs no SimPy interrupts: every process belongs to a
+session *epoch* or a turn, and when it wakes into an epoch or turn that is over it returns quietly. Queued
+requests of a cancelled turn are withdrawn and its workers released at once.
+
+>>> from pipesim.scenario import Scenario
+>>> sim = Simulation(Scenario.model_validate({"sessions": {"arrivals": {"kind": "at_once", "count": 3}}}))
+>>> sim.run()
+>>> len(sim.trace.turns) >= 15
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Generator
+from typing import Any
+
+import numpy as np
+import simpy
+
+from pipesim.model.kafka import KafkaBroker
+from pipesim.model.streams import Streams
+from pipesim.scenario import AtOnce, Poisson, Ramp, Scenario, ScriptedSession
+from pipesim.state import IllegalTransition, PipelineStateManager, Transition, UnknownSession
+from pipesim.state.rules import ACTIVE, EXECUTING, STOPPED
+from pipesim.trace import TURN_COLUMNS, Trace
+
+SERVICES = ("stt", "llm", "tts")
+_NAN = math.nan
+_TURN_INDEX = {name: i for i, name in enumerate(TURN_COLUMNS)}
+
+
+class _Turn:
+    """One user turn in flight: its record, its resource requests and the events that join its parts."""
+
+    __slots__ = ("turn_id", "rec", "requests", "first_sentence", "llm_done", "finished", "done", "tokens")
+
+    def __init__(self, env: simpy.Environment, session_id: str, turn_id: int) -> None:
+        self.turn_id = turn_id
+        self.rec: list[Any] = [_NAN] * len(TURN_COLUMNS)
+        self.rec[0], self.rec[1], self.rec[3] = session_id, turn_id, None
+        for name in ("stt_timeouts", "llm_timeouts", "tts_timeouts", "audio_bytes"):
+            self.rec[_TURN_INDEX[name]] = 0
+        self.requests: list[tuple[simpy.Resource, simpy.resources.resource.Request]] = []
+        self.first_sentence = env.event()
+        self.llm_done = env.event()
+        self.finished = env.event()
+        self.done = False
+        self.tokens = 0
+
+    def set(self, column: str, value: Any) -> None:
+        self.rec[_TURN_INDEX[column]] = value
+
+    def get(self, column: str) -> Any:
+        return self.rec[_TURN_INDEX[column]]
+
+
+class _Session:
+    """The model's side of one session: its random streams, progress and the turn in flight."""
+
+    __slots__ = ("id", "script", "epoch", "turns_done", "repeats", "n_turns", "snr_db", "turn", "draw",
+                 "user_rng", "services_rng", "ended")
+
+    def __init__(self, sim: Simulation, session_id: str, script: ScriptedSession | None) -> None:
+        scn, streams = sim.scenario, sim.streams
+        self.id, self.script = session_id, script
+        self.epoch, self.turns_done, self.repeats = 0, 0, 0
+        self.turn: _Turn | None = None
+        self.ended = False
+        self.user_rng = streams.generator(session_id, "user")
+        u, sv, q = scn.sessions, scn.services, scn.quality
+        rngs = {name: streams.generator(session_id, name) for name in (*SERVICES, "kafka")}
+        self.services_rng = rngs
+        # One sampler per quantity, each drawing its stream in blocks (see pipesim.distributions).
+        self.draw: dict[str, Callable[[], float]] = {
+            "first_speech": u.first_speech_delay_s.sampler(self.user_rng),
+            "utterance": u.utterance_s.sampler(self.user_rng),
+            "eou": u.end_of_utterance_delay_s.sampler(self.user_rng),
+            "think": u.think_time_s.sampler(self.user_rng),
+            "barge_after": u.barge_in_after_s.sampler(self.user_rng),
+            "stt": sv.stt.latency_s.sampler(rngs["stt"]),
+            "ttft": sv.llm.ttft_s.sampler(rngs["llm"]),
+            "per_token": sv.llm.per_token_s.sampler(rngs["llm"]),
+            "tokens": sv.llm.tokens.sampler(rngs["llm"]),
+            "ttfb": sv.tts.ttfb_s.sampler(rngs["tts"]),
+            "kafka": scn.kafka.latency_s.sampler(rngs["kafka"]),
+        }
+        if script is None:
+            self.n_turns = max(1, round(u.turns.sampler(self.user_rng)()))
+            self.snr_db = q.snr_mean_db + q.snr_user_sd_db * float(self.user_rng.standard_normal())
+        else:
+            self.n_turns = 0
+            self.snr_db = q.snr_mean_db if script.snr_db is None else script.snr_db
+
+
+class Simulation:
+    """The pipeline model for one scenario and seed, on a SimPy environment.
+
+    ``run()`` simulates offline. The live server uses ``env``, :meth:`control` and :meth:`inject_fault`.
+    Everything that happens is in :attr:`trace`; :attr:`manager` is the real state manager.
+
+    >>> from pipesim.scenario import Scenario
+    >>> sim = Simulation(Scenario(), live=True)
+    >>> sim.control("abc", "start").status
+    'active'
+    """
+
+    def __init__(self, scenario: Scenario, seed: int | None = None, env: simpy.Environment | None = None,
+                 live: bool = False) -> None:
+        self.scenario = scenario
+        self.seed = scenario.seed if seed is None else int(seed)
+        self.env = env or simpy.Environment()
+        self.live = live
+        self.streams = Streams(self.seed)
+        self.manager = PipelineStateManager(max_retries=scenario.kafka.max_retries)
+        self.trace = Trace({"scenario": scenario.name, "seed": self.seed})
+        self.manager.subscribe(self.trace.on_transition)
+        self.kafka = KafkaBroker(scenario, self.streams.generator("kafka-broker"))
+        self.pools = {name: simpy.Resource(self.env, getattr(scenario.services, name).capacity)
+                      for name in SERVICES}
+        self.sessions: dict[str, _Session] = {}
+        self.expected_sessions = self._count_expected()
+        self.on_session_end: Callable[[str], None] | None = None
+        cfg = scenario.audio
+        self._chunk_s, self._chunk_bytes, self._interval = cfg.chunk_s, cfg.chunk_bytes, cfg.metadata_interval_s
+        self._started = False
+
+    # Public API ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Schedule the scenario's arrivals and scripted sessions (once)."""
+        if self._started:
+            return
+        self._started = True
+        arrivals = self.scenario.sessions.arrivals
+        if isinstance(arrivals, AtOnce):
+            for i in range(arrivals.count):
+                self._spawn(self._session_id(i))
+        else:
+            self.env.process(self._arrivals())
+        for script in self.scenario.sessions.scripted:
+            self.env.process(self._script(script))
+
+    def run(self, until: float | None = None) -> None:
+        """Run offline, as fast as possible, until ``until`` (default: the scenario's ``duration_s``, or
+        when nothing is left to happen)."""
+        self.start()
+        horizon = until if until is not None else self.scenario.duration_s
+        self.env.run(until=horizon)
+
+    def control(self, session_id: str, action: str) -> Transition:
+        """Apply a conversation control now. ``start`` on an unknown session creates it (live mode).
+
+        Raises :class:`~pipesim.state.IllegalTransition` or :class:`~pipesim.state.UnknownSession`, with
+        nothing changed, when the control does not fit the session's state.
+        """
+        s = self.sessions.get(session_id)
+        if s is None:
+            if action == "start" and self.live:
+                return self._spawn(session_id)
+            raise UnknownSession(session_id)
+        now = self.env.now
+        if action == "start":
+            tr = self.manager.start(session_id, now)
+            if s.script is None:
+                s.epoch += 1
+                self.env.process(self._user(s, s.epoch, fresh=False))
+            return tr
+        if action == "pause":
+            tr = self.manager.pause(session_id, now)
+            self._abandon(s, "cancelled")
+            return tr
+        if action == "stop":
+            tr = self.manager.stop(session_id, now)
+            self._abandon(s, "cancelled")
+            self._ended(s)
+            return tr
+        return self.manager.control(session_id, action, now)  # raises: unknown action
+
+    def inject_fault(self, fault: str, service: str | None = None, duration_s: float = 5.0,
+                     session_id: str | None = None) -> None:
+        """Live faults: a Kafka stall (all topics or ``service``'s) or a service outage, from now for
+        ``duration_s``. (``disconnect`` is the server's business, not the model's.)"""
+        now = self.env.now
+        if fault == "kafka_stall":
+            self.kafka.add_window(service, now, now + duration_s, cause="injected")
+        elif fault == "service_outage":
+            if service not in SERVICES:
+                raise ValueError(f"service_outage needs a service (stt, llm or tts), got {service!r}")
+            self.kafka.add_window(service, now, now + duration_s, cause="injected_outage")
+        else:
+            raise ValueError(f"unknown fault {fault!r}")
+
+    @property
+    def sessions_ended(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.ended)
+
+    # Sessions --------------------------------------------------------------------------------------
+    def _session_id(self, i: int) -> str:
+        return f"{self.scenario.sessions.id_prefix}-{i + 1:05d}"
+
+    def _count_expected(self) -> int | None:
+        arrivals, scripted = self.scenario.sessions.arrivals, len(self.scenario.sessions.scripted)
+        if isinstance(arrivals, AtOnce):
+            return arrivals.count + scripted
+        if isinstance(arrivals, Poisson) and arrivals.count is not None and arrivals.duration_s is None:
+            return arrivals.count + scripted
+        return None
+
+    def _spawn(self, session_id: str, script: ScriptedSession | None = None, start: bool = True) -> Transition:
+        if session_id in self.manager:
+            raise IllegalTransition(session_id, "lifecycle", self.manager.status(session_id), "create",
+                                    "a session with this id exists")
+        s = self.sessions[session_id] = _Session(self, session_id, script)
+        tr = self.manager.create_session(session_id, self.env.now)
+        if start:
+            tr = self.manager.start(session_id, self.env.now)
+            if script is None:
+                self.env.process(self._user(s, s.epoch, fresh=True))
+        return tr
+
+    def _arrivals(self) -> Generator[simpy.Event, Any, None]:
+        arrivals = self.scenario.sessions.arrivals
+        rng = self.streams.generator("arrivals")
+        env, i = self.env, 0
+        if isinstance(arrivals, Poisson):
+            limit = arrivals.count if arrivals.count is not None else math.inf
+            end = arrivals.duration_s if arrivals.duration_s is not None else math.inf
+            gaps = rng.exponential(1.0 / arrivals.rate_per_s, 256).tolist()
+            while i < limit:
+                if not gaps:
+                    gaps = rng.exponential(1.0 / arrivals.rate_per_s, 256).tolist()
+                gap = gaps.pop()
+                if env.now + gap >= end:
+                    return
+                yield env.timeout(gap)
+                self._spawn(self._session_id(i))
+                i += 1
+            return
+        assert isinstance(arrivals, Ramp)
+        # Thinning (Lewis & Shedler): candidates at the peak rate, kept with probability rate(t)/peak.
+        times = np.array([p[0] for p in arrivals.points])
+        rates = np.array([p[1] for p in arrivals.points])
+        peak = float(rates.max())
+        if peak <= 0:
+            return
+        t = float(times[0])
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        while True:
+            t += float(rng.exponential(1.0 / peak))
+            if t >= times[-1]:
+                return
+            if rng.random() * peak <= float(np.interp(t, times, rates)):
+                yield env.timeout(t - env.now)
+                self._spawn(self._session_id(i))
+                i += 1
+
+    def _ended(self, s: _Session) -> None:
+        s.ended = True
+        s.epoch += 1
+        if self.on_session_end is not None:
+            self.on_session_end(s.id)
+
+    def _finish(self, s: _Session) -> None:
+        self._abandon(s, "cancelled")
+        self.manager.stop(s.id, self.env.now)
+        self._ended(s)
+
+    def _user(self, s: _Session, epoch: int, fresh: bool) -> Generator[simpy.Event, Any, None]:
+        """A simulated user: speaks, waits for the reply (or barges in), thinks, speaks again."""
+        env, draw, cfg = self.env, s.draw, self.scenario.sessions
+        if fresh:
+            yield env.timeout(draw["first_speech"]())
+            if s.epoch != epoch:
+                return
+        while s.turns_done < s.n_turns:
+            turn = yield from self._speak(s, epoch, draw["utterance"]())
+            if turn is None:
+                return
+            outcome = yield turn.finished
+            if s.epoch != epoch:
+                return
+            if outcome == "failed" and s.repeats < cfg.max_repeats:
+                s.repeats += 1  # the agent re-prompts; the user says it again
+            else:
+                s.turns_done += 1
+                s.repeats = 0
+            if outcome == "barge_in":
+                continue  # the user is already speaking: that is the next utterance
+            yield env.timeout(draw["think"]())
+            if s.epoch != epoch:
+                return
+        self._finish(s)
+
+    def _speak(self, s: _Session, epoch: int, duration: float) -> Generator[simpy.Event, Any, _Turn | None]:
+        """The user speaks for ``duration`` s: the buffer grows chunk by chunk and the running quality is
+        reported every ``metadata_interval_s`` (closed form: one event per report, not per chunk). After the
+        end-of-utterance delay the turn is handed to the pipeline. Returns the turn, or None if cancelled."""
+        env, mgr, sid = self.env, self.manager, s.id
+        t0 = env.now
+        mgr.speech_started(sid, t0)
+        n_chunks = max(1, math.ceil(duration / self._chunk_s - 1e-9))
+        q = self.scenario.quality
+        snr = s.snr_db + q.snr_chunk_sd_db * s.user_rng.standard_normal(n_chunks)
+        running = np.cumsum(1.0 / (1.0 + np.exp(-(snr - q.midpoint_db) / q.scale_db))) / np.arange(1, n_chunks + 1)
+        running = np.round(running, 4).tolist()
+        if self._interval:
+            k = 1
+            while k * self._interval < duration:
+                yield env.timeout(t0 + k * self._interval - env.now)
+                if s.epoch != epoch:
+                    return None
+                chunks = min(n_chunks, int((env.now - t0) / self._chunk_s + 1e-9))
+                if chunks:
+                    mgr.audio(sid, env.now, chunks * self._chunk_bytes, running[chunks - 1])
+                k += 1
+        yield env.timeout(t0 + duration - env.now)
+        if s.epoch != epoch:
+            return None
+        quality = running[-1]
+        mgr.audio(sid, env.now, n_chunks * self._chunk_bytes, quality)
+        speech_end = env.now
+        self.trace.model_event(speech_end, sid, -1, "speech_ended", value=duration)
+        yield env.timeout(s.draw["eou"]())
+        if s.epoch != epoch:
+            return None
+        tr = mgr.utterance_ended(sid, env.now)
+        turn = s.turn = _Turn(env, sid, tr.turn_id)
+        turn.set("speech_start", t0)
+        turn.set("speech_end", speech_end)
+        turn.set("utterance_ended", env.now)
+        turn.set("utterance_duration", duration)
+        turn.set("audio_quality", quality)
+        turn.set("audio_bytes", n_chunks * self._chunk_bytes)
+        turn.set("end_of_utterance_delay", env.now - speech_end)
+        env.process(self._pipeline(s, turn))
+        return turn
+
+    def _script(self, script: ScriptedSession) -> Generator[simpy.Event, Any, None]:
+        """A scripted session: does exactly what its timeline says, at the times it says."""
+        env, steps = self.env, script.timeline
+        first = steps[0]
+        if first.at > env.now:
+            yield env.timeout(first.at - env.now)
+        self._spawn(script.id, script)  # an opening ``start`` step is the session's start
+        s = self.sessions[script.id]
+        for step in steps[1:] if first.action == "start" else steps:
+            if step.at > env.now:
+                yield env.timeout(step.at - env.now)
+            if s.ended:
+                return
+            try:
+                if step.action is None:
+                    self._scripted_speech(s, step.speak or 0.0)
+                elif step.action == "barge_in":
+                    self._barge_in(s)
+                else:
+                    self.control(s.id, step.action)
+                    if step.action == "stop":
+                        return
+            except (IllegalTransition, UnknownSession) as exc:
+                self.trace.model_event(env.now, s.id, -1, "script_step_ignored", detail=str(exc))
+
+    def _scripted_speech(self, s: _Session, duration: float) -> None:
+        if self.manager.status(s.id) != ACTIVE:
+            raise IllegalTransition(s.id, "lifecycle", self.manager.status(s.id), "speech_started",
+                                    "a paused or stopped session ignores the user")
+        snap = self.manager.snapshot(s.id, self.env.now)
+        if snap.state == "processing":
+            if snap.tts != EXECUTING:
+                raise IllegalTransition(s.id, "pipeline", "processing", "speech_started",
+                                        "the user spoke before the bot did; script it after the reply")
+            self._barge_in(s)
+
+        def speech() -> Generator[simpy.Event, Any, None]:
+            yield from self._speak(s, s.epoch, duration)
+
+        self.env.process(speech())
+
+    def _barge_in(self, s: _Session) -> None:
+        self.manager.barge_in(s.id, self.env.now)
+        self._close_turn(s.turn, "barge_in")
+
+    # The turn --------------------------------------------------------------------------------------
+    def _pipeline(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, None]:
+        """STT, then the LLM streaming into TTS; the turn ends complete, failed or barged in."""
+        ok = yield from self._stt(s, turn)
+        if not ok or turn.done:
+            return
+        self.env.process(self._llm(s, turn))
+        yield turn.first_sentence
+        if turn.done:
+            return
+        yield from self._tts(s, turn)
+
+    def _attempt(self, s: _Session, turn: _Turn, name: str,
+                 plan: Callable[[], tuple[float, float, str | None]]) -> Generator[simpy.Event, Any, bool]:
+        """Request ``name`` through Kafka until a first response comes back, retrying timeouts.
+
+        ``plan()`` gives, for an attempt that got a worker: the time to its first response, how long the
+        worker stays busy, and an error (or None). Fills the stage's kafka/queue/service/retry columns.
+        Returns False when the turn ended meanwhile (failed here, or cancelled elsewhere).
+        """
+        env, mgr, sid = self.env, self.manager, s.id
+        cfg = self.scenario.kafka
+        pool = self.pools[name]
+        mgr.service_requested(sid, name, env.now)
+        requested = env.now
+        retry_lost, attempt = 0.0, 0
+        while True:
+            sent = env.now
+            d_req = self.kafka.delay(name, sent, s.draw["kafka"]())
+            if d_req > cfg.request_timeout_s:
+                yield env.timeout(cfg.request_timeout_s)
+                if turn.done:
+                    return False
+                if not (yield from self._timed_out(s, turn, name, attempt)):
+                    return False
+                retry_lost += env.now - sent
+                attempt += 1
+                continue
+            yield env.timeout(d_req)
+            if turn.done:
+                return False
+            self.trace.model_event(env.now, sid, turn.turn_id, "request_delivered", name, d_req)
+            queued = env.now
+            req = pool.request()
+            turn.requests.append((pool, req))
+            self._sample(name)
+            yield req
+            if turn.done:
+                return False
+            started = env.now
+            mgr.service_started(sid, name, started)
+            first_response, busy, error = plan()
+            release = env.timeout(busy)
+            release.callbacks.append(lambda _ev, pool=pool, req=req, name=name: self._release(name, pool, req))
+            d_resp = self.kafka.delay(name, started + first_response, s.draw["kafka"]())
+            if d_resp > cfg.request_timeout_s:
+                yield env.timeout(first_response + cfg.request_timeout_s)
+                if turn.done:
+                    return False
+                self._release(name, pool, req)  # the orchestrator gave up on this worker's answer
+                if not (yield from self._timed_out(s, turn, name, attempt)):
+                    return False
+                retry_lost += env.now - sent
+                attempt += 1
+                continue
+            yield env.timeout(first_response + d_resp)
+            if turn.done:
+                return False
+            turn.set(f"{name}_kafka", d_req + d_resp)
+            turn.set(f"{name}_queue", started - queued)
+            turn.set(f"{name}_service", first_response)
+            turn.set(f"{name}_retry", retry_lost)
+            turn.set(f"{name}_timeouts", attempt)
+            self.trace.model_event(env.now, sid, turn.turn_id, "first_response", name, env.now - requested)
+            if error is not None:
+                mgr.service_failed(sid, name, env.now, error)
+                self._close_turn(turn, "failed", f"{name}: {error}")
+                return False
+            return True
+
+    def _timed_out(self, s: _Session, turn: _Turn, name: str, attempt: int) -> Generator[simpy.Event, Any, bool]:
+        """A Kafka timeout: count it, fail the turn past the retry budget, else back off."""
+        cfg = self.scenario.kafka
+        turn.set(f"{name}_timeouts", attempt + 1)
+        tr = self.manager.kafka_timeout(s.id, name, self.env.now)
+        if tr.event == "turn_failed":
+            self._close_turn(turn, "failed", tr.error)
+            return False
+        yield self.env.timeout(cfg.backoff_s * cfg.backoff_multiplier ** attempt)
+        return not turn.done
+
+    def _stt(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, bool]:
+        q = self.scenario.quality
+        stt = self.scenario.services.stt
+        poor = turn.get("audio_quality") < q.poor_threshold
+        rng = s.services_rng["stt"]
+
+        def plan() -> tuple[float, float, str | None]:
+            latency = s.draw["stt"]() * (q.poor_stt_latency_factor if poor else 1.0)
+            error = None
+            if rng.random() < stt.failure_probability:
+                error = "service error"
+            elif poor and rng.random() < q.poor_stt_failure_probability:
+                error = f"low audio quality ({turn.get('audio_quality'):.2f}), re-prompting the user"
+            return latency, latency, error
+
+        start = self.env.now
+        ok = yield from self._attempt(s, turn, "stt", plan)
+        if not ok:
+            return False
+        self.manager.service_completed(s.id, "stt", self.env.now)
+        turn.set("stt_stage", self.env.now - start)
+        return True
+
+    def _llm(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, None]:
+        """The LLM streams: the first phrase releases TTS; the rest overlaps with TTS."""
+        env, llm = self.env, self.scenario.services.llm
+        rng = s.services_rng["llm"]
+        tokens = max(1, round(s.draw["tokens"]()))
+        turn.tokens = tokens
+        turn.set("llm_tokens", tokens)
+        first_phrase = min(llm.first_sentence_tokens, tokens)
+        timing: dict[str, float] = {}
+
+        def plan() -> tuple[float, float, str | None]:
+            ttft, per_token = s.draw["ttft"](), s.draw["per_token"]()
+            timing.update(ttft=ttft, per_token=per_token)
+            error = "service error" if rng.random() < llm.failure_probability else None
+            return ttft, ttft + (tokens - 1) * per_token, error
+
+        start = env.now
+        ok = yield from self._attempt(s, turn, "llm", plan)
+        if not ok:
+            return
+        turn.set("ttft", env.now - start)
+        self.trace.model_event(env.now, s.id, turn.turn_id, "first_token", "llm", env.now - start)
+        yield env.timeout((first_phrase - 1) * timing["per_token"])
+        if turn.done:
+            return
+        first_sentence_at = env.now
+        turn.set("llm_service", turn.get("llm_service") + (first_phrase - 1) * timing["per_token"])
+        turn.set("llm_stage", env.now - start)
+        turn.first_sentence.succeed()
+        yield env.timeout((tokens - first_phrase) * timing["per_token"])
+        if turn.done:
+            return
+        self.manager.service_completed(s.id, "llm", env.now)
+        turn.set("llm_duration", env.now - start)
+        turn.set("streaming_overlap", env.now - first_sentence_at)
+        turn.llm_done.succeed()
+
+    def _tts(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, None]:
+        env, tts, sessions = self.env, self.scenario.services.tts, self.scenario.sessions
+        rng = s.services_rng["tts"]
+        audio_s = turn.tokens * tts.audio_s_per_token
+
+        def plan() -> tuple[float, float, str | None]:
+            ttfb = s.draw["ttfb"]()
+            error = "service error" if rng.random() < tts.failure_probability else None
+            return ttfb, ttfb + audio_s * tts.real_time_factor, error
+
+        start = env.now
+        ok = yield from self._attempt(s, turn, "tts", plan)
+        if not ok:
+            return
+        first_audio = env.now
+        turn.set("ttfb", first_audio - start)
+        turn.set("tts_stage", first_audio - start)
+        turn.set("first_audio", first_audio)
+        turn.set("tts_audio_duration", audio_s)
+        turn.set("e2e_latency", first_audio - turn.get("speech_end"))
+        self.trace.model_event(first_audio, s.id, turn.turn_id, "first_audio", "tts", first_audio - start)
+        playback_end = first_audio + audio_s
+        barge_at = math.inf
+        if s.script is None and s.user_rng.random() < sessions.barge_in_probability:
+            barge_at = first_audio + s.draw["barge_after"]()
+        if barge_at < playback_end:
+            yield env.timeout(barge_at - env.now)
+            if turn.done:
+                return
+            self._barge_in(s)
+            return
+        yield env.timeout(playback_end - env.now)
+        if turn.done:
+            return
+        if not turn.llm_done.triggered:
+            yield turn.llm_done
+            if turn.done:
+                return
+        self.manager.service_completed(s.id, "tts", env.now)
+        self._close_turn(turn, "complete")
+
+    # Bookkeeping -----------------------------------------------------------------------------------
+    def _release(self, name: str, pool: simpy.Resource, req: Any) -> None:
+        if req in pool.users:
+            pool.release(req)
+            self._sample(name)
+
+    def _sample(self, name: str) -> None:
+        pool = self.pools[name]
+        self.trace.service_samples.append((self.env.now, name, pool.count, len(pool.queue), pool.capacity))
+
+    def _close_turn(self, turn: _Turn | None, outcome: str, error: str | None = None) -> None:
+        """End a turn once: withdraw its queued requests, free its workers, write its row."""
+        if turn is None or turn.done:
+            return
+        turn.done = True
+        for pool, req in turn.requests:
+            if not req.triggered:
+                req.cancel()
+                self._sample(next(n for n, p in self.pools.items() if p is pool))
+            else:
+                self._release(next(n for n, p in self.pools.items() if p is pool), pool, req)
+        turn.requests.clear()
+        turn.set("outcome", outcome)
+        turn.set("error", error)
+        turn.set("turn_end", self.env.now)
+        self.trace.turns.append(tuple(turn.rec))
+        self.trace.model_event(self.env.now, turn.rec[0], turn.turn_id, "turn_ended", detail=outcome)
+        turn.finished.succeed(outcome)
+
+    def _abandon(self, s: _Session, outcome: str) -> None:
+        """Pause or stop: the turn in flight is cancelled and every process of this epoch goes quiet."""
+        self._close_turn(s.turn, outcome)
+        s.turn = None
+        s.epoch += 1
+
+    def __repr__(self) -> str:
+        status = self.manager.status
+        active = sum(1 for sid in self.sessions if status(sid) != STOPPED)
+        return f"<Simulation {self.scenario.name!r} seed={self.seed} t={self.env.now:.3f} active={active}>"

@@ -1,0 +1,150 @@
+"""The offline run: :func:`simulate` a scenario and get :class:`Results` full of DataFrames.
+
+>>> import pipesim
+>>> res = pipesim.simulate({"sessions": {"arrivals": {"kind": "at_once", "count": 5}}}, seed=1, progress=False)
+>>> sorted(res.turns["outcome"].unique())[:1]
+['barge_in']
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipesim import analysis
+from pipesim.model import Simulation
+from pipesim.scenario import Scenario, as_scenario, validate_scenario
+from pipesim.trace import Trace
+
+
+class Results:
+    """Everything one run produced. DataFrames are built on first use, then cached.
+
+    * ``turns``: one row per user turn (see :data:`pipesim.trace.TURN_COLUMNS`).
+    * ``sessions``: one row per session.
+    * ``services``: busy workers and queue length of each service after every change.
+    * ``messages``: the wire messages a dashboard would have received, in order.
+    * ``events``: every transition and model event.
+    * ``kafka_windows``: every Kafka stall or outage in force during the run.
+    """
+
+    def __init__(self, scenario: Scenario, seed: int, trace: Trace,
+                 kafka_windows: list[tuple[float, float, str, str]] | None = None) -> None:
+        self.scenario, self.seed, self.trace = scenario, seed, trace
+        self._windows = kafka_windows or []
+
+    @cached_property
+    def turns(self) -> pd.DataFrame:
+        return self.trace.turns_frame()
+
+    @cached_property
+    def events(self) -> pd.DataFrame:
+        return self.trace.events_frame()
+
+    @cached_property
+    def sessions(self) -> pd.DataFrame:
+        return analysis.sessions_frame(self.trace, self.turns)
+
+    @cached_property
+    def services(self) -> pd.DataFrame:
+        return self.trace.services_frame()
+
+    @cached_property
+    def messages(self) -> pd.DataFrame:
+        return analysis.messages_frame(self.trace)
+
+    @cached_property
+    def kafka_windows(self) -> pd.DataFrame:
+        return pd.DataFrame(self._windows, columns=["start", "end", "topic", "cause"])
+
+    def summary(self) -> pd.DataFrame:
+        """count and p50/p95/p99/max (ms) of every stage and of voice-to-voice latency."""
+        return analysis.summary_table(self.turns)
+
+    def counts(self) -> dict[str, int]:
+        """Turns by outcome, and Kafka timeouts."""
+        return analysis.counts(self.turns)
+
+    # Files -----------------------------------------------------------------------------------------
+    def save(self, out_dir: str | Path, csv: bool = False) -> list[Path]:
+        """Write the DataFrames as Parquet (and CSV if asked), the trace as JSON Lines and the scenario.
+
+        Returns the paths written. The same run writes the same bytes.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in ("turns", "sessions", "services", "messages", "kafka_windows"):
+            df: pd.DataFrame = getattr(self, name)
+            path = out / f"{name}.parquet"
+            df.to_parquet(path, index=False)
+            written.append(path)
+            if csv:
+                df.to_csv(out / f"{name}.csv", index=False)
+                written.append(out / f"{name}.csv")
+        trace_path = out / "trace.jsonl"
+        self.trace.to_jsonl(trace_path)
+        scenario_path = out / "scenario.json"
+        scenario_path.write_text(self.scenario.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return [*written, trace_path, scenario_path]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Results:
+        """Load results from a ``pipesim run --out`` folder or a ``trace.jsonl`` file."""
+        path = Path(path)
+        trace_file = path / "trace.jsonl" if path.is_dir() else path
+        trace = Trace.from_jsonl(trace_file)
+        scenario_file = trace_file.parent / "scenario.json"
+        scenario = (validate_scenario(json.loads(scenario_file.read_text()), source=str(scenario_file))
+                    if scenario_file.exists() else Scenario(name=str(trace.header.get("scenario", "unknown"))))
+        return cls(scenario, int(trace.header.get("seed", scenario.seed)), trace)
+
+    # Display ---------------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        c = self.counts()
+        return (f"<Results {self.scenario.name!r} seed={self.seed}: {c['turns']} turns, "
+                f"{c['failed']} failed, {c['kafka_timeouts']} Kafka timeouts>")
+
+    def _repr_html_(self) -> str:
+        c = self.counts()
+        facts = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in c.items())
+        return (f"<b>Results of {self.scenario.name}</b> (seed {self.seed}, "
+                f"{len(self.sessions)} sessions)<br>{facts}{self.summary().to_html()}")
+
+
+def _progress_bar(sim: Simulation, enabled: bool | None) -> Any:
+    if enabled is False:
+        return None
+    from tqdm.auto import tqdm
+
+    # disable=None: a bar on a terminal or in Jupyter, nothing when output is not a TTY (CI logs).
+    bar = tqdm(total=sim.expected_sessions, desc=f"simulating {sim.scenario.name}", unit="session",
+               disable=None if enabled is None else not enabled, leave=False)
+    sim.on_session_end = lambda _sid: bar.update(1)
+    return bar
+
+
+def simulate(scenario: Scenario | str | Path | dict[str, Any], seed: int | None = None,
+             until: float | None = None, progress: bool | None = None) -> Results:
+    """Run a scenario offline, as fast as possible, and return its :class:`Results`.
+
+    ``scenario`` is a :class:`~pipesim.scenario.Scenario`, a dict, a file path or a bundled scenario's
+    name (``"baseline"``). ``seed`` overrides the scenario's seed; the same scenario and seed give the
+    same results, byte for byte. ``progress``: None shows a bar only on a terminal or in Jupyter.
+
+    >>> res = simulate("baseline", seed=7)  # doctest: +SKIP
+    >>> res.summary()                       # doctest: +SKIP
+    """
+    scn = as_scenario(scenario)
+    sim = Simulation(scn, seed=seed)
+    bar = _progress_bar(sim, progress)
+    try:
+        sim.run(until=until)
+    finally:
+        if bar is not None:
+            bar.close()
+    return Results(scn, sim.seed, sim.trace, list(sim.kafka.windows))

@@ -1,0 +1,478 @@
+"""Scenario files: every number of the model, with sane defaults, validated by pydantic.
+
+A scenario is YAML, TOML or JSON. Anything left out takes the default documented here, so the
+smallest scenario is ``{}``. A wrong file gets one message per problem, naming the file, the line and
+the field path::
+
+    scenarios/x.yaml:14 services.llm.capacity: must be >= 1, got 0
+
+>>> scn = Scenario.model_validate({"name": "tiny", "sessions": {"arrivals": {"kind": "at_once", "count": 2}}})
+>>> scn.services.llm.capacity
+8
+>>> scn.override({"services.llm.capacity": 2}).services.llm.capacity
+2
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from pipesim.distributions import Distribution, Empirical, coerce_distribution
+
+Dist = Annotated[Distribution, BeforeValidator(coerce_distribution)]
+NonNeg = Annotated[float, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+ServiceName = Literal["stt", "llm", "tts"]
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos: reject them, naming the keys that are allowed.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True, validate_default=True)
+
+
+# Audio and quality ---------------------------------------------------------------------------------
+class Audio(_Section):
+    """How user audio arrives. The buffer grows by whole chunks."""
+
+    sample_rate_hz: Annotated[int, Field(ge=1000)] = 16_000
+    bytes_per_sample: Annotated[int, Field(ge=1, le=4)] = 2
+    channels: Annotated[int, Field(ge=1, le=8)] = 1
+    bitrate_bps: Annotated[int | None, Field(ge=1)] = None  # compressed audio (e.g. Opus): overrides the above
+    chunk_ms: Annotated[float, Field(gt=0, le=1000)] = 20.0
+    # How often buffer_size/audio_quality are reported while the user speaks. Reporting per chunk is
+    # possible (set it to chunk_ms / 1000) but costs one event per chunk.
+    metadata_interval_s: Annotated[float | None, Field(gt=0)] = 0.25
+
+    @property
+    def chunk_s(self) -> float:
+        return self.chunk_ms / 1000.0
+
+    @property
+    def chunk_bytes(self) -> int:
+        per_second = self.bitrate_bps / 8 if self.bitrate_bps else (
+            self.sample_rate_hz * self.bytes_per_sample * self.channels)
+        return max(1, round(per_second * self.chunk_s))
+
+
+class Quality(_Section):
+    """Chunk quality = logistic((SNR - midpoint_db) / scale_db). Each user has an SNR level drawn once
+    (their microphone and room); each chunk adds noise around it. The session's ``audio_quality`` is the
+    running mean over the utterance. Defaults give ~0.57 on average, as the seed's live session shows."""
+
+    snr_mean_db: float = 22.0
+    snr_user_sd_db: NonNeg = 5.0
+    snr_chunk_sd_db: NonNeg = 4.0
+    midpoint_db: float = 20.0
+    scale_db: Annotated[float, Field(gt=0)] = 8.0
+    # Below this running quality an utterance is "poor": STT is slower and may fail (the agent re-prompts).
+    poor_threshold: Probability = 0.35
+    poor_stt_latency_factor: Annotated[float, Field(ge=1)] = 1.5
+    poor_stt_failure_probability: Probability = 0.3
+
+
+# Services and Kafka ----------------------------------------------------------------------------------
+class Outage(_Section):
+    """A window of simulated time in which a topic's consumers take nothing: requests wait, then time out."""
+
+    start_s: NonNeg
+    end_s: NonNeg
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Outage:
+        if self.end_s <= self.start_s:
+            raise ValueError(f"end_s must be after start_s, got start_s={self.start_s} end_s={self.end_s}")
+        return self
+
+
+class _Service(_Section):
+    capacity: Annotated[int, Field(ge=1, description="Workers / replicas; a turn queues when all are busy.")]
+    failure_probability: Probability = 0.0
+    outages: list[Outage] = []
+
+
+class STT(_Service):
+    # Streaming STT, time from hand-off to the final segment: p50 ~250 ms, p95 ~300-360 ms
+    # (pipecat-ai/stt-benchmark: Deepgram nova-3, AssemblyAI Universal-Streaming).
+    capacity: Annotated[int, Field(ge=1)] = 5
+    latency_s: Dist = Field(default_factory=lambda: {"kind": "lognormal", "p50": 0.24, "p95": 0.34})
+
+
+class LLM(_Service):
+    # Time to first token 200-350 ms p50 for hosted chat models (GPT-4o-mini, Gemini Flash, Llama 70B on
+    # Groq), with a long tail; ~50-100 tokens/s while streaming.
+    capacity: Annotated[int, Field(ge=1)] = 12
+    ttft_s: Dist = Field(default_factory=lambda: {"kind": "lognormal", "p50": 0.26, "p95": 0.6})
+    per_token_s: Dist = 0.015
+    tokens: Dist = Field(default_factory=lambda: {"kind": "lognormal", "p50": 25, "p95": 70})
+    # TTS starts on the first phrase, not the whole reply (how Pipecat and LiveKit aggregate text).
+    first_sentence_tokens: Annotated[int, Field(ge=1)] = 5
+
+
+class TTS(_Service):
+    # Streaming TTS time to first audio chunk 150-250 ms p50 (ElevenLabs Flash, Cartesia Sonic, Deepgram Aura).
+    capacity: Annotated[int, Field(ge=1)] = 16
+    ttfb_s: Dist = Field(default_factory=lambda: {"kind": "lognormal", "p50": 0.18, "p95": 0.3})
+    # Speech is ~150 words/min at ~0.75 words per token: 0.3 s of audio per token.
+    audio_s_per_token: Annotated[float, Field(gt=0)] = 0.3
+    # Synthesis time per second of audio: a worker is busy for ttfb + audio * real_time_factor.
+    real_time_factor: Annotated[float, Field(gt=0, le=2)] = 0.1
+
+
+class Services(_Section):
+    stt: STT = STT()
+    llm: LLM = LLM()
+    tts: TTS = TTS()
+
+
+class Stalls(_Section):
+    """Random broker stalls: a Poisson process of windows in which no message is delivered."""
+
+    rate_per_hour: NonNeg = 0.0
+    duration_s: Dist = Field(default_factory=lambda: {"kind": "lognormal", "p50": 3.0, "p95": 10.0})
+
+
+class ScheduledOutage(Outage):
+    topics: list[ServiceName] = ["stt", "llm", "tts"]
+
+
+class Kafka(_Section):
+    """The hop between orchestrator and services, each way. A request (or its first response) that is
+    not delivered within ``request_timeout_s`` times out and is retried after a backoff; past
+    ``max_retries`` the turn fails."""
+
+    # Produce-to-consume latency on a healthy cluster: a few ms.
+    latency_s: Dist = Field(default_factory=lambda: {"kind": "lognormal", "p50": 0.004, "p95": 0.015})
+    request_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 3
+    backoff_s: NonNeg = 0.1
+    backoff_multiplier: Annotated[float, Field(ge=1)] = 2.0
+    stalls: Stalls = Stalls()
+    outages: list[ScheduledOutage] = []
+
+
+# Sessions --------------------------------------------------------------------------------------------
+class AtOnce(_Section):
+    kind: Literal["at_once"] = "at_once"
+    count: Annotated[int, Field(ge=0, le=1_000_000)] = 100
+
+
+class Poisson(_Section):
+    kind: Literal["poisson"] = "poisson"
+    rate_per_s: Annotated[float, Field(gt=0)]
+    count: Annotated[int | None, Field(ge=0, le=1_000_000)] = None  # stop after this many sessions
+    duration_s: Annotated[float | None, Field(gt=0)] = None  # or after this much time
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Poisson:
+        if self.count is None and self.duration_s is None:
+            raise ValueError("give count or duration_s, or the arrivals never end")
+        return self
+
+
+class Ramp(_Section):
+    """Poisson arrivals whose rate is piecewise linear through ``points`` ([time_s, rate_per_s] pairs):
+    ramps, plateaus and spikes. Arrivals end at the last point."""
+
+    kind: Literal["ramp"] = "ramp"
+    points: Annotated[list[tuple[NonNeg, NonNeg]], Field(min_length=2)]
+
+    @model_validator(mode="after")
+    def _increasing(self) -> Ramp:
+        times = [p[0] for p in self.points]
+        if any(b <= a for a, b in zip(times, times[1:], strict=False)):
+            raise ValueError(f"point times must increase, got {times}")
+        return self
+
+
+Arrivals = Annotated[AtOnce | Poisson | Ramp, Field(discriminator="kind")]
+
+
+class ScriptStep(_Section):
+    """One action of a scripted session at time ``at`` (seconds): speak for ``speak`` seconds, or one of
+    the controls ``start`` (resume), ``pause``, ``stop``, or ``barge_in`` (talk over the bot)."""
+
+    at: NonNeg
+    speak: Annotated[float | None, Field(gt=0)] = None
+    action: Literal["start", "pause", "stop", "barge_in"] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ScriptStep:
+        if (self.speak is None) == (self.action is None):
+            raise ValueError("give exactly one of 'speak' (seconds) or 'action'")
+        return self
+
+
+class ScriptedSession(_Section):
+    """A named session that does exactly what its timeline says, to reproduce one situation."""
+
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    timeline: Annotated[list[ScriptStep], Field(min_length=1)]
+    snr_db: float | None = None  # the user's audio level; default: the scenario's mean
+
+    @model_validator(mode="after")
+    def _sorted(self) -> ScriptedSession:
+        times = [s.at for s in self.timeline]
+        if times != sorted(times):
+            raise ValueError(f"timeline must be in time order, got at={times}")
+        return self
+
+
+class Sessions(_Section):
+    arrivals: Arrivals = AtOnce()
+    id_prefix: Annotated[str, Field(min_length=1, max_length=50)] = "sim"
+    turns: Dist = 5  # user turns per session (rounded, at least 1)
+    first_speech_delay_s: Dist = Field(default_factory=lambda: {"kind": "uniform", "low": 0.5, "high": 2.0})
+    utterance_s: Dist = Field(default_factory=lambda: {"kind": "lognormal", "p50": 1.8, "p95": 4.5})
+    # End-of-utterance delay: the VAD/endpointing silence timeout, a few hundred ms (LiveKit's default
+    # min_endpointing_delay is 0.5 s; Pipecat's smart-turn ends sooner on confident turn ends).
+    end_of_utterance_delay_s: Dist = Field(default_factory=lambda: {"kind": "normal", "mean": 0.3, "sd": 0.03})
+    think_time_s: Dist = Field(default_factory=lambda: {"kind": "lognormal", "p50": 0.8, "p95": 2.5})
+    barge_in_probability: Probability = 0.1
+    barge_in_after_s: Dist = Field(default_factory=lambda: {"kind": "uniform", "low": 0.3, "high": 3.0})
+    # A turn that failed (Kafka, service error, poor audio) is said again, at most this many times.
+    max_repeats: Annotated[int, Field(ge=0, le=10)] = 2
+    scripted: list[ScriptedSession] = []
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Sessions:
+        ids = [s.id for s in self.scripted]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"scripted session ids must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
+class Scenario(_Section):
+    """Everything the model needs. Every field has a default; see ``scenarios/baseline.yaml``."""
+
+    name: str = "unnamed"
+    description: str = ""
+    seed: Annotated[int, Field(ge=0)] = 0
+    duration_s: Annotated[float | None, Field(gt=0)] = None  # stop the run here (default: when sessions end)
+    audio: Audio = Audio()
+    quality: Quality = Quality()
+    services: Services = Services()
+    kafka: Kafka = Kafka()
+    sessions: Sessions = Sessions()
+
+    def override(self, changes: dict[str, Any]) -> Scenario:
+        """A copy with dotted-path fields replaced and the result validated.
+
+        >>> Scenario().override({"kafka.request_timeout_s": 1.0}).kafka.request_timeout_s
+        1.0
+        """
+        data = self.model_dump(mode="python")
+        for dotted, value in changes.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                if not isinstance(node, dict) or part not in node:
+                    raise ScenarioError([f"{dotted}: no such field"])
+                node = node[part]
+            if not isinstance(node, dict) or leaf not in node:
+                raise ScenarioError([f"{dotted}: no such field"])
+            node[leaf] = copy.deepcopy(value)
+        return validate_scenario(data, source="override")
+
+    def _repr_html_(self) -> str:
+        arr = self.sessions.arrivals
+        rows = {
+            "arrivals": arr.model_dump_json(exclude_defaults=False),
+            "capacity (stt/llm/tts)": f"{self.services.stt.capacity}/{self.services.llm.capacity}/"
+                                      f"{self.services.tts.capacity}",
+            "kafka timeout / retries": f"{self.kafka.request_timeout_s} s / {self.kafka.max_retries}",
+            "scheduled outages": str(len(self.kafka.outages) + sum(
+                len(getattr(self.services, s).outages) for s in ("stt", "llm", "tts"))),
+            "scripted sessions": str(len(self.sessions.scripted)),
+            "seed": str(self.seed),
+        }
+        body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in rows.items())
+        return f"<b>Scenario {self.name}</b><br><i>{self.description}</i><table>{body}</table>"
+
+
+# Loading, with errors that name file, line and field --------------------------------------------------
+class ScenarioError(ValueError):
+    """A scenario could not be loaded; ``problems`` holds one message per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+_DIST_TAGS = {"constant", "exponential", "lognormal", "gamma", "uniform", "normal", "empirical",
+              "at_once", "poisson", "ramp"}
+
+
+def _field_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # Drop pydantic's union/validator markers so the path is what the user wrote.
+    return tuple(p for p in loc if not (isinstance(p, str) and (p in _DIST_TAGS or "[" in p)))
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind, ctx, given = err["type"], err.get("ctx", {}), err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"must be {bounds[kind]} {limit}, got {given!r}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    if kind in ("literal_error", "union_tag_invalid"):
+        expected = ctx.get("expected") or ctx.get("expected_tags")
+        return f"must be one of {expected}, got {given!r}"
+    return f"{err['msg'][0].lower()}{err['msg'][1:]}, got {given!r}"
+
+
+class _LineFinder:
+    """Maps a field path to a line of the source text (YAML and JSON via yaml's composer)."""
+
+    def __init__(self, text: str, fmt: str) -> None:
+        self.text, self.fmt = text, fmt
+        self.root = None
+        if fmt in ("yaml", "json"):
+            try:
+                self.root = yaml.compose(text, Loader=yaml.SafeLoader)
+            except yaml.YAMLError:
+                self.root = None
+
+    def line(self, path: tuple[Any, ...]) -> int | None:
+        if self.root is not None:
+            node, line = self.root, self.root.start_mark.line + 1
+            for part in path:
+                child = None
+                if isinstance(node, yaml.MappingNode):
+                    for key, value in node.value:
+                        if key.value == str(part):
+                            child, line = value, key.start_mark.line + 1
+                            break
+                elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                    child = node.value[part]
+                    line = child.start_mark.line + 1
+                if child is None:
+                    break
+                node = child
+            return line
+        # TOML: the last line that assigns the deepest named key.
+        for part in reversed(path):
+            if isinstance(part, str):
+                pattern = re.compile(rf"^\s*(\[+[^\]]*\b{re.escape(part)}\]+|{re.escape(part)}\s*=)")
+                for number, text in enumerate(self.text.splitlines(), 1):
+                    if pattern.search(text):
+                        return number
+        return None
+
+
+def _format_for(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return "yaml"
+    if suffix == ".toml":
+        return "toml"
+    if suffix == ".json":
+        return "json"
+    raise ScenarioError([f"{path}: unknown scenario format {suffix!r} (use .yaml, .yml, .toml or .json)"])
+
+
+def _parse_text(text: str, fmt: str, where: str) -> Any:
+    try:
+        if fmt == "toml":
+            return tomllib.loads(text)
+        if fmt == "json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise ScenarioError([f"{where}{line}: invalid YAML: {exc.problem}"]) from None
+    except json.JSONDecodeError as exc:
+        raise ScenarioError([f"{where}:{exc.lineno}: invalid JSON: {exc.msg}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError([f"{where}: invalid TOML: {exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError([f"{where}: invalid YAML: {exc}"]) from None
+
+
+def validate_scenario(data: Any, source: str = "<scenario>", text: str | None = None, fmt: str = "yaml",
+                      base_dir: Path | None = None) -> Scenario:
+    """Validate already-parsed data; errors name ``source``, the line (when ``text`` is given) and field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ScenarioError([f"{source}: a scenario must be a mapping of sections, got {type(data).__name__}"])
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        finder = _LineFinder(text, fmt) if text is not None else None
+        problems = []
+        for err in exc.errors():
+            path = _field_path(err["loc"])
+            line = finder.line(path) if finder else None
+            where = f"{source}:{line}" if line else source
+            dotted = ".".join(str(p) for p in path) or "(top level)"
+            problems.append(f"{where} {dotted}: {_message(err)}")
+        raise ScenarioError(problems) from None
+    return _resolve_files(scenario, base_dir or Path.cwd(), source)
+
+
+def _resolve_files(scenario: Scenario, base_dir: Path, source: str) -> Scenario:
+    """Load empirical CSV samples now, so that a missing file is a load-time error."""
+    changes: dict[str, Any] = {}
+    for svc in ("stt", "llm", "tts"):
+        for name, value in getattr(scenario.services, svc):
+            if isinstance(value, Empirical) and value.samples is None:
+                try:
+                    changes[f"services.{svc}.{name}"] = value.resolved(base_dir).model_dump()
+                except ValueError as exc:
+                    raise ScenarioError([f"{source} services.{svc}.{name}: {exc}"]) from None
+    return scenario.override(changes) if changes else scenario
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Load and validate a scenario file (YAML, TOML or JSON).
+
+    Raises :class:`ScenarioError` with one message per problem (file, line, field path).
+
+    >>> load_scenario("scenarios/baseline.yaml").name  # doctest: +SKIP
+    'baseline'
+    """
+    path = Path(path)
+    fmt = _format_for(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError([f"{path}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError([f"{path}: cannot read: {exc}"]) from None
+    data = _parse_text(text, fmt, str(path))
+    return validate_scenario(data, source=str(path), text=text, fmt=fmt, base_dir=path.parent)
+
+
+def scenario_path(name_or_path: str | Path) -> Path:
+    """A path as given, or the name of a bundled scenario (``baseline`` -> ``scenarios/baseline.yaml``)."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix:
+        return path
+    for folder in (Path("scenarios"), Path(__file__).resolve().parent.parent / "scenarios"):
+        if (folder / f"{path.name}.yaml").exists():
+            return folder / f"{path.name}.yaml"
+    return path
+
+
+def as_scenario(value: Scenario | str | Path | dict[str, Any]) -> Scenario:
+    """Accept a Scenario, a dict, a file path or a bundled scenario name."""
+    if isinstance(value, Scenario):
+        return value
+    if isinstance(value, dict):
+        return validate_scenario(value, source="<dict>")
+    return load_scenario(scenario_path(value))

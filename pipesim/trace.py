@@ -1,0 +1,163 @@
+"""The trace: the one record of a run, shared by the model, the analysis, replay and the server.
+
+Three append-only tables of plain tuples (cheap to append in the model's inner loop; DataFrames are
+built once, at the end):
+
+* ``events``: every state-manager transition (``seq >= 0``) and every model event (``seq == -1``),
+  in the order they happened, with the session's full state after transitions.
+* ``turns``: one row per user turn, written by the model when the turn ends.
+* ``service_samples``: busy workers and queue length of a service after every change.
+
+A trace saves to JSON Lines (one object per line, ``record`` says which table) and loads back.
+
+>>> t = Trace()
+>>> t.model_event(1.0, "s1", 1, "speech_ended", value=2.0)
+>>> t.events_frame()[["t", "event", "value"]].to_dict("records")
+[{'t': 1.0, 'event': 'speech_ended', 'value': 2.0}]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipesim.state import Transition
+
+EVENT_COLUMNS = ("t", "session_id", "turn_id", "seq", "event", "service", "status", "state", "stt", "llm",
+                 "tts", "buffer_size", "audio_quality", "error", "value")
+
+#: Columns of the ``turns`` table. Times ending in nothing are seconds; absolute times are seconds since
+#: the start of the run. For every turn that reached the bot's first audio::
+#:
+#:     e2e_latency = end_of_utterance_delay + stt_stage + llm_stage + tts_stage
+#:     <x>_stage   = <x>_kafka + <x>_queue + <x>_service + <x>_retry
+#:
+#: ``llm_stage`` ends when the first phrase reaches TTS; what the LLM generated after that overlapped
+#: with TTS (``streaming_overlap``). ``ttft`` and ``ttfb`` are measured from each service's request.
+TURN_COLUMNS = (
+    "session_id", "turn_id", "outcome", "error",
+    "speech_start", "speech_end", "utterance_ended", "first_audio", "turn_end",
+    "utterance_duration", "audio_quality", "audio_bytes", "end_of_utterance_delay",
+    "stt_kafka", "stt_queue", "stt_service", "stt_retry", "stt_timeouts", "stt_stage",
+    "llm_kafka", "llm_queue", "llm_service", "llm_retry", "llm_timeouts", "llm_stage",
+    "ttft", "llm_tokens", "llm_duration", "streaming_overlap",
+    "tts_kafka", "tts_queue", "tts_service", "tts_retry", "tts_timeouts", "tts_stage",
+    "ttfb", "tts_audio_duration", "e2e_latency",
+)
+SERVICE_COLUMNS = ("t", "service", "busy", "queued", "capacity")
+_NAN = math.nan
+_TEXT_COLUMNS = frozenset({"session_id", "event", "service", "status", "state", "stt", "llm", "tts", "error",
+                           "outcome"})
+
+
+class Trace:
+    """Append-only record of one run. The model appends; :meth:`events_frame` and friends read."""
+
+    __slots__ = ("events", "turns", "service_samples", "header")
+
+    def __init__(self, header: dict[str, Any] | None = None) -> None:
+        self.events: list[tuple] = []
+        self.turns: list[tuple] = []
+        self.service_samples: list[tuple] = []
+        self.header: dict[str, Any] = dict(header or {})
+
+    # Appending (hot path) --------------------------------------------------------------------------
+    def on_transition(self, tr: Transition) -> None:
+        """State-manager observer: record a transition."""
+        self.events.append((tr.t, tr.session_id, tr.turn_id, tr.seq, tr.event, tr.service, tr.status,
+                            tr.state, tr.stt, tr.llm, tr.tts, tr.buffer_size, tr.audio_quality, tr.error,
+                            _NAN))
+
+    def model_event(self, t: float, session_id: str, turn_id: int, event: str, service: str | None = None,
+                    value: float = _NAN, detail: str | None = None) -> None:
+        """Record something the model did that is not a state transition (e.g. ``first_audio``)."""
+        self.events.append((t, session_id, turn_id, -1, event, service, None, None, None, None, None,
+                            None, None, detail, value))
+
+    # Frames ----------------------------------------------------------------------------------------
+    def events_frame(self) -> pd.DataFrame:
+        """Every event, one row each, in order."""
+        df = pd.DataFrame.from_records(self.events, columns=list(EVENT_COLUMNS))
+        return df.astype({"turn_id": "int64", "seq": "int64", "buffer_size": "Int64"})
+
+    def turns_frame(self) -> pd.DataFrame:
+        """One row per turn (see :data:`TURN_COLUMNS`)."""
+        df = pd.DataFrame.from_records(self.turns, columns=list(TURN_COLUMNS))
+        return df.astype({"turn_id": "int64", "stt_timeouts": "int64", "llm_timeouts": "int64",
+                          "tts_timeouts": "int64", "audio_bytes": "int64"})
+
+    def services_frame(self) -> pd.DataFrame:
+        """Busy workers and queue length of each service after every change."""
+        return pd.DataFrame.from_records(self.service_samples, columns=list(SERVICE_COLUMNS))
+
+    # Files -----------------------------------------------------------------------------------------
+    def to_jsonl(self, path: str | Path) -> None:
+        """Write the trace as JSON Lines: a header, then events, turns and service samples.
+
+        Byte for byte the same for the same run: fixed key order, no NaN (missing values are left out).
+        """
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps({"record": "header", **self.header}, sort_keys=True) + "\n")
+            for record, columns, rows in (("event", EVENT_COLUMNS, self.events),
+                                          ("turn", TURN_COLUMNS, self.turns),
+                                          ("service", SERVICE_COLUMNS, self.service_samples)):
+                for row in rows:
+                    obj = {"record": record}
+                    obj.update((k, v) for k, v in zip(columns, row, strict=True)
+                               if v is not None and not (isinstance(v, float) and math.isnan(v)))
+                    fh.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path) -> Trace:
+        """Load a trace written by :meth:`to_jsonl`; a bad line raises ``TraceError`` naming it."""
+        trace = cls()
+        tables = {"event": (EVENT_COLUMNS, trace.events), "turn": (TURN_COLUMNS, trace.turns),
+                  "service": (SERVICE_COLUMNS, trace.service_samples)}
+        try:
+            fh = open(path, encoding="utf-8")  # noqa: SIM115 - closed below, errors name the file
+        except OSError as exc:
+            raise TraceError(f"{path}: cannot read: {exc.strerror}") from None
+        with fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    record = obj.pop("record")
+                except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+                    raise TraceError(f"{path}:{number}: not a pipesim trace record") from None
+                if record == "header":
+                    trace.header = obj
+                    continue
+                if record not in tables:
+                    raise TraceError(f"{path}:{number}: unknown record {record!r}")
+                columns, rows = tables[record]
+                unknown = set(obj) - set(columns)
+                if unknown:
+                    raise TraceError(f"{path}:{number}: unknown field(s) {', '.join(sorted(unknown))}")
+                row = tuple(obj.get(c, -1 if c == "seq" else None if c in _TEXT_COLUMNS else _NAN)
+                            for c in columns)
+                rows.append(row)
+        if not trace.events and not trace.turns:
+            raise TraceError(f"{path}: no events in this trace")
+        return trace
+
+
+class TraceError(ValueError):
+    """A trace file could not be read; the message names the file and line."""
+
+
+def transition_from_row(row: tuple) -> Transition:
+    """Rebuild the state-manager transition of an ``events`` row (``seq >= 0``)."""
+    t, sid, turn_id, seq, event, service, status, state, stt, llm, tts, buf, quality, error, _ = row
+    return Transition(t, sid, int(seq), event, service, int(turn_id), status, state, stt, llm, tts,
+                      int(buf), float(quality), error)
+
+
+def transitions(trace: Trace) -> list[Transition]:
+    """Every state-manager transition of a trace, in order."""
+    return [transition_from_row(row) for row in trace.events if row[3] is not None and row[3] >= 0]

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 class UserError(Exception):
@@ -34,17 +35,163 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"schema": _cmd_schema}
+def _load(path: str) -> Any:
+    from pipesim.scenario import ScenarioError, load_scenario, scenario_path
+
+    try:
+        return load_scenario(scenario_path(path))
+    except ScenarioError as exc:
+        raise UserError("\n".join(exc.problems)) from None
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from pipesim.scenario import ScenarioError, load_scenario
+
+    failed = 0
+    for path in args.files:
+        try:
+            scn = load_scenario(path)
+        except ScenarioError as exc:
+            failed += 1
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+        else:
+            print(f"{path}: ok ({scn.name})")
+    return 1 if failed else 0
+
+
+def _print_summary(res: Any) -> None:
+    import pandas as pd
+
+    c = res.counts()
+    print(f"scenario {res.scenario.name} (seed {res.seed}): {len(res.sessions)} sessions, {c['turns']} turns: "
+          f"{c['complete']} complete, {c['barge_in']} barge-ins, {c['failed']} failed, "
+          f"{c['cancelled']} cancelled; {c['kafka_timeouts']} Kafka timeouts")
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        print(res.summary().to_string())
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import pipesim
+
+    scn = _load(args.scenario)
+    res = pipesim.simulate(scn, seed=args.seed, until=args.until, progress=None if args.progress else False)
+    _print_summary(res)
+    if args.out:
+        written = res.save(args.out, csv=args.csv)
+        print(f"wrote {len(written)} files to {args.out}/ (turns, sessions, services, messages as Parquet; "
+              f"trace.jsonl)")
+    if args.plots:
+        from pipesim.plots import save_standard_figures
+
+        figures = save_standard_figures(res, args.plots)
+        print(f"wrote {len(figures)} figures to {args.plots}/")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from pipesim.analysis import sweep
+    from pipesim.scenario import ScenarioError
+
+    scn = _load(args.scenario)
+    try:
+        values = [json.loads(v) for v in args.values.split(",")]
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--values: not a comma-separated list of numbers or JSON values: {exc.msg}") from None
+    try:
+        table = sweep(scn, args.param, values, seeds=range(args.seeds), progress=None if args.progress else False)
+    except ScenarioError as exc:
+        raise UserError("\n".join(exc.problems)) from None
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        print(table.to_string())
+    if args.out:
+        table.to_csv(args.out)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from pipesim.live.cli import serve
+
+    return serve(args)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from pipesim.live.cli import replay
+
+    return replay(args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _cmd_run, "serve": _cmd_serve, "replay": _cmd_replay, "validate": _cmd_validate,
+    "schema": _cmd_schema, "sweep": _cmd_sweep,
+}
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipesim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    p = sub.add_parser("run", help="simulate a scenario offline and print the latency summary")
+    p.add_argument("scenario", help="scenario file, or the name of a bundled one (baseline, load_spike, ...)")
+    p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--until", type=_positive, help="stop at this simulated time, seconds")
+    p.add_argument("--out", help="write DataFrames (Parquet), trace.jsonl and the scenario to this folder")
+    p.add_argument("--csv", action="store_true", help="with --out: also write CSV files")
+    p.add_argument("--plots", help="write the standard figures as PNG to this folder")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+
+    p = sub.add_parser("serve", help="the live mock backend: WebSocket on /ws, dashboard on /")
+    p.add_argument("scenario", nargs="?", default="frontend_demo", help="scenario file or bundled name")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_port, default=8001)
+    p.add_argument("--speed", type=_positive, default=1.0, help="simulated seconds per wall second")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--record", help="record every message sent to this JSON Lines file")
+
+    p = sub.add_parser("replay", help="serve a recorded or simulated trace over the same protocol")
+    p.add_argument("file", help="a recording (serve --record) or a trace.jsonl (run --out)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_port, default=8001)
+    p.add_argument("--speed", type=_positive, default=1.0)
+    p.add_argument("--loop", action="store_true", help="start again at the end")
+
+    p = sub.add_parser("validate", help="check scenario files; exit 1 on any problem")
+    p.add_argument("files", nargs="+")
+
     p = sub.add_parser("schema", help="print the JSON Schema of every wire message")
     p.add_argument("--format", choices=["jsonschema", "asyncapi"], default="jsonschema",
                    help="jsonschema (default): one schema per message type; asyncapi: an AsyncAPI 3 document")
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
+
+    p = sub.add_parser("sweep", help="run a scenario for several values of one parameter")
+    p.add_argument("scenario")
+    p.add_argument("param", help="dotted field path, e.g. services.llm.capacity")
+    p.add_argument("values", help="comma-separated values, e.g. 4,8,12")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per value (0..N-1)")
+    p.add_argument("--out", help="write the table as CSV")
+    p.add_argument("--progress", action="store_true")
     return parser
 
 

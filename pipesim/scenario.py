@@ -325,6 +325,7 @@ def _message(err: dict[str, Any]) -> str:
     bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
     if kind in bounds:
         limit = next(iter(ctx.values()))
+        limit = f"{limit:g}" if isinstance(limit, float) else limit
         return f"must be {bounds[kind]} {limit}, got {given!r}"
     if kind == "value_error":
         return str(ctx.get("error", err["msg"]))

@@ -1,0 +1,111 @@
+"""Scenario files: every bundled one loads; a wrong file gets one clear message per problem."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipesim.cli import main
+from pipesim.scenario import Scenario, ScenarioError, load_scenario
+
+BUNDLED = sorted(Path("scenarios").glob("*.yaml"))
+
+
+def test_all_six_scenarios_are_bundled():
+    assert {p.stem for p in BUNDLED} >= {"baseline", "kafka_timeouts", "load_spike", "poor_audio", "barge_in",
+                                         "frontend_demo"}
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.stem)
+def test_bundled_scenarios_load_and_are_commented(path):
+    scn = load_scenario(path)
+    assert scn.name == path.stem
+    assert path.read_text().lstrip().startswith("#")
+
+
+def problems(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    return [p.replace(str(path), name) for p in info.value.problems]
+
+
+def test_yaml_error_names_file_line_and_field(tmp_path):
+    text = "name: x\nservices:\n  llm:\n    capacity: 0\nkafka:\n  max_retries: -1\n  typo_field: 3\n"
+    assert problems(tmp_path, "x.yaml", text) == [
+        "x.yaml:4 services.llm.capacity: must be >= 1, got 0",
+        "x.yaml:6 kafka.max_retries: must be >= 0, got -1",
+        "x.yaml:7 kafka.typo_field: unknown field",
+    ]
+
+
+def test_bad_distribution_is_named(tmp_path):
+    text = "services:\n  stt:\n    latency_s: {kind: lognormal, p50: 0.3, p95: 0.2}\n"
+    [msg] = problems(tmp_path, "d.yaml", text)
+    assert msg.startswith("d.yaml:3 services.stt.latency_s:") and "p95 must be greater than p50" in msg
+    [msg] = problems(tmp_path, "k.yaml", "services:\n  stt:\n    latency_s: {kind: weibull}\n")
+    assert msg.startswith("k.yaml:3 services.stt.latency_s: must be one of")
+
+
+def test_json_and_toml_errors_have_lines(tmp_path):
+    [msg] = problems(tmp_path, "j.json", '{\n  "sessions": {\n    "barge_in_probability": 2\n  }\n}\n')
+    assert msg == "j.json:3 sessions.barge_in_probability: must be <= 1, got 2"
+    [msg] = problems(tmp_path, "t.toml", "[services.tts]\ncapacity = 0\n")
+    assert msg == "t.toml:2 services.tts.capacity: must be >= 1, got 0"
+
+
+def test_syntax_errors_and_missing_files(tmp_path):
+    [msg] = problems(tmp_path, "s.yaml", "sessions:\n  arrivals: [unclosed\n")
+    assert msg.startswith("s.yaml:") and "invalid YAML" in msg
+    [msg] = problems(tmp_path, "e.yaml", "services:\n  stt:\n    latency_s: {kind: empirical, csv: nope.csv}\n")
+    assert "services.stt.latency_s" in msg and "nope.csv" in msg
+    with pytest.raises(ScenarioError, match="no such file"):
+        load_scenario(tmp_path / "missing.yaml")
+    with pytest.raises(ScenarioError, match="unknown scenario format"):
+        load_scenario(tmp_path / "x.ini")
+
+
+def test_scripted_timeline_rules(tmp_path):
+    text = ("sessions:\n  scripted:\n    - id: a\n      timeline:\n"
+            "        - {at: 2, speak: 1}\n        - {at: 1, action: stop}\n")
+    [msg] = problems(tmp_path, "sc.yaml", text)
+    assert "sessions.scripted.0" in msg and "time order" in msg
+
+
+def test_validate_command(tmp_path, capsys):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("name: good\n")
+    bad.write_text("services:\n  llm: {capacity: 0}\n")
+    assert main(["validate", str(good)]) == 0
+    assert main(["validate", str(good), str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:2 services.llm.capacity: must be >= 1, got 0" in err
+    assert "Traceback" not in err
+
+
+def test_run_command_reports_a_bad_file_without_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kafka: {request_timeout_s: 0}\n")
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pipesim: error: ") and "kafka.request_timeout_s: must be > 0" in err
+
+
+def test_run_command_writes_parquet_and_trace(tmp_path, capsys):
+    (tmp_path / "s.yaml").write_text("name: small\nsessions: {arrivals: {kind: at_once, count: 10}}\n")
+    assert main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--csv"]) == 0
+    out = capsys.readouterr().out
+    assert "e2e_latency" in out and "p95_ms" in out
+    for name in ("turns.parquet", "sessions.parquet", "services.parquet", "messages.parquet", "trace.jsonl",
+                 "turns.csv"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    header = json.loads((tmp_path / "out" / "trace.jsonl").read_text().splitlines()[0])
+    assert header == {"record": "header", "scenario": "small", "seed": 0}
+
+
+def test_override_validates():
+    with pytest.raises(ScenarioError, match="services.llm.nope: no such field"):
+        Scenario().override({"services.llm.nope": 1})
+    with pytest.raises(ScenarioError, match="services.llm.capacity: must be >= 1"):
+        Scenario().override({"services.llm.capacity": 0})

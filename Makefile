@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 SCENARIO ?= scenarios/baseline.yaml
 
-.PHONY: demo test serve lint bench clean browser
+.PHONY: demo test serve lint bench clean browser types
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP) browser
 ## make serve: the live mock backend on ws://127.0.0.1:8001/ws with the dashboard on http://127.0.0.1:8001/
 serve: $(STAMP)
 	$(BIN)/pipesim serve scenarios/frontend_demo.yaml
+
+## make types: regenerate frontend/src/pipesim-protocol.ts from pipesim/protocol.py
+types: $(STAMP)
+	bash scripts/gen-types.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipesim tests benchmarks

@@ -8,13 +8,42 @@ model, offline as fast as it can run, or live by an asyncio pacer behind a WebSo
 >>> res.turns.e2e_latency.quantile(0.95)          # doctest: +SKIP
 """
 
-from pipesim.model import Simulation
-from pipesim.protocol import ProtocolError, parse_message
-from pipesim.results import Results, simulate
-from pipesim.scenario import Scenario, ScenarioError, load_scenario
-from pipesim.state import IllegalTransition, PipelineStateManager, Transition
-from pipesim.trace import Trace
+from __future__ import annotations
 
-__all__ = ["IllegalTransition", "PipelineStateManager", "ProtocolError", "Results", "Scenario", "ScenarioError",
-           "Simulation", "Trace", "Transition", "load_scenario", "parse_message", "simulate"]
+import importlib
+from typing import Any
+
+# Names are imported on first use, so that ``import pipesim.state`` (the clock-free core) does not pull in
+# simpy, pandas or websockets.
+_EXPORTS = {
+    "IllegalTransition": "pipesim.state",
+    "PipelineStateManager": "pipesim.state",
+    "Transition": "pipesim.state",
+    "ProtocolError": "pipesim.protocol",
+    "parse_message": "pipesim.protocol",
+    "Scenario": "pipesim.scenario",
+    "ScenarioError": "pipesim.scenario",
+    "load_scenario": "pipesim.scenario",
+    "Simulation": "pipesim.model",
+    "Results": "pipesim.results",
+    "simulate": "pipesim.results",
+    "Trace": "pipesim.trace",
+}
+_SUBMODULES = ("analysis", "plots", "live", "protocol", "scenario", "state", "model", "trace", "results")
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"pipesim.{name}")
+    else:
+        raise AttributeError(f"module 'pipesim' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,63 @@ class Results:
     def counts(self) -> dict[str, int]:
         """Turns by outcome, and Kafka timeouts."""
         return analysis.counts(self.turns)
+
+    # Analysis and figures (see pipesim.analysis and pipesim.plots) ---------------------------------
+    @property
+    def end_time(self) -> float:
+        """The last moment of the run that left a trace (seconds)."""
+        return float(self.events["t"].max()) if len(self.events) else 0.0
+
+    def percentiles(self, columns: Sequence[str] = analysis.FIGURES, by: str | Sequence[str] | None = None,
+                    ) -> pd.DataFrame:
+        """count, mean, p50, p90, p95, p99, max (seconds) of turn columns, overall or per group.
+
+        >>> res.percentiles(["e2e_latency"], by="outcome")   # doctest: +SKIP
+        """
+        return analysis.percentiles(self.turns, columns, by)
+
+    def breakdown(self) -> pd.DataFrame:
+        """Per turn: the parts of voice-to-voice latency, which add up to it (:func:`analysis.breakdown`)."""
+        return analysis.breakdown(self.turns)
+
+    def percentile_breakdown(self, quantiles: Sequence[float] = (0.5, 0.95, 0.99)) -> pd.DataFrame:
+        """Mean composition of the turns around p50/p95/p99 (:func:`analysis.percentile_breakdown`)."""
+        return analysis.percentile_breakdown(self.turns, quantiles)
+
+    def utilisation(self, window: float = 10.0) -> pd.DataFrame:
+        """Time-weighted utilisation and queue length per service and window (:func:`analysis.utilisation`)."""
+        return analysis.utilisation(self.services, window, end=self.end_time)
+
+    def state_durations(self, column: str = "state") -> pd.DataFrame:
+        """Seconds each session spent in each state (:func:`analysis.state_durations`)."""
+        return analysis.state_durations(self.events, column, end=self.end_time)
+
+    def incidents(self) -> pd.DataFrame:
+        """Every Kafka timeout, failed turn and barge-in (:func:`analysis.incidents`)."""
+        return analysis.incidents(self.events)
+
+    def incident_summary(self) -> dict[str, int]:
+        """Kafka timeouts, retries, failed turns (and how many ran out of Kafka retries), barge-ins
+        (:func:`analysis.incident_summary`)."""
+        return analysis.incident_summary(self.events)
+
+    def compare(self, other: Results, labels: Sequence[str] | None = None) -> pd.DataFrame:
+        """This run and ``other`` side by side: p50/p95/p99 (ms) and the delta (:func:`analysis.compare`)."""
+        return analysis.compare(self, other, labels)
+
+    @property
+    def plot(self) -> Any:
+        """The run's figures: ``res.plot.cdf()``, ``res.plot.breakdown()``, ``res.plot.timeline(sid)``...
+        (see :class:`pipesim.plots.ResultsPlots`)."""
+        from pipesim.plots import ResultsPlots
+
+        return ResultsPlots(self)
+
+    def timeline(self, session_id: str | None = None, **kw: Any) -> Any:
+        """The timeline figure of one session (:func:`pipesim.plots.session_timeline`)."""
+        from pipesim.plots import session_timeline
+
+        return session_timeline(self, session_id, **kw)
 
     # Files -----------------------------------------------------------------------------------------
     def save(self, out_dir: str | Path, csv: bool = False) -> list[Path]:

@@ -177,11 +177,16 @@ class Results:
 def _progress_bar(sim: Simulation, enabled: bool | None) -> Any:
     if enabled is False:
         return None
+    import warnings
+
     from tqdm.auto import tqdm
 
-    # disable=None: a bar on a terminal or in Jupyter, nothing when output is not a TTY (CI logs).
-    bar = tqdm(total=sim.expected_sessions, desc=f"simulating {sim.scenario.name}", unit="session",
-               disable=None if enabled is None else not enabled, leave=False)
+    with warnings.catch_warnings():
+        # Without ipywidgets, tqdm.auto warns in Jupyter and falls back to a text bar, which is fine.
+        warnings.simplefilter("ignore")
+        # disable=None: a bar on a terminal or in Jupyter, nothing when output is not a TTY (CI logs).
+        bar = tqdm(total=sim.expected_sessions, desc=f"simulating {sim.scenario.name}", unit="session",
+                   disable=None if enabled is None else not enabled, leave=False)
     sim.on_session_end = lambda _sid: bar.update(1)
     return bar
 

@@ -16,6 +16,7 @@ the field path::
 from __future__ import annotations
 
 import copy
+import html
 import json
 import re
 import tomllib
@@ -285,7 +286,7 @@ class Scenario(_Section):
     def _repr_html_(self) -> str:
         arr = self.sessions.arrivals
         rows = {
-            "arrivals": arr.model_dump_json(exclude_defaults=False),
+            "arrivals": arr.model_dump_json(exclude_none=True),
             "capacity (stt/llm/tts)": f"{self.services.stt.capacity}/{self.services.llm.capacity}/"
                                       f"{self.services.tts.capacity}",
             "kafka timeout / retries": f"{self.kafka.request_timeout_s} s / {self.kafka.max_retries}",
@@ -294,8 +295,10 @@ class Scenario(_Section):
             "scripted sessions": str(len(self.sessions.scripted)),
             "seed": str(self.seed),
         }
-        body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in rows.items())
-        return f"<b>Scenario {self.name}</b><br><i>{self.description}</i><table>{body}</table>"
+        body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(v)}</td></tr>"
+                       for k, v in rows.items())
+        return (f"<b>Scenario {html.escape(self.name)}</b><br><i>{html.escape(self.description)}</i>"
+                f"<table>{body}</table>")
 
 
 # Loading, with errors that name file, line and field --------------------------------------------------

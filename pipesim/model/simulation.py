@@ -437,6 +437,7 @@ class Simulation:
             yield req
             if turn.done:
                 return False
+            self._sample(name)  # granted: a released worker passed to this request shows as busy again
             started = env.now
             mgr.service_started(sid, name, started)
             first_response, busy, error = plan()

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from pipesim.state import IllegalTransition, PipelineStateManager, StateError, Transition, UnknownSession
-from pipesim.state.rules import LIFECYCLE, PIPELINE, PREREQUISITES, SERVICE, SERVICES
+from pipesim.state.rules import LIFECYCLE, PIPELINE, PREREQUISITES, REQUESTED, SERVICE, SERVICES
 
 SIDS = ("a", "b", "c")
 IDLE = dict.fromkeys(SERVICES, "idle")
@@ -260,6 +260,8 @@ class PipelineMachine(RuleBasedStateMachine):
             if isinstance(exc, StateError):
                 assert exc.session_id == sid
             if isinstance(exc, IllegalTransition):
+                name = "create" if ev == "create_session" else ev  # the manager's name for the event
+                assert exc.requested == REQUESTED.get(name, name)
                 self.check_refusal(exc, before)
             return
         assert out.error is None, (f"{ev}({sid!r}, {service!r}) accepted, the rules refuse it "
@@ -273,8 +275,8 @@ class PipelineMachine(RuleBasedStateMachine):
             return
         assert isinstance(result, Transition) and result == new[-1]
         assert all(tr.session_id == sid and tr.t == t for tr in new)
-        assert result.service == (service if result.event in (*SERVICE_TABLE_EVENTS, "turn_failed")
-                                  and ev != "turn_failed" else None)
+        assert all(tr.service == (service if ev in (*SERVICE_TABLE_EVENTS, "service_failed") else None)
+                   for tr in new)
         if ev == "service_failed":
             assert result.error == f"{service}: {reason}"
         elif ev == "turn_failed":
@@ -353,19 +355,24 @@ class PipelineMachine(RuleBasedStateMachine):
     def barge_in(self, sid: str) -> None:
         self.fire(sid, "barge_in")
 
-    @rule(sid=sids, n=st.integers(1, 12), data=st.data())
-    def legal_steps(self, sid: str, n: int, data: st.DataObject) -> None:
-        """Up to ``n`` events the model accepts for ``sid`` that move it on, so that random runs get deep
-        into turns (TTS speaking and complete, barge-in, retries) as well as hitting illegal events."""
+    @rule(sid=sids, n=st.integers(1, 12), timeouts=st.booleans(),
+          then=st.sampled_from([None, None, "pause", "stop"]), data=st.data())
+    def legal_steps(self, sid: str, n: int, timeouts: bool, then: str | None, data: st.DataObject) -> None:
+        """Up to ``n`` events the model accepts for ``sid`` that move it on (Kafka timeouts among them if
+        ``timeouts``), so that random runs get deep into turns (TTS speaking and complete, barge-in, retry
+        budgets) as well as hitting illegal events; ``then`` pauses or stops it wherever it got to."""
         for _ in range(n):
             cur = self.model.get(sid)
             options = [(ev, svc) for ev, svc in FORWARD
-                       if predict(cur, ev, svc, 3200, 0.8, self.m.max_retries).error is None
+                       if (timeouts or ev != "kafka_timeout")
+                       and predict(cur, ev, svc, 3200, 0.8, self.m.max_retries).error is None
                        and not (ev == "speech_started" and cur is not None and cur.state == "listening")]
             if not options:
-                return
+                break
             ev, svc = data.draw(st.sampled_from(options))
             self.fire(sid, ev, svc, size=3200, quality=0.8)
+        if then is not None:
+            self.fire(sid, then)
 
     # invariants -------------------------------------------------------------------------------------
     @invariant()
@@ -393,7 +400,7 @@ class PipelineMachine(RuleBasedStateMachine):
             assert (last.status == "stopped") == (sid in self.ledger.stopped)
 
 
-PipelineMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=50, deadline=None,
+PipelineMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=50, deadline=None,
                                              database=None, suppress_health_check=[HealthCheck.too_slow])
 TestPipelineMachine = PipelineMachine.TestCase
 

@@ -67,10 +67,8 @@ class Trace:
 
     # Appending (hot path) --------------------------------------------------------------------------
     def on_transition(self, tr: Transition) -> None:
-        """State-manager observer: record a transition."""
-        self.events.append((tr.t, tr.session_id, tr.turn_id, tr.seq, tr.event, tr.service, tr.status,
-                            tr.state, tr.stt, tr.llm, tr.tts, tr.buffer_size, tr.audio_quality, tr.error,
-                            _NAN))
+        """State-manager observer: record a transition (a Transition is an events row as it is)."""
+        self.events.append(tr)
 
     def model_event(self, t: float, session_id: str, turn_id: int, event: str, service: str | None = None,
                     value: float = _NAN, detail: str | None = None) -> None:
@@ -152,9 +150,9 @@ class TraceError(ValueError):
 
 
 def transition_from_row(row: tuple) -> Transition:
-    """Rebuild the state-manager transition of an ``events`` row (``seq >= 0``)."""
+    """Rebuild the state-manager transition of an ``events`` row (``seq >= 0``), e.g. one read from a file."""
     t, sid, turn_id, seq, event, service, status, state, stt, llm, tts, buf, quality, error, _ = row
-    return Transition(t, sid, int(seq), event, service, int(turn_id), status, state, stt, llm, tts,
+    return Transition(float(t), sid, int(turn_id), int(seq), event, service, status, state, stt, llm, tts,
                       int(buf), float(quality), error)
 
 

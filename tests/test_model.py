@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -107,7 +106,7 @@ def test_every_session_state_sequence_is_legal(scenario):
             got = calls[tr.event](tr)
             if got.event == "turn_failed":  # the timeout past the retry budget also fails the turn
                 failed_by_timeout = got
-                got = replace(got, seq=tr.seq, event=tr.event, state=tr.state, stt=tr.stt, llm=tr.llm,
+                got = got._replace(seq=tr.seq, event=tr.event, state=tr.state, stt=tr.stt, llm=tr.llm,
                               tts=tr.tts, error=None)
         assert got == tr
         replayed += 1

@@ -163,6 +163,10 @@ class Simulation:
         s = self.sessions.get(session_id)
         if s is None:
             if action == "start" and self.live:
+                reserved = self._reserved(session_id)
+                if reserved:  # creating it now would make the scenario's own spawn of that id fail later
+                    raise IllegalTransition(session_id, "lifecycle", "unknown", "create",
+                                            f"the id is reserved: {reserved}")
                 return self._spawn(session_id)
             raise UnknownSession(session_id)
         now = self.env.now
@@ -202,6 +206,18 @@ class Simulation:
         return sum(1 for s in self.sessions.values() if s.ended)
 
     # Sessions --------------------------------------------------------------------------------------
+    def _reserved(self, session_id: str) -> str | None:
+        """Why a live client may not create ``session_id`` (the scenario will), or None."""
+        sessions = self.scenario.sessions
+        for script in sessions.scripted:
+            if script.id == session_id:
+                return f"a scripted session of the scenario, starting at t={script.timeline[0].at:g} s"
+        prefix = f"{sessions.id_prefix}-"
+        digits = session_id[len(prefix):]
+        if session_id.startswith(prefix) and len(digits) >= 5 and digits.isdigit():
+            return f"the scenario names its own sessions {prefix}NNNNN"
+        return None
+
     def _session_id(self, i: int) -> str:
         return f"{self.scenario.sessions.id_prefix}-{i + 1:05d}"
 

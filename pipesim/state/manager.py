@@ -7,8 +7,9 @@ trace and the live WebSocket broadcast are both observers. The rules live in :mo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pipesim.state.rules import (
     ACTIVE,
@@ -31,16 +32,19 @@ from pipesim.state.rules import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One accepted change of a session, with the full state after it (what a wire update shows)."""
+class Transition(NamedTuple):
+    """One accepted change of a session, with the full state after it (what a wire update shows).
+
+    A named tuple, because the model makes one per event: it is cheap to create, immutable, and it is the
+    very row that :class:`pipesim.trace.Trace` stores (``value`` is the trace's column for model events).
+    """
 
     t: float
     session_id: str
+    turn_id: int
     seq: int
     event: str
     service: str | None
-    turn_id: int
     status: str
     state: str
     stt: str
@@ -49,6 +53,7 @@ class Transition:
     buffer_size: int
     audio_quality: float
     error: str | None = None
+    value: float = math.nan
 
     @property
     def services(self) -> dict[str, str]:
@@ -96,13 +101,17 @@ class PipelineStateManager:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         self.max_retries = max_retries
         self._sessions: dict[str, _Session] = {}
-        self._observers: list[Observer] = []
+        self._observers: tuple[Observer, ...] = ()  # replaced, never mutated: safe to change mid-delivery
 
     # Observers -------------------------------------------------------------------------------------
     def subscribe(self, observer: Observer) -> Callable[[], None]:
         """Call ``observer(transition)`` for every accepted transition; returns an unsubscribe function."""
-        self._observers.append(observer)
-        return lambda: self._observers.remove(observer) if observer in self._observers else None
+        self._observers = (*self._observers, observer)
+
+        def unsubscribe() -> None:
+            self._observers = tuple(o for o in self._observers if o is not observer)
+
+        return unsubscribe
 
     # Queries ---------------------------------------------------------------------------------------
     def __contains__(self, session_id: object) -> bool:
@@ -240,17 +249,19 @@ class PipelineStateManager:
         retries = s.retries[service] + 1 if service in s.retries else 0
         self._service(session_id, service, "kafka_timeout")  # validates, sets waiting
         s.retries[service] = retries
-        tr = self._emit(s, t, "kafka_timeout", service)
+        records = [self._record(s, t, "kafka_timeout", service, None)]
         if retries > self.max_retries:
             self._reset_turn(s, self._pipeline(s, "turn_failed"))
-            tr = self._emit(s, t, "turn_failed", service,
-                            error=f"{service}: Kafka timed out {retries} times (retry budget {self.max_retries})")
-        return tr
+            error = f"{service}: Kafka timed out {retries} times (retry budget {self.max_retries})"
+            records.append(self._record(s, t, "turn_failed", service, error))
+        self._deliver(records)  # both changes are made before any observer runs
+        return records[-1]
 
     def service_failed(self, session_id: str, service: str, t: float, reason: str) -> Transition:
         """``service`` answered with an error: the turn fails with ``service: reason``."""
         s = self._active(session_id, "service_failed")
-        state = s.services.get(service)
+        self._check_service_name(session_id, service, "service_failed")
+        state = s.services[service]
         if state not in (WAITING, EXECUTING):
             raise IllegalTransition(session_id, service, str(state), "service_failed",
                                     "only a waiting or executing service can fail")
@@ -286,9 +297,7 @@ class PipelineStateManager:
 
     def _service(self, session_id: str, service: str, event: str) -> _Session:
         s = self._active(session_id, event)
-        if service not in SERVICES:
-            raise IllegalTransition(session_id, repr(service), "unknown", event,
-                                    f"services are {', '.join(SERVICES)}")
+        self._check_service_name(session_id, service, event)
         if s.state != PROCESSING:
             raise IllegalTransition(session_id, service, s.services[service], event,
                                     f"the pipeline is {s.state!r}, not 'processing'")
@@ -304,22 +313,40 @@ class PipelineStateManager:
         return s
 
     @staticmethod
+    def _check_service_name(session_id: str, service: str, event: str) -> None:
+        if service not in SERVICES:
+            raise IllegalTransition(session_id, repr(service), "unknown", event,
+                                    f"services are {', '.join(SERVICES)}")
+
+    @staticmethod
     def _reset_turn(s: _Session, state: str) -> None:
         s.state = state
         s.services = {"stt": IDLE, "llm": IDLE, "tts": IDLE}
 
     def _emit(self, s: _Session, t: float, event: str, service: str | None = None,
               error: str | None = None) -> Transition:
-        tr = self._record(s, t, event, service, error, advance=True)
-        for observer in self._observers:
-            observer(tr)
+        tr = self._record(s, t, event, service, error)
+        self._deliver((tr,))
         return tr
+
+    def _deliver(self, records: list[Transition] | tuple[Transition, ...]) -> None:
+        """Hand every record to every observer. An observer that raises does not keep the others from
+        seeing the change (the state has changed already); the first error is raised afterwards."""
+        errors: list[Exception] = []
+        for tr in records:
+            for observer in self._observers:
+                try:
+                    observer(tr)
+                except Exception as exc:  # noqa: BLE001 - re-raised below, after every observer has run
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
 
     @staticmethod
     def _record(s: _Session, t: float, event: str, service: str | None, error: str | None,
-                advance: bool) -> Transition:
+                advance: bool = True) -> Transition:
         sv = s.services
-        tr = Transition(float(t), s.session_id, s.seq, event, service, s.turn_id, s.status, s.state,
+        tr = Transition(float(t), s.session_id, s.turn_id, s.seq, event, service, s.status, s.state,
                         sv["stt"], sv["llm"], sv["tts"], s.buffer_size, s.audio_quality, error)
         if advance:
             s.seq += 1

@@ -15,7 +15,7 @@ A *pipeline session* has three layers of state, each a small table of ``{state: 
 
 The service coordinator (``PREREQUISITES``) orders the services: LLM may be requested only once STT
 has completed; TTS may be requested and may execute while the LLM still streams (its first sentence),
-but TTS cannot complete before the LLM has.
+but TTS cannot complete before the LLM has, and the LLM cannot time out once TTS has started.
 
 An event that no table allows raises :class:`IllegalTransition` and changes nothing.
 """
@@ -54,8 +54,9 @@ SERVICE: dict[str, dict[str, str]] = {
 
 # Service coordinator: (service, event) -> {other service: states it must be in} -------------------
 PREREQUISITES: dict[tuple[str, str], tuple[str, frozenset[str]]] = {
-    ("stt", "service_requested"): ("llm", frozenset({IDLE})),
     ("llm", "service_requested"): ("stt", frozenset({COMPLETE})),
+    # Once TTS speaks the LLM's first phrase, the LLM's answer has arrived: it can no longer time out.
+    ("llm", "kafka_timeout"): ("tts", frozenset({IDLE})),
     ("tts", "service_requested"): ("llm", frozenset({EXECUTING, COMPLETE})),
     ("tts", "service_completed"): ("llm", frozenset({COMPLETE})),
 }
@@ -72,13 +73,16 @@ class UnknownSession(StateError):
     """An event named a session the manager does not know."""
 
     def __init__(self, session_id: str) -> None:
-        super().__init__(f"unknown session {session_id!r}")
+        super().__init__(session_id)  # all constructor arguments, so the error can be rebuilt from args
         self.session_id = session_id
+
+    def __str__(self) -> str:
+        return f"unknown session {self.session_id!r}"
 
 
 #: The state each event asks for, to name it when the event is refused.
 REQUESTED: dict[str, str] = {
-    "start": ACTIVE, "pause": PAUSED, "stop": STOPPED,
+    "create": CREATED, "start": ACTIVE, "pause": PAUSED, "stop": STOPPED,
     "speech_started": LISTENING, "audio": LISTENING, "utterance_ended": PROCESSING,
     "turn_completed": COMPLETE, "barge_in": LISTENING, "turn_failed": LISTENING,
     "service_requested": WAITING, "service_started": EXECUTING, "service_completed": COMPLETE,
@@ -94,9 +98,12 @@ class IllegalTransition(StateError):
     """
 
     def __init__(self, session_id: str, part: str, current: str, event: str, reason: str = "") -> None:
-        self.session_id, self.part, self.current, self.event = session_id, part, current, event
+        super().__init__(session_id, part, current, event, reason)  # rebuildable from args (SimPy does that)
+        self.session_id, self.part, self.current, self.event, self.reason = session_id, part, current, event, reason
         self.service = part if part in SERVICES else None
         self.requested = REQUESTED.get(event, event)
-        text = (f"session {session_id!r}: {part} cannot go from {current!r} to {self.requested!r} "
-                f"on {event}")
-        super().__init__(f"{text} ({reason})" if reason else text)
+
+    def __str__(self) -> str:
+        text = (f"session {self.session_id!r}: {self.part} cannot go from {self.current!r} to "
+                f"{self.requested!r} on {self.event}")
+        return f"{text} ({self.reason})" if self.reason else text

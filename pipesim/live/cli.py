@@ -1,0 +1,84 @@
+"""``pipesim serve`` and ``pipesim replay``: run a live or replay server until SIGINT/SIGTERM.
+
+Both print one line with the URLs once listening, stop cleanly on SIGINT or SIGTERM (clients get
+close code 1001, the recording is complete) and exit 0. A user mistake (bad scenario or replay file,
+port in use, recording not writable) prints ``pipesim: error: ...`` and exits 2. (The message is printed
+here rather than raised as ``pipesim.cli.UserError``: under ``python -m pipesim.cli`` that module is
+``__main__``, and a ``UserError`` imported from ``pipesim.cli`` would be another class, never caught.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from pipesim.live.recording import load_replay
+from pipesim.live.server import LiveError, LiveServer, ReplayServer, _BaseServer
+from pipesim.scenario import ScenarioError, load_scenario, scenario_path
+from pipesim.trace import TraceError
+
+
+def serve(args: argparse.Namespace) -> int:
+    """``pipesim serve [SCENARIO] [--host] [--port] [--speed] [--seed] [--record]``."""
+    try:
+        scenario = load_scenario(scenario_path(args.scenario))
+    except ScenarioError as exc:
+        return _fail("\n".join(exc.problems))
+    server = LiveServer(scenario, host=args.host, port=args.port, speed=args.speed, seed=args.seed,
+                        record=args.record)
+    what = f"scenario {scenario.name} (seed {server.sim.seed})"
+    return _run(server, what)
+
+
+def replay(args: argparse.Namespace) -> int:
+    """``pipesim replay FILE [--host] [--port] [--speed] [--loop]``."""
+    try:
+        items = load_replay(args.file)
+    except TraceError as exc:
+        return _fail(str(exc))
+    server = ReplayServer(items, host=args.host, port=args.port, speed=args.speed, loop=args.loop)
+    server.source = args.file
+    what = f"replay of {args.file} ({len(items)} messages{', looping' if args.loop else ''})"
+    return _run(server, what)
+
+
+def _run(server: _BaseServer, what: str) -> int:
+    logging.basicConfig(level=logging.WARNING, format="pipesim: %(levelname)s: %(message)s")
+    speed = getattr(server, "speed", 1.0)
+    try:
+        asyncio.run(_main(server, what, speed))
+    except LiveError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"pipesim: error: {message}", file=sys.stderr)
+    return 2
+
+
+async def _main(server: _BaseServer, what: str, speed: float) -> None:
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows: no loop signal handlers
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+    print(f"pipesim: serving {what} at {speed:g}x on {server.url} (dashboard {server.http_url}); "
+          f"Ctrl-C to stop", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    rec = server.recorder
+    recorded = f"; recorded {rec.count} messages to {rec.path}" if rec is not None else ""
+    print(f"pipesim: stopped{recorded}", file=sys.stderr, flush=True)

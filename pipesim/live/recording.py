@@ -1,0 +1,156 @@
+"""Recordings of what the live server sent, and loading anything that can be replayed.
+
+A recording (``pipesim serve --record FILE``) is JSON Lines: a header line, then one line per message
+broadcast to clients, in the order it was sent::
+
+    {"recording":"pipesim","version":1,"scenario":"frontend_demo","seed":1,"speed":1.0}
+    {"wall":0.000512,"t":0.0,"message":{"type":"session_created","session_id":"sim-00001",...}}
+
+``wall`` is seconds since the server started, ``t`` the simulated time of the message. Every line is
+flushed as it is written, so the file is complete and valid up to the last message even if the server
+is killed. Messages sent to one client only (snapshots on connect, errors) are not recorded.
+
+:func:`load_replay` reads a recording or a trace (``pipesim run --out``'s ``trace.jsonl``) into the
+``(t, message)`` pairs that :class:`~pipesim.live.ReplayServer` plays.
+
+>>> import tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "rec.jsonl")
+>>> rec = Recorder(path, {"scenario": "demo"})
+>>> rec.write(0.5, 1.25, {"type": "session_created", "session_id": "a", "timestamp": 1.25, "seq": 0})
+>>> rec.close()
+>>> load_replay(path)
+[(1.25, {'type': 'session_created', 'session_id': 'a', 'timestamp': 1.25, 'seq': 0})]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import IO, Any
+
+from pipesim.protocol import ProtocolError, dumps, parse_message, wire_messages
+from pipesim.trace import Trace, TraceError, transitions
+
+#: Message types a server sends; a recording holds nothing else.
+SERVER_TYPES = ("session_created", "pipeline_state_update", "session_ended", "error")
+RECORDING_VERSION = 1
+
+
+class ReplayError(TraceError):
+    """A file cannot be replayed; the message names the file (and line)."""
+
+
+class Recorder:
+    """Appends broadcast messages to a JSON Lines file, one flushed line per message.
+
+    ``header`` (scenario, seed, speed, ...) goes on the first line. Raises ``OSError`` if the file
+    cannot be written.
+    """
+
+    def __init__(self, path: str | Path, header: dict[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        # Line buffering: every line reaches the OS as it is written, so SIGKILL loses at most one line.
+        self._fh: IO[str] | None = open(self.path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self.count = 0
+        head = {"recording": "pipesim", "version": RECORDING_VERSION, **(header or {})}
+        self._fh.write(json.dumps(head, separators=(",", ":")) + "\n")
+
+    def write(self, wall: float, t: float, message: dict[str, Any] | str) -> None:
+        """Record one message (a dict, or its wire text as :func:`pipesim.protocol.dumps` made it)."""
+        if self._fh is None:
+            return
+        text = message if isinstance(message, str) else dumps(message)
+        # The message is already serialised for the wire: splice it in rather than encoding it twice.
+        self._fh.write(f'{{"wall":{round(wall, 6)!r},"t":{t!r},"message":{text}}}\n')
+        self.count += 1
+
+    def close(self) -> None:
+        """Flush and close the file (idempotent)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    @property
+    def closed(self) -> bool:
+        return self._fh is None
+
+
+def load_replay(path: str | Path) -> list[tuple[float, dict[str, Any]]]:
+    """The ``(t, message)`` pairs of a recording or a trace, in the order they were sent.
+
+    ``path`` is a recording (``pipesim serve --record``), a trace (``trace.jsonl`` from
+    ``pipesim run --out`` or :meth:`pipesim.Trace.to_jsonl`), or a ``run --out`` folder. Raises
+    :class:`ReplayError` (a :class:`~pipesim.trace.TraceError`) naming the file and line of the problem.
+    """
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "trace.jsonl").exists():
+            raise ReplayError(f"{p}: a folder without trace.jsonl (give a recording or a trace file)")
+        p = p / "trace.jsonl"
+    try:
+        with open(p, encoding="utf-8") as fh:
+            first = next(((n, line) for n, line in enumerate(fh, 1) if line.strip()), None)
+    except OSError as exc:
+        raise ReplayError(f"{p}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ReplayError(f"{p}: not a text file (a recording or trace is UTF-8 JSON Lines)") from None
+    if first is None:
+        raise ReplayError(f"{p}: the file is empty")
+    number, line = first
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ReplayError(f"{p}:{number}: not JSON ({exc.msg}); expected a pipesim recording or trace"
+                          ) from None
+    if isinstance(obj, dict) and "record" in obj:
+        return _load_trace(p)
+    if isinstance(obj, dict) and ("recording" in obj or "message" in obj):
+        return _load_recording(p)
+    raise ReplayError(f"{p}:{number}: neither a pipesim recording nor a trace line")
+
+
+def _load_trace(path: Path) -> list[tuple[float, dict[str, Any]]]:
+    try:
+        trace = Trace.from_jsonl(path)
+    except UnicodeDecodeError:
+        raise ReplayError(f"{path}: not a text file") from None
+    out = [(tr.t, msg) for tr in transitions(trace) for msg in wire_messages(tr)]
+    if not out:
+        raise ReplayError(f"{path}: the trace has no state transitions to replay")
+    return out
+
+
+def _load_recording(path: Path) -> list[tuple[float, dict[str, Any]]]:
+    out: list[tuple[float, dict[str, Any]]] = []
+    with open(path, encoding="utf-8") as fh:
+        try:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ReplayError(f"{where}: not JSON ({exc.msg})") from None
+                if not isinstance(obj, dict):
+                    raise ReplayError(f"{where}: a recording line must be a JSON object")
+                if "recording" in obj:
+                    if number != 1 and out:
+                        raise ReplayError(f"{where}: a recording header in the middle of the file")
+                    continue
+                t, message = obj.get("t"), obj.get("message")
+                if isinstance(t, bool) or not isinstance(t, int | float) or not isinstance(message, dict):
+                    raise ReplayError(f"{where}: a recording line needs a number 't' and an object 'message'")
+                try:
+                    # Validate against the protocol: a replay must never send what the server would not.
+                    parse_message(json.dumps(message), allowed=SERVER_TYPES)
+                except ProtocolError as exc:
+                    raise ReplayError(f"{where}: {exc}") from None
+                if out and t < out[-1][0]:
+                    raise ReplayError(f"{where}: time goes backwards ({t} after {out[-1][0]})")
+                out.append((float(t), message))
+        except UnicodeDecodeError:
+            raise ReplayError(f"{path}: not a text file") from None
+    if not out:
+        raise ReplayError(f"{path}: the recording holds no messages")
+    return out

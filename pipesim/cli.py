@@ -204,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"pipesim: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. --out in a folder we may not write to
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"pipesim: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

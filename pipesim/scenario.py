@@ -462,15 +462,25 @@ def load_scenario(path: str | Path) -> Scenario:
     return validate_scenario(data, source=str(path), text=text, fmt=fmt, base_dir=path.parent)
 
 
+def bundled_scenarios() -> list[str]:
+    """Names of the scenarios shipped in ``scenarios/``."""
+    folder = Path(__file__).resolve().parent.parent / "scenarios"
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
 def scenario_path(name_or_path: str | Path) -> Path:
-    """A path as given, or the name of a bundled scenario (``baseline`` -> ``scenarios/baseline.yaml``)."""
+    """A path as given, or the name of a bundled scenario (``baseline`` -> ``scenarios/baseline.yaml``).
+
+    Raises :class:`ScenarioError` for a bare name that is neither a file nor a bundled scenario.
+    """
     path = Path(name_or_path)
     if path.exists() or path.suffix:
         return path
     for folder in (Path("scenarios"), Path(__file__).resolve().parent.parent / "scenarios"):
         if (folder / f"{path.name}.yaml").exists():
             return folder / f"{path.name}.yaml"
-    return path
+    raise ScenarioError([f"{path}: no such file, and no bundled scenario of that name "
+                         f"(bundled: {', '.join(bundled_scenarios())})"])
 
 
 def as_scenario(value: Scenario | str | Path | dict[str, Any]) -> Scenario:

@@ -109,3 +109,18 @@ def test_override_validates():
         Scenario().override({"services.llm.nope": 1})
     with pytest.raises(ScenarioError, match="services.llm.capacity: must be >= 1"):
         Scenario().override({"services.llm.capacity": 0})
+
+
+def test_unknown_bundled_name_lists_the_bundled_ones(capsys):
+    assert main(["run", "no_such_scenario"]) == 2
+    err = capsys.readouterr().err
+    assert "no bundled scenario of that name" in err and "baseline" in err and "Traceback" not in err
+
+
+def test_unwritable_output_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    (tmp_path / "s.yaml").write_text("sessions: {arrivals: {kind: at_once, count: 2}}\n")
+    assert main(["run", str(tmp_path / "s.yaml"), "--out", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pipesim: error:") and err.count("\n") == 1

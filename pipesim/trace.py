@@ -4,7 +4,9 @@ Three append-only tables of plain tuples (cheap to append in the model's inner l
 built once, at the end):
 
 * ``events``: every state-manager transition (``seq >= 0``) and every model event (``seq == -1``),
-  in the order they happened, with the session's full state after transitions.
+  in the order they happened, with the session's full state after transitions. A turn's ``turn_id`` is
+  assigned at the end of its utterance, so ``speech_started`` and ``audio`` transitions still carry the
+  previous turn's id; the model's ``speech_ended`` event carries the id the turn will have.
 * ``turns``: one row per user turn, written by the model when the turn ends.
 * ``service_samples``: busy workers and queue length of a service after every change.
 

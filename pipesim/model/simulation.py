@@ -321,7 +321,7 @@ class Simulation:
         end-of-utterance delay the turn is handed to the pipeline. Returns the turn, or None if cancelled."""
         env, mgr, sid = self.env, self.manager, s.id
         t0 = env.now
-        mgr.speech_started(sid, t0)
+        upcoming_turn = mgr.speech_started(sid, t0).turn_id + 1  # the turn this speech becomes
         n_chunks = max(1, math.ceil(duration / self._chunk_s - 1e-9))
         q = self.scenario.quality
         snr = s.snr_db + q.snr_chunk_sd_db * s.user_rng.standard_normal(n_chunks)
@@ -343,7 +343,7 @@ class Simulation:
         quality = running[-1]
         mgr.audio(sid, env.now, n_chunks * self._chunk_bytes, quality)
         speech_end = env.now
-        self.trace.model_event(speech_end, sid, -1, "speech_ended", value=duration)
+        self.trace.model_event(speech_end, sid, upcoming_turn, "speech_ended", value=duration)
         yield env.timeout(s.draw["eou"]())
         if s.epoch != epoch:
             return None

@@ -16,6 +16,7 @@ the field path::
 from __future__ import annotations
 
 import copy
+import difflib
 import html
 import json
 import re
@@ -319,10 +320,39 @@ def _field_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(p for p in loc if not (isinstance(p, str) and (p in _DIST_TAGS or "[" in p)))
 
 
+def _section_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The scenario section class at a field path (None where the path goes through a union)."""
+    model: Any = Scenario
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        for inner in getattr(annotation, "__args__", ()):  # list[X] -> X
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                annotation = inner
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _unknown_field(path: tuple[Any, ...]) -> str:
+    section = _section_at(path[:-1])
+    if section is None or not path:
+        return "unknown field"
+    allowed = [f.alias or name for name, f in section.model_fields.items()]
+    close = difflib.get_close_matches(str(path[-1]), allowed, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown field ({hint}allowed: {', '.join(allowed)})"
+
+
 def _message(err: dict[str, Any]) -> str:
     kind, ctx, given = err["type"], err.get("ctx", {}), err.get("input")
     if kind == "extra_forbidden":
-        return "unknown field"
+        return _unknown_field(_field_path(err["loc"]))
     if kind == "missing":
         return "required field is missing"
     bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}

@@ -36,8 +36,14 @@ def test_yaml_error_names_file_line_and_field(tmp_path):
     assert problems(tmp_path, "x.yaml", text) == [
         "x.yaml:4 services.llm.capacity: must be >= 1, got 0",
         "x.yaml:6 kafka.max_retries: must be >= 0, got -1",
-        "x.yaml:7 kafka.typo_field: unknown field",
+        "x.yaml:7 kafka.typo_field: unknown field (allowed: latency_s, request_timeout_s, max_retries, "
+        "backoff_s, backoff_multiplier, stalls, outages)",
     ]
+
+
+def test_unknown_field_suggests_the_closest_name(tmp_path):
+    [msg] = problems(tmp_path, "t.yaml", "services:\n  llm:\n    capcity: 4\n")
+    assert msg.startswith("t.yaml:3 services.llm.capcity: unknown field (did you mean 'capacity'? allowed: ")
 
 
 def test_bad_distribution_is_named(tmp_path):

@@ -130,3 +130,14 @@ def test_unwritable_output_is_one_line(tmp_path, capsys):
     assert main(["run", str(tmp_path / "s.yaml"), "--out", str(blocker / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pipesim: error:") and err.count("\n") == 1
+
+
+def test_two_runs_write_the_same_bytes(tmp_path, capsys):
+    (tmp_path / "s.yaml").write_text("sessions: {arrivals: {kind: poisson, rate_per_s: 2, count: 30}}\n"
+                                     "kafka: {stalls: {rate_per_hour: 600}}\n")
+    for out in ("a", "b"):
+        assert main(["run", str(tmp_path / "s.yaml"), "--seed", "5", "--csv", "--out", str(tmp_path / out)]) == 0
+    written = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert len(written) == 12
+    for name in written:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name

@@ -332,15 +332,15 @@ class PipelineStateManager:
     def _deliver(self, records: list[Transition] | tuple[Transition, ...]) -> None:
         """Hand every record to every observer. An observer that raises does not keep the others from
         seeing the change (the state has changed already); the first error is raised afterwards."""
-        errors: list[Exception] = []
+        first_error: Exception | None = None
         for tr in records:
             for observer in self._observers:
                 try:
                     observer(tr)
                 except Exception as exc:  # noqa: BLE001 - re-raised below, after every observer has run
-                    errors.append(exc)
-        if errors:
-            raise errors[0]
+                    first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
 
     @staticmethod
     def _record(s: _Session, t: float, event: str, service: str | None, error: str | None,

@@ -158,7 +158,7 @@ def check_invariants(s: Transition) -> None:
     if sv["stt"] != "idle":
         assert s.buffer_size == 0, f"STT took the audio but the buffer is not empty; {where}"
     if s.status == "created":
-        assert (s.state, sv, s.turn_id, s.buffer_size, s.seq) == ("listening", IDLE, 0, 0, 1), where
+        assert (s.state, sv, s.turn_id, s.buffer_size, s.seq) == ("listening", IDLE, 0, 0, 0), where
     if s.status == "paused":
         assert (s.state, sv, s.buffer_size) == ("listening", IDLE, 0), where
     if s.status == "stopped":
@@ -379,7 +379,7 @@ class PipelineMachine(RuleBasedStateMachine):
         for sid in self.m.session_ids:
             snap, want = self.m.snapshot(sid, self.t), self.model[sid]
             got = (snap.status, snap.state, snap.services, snap.buffer_size, snap.audio_quality, snap.turn_id,
-                   snap.seq)
+                   snap.seq + 1)  # the model counts the next seq; a snapshot carries the last one
             assert got == (want.status, want.state, want.services, want.buffer_size, want.audio_quality,
                            want.turn_id, want.seq), sid
 
@@ -394,7 +394,7 @@ class PipelineMachine(RuleBasedStateMachine):
         for sid in self.m.session_ids:
             snap, last = self.m.snapshot(sid, self.t), self.ledger.last[sid]
             assert state_of(snap) == state_of(last)
-            assert snap.seq == last.seq + 1
+            assert snap.seq == last.seq
             assert (last.status == "stopped") == (sid in self.ledger.stopped)
 
 

@@ -116,9 +116,9 @@ def check(m: PipelineStateManager, rec: Recorder, tr: Transition, before: Transi
     assert tr.buffer_size == (before.buffer_size if buffer_size is None else buffer_size)
     assert tr.audio_quality == (before.audio_quality if audio_quality is None else audio_quality)
     assert len(rec.seen) == emitted and rec.seen[-1] == tr
-    assert [x.seq for x in rec.seen] == list(range(before.seq, before.seq + emitted))
+    assert [x.seq for x in rec.seen] == list(range(before.seq + 1, before.seq + 1 + emitted))
     assert all(x.session_id == before.session_id for x in rec.seen)
-    assert m.snapshot(before.session_id, T) == tr._replace(seq=tr.seq + 1, event="snapshot", service=None,
+    assert m.snapshot(before.session_id, T) == tr._replace(event="snapshot", service=None,
                                                        error=None)
 
 
@@ -158,7 +158,7 @@ def test_create_session(m, rec):
     assert (tr.service, tr.error) == (None, None)
     assert rec.seen == [tr]
     assert "s1" in m and m.session_ids == ["s1"] and m.status("s1") == "created"
-    assert m.snapshot("s1", T) == tr._replace(seq=1, event="snapshot")
+    assert m.snapshot("s1", T) == tr._replace(seq=0, event="snapshot")
 
 
 def test_session_in_helper_reaches_the_requested_states(m):
@@ -680,7 +680,7 @@ def test_seq_increases_by_one_per_transition_per_session(m, rec):
     for sid in ("a", "b"):
         seqs = [tr.seq for tr in rec.seen if tr.session_id == sid]
         assert seqs == list(range(len(seqs)))
-        assert m.snapshot(sid, 1.0).seq == len(seqs)
+        assert m.snapshot(sid, 1.0).seq == len(seqs) - 1
     assert [tr.seq for tr in rec.seen if tr.session_id == "a"] == [0, 1, 2, 3, 4, 5, 6, 7]
 
 

@@ -542,10 +542,7 @@ class LiveServer(_BaseServer):
         out = []
         for sid in mgr.session_ids:
             if client.wants(sid) and mgr.status(sid) != "stopped":
-                message = wire_messages(mgr.snapshot(sid, now))[0]
-                # The manager gives the *next* seq; the snapshot reflects the last message sent.
-                message["seq"] = max(0, message["seq"] - 1)
-                out.append(message)
+                out.append(wire_messages(mgr.snapshot(sid, now))[0])
         return out
 
     def _on_control(self, client: _Client, msg: ConversationControl) -> None:

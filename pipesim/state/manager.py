@@ -123,8 +123,11 @@ class PipelineStateManager:
         return list(self._sessions)
 
     def snapshot(self, session_id: str, t: float) -> Transition:
-        """The current state of a session as a record (not an event: nothing is emitted)."""
-        return self._record(self._get(session_id), t, "snapshot", None, None, advance=False)
+        """The current state of a session as a record (not an event: nothing is emitted), carrying the
+        ``seq`` of the last transition, so the next transition follows it by one."""
+        s = self._get(session_id)
+        tr = self._record(s, t, "snapshot", None, None, advance=False)
+        return tr._replace(seq=s.seq - 1)  # the seq of the last transition: the state it left
 
     def status(self, session_id: str) -> str:
         return self._get(session_id).status

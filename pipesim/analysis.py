@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipesim.protocol import wire_messages
-from pipesim.trace import Trace, transitions
+from pipesim.trace import Trace, sent_messages
 
 #: The stages of voice-to-voice latency, in the order they happen; they add up to ``e2e_latency``.
 STAGES = ("end_of_utterance_delay", "stt_stage", "llm_stage", "tts_stage")
@@ -95,10 +94,8 @@ def sessions_frame(trace: Trace, turns: pd.DataFrame) -> pd.DataFrame:
 
 def messages_frame(trace: Trace) -> pd.DataFrame:
     """The wire messages a dashboard watching every session would have received, in order."""
-    rows = []
-    for tr in transitions(trace):
-        for msg in wire_messages(tr):
-            rows.append((tr.t, tr.session_id, tr.seq, msg["type"], json.dumps(msg, separators=(",", ":"))))
+    rows = [(tr.t, tr.session_id, tr.seq, msg["type"], json.dumps(msg, separators=(",", ":")))
+            for tr, msg in sent_messages(trace)]
     return pd.DataFrame(rows, columns=["t", "session_id", "seq", "type", "message"])
 
 

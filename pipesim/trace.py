@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipesim.protocol import wire_messages
 from pipesim.state import Transition
 
 EVENT_COLUMNS = ("t", "session_id", "turn_id", "seq", "event", "service", "status", "state", "stt", "llm",
@@ -161,3 +162,9 @@ def transition_from_row(row: tuple) -> Transition:
 def transitions(trace: Trace) -> list[Transition]:
     """Every state-manager transition of a trace, in order."""
     return [transition_from_row(row) for row in trace.events if row[3] is not None and row[3] >= 0]
+
+
+def sent_messages(trace: Trace) -> list[tuple[Transition, dict[str, Any]]]:
+    """The wire messages a client watching every session would have received, each with the transition
+    that produced it, in order (what replay serves and ``Results.messages`` tabulates)."""
+    return [(tr, msg) for tr in transitions(trace) for msg in wire_messages(tr)]

@@ -28,8 +28,8 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
-from pipesim.protocol import ProtocolError, dumps, parse_message, wire_messages
-from pipesim.trace import Trace, TraceError, transitions
+from pipesim.protocol import ProtocolError, dumps, parse_message
+from pipesim.trace import Trace, TraceError, sent_messages
 
 #: Message types a server sends; a recording holds nothing else.
 SERVER_TYPES = ("session_created", "pipeline_state_update", "session_ended", "error")
@@ -114,7 +114,7 @@ def _load_trace(path: Path) -> list[tuple[float, dict[str, Any]]]:
         trace = Trace.from_jsonl(path)
     except UnicodeDecodeError:
         raise ReplayError(f"{path}: not a text file") from None
-    out = [(tr.t, msg) for tr in transitions(trace) for msg in wire_messages(tr)]
+    out = [(tr.t, msg) for tr, msg in sent_messages(trace)]
     if not out:
         raise ReplayError(f"{path}: the trace has no state transitions to replay")
     return out

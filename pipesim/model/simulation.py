@@ -48,7 +48,7 @@ class _Turn:
         self.rec[0], self.rec[1], self.rec[3] = session_id, turn_id, None
         for name in ("stt_timeouts", "llm_timeouts", "tts_timeouts", "audio_bytes"):
             self.rec[_TURN_INDEX[name]] = 0
-        self.requests: list[tuple[simpy.Resource, simpy.resources.resource.Request]] = []
+        self.requests: list[tuple[str, simpy.resources.resource.Request]] = []  # (service, request)
         self.first_sentence = env.event()
         self.llm_done = env.event()
         self.finished = env.event()
@@ -448,7 +448,7 @@ class Simulation:
             self.trace.model_event(env.now, sid, turn.turn_id, "request_delivered", name, d_req)
             queued = env.now
             req = pool.request()
-            turn.requests.append((pool, req))
+            turn.requests.append((name, req))
             self._sample(name)
             yield req
             if turn.done:
@@ -612,12 +612,12 @@ class Simulation:
         if turn is None or turn.done:
             return
         turn.done = True
-        for pool, req in turn.requests:
+        for name, req in turn.requests:
             if not req.triggered:
                 req.cancel()
-                self._sample(next(n for n, p in self.pools.items() if p is pool))
+                self._sample(name)
             else:
-                self._release(next(n for n, p in self.pools.items() if p is pool), pool, req)
+                self._release(name, self.pools[name], req)
         turn.requests.clear()
         turn.set("outcome", outcome)
         turn.set("error", error)

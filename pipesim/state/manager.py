@@ -13,20 +13,21 @@ from typing import NamedTuple
 
 from pipesim.state.rules import (
     ACTIVE,
+    CANCELLED_TURN,
     COMPLETE,
     CREATED,
-    EXECUTING,
+    FAILABLE,
     IDLE,
     LIFECYCLE,
     LISTENING,
     PAUSED,
     PIPELINE,
+    PIPELINE_PREREQUISITES,
     PREREQUISITES,
     PROCESSING,
     SERVICE,
     SERVICES,
     STOPPED,
-    WAITING,
     IllegalTransition,
     UnknownSession,
 )
@@ -71,11 +72,11 @@ class _Session:
         self.session_id = session_id
         self.status = CREATED
         self.state = LISTENING
-        self.services = {"stt": IDLE, "llm": IDLE, "tts": IDLE}
+        self.services = dict.fromkeys(SERVICES, IDLE)
         self.buffer_size = 0
         self.audio_quality = 0.0
         self.turn_id = 0
-        self.retries = {"stt": 0, "llm": 0, "tts": 0}
+        self.retries = dict.fromkeys(SERVICES, 0)
         self.seq = 0
 
 
@@ -159,7 +160,7 @@ class PipelineStateManager:
         """Pause an active session: the turn in flight is cancelled, its audio dropped."""
         s = self._get(session_id)
         s.status = self._lifecycle(s, "pause")
-        self._reset_turn(s, LISTENING)
+        self._reset_turn(s, CANCELLED_TURN["pause"])
         s.buffer_size = 0
         return self._emit(s, t, "session_paused")
 
@@ -168,7 +169,7 @@ class PipelineStateManager:
         s = self._get(session_id)
         s.status = self._lifecycle(s, "stop")
         if s.state != COMPLETE or any(v != COMPLETE for v in s.services.values()):
-            self._reset_turn(s, COMPLETE)
+            self._reset_turn(s, CANCELLED_TURN["stop"])
         s.buffer_size = 0
         return self._emit(s, t, "session_stopped", error=None if reason == "stopped" else reason)
 
@@ -211,8 +212,9 @@ class PipelineStateManager:
         """The user spoke over the bot's reply: TTS is cancelled and the session listens again."""
         s = self._active(session_id, "barge_in")
         target = self._pipeline(s, "barge_in")
-        if s.services["tts"] != EXECUTING:
-            raise IllegalTransition(session_id, "tts", s.services["tts"], "barge_in",
+        service, allowed = PIPELINE_PREREQUISITES["barge_in"]
+        if s.services[service] not in allowed:
+            raise IllegalTransition(session_id, service, s.services[service], "barge_in",
                                     "barge-in needs the bot to be speaking")
         self._reset_turn(s, target)
         return self._emit(s, t, "barge_in")
@@ -265,7 +267,7 @@ class PipelineStateManager:
         s = self._active(session_id, "service_failed")
         self._check_service_name(session_id, service, "service_failed")
         state = s.services[service]
-        if state not in (WAITING, EXECUTING):
+        if state not in FAILABLE:
             raise IllegalTransition(session_id, service, str(state), "service_failed",
                                     "only a waiting or executing service can fail")
         self._reset_turn(s, self._pipeline(s, "turn_failed"))
@@ -324,7 +326,7 @@ class PipelineStateManager:
     @staticmethod
     def _reset_turn(s: _Session, state: str) -> None:
         s.state = state
-        s.services = {"stt": IDLE, "llm": IDLE, "tts": IDLE}
+        s.services = dict.fromkeys(SERVICES, IDLE)
 
     def _emit(self, s: _Session, t: float, event: str, service: str | None = None,
               error: str | None = None) -> Transition:

@@ -17,10 +17,29 @@ The service coordinator (``PREREQUISITES``) orders the services: LLM may be requ
 has completed; TTS may be requested and may execute while the LLM still streams (its first sentence),
 but TTS cannot complete before the LLM has, and the LLM cannot time out once TTS has started.
 
-An event that no table allows raises :class:`IllegalTransition` and changes nothing.
+An event that no table allows raises :class:`IllegalTransition`, changes nothing and uses no ``seq``.
+
+Special cases (each is applied by :class:`~pipesim.state.PipelineStateManager`, in one place):
+
+* Every event but the lifecycle ones needs an *active* session; service events also need the pipeline
+  to be *processing*.
+* ``utterance_ended`` starts a new turn: ``turn_id`` + 1, the retry counters back to 0.
+* ``speech_started`` after a completed turn resets the services to idle (the next turn begins).
+* ``service_requested`` for STT hands the buffered audio over (``buffer_size`` 0).
+* ``service_completed`` of TTS completes the turn (``PIPELINE``'s ``turn_completed``).
+* ``kafka_timeout`` past the retry budget (``max_retries`` per service and turn) fails the turn as well:
+  two transitions, both made before any observer sees either.
+* ``service_failed`` is accepted from ``FAILABLE`` states and fails the turn with ``"service: reason"``.
+* ``barge_in`` needs ``PIPELINE_PREREQUISITES``; it cancels the reply (services idle).
+* ``pause`` and ``stop`` cancel the turn in flight (``CANCELLED_TURN``) and drop the buffered audio.
 """
 
 from __future__ import annotations
+
+from pipesim.errors import IllegalTransition, StateError, UnknownSession
+from pipesim.vocabulary import SERVICES
+
+__all__ = ["SERVICES", "IllegalTransition", "StateError", "UnknownSession"]  # re-exported for the manager
 
 # Lifecycle ----------------------------------------------------------------------------------------
 CREATED, ACTIVE, PAUSED, STOPPED = "created", "active", "paused", "stopped"
@@ -43,7 +62,6 @@ PIPELINE: dict[str, dict[str, str]] = {
 
 # Services ------------------------------------------------------------------------------------------
 IDLE, WAITING, EXECUTING = "idle", "waiting", "executing"
-SERVICES = ("stt", "llm", "tts")
 
 SERVICE: dict[str, dict[str, str]] = {
     IDLE: {"service_requested": WAITING},
@@ -61,24 +79,18 @@ PREREQUISITES: dict[tuple[str, str], tuple[str, frozenset[str]]] = {
     ("tts", "service_completed"): ("llm", frozenset({COMPLETE})),
 }
 
-#: Events that need an active session and the pipeline state ``processing``.
-SERVICE_EVENTS = frozenset(e for row in SERVICE.values() for e in row)
+# Rules that are not a state's own table -----------------------------------------------------------
+#: A pipeline event that needs a service in given states: a barge-in needs the bot to be speaking.
+PIPELINE_PREREQUISITES: dict[str, tuple[str, frozenset[str]]] = {
+    "barge_in": ("tts", frozenset({EXECUTING})),
+}
 
+#: The states in which a service may answer with an error (``service_failed``); the turn then fails.
+FAILABLE: frozenset[str] = frozenset({WAITING, EXECUTING})
 
-class StateError(Exception):
-    """Base class of the state manager's errors."""
-
-
-class UnknownSession(StateError):
-    """An event named a session the manager does not know."""
-
-    def __init__(self, session_id: str) -> None:
-        super().__init__(session_id)  # all constructor arguments, so the error can be rebuilt from args
-        self.session_id = session_id
-
-    def __str__(self) -> str:
-        return f"unknown session {self.session_id!r}"
-
+#: The pipeline state a control that cancels the turn in flight leaves behind (services go idle). A stop
+#: after a turn that had completed keeps it as it was, so a client of the seed alone sees a finished session.
+CANCELLED_TURN: dict[str, str] = {"pause": LISTENING, "stop": COMPLETE}
 
 #: The state each event asks for, to name it when the event is refused.
 REQUESTED: dict[str, str] = {
@@ -89,21 +101,3 @@ REQUESTED: dict[str, str] = {
     "kafka_timeout": WAITING, "service_failed": IDLE,
 }
 
-
-class IllegalTransition(StateError):
-    """An event is not allowed in the current state.
-
-    Names the session, the part of the session that refused (``lifecycle``, ``pipeline`` or a service:
-    then ``service`` is set too), the state it was in and the one the event requested.
-    """
-
-    def __init__(self, session_id: str, part: str, current: str, event: str, reason: str = "") -> None:
-        super().__init__(session_id, part, current, event, reason)  # rebuildable from args (SimPy does that)
-        self.session_id, self.part, self.current, self.event, self.reason = session_id, part, current, event, reason
-        self.service = part if part in SERVICES else None
-        self.requested = REQUESTED.get(event, event)
-
-    def __str__(self) -> str:
-        text = (f"session {self.session_id!r}: {self.part} cannot go from {self.current!r} to "
-                f"{self.requested!r} on {self.event}")
-        return f"{text} ({self.reason})" if self.reason else text

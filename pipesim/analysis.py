@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
 
 from pipesim.trace import Trace, sent_messages
+from pipesim.vocabulary import SERVICES, PipelineState, ServiceState, SessionStatus
 
 #: The stages of voice-to-voice latency, in the order they happen; they add up to ``e2e_latency``.
 STAGES = ("end_of_utterance_delay", "stt_stage", "llm_stage", "tts_stage")
@@ -484,9 +485,9 @@ def utilisation(services: pd.DataFrame | Any, window: float = 10.0, start: float
 
 # Sessions over time ---------------------------------------------------------------------------------------
 _STATE_ORDER = {
-    "state": ("listening", "processing", "complete"),
-    "status": ("created", "active", "paused", "stopped"),
-    **{svc: ("idle", "waiting", "executing", "complete") for svc in ("stt", "llm", "tts")},
+    "state": get_args(PipelineState),
+    "status": get_args(SessionStatus),
+    **{svc: get_args(ServiceState) for svc in SERVICES},
 }
 
 
@@ -562,7 +563,7 @@ def incident_summary(events: pd.DataFrame | Any) -> dict[str, int]:
         "failed_by_kafka": int(gave_up.sum()),
         "barge_ins": int((tr["event"] == "barge_in").sum()),
     }
-    for svc in ("stt", "llm", "tts"):
+    for svc in SERVICES:
         out[f"{svc}_timeouts"] = int((timeouts & (tr["service"] == svc)).sum())
     return out
 
@@ -592,7 +593,7 @@ def incident_counts(events: pd.DataFrame | Any, window: float = 10.0, start: flo
     out = pd.DataFrame({
         "kafka_timeouts": per_window(rows["event"] == "kafka_timeout"),
         **{f"{svc}_timeouts": per_window((rows["event"] == "kafka_timeout") & (rows["service"] == svc))
-           for svc in ("stt", "llm", "tts")},
+           for svc in SERVICES},
         "failed_turns": per_window(rows["event"] == "turn_failed"),
         "barge_ins": per_window(rows["event"] == "barge_in"),
     }, index=index)

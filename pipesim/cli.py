@@ -1,7 +1,7 @@
 """The ``pipesim`` command line: run | serve | replay | validate | schema | sweep.
 
-A user's mistake (a bad file, a bad flag) prints one clear ``pipesim: error: ...`` line and exits 2;
-tracebacks are for pipesim's own bugs.
+A user's mistake (a bad file, a bad flag: any :class:`~pipesim.errors.PipesimError`) prints one clear
+``pipesim: error: ...`` message and exits 2; tracebacks are for pipesim's own bugs.
 """
 
 from __future__ import annotations
@@ -12,9 +12,20 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pipesim import __version__
+from pipesim.errors import PipesimError
 
-class UserError(Exception):
-    """A mistake in what the user gave us; printed as one line, exit status 2."""
+DESCRIPTION = """\
+Simulate and test a real-time voice-agent pipeline (audio -> STT -> LLM -> TTS).
+
+Offline, `pipesim run` simulates a scenario as fast as it can and writes DataFrames and figures;
+live, `pipesim serve` is a mock backend speaking the orchestrator's WebSocket protocol on /ws.
+Scenarios are YAML, TOML or JSON files, or the name of a bundled one (baseline, frontend_demo, ...).
+"""
+
+
+class UserError(PipesimError):
+    """A mistake in a command-line argument; printed as one line, exit status 2."""
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -36,12 +47,9 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _load(path: str) -> Any:
-    from pipesim.scenario import ScenarioError, load_scenario, scenario_path
+    from pipesim.scenario import load_scenario, scenario_path
 
-    try:
-        return load_scenario(scenario_path(path))
-    except ScenarioError as exc:
-        raise UserError("\n".join(exc.problems)) from None
+    return load_scenario(scenario_path(path))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -93,17 +101,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from pipesim.analysis import sweep
-    from pipesim.scenario import ScenarioError
 
     scn = _load(args.scenario)
     try:
         values = [json.loads(v) for v in args.values.split(",")]
     except json.JSONDecodeError as exc:
         raise UserError(f"--values: not a comma-separated list of numbers or JSON values: {exc.msg}") from None
-    try:
-        table = sweep(scn, args.param, values, seeds=range(args.seeds), progress=None if args.progress else False)
-    except ScenarioError as exc:
-        raise UserError("\n".join(exc.problems)) from None
+    table = sweep(scn, args.param, values, seeds=range(args.seeds), progress=None if args.progress else False)
     with pd.option_context("display.width", 120, "display.max_columns", 20):
         print(table.to_string())
     if args.out:
@@ -149,11 +153,27 @@ def _port(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's lines; shows an option's default where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _command(sub: Any, name: str, summary: str) -> argparse.ArgumentParser:
+    """A sub-command whose one-line summary is also its description."""
+    return sub.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipesim", description=__doc__.splitlines()[0])
+    """The ``pipesim`` argument parser (every sub-command, every option with its help and default)."""
+    parser = argparse.ArgumentParser(prog="pipesim", description=DESCRIPTION, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pipesim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="simulate a scenario offline and print the latency summary")
+    p = _command(sub, "run", "simulate a scenario offline and print the latency summary")
     p.add_argument("scenario", help="scenario file, or the name of a bundled one (baseline, load_spike, ...)")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
     p.add_argument("--until", type=_positive, help="stop at this simulated time, seconds")
@@ -162,36 +182,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", help="write the standard figures as PNG to this folder")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
 
-    p = sub.add_parser("serve", help="the live mock backend: WebSocket on /ws, dashboard on /")
+    p = _command(sub, "serve", "the live mock backend: WebSocket on /ws, dashboard on /")
     p.add_argument("scenario", nargs="?", default="frontend_demo", help="scenario file or bundled name")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_port, default=8001)
+    p.add_argument("--port", type=_port, default=8001, help="TCP port (0: any free port)")
     p.add_argument("--speed", type=_positive, default=1.0, help="simulated seconds per wall second")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="override the scenario's seed")
     p.add_argument("--record", help="record every message sent to this JSON Lines file")
 
-    p = sub.add_parser("replay", help="serve a recorded or simulated trace over the same protocol")
+    p = _command(sub, "replay", "serve a recorded or simulated trace over the same protocol")
     p.add_argument("file", help="a recording (serve --record) or a trace.jsonl (run --out)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_port, default=8001)
-    p.add_argument("--speed", type=_positive, default=1.0)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_port, default=8001, help="TCP port (0: any free port)")
+    p.add_argument("--speed", type=_positive, default=1.0, help="playback speed: 2 plays twice as fast")
     p.add_argument("--loop", action="store_true", help="start again at the end")
 
-    p = sub.add_parser("validate", help="check scenario files; exit 1 on any problem")
-    p.add_argument("files", nargs="+")
+    p = _command(sub, "validate", "check scenario files; exit 1 on any problem")
+    p.add_argument("files", nargs="+", metavar="SCENARIO",
+                   help="scenario files (YAML, TOML, JSON) or names of bundled scenarios")
 
-    p = sub.add_parser("schema", help="print the JSON Schema of every wire message")
+    p = _command(sub, "schema", "print the JSON Schema of every wire message")
     p.add_argument("--format", choices=["jsonschema", "asyncapi"], default="jsonschema",
                    help="jsonschema (default): one schema per message type; asyncapi: an AsyncAPI 3 document")
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
 
-    p = sub.add_parser("sweep", help="run a scenario for several values of one parameter")
-    p.add_argument("scenario")
+    p = _command(sub, "sweep", "run a scenario for several values of one parameter")
+    p.add_argument("scenario", help="scenario file or bundled name")
     p.add_argument("param", help="dotted field path, e.g. services.llm.capacity")
     p.add_argument("values", help="comma-separated values, e.g. 4,8,12")
     p.add_argument("--seeds", type=int, default=1, help="seeds per value (0..N-1)")
     p.add_argument("--out", help="write the table as CSV")
-    p.add_argument("--progress", action="store_true")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
     return parser
 
 
@@ -201,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except UserError as exc:
+    except PipesimError as exc:
         print(f"pipesim: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. --out in a folder we may not write to

@@ -29,12 +29,12 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
 from pipesim import analysis
+from pipesim.vocabulary import SERVICES
 
 if TYPE_CHECKING:
     from pipesim.results import Results
 
 MS = 1000.0
-SERVICES = ("stt", "llm", "tts")
 #: One colour per service, used by every figure.
 SERVICE_COLOURS = {"stt": "#2563eb", "llm": "#ea580c", "tts": "#16a34a"}
 #: Colours of the states of a service lane and of the pipeline lane (as on the seed's dashboard).

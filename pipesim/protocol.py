@@ -32,21 +32,22 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-PipelineState = Literal["listening", "processing", "complete"]
-ServiceState = Literal["idle", "waiting", "executing", "complete"]
-SessionStatus = Literal["created", "active", "paused", "stopped"]
-ControlAction = Literal["start", "stop", "pause"]
-FaultKind = Literal["kafka_stall", "service_outage", "disconnect"]
-ServiceName = Literal["stt", "llm", "tts"]
+from pipesim.errors import ProtocolError
+from pipesim.vocabulary import (
+    CLIENT_MESSAGE_TYPES,
+    SERVER_MESSAGE_TYPES,
+    ControlAction,
+    FaultKind,
+    PipelineState,
+    ServiceName,
+    ServiceState,
+    SessionStatus,
+)
 
 #: Largest inbound message the live server accepts, in bytes.
 MAX_MESSAGE_BYTES = 64 * 1024
-
-
-class ProtocolError(ValueError):
-    """A message could not be parsed; ``str(err)`` says what is wrong and where."""
 
 
 class _Outbound(BaseModel):
@@ -152,21 +153,11 @@ class FaultInjection(_Inbound):
     duration_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
 
 
-ServerMessage = Annotated[
-    PipelineStateUpdate | SessionCreated | SessionEnded | ErrorMessage, Field(discriminator="type")
-]
-ClientMessage = Annotated[ConversationControl | FaultInjection, Field(discriminator="type")]
-Message = Annotated[
-    PipelineStateUpdate | SessionCreated | SessionEnded | ErrorMessage | ConversationControl | FaultInjection,
-    Field(discriminator="type"),
-]
-
 _MESSAGE_TYPES: dict[str, type[BaseModel]] = {
     m.model_fields["type"].default: m
     for m in (PipelineStateUpdate, SessionCreated, SessionEnded, ErrorMessage, ConversationControl, FaultInjection)
 }
-CLIENT_TYPES = ("conversation_control", "fault_injection")
-_adapter: TypeAdapter[Any] = TypeAdapter(Message)
+assert set(_MESSAGE_TYPES) == {*SERVER_MESSAGE_TYPES, *CLIENT_MESSAGE_TYPES}  # the models follow the vocabulary
 
 
 def _describe(err: dict[str, Any], type_name: str) -> str:
@@ -186,10 +177,11 @@ def parse_message(raw: str | bytes, *, allowed: tuple[str, ...] | None = None) -
     Raises :class:`ProtocolError` naming what is wrong: bad JSON, a missing or unknown ``type``, or
     each invalid field with its value.
 
-    >>> parse_message(b'{"type":"conversation_control","action":"jump","session_id":"a"}')
-    Traceback (most recent call last):
-    ...
-    pipesim.protocol.ProtocolError: conversation_control.action: must be one of 'start', 'stop' or 'pause', got 'jump'
+    >>> try:
+    ...     parse_message(b'{"type":"conversation_control","action":"jump","session_id":"a"}')
+    ... except ProtocolError as exc:
+    ...     print(exc)
+    conversation_control.action: must be one of 'start', 'stop' or 'pause', got 'jump'
     """
     if isinstance(raw, bytes | bytearray | memoryview):
         try:

@@ -8,7 +8,7 @@ the field path::
 
 >>> scn = Scenario.model_validate({"name": "tiny", "sessions": {"arrivals": {"kind": "at_once", "count": 2}}})
 >>> scn.services.llm.capacity
-8
+12
 >>> scn.override({"services.llm.capacity": 2}).services.llm.capacity
 2
 """
@@ -28,11 +28,12 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pipesim.distributions import Distribution, Empirical, coerce_distribution
+from pipesim.errors import ScenarioError
+from pipesim.vocabulary import SERVICES, ServiceName
 
 Dist = Annotated[Distribution, BeforeValidator(coerce_distribution)]
 NonNeg = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
-ServiceName = Literal["stt", "llm", "tts"]
 
 
 class _Section(BaseModel):
@@ -142,7 +143,7 @@ class Stalls(_Section):
 
 
 class ScheduledOutage(Outage):
-    topics: list[ServiceName] = ["stt", "llm", "tts"]
+    topics: list[ServiceName] = list(SERVICES)
 
 
 class Kafka(_Section):
@@ -292,7 +293,7 @@ class Scenario(_Section):
                                       f"{self.services.tts.capacity}",
             "kafka timeout / retries": f"{self.kafka.request_timeout_s} s / {self.kafka.max_retries}",
             "scheduled outages": str(len(self.kafka.outages) + sum(
-                len(getattr(self.services, s).outages) for s in ("stt", "llm", "tts"))),
+                len(getattr(self.services, s).outages) for s in SERVICES)),
             "scripted sessions": str(len(self.sessions.scripted)),
             "seed": str(self.seed),
         }
@@ -303,14 +304,6 @@ class Scenario(_Section):
 
 
 # Loading, with errors that name file, line and field --------------------------------------------------
-class ScenarioError(ValueError):
-    """A scenario could not be loaded; ``problems`` holds one message per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
 _DIST_TAGS = {"constant", "exponential", "lognormal", "gamma", "uniform", "normal", "empirical",
               "at_once", "poisson", "ramp"}
 
@@ -462,7 +455,7 @@ def validate_scenario(data: Any, source: str = "<scenario>", text: str | None = 
 def _resolve_files(scenario: Scenario, base_dir: Path, source: str) -> Scenario:
     """Load empirical CSV samples now, so that a missing file is a load-time error."""
     changes: dict[str, Any] = {}
-    for svc in ("stt", "llm", "tts"):
+    for svc in SERVICES:
         for name, value in getattr(scenario.services, svc):
             if isinstance(value, Empirical) and value.samples is None:
                 try:

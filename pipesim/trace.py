@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipesim.errors import TraceError
 from pipesim.protocol import wire_messages
 from pipesim.state import Transition
 
@@ -146,10 +147,6 @@ class Trace:
         if not trace.events and not trace.turns:
             raise TraceError(f"{path}: no events in this trace")
         return trace
-
-
-class TraceError(ValueError):
-    """A trace file could not be read; the message names the file and line."""
 
 
 def transition_from_row(row: tuple) -> Transition:

@@ -27,15 +27,14 @@ import pytest
 import pipesim
 from pipesim.cli import main as cli_main
 from pipesim.live.contract import (
-    CLIENT_MESSAGES,
     EXAMPLES,
     NAMED_ENUMS,
-    SERVER_MESSAGES,
     asyncapi_document,
     combined_json_schema,
 )
 from pipesim.protocol import json_schemas, parse_message, wire_messages
 from pipesim.trace import transitions
+from pipesim.vocabulary import CLIENT_MESSAGE_TYPES, SERVER_MESSAGE_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 FRONTEND = ROOT / "frontend"
@@ -95,7 +94,7 @@ def test_document_is_asyncapi_3_for_the_ws_channel_on_port_8001(doc: dict[str, A
 def test_every_message_type_appears_with_its_direction(doc: dict[str, Any]) -> None:
     messages = doc["components"]["messages"]
     assert {m["name"] for m in messages.values()} == set(json_schemas())
-    assert set(SERVER_MESSAGES) | set(CLIENT_MESSAGES) == set(json_schemas())
+    assert set(SERVER_MESSAGE_TYPES) | set(CLIENT_MESSAGE_TYPES) == set(json_schemas())
     direction: dict[str, str] = {}
     for op in doc["operations"].values():
         assert _resolve(doc, op["channel"]["$ref"]) is doc["channels"]["ws"]
@@ -104,7 +103,8 @@ def test_every_message_type_appears_with_its_direction(doc: dict[str, Any]) -> N
             name = _resolve(doc, _resolve(doc, ref["$ref"])["$ref"])["name"]
             assert name not in direction, f"{name} is in two operations"
             direction[name] = op["action"]
-    assert direction == {**dict.fromkeys(SERVER_MESSAGES, "send"), **dict.fromkeys(CLIENT_MESSAGES, "receive")}
+    assert direction == {**dict.fromkeys(SERVER_MESSAGE_TYPES, "send"),
+                         **dict.fromkeys(CLIENT_MESSAGE_TYPES, "receive")}
 
 
 def test_every_ref_resolves_inside_the_document(doc: dict[str, Any]) -> None:
@@ -154,7 +154,7 @@ def test_payload_schemas_accept_what_the_server_sends(doc: dict[str, Any]) -> No
                   "outages": [{"start_s": 0.0, "end_s": 30.0, "topics": ["llm"]}]},
     })
     sent = [m for tr in transitions(pipesim.simulate(scn).trace) for m in wire_messages(tr)]
-    validators = {name: _payload_validator(doc, name) for name in SERVER_MESSAGES}
+    validators = {name: _payload_validator(doc, name) for name in SERVER_MESSAGE_TYPES}
     seen = set()
     for message in sent:
         validators[message["type"]].validate(message)
@@ -173,7 +173,7 @@ def test_payload_schemas_reject_what_the_server_rejects(doc: dict[str, Any]) -> 
                 {"type": "conversation_control", "action": "start", "session_id": ""}):
         assert not control.is_valid(bad), bad
         with pytest.raises(ValueError):
-            parse_message(json.dumps(bad), allowed=CLIENT_MESSAGES)
+            parse_message(json.dumps(bad), allowed=CLIENT_MESSAGE_TYPES)
     update = _payload_validator(doc, "pipeline_state_update")
     seed_example = {"type": "pipeline_state_update", "session_id": "s", "state": "listening",
                     "services": {"stt": "idle", "llm": "idle", "tts": "idle"},

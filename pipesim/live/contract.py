@@ -32,11 +32,7 @@ from typing import Any, get_args
 
 from pipesim import __version__, protocol
 from pipesim.protocol import json_schemas
-
-#: Messages the server sends (AsyncAPI action ``send``), in the order a client sees them.
-SERVER_MESSAGES = ("session_created", "pipeline_state_update", "session_ended", "error")
-#: Messages a client sends (AsyncAPI action ``receive``).
-CLIENT_MESSAGES = ("conversation_control", "fault_injection")
+from pipesim.vocabulary import CLIENT_MESSAGE_TYPES, SERVER_MESSAGE_TYPES
 
 #: The protocol's enumerations by name; a field whose ``enum`` has exactly these values refers to the name.
 NAMED_ENUMS: dict[str, tuple[str, ...]] = {
@@ -213,7 +209,7 @@ def asyncapi_document() -> dict[str, Any]:
     """
     messages: dict[str, Any] = {}
     operations: dict[str, Any] = {}
-    for type_name in (*SERVER_MESSAGES, *CLIENT_MESSAGES):
+    for type_name in (*SERVER_MESSAGE_TYPES, *CLIENT_MESSAGE_TYPES):
         msg_id, title = _message_id(type_name), _title(type_name)
         summary, example = EXAMPLES[type_name]
         messages[msg_id] = {
@@ -224,7 +220,7 @@ def asyncapi_document() -> dict[str, Any]:
             "payload": {"$ref": f"#/components/schemas/{title}"},
             "examples": [{"name": f"{msg_id}Example", "summary": summary, "payload": example}],
         }
-        action = "send" if type_name in SERVER_MESSAGES else "receive"
+        action = "send" if type_name in SERVER_MESSAGE_TYPES else "receive"
         operations[f"{action}{title.removesuffix('Message')}"] = {
             "action": action,
             "channel": {"$ref": "#/channels/ws"},
@@ -299,12 +295,12 @@ def combined_json_schema() -> dict[str, Any]:
             "ServerMessage": {
                 "title": "ServerMessage",
                 "description": "A message the server sends; switch on `type`.",
-                "oneOf": [{"$ref": f"#/$defs/{_title(t)}"} for t in SERVER_MESSAGES],
+                "oneOf": [{"$ref": f"#/$defs/{_title(t)}"} for t in SERVER_MESSAGE_TYPES],
             },
             "ClientMessage": {
                 "title": "ClientMessage",
                 "description": "A message a client may send.",
-                "oneOf": [{"$ref": f"#/$defs/{_title(t)}"} for t in CLIENT_MESSAGES],
+                "oneOf": [{"$ref": f"#/$defs/{_title(t)}"} for t in CLIENT_MESSAGE_TYPES],
             },
             **defs,
         },

@@ -53,10 +53,6 @@ class Pacer:
         self._origin_sim = env.now
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    @property
-    def started(self) -> bool:
-        return self._origin_wall is not None
-
     def now(self) -> float:
         """The simulated time the wall clock says it is (``env.now`` before the pacer started)."""
         if self._origin_wall is None or self._loop is None:

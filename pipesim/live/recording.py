@@ -30,9 +30,8 @@ from typing import IO, Any
 
 from pipesim.protocol import ProtocolError, dumps, parse_message
 from pipesim.trace import Trace, TraceError, sent_messages
+from pipesim.vocabulary import SERVER_MESSAGE_TYPES
 
-#: Message types a server sends; a recording holds nothing else.
-SERVER_TYPES = ("session_created", "pipeline_state_update", "session_ended", "error")
 RECORDING_VERSION = 1
 
 
@@ -143,7 +142,7 @@ def _load_recording(path: Path) -> list[tuple[float, dict[str, Any]]]:
                     raise ReplayError(f"{where}: a recording line needs a number 't' and an object 'message'")
                 try:
                     # Validate against the protocol: a replay must never send what the server would not.
-                    parse_message(json.dumps(message), allowed=SERVER_TYPES)
+                    parse_message(json.dumps(message), allowed=SERVER_MESSAGE_TYPES)
                 except ProtocolError as exc:
                     raise ReplayError(f"{where}: {exc}") from None
                 if out and t < out[-1][0]:

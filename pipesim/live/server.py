@@ -95,11 +95,11 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from pipesim.errors import LiveError
 from pipesim.live.pacer import Pacer
 from pipesim.live.recording import Recorder, load_replay
 from pipesim.model import Simulation
 from pipesim.protocol import (
-    CLIENT_TYPES,
     MAX_MESSAGE_BYTES,
     ConversationControl,
     FaultInjection,
@@ -110,6 +110,7 @@ from pipesim.protocol import (
 )
 from pipesim.scenario import Scenario, as_scenario
 from pipesim.state import IllegalTransition, Transition, UnknownSession
+from pipesim.vocabulary import CLIENT_MESSAGE_TYPES
 
 log = logging.getLogger("pipesim.live")
 
@@ -125,10 +126,6 @@ _FALLBACK_PAGE = """<!doctype html><meta charset="utf-8"><title>pipesim</title>
 <p>The dashboard page is not installed (<code>pipesim/live/static/index.html</code>).
 Connect a WebSocket client to <code>/ws</code> (all sessions) or <code>/ws?session_id=ID</code>.</p>
 """
-
-
-class LiveError(RuntimeError):
-    """The server cannot start (port in use, recording not writable); the message says which."""
 
 
 @dataclass(eq=False)
@@ -443,7 +440,7 @@ class _BaseServer:
             self._error(client, "too_large", f"message is {len(raw)} bytes, the limit is {MAX_MESSAGE_BYTES}")
             return
         try:
-            msg = parse_message(raw, allowed=CLIENT_TYPES)
+            msg = parse_message(raw, allowed=CLIENT_MESSAGE_TYPES)
         except ProtocolError as exc:
             self._error(client, "bad_message", str(exc))
             return
@@ -571,7 +568,7 @@ class LiveServer(_BaseServer):
             return
         self.pacer.catch_up()
         try:
-            self.sim.inject_fault(msg.fault, msg.service, msg.duration_s, msg.session_id)
+            self.sim.inject_fault(msg.fault, msg.service, msg.duration_s)
         except ValueError as exc:
             self._error(client, "bad_message", f"fault_injection: {exc}", msg.session_id)
             return

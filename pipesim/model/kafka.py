@@ -14,8 +14,7 @@ import bisect
 import numpy as np
 
 from pipesim.scenario import Scenario
-
-TOPICS = ("stt", "llm", "tts")
+from pipesim.vocabulary import SERVICES
 
 
 class KafkaBroker:
@@ -32,29 +31,28 @@ class KafkaBroker:
 
     def __init__(self, scenario: Scenario, rng: np.random.Generator) -> None:
         cfg = scenario.kafka
-        self._windows: dict[str, list[tuple[float, float]]] = {t: [] for t in TOPICS}
+        self._windows: dict[str, list[tuple[float, float]]] = {t: [] for t in SERVICES}
         self._longest = 0.0
         for outage in cfg.outages:
             for topic in outage.topics:
                 self.add_window(topic, outage.start_s, outage.end_s)
-        for topic in TOPICS:
+        for topic in SERVICES:
             for outage in getattr(scenario.services, topic).outages:
                 self.add_window(topic, outage.start_s, outage.end_s)
         self._stall_rate = cfg.stalls.rate_per_hour / 3600.0
         self._stall_duration = cfg.stalls.duration_s.sampler(rng)
         self._rng = rng
-        self._stalls_until = 0.0
         self._next_stall = self._draw_gap(0.0)
         #: Every window that has been in force, for analysis: (start, end, topic or "all", cause).
         self.windows: list[tuple[float, float, str, str]] = [
-            (s, e, topic, "scheduled") for topic in TOPICS for s, e in self._windows[topic]]
+            (s, e, topic, "scheduled") for topic in SERVICES for s, e in self._windows[topic]]
 
     def _draw_gap(self, t: float) -> float:
         return t + self._rng.exponential(1.0 / self._stall_rate) if self._stall_rate > 0 else float("inf")
 
     def add_window(self, topic: str | None, start: float, end: float, cause: str = "scheduled") -> None:
         """Stall ``topic`` (``None``: every topic) from ``start`` to ``end``."""
-        for name in (TOPICS if topic is None else (topic,)):
+        for name in (SERVICES if topic is None else (topic,)):
             bisect.insort(self._windows[name], (start, end))
         self._longest = max(self._longest, end - start)
         if cause != "scheduled":
@@ -66,7 +64,6 @@ class KafkaBroker:
             end = start + self._stall_duration()
             self.add_window(None, start, end, cause="random")
             self._next_stall = self._draw_gap(start)
-        self._stalls_until = max(self._stalls_until, until)
 
     def _blocked_until(self, topic: str, t0: float, t1: float) -> float | None:
         """The latest end of the windows of ``topic`` that overlap [t0, t1], or None."""

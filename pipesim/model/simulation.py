@@ -31,8 +31,8 @@ from pipesim.scenario import AtOnce, Poisson, Ramp, Scenario, ScriptedSession
 from pipesim.state import IllegalTransition, PipelineStateManager, Transition, UnknownSession
 from pipesim.state.rules import ACTIVE, EXECUTING, STOPPED
 from pipesim.trace import TURN_COLUMNS, Trace
+from pipesim.vocabulary import SERVICES
 
-SERVICES = ("stt", "llm", "tts")
 _NAN = math.nan
 _TURN_INDEX = {name: i for i, name in enumerate(TURN_COLUMNS)}
 
@@ -187,8 +187,7 @@ class Simulation:
             return tr
         return self.manager.control(session_id, action, now)  # raises: unknown action
 
-    def inject_fault(self, fault: str, service: str | None = None, duration_s: float = 5.0,
-                     session_id: str | None = None) -> None:
+    def inject_fault(self, fault: str, service: str | None = None, duration_s: float = 5.0) -> None:
         """Live faults: a Kafka stall (all topics or ``service``'s) or a service outage, from now for
         ``duration_s``. (``disconnect`` is the server's business, not the model's.)"""
         now = self.env.now
@@ -200,10 +199,6 @@ class Simulation:
             self.kafka.add_window(service, now, now + duration_s, cause="injected_outage")
         else:
             raise ValueError(f"unknown fault {fault!r}")
-
-    @property
-    def sessions_ended(self) -> int:
-        return sum(1 for s in self.sessions.values() if s.ended)
 
     # Sessions --------------------------------------------------------------------------------------
     def _reserved(self, session_id: str) -> str | None:

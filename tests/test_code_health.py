@@ -1,0 +1,116 @@
+"""One vocabulary, one error hierarchy, a command line that explains itself."""
+
+import argparse
+import ast
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pipesim
+from pipesim import errors
+from pipesim.cli import build_parser, main
+from pipesim.vocabulary import CLIENT_MESSAGE_TYPES, SERVER_MESSAGE_TYPES, SERVICES
+
+PACKAGE = Path(pipesim.__file__).parent
+
+
+# Vocabulary ------------------------------------------------------------------------------------------
+def _literal_tuples(tree: ast.AST) -> list[tuple[str, ...]]:
+    """Every tuple, list or Literal[...] of string constants written in a module."""
+    found = []
+    for node in ast.walk(tree):
+        elts = None
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            elts = node.elts
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Tuple):
+            elts = node.slice.elts
+        if elts and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in elts):
+            found.append(tuple(e.value for e in elts))
+    return found
+
+
+@pytest.mark.parametrize("words", [SERVICES, SERVER_MESSAGE_TYPES, CLIENT_MESSAGE_TYPES],
+                         ids=["services", "server-messages", "client-messages"])
+def test_each_list_of_names_is_written_once(words):
+    writers = [path.relative_to(PACKAGE).as_posix() for path in sorted(PACKAGE.rglob("*.py"))
+               if any(set(t) == set(words) for t in _literal_tuples(ast.parse(path.read_text())))]
+    assert writers == ["vocabulary.py"]
+
+
+def test_protocol_models_follow_the_vocabulary():
+    from pipesim.protocol import json_schemas
+
+    assert set(json_schemas()) == {*SERVER_MESSAGE_TYPES, *CLIENT_MESSAGE_TYPES}
+
+
+# Errors ----------------------------------------------------------------------------------------------
+def test_every_error_pipesim_raises_on_purpose_is_a_pipesim_error():
+    import pipesim.cli
+    import pipesim.live.recording
+
+    classes = [c for module in (errors, pipesim.cli, pipesim.live.recording) for _, c in inspect.getmembers(module)
+               if inspect.isclass(c) and issubclass(c, Exception) and c.__module__ == module.__name__]
+    assert len(classes) >= 8
+    assert all(issubclass(c, errors.PipesimError) for c in classes), classes
+    # Each error is also the built-in a caller would catch.
+    assert issubclass(errors.ScenarioError, ValueError) and issubclass(errors.LiveError, RuntimeError)
+
+
+def test_errors_are_importable_where_they_are_used():
+    from pipesim.protocol import ProtocolError
+    from pipesim.scenario import ScenarioError
+    from pipesim.state import IllegalTransition, UnknownSession
+    from pipesim.trace import TraceError
+
+    defined = [getattr(errors, name) for name in dir(errors)]
+    assert all(c in defined for c in (ProtocolError, ScenarioError, IllegalTransition, UnknownSession, TraceError))
+    assert pipesim.ScenarioError is ScenarioError
+
+
+def test_state_errors_survive_being_rebuilt_from_their_args():
+    err = errors.IllegalTransition("abc", "tts", "idle", "barge_in", "barge-in needs the bot to be speaking")
+    again = type(err)(*err.args)
+    assert str(again) == str(err) and again.requested == "listening" and again.service == "tts"
+    assert str(errors.ScenarioError(["a", "b"])) == "a\nb"
+
+
+# Command line ----------------------------------------------------------------------------------------
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_option_of_every_command_has_help():
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}"
+               for name, sub in _subparsers(build_parser()).items() for a in sub._actions
+               if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert missing == []
+
+
+def test_help_shows_defaults_and_plain_text(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "``" not in top and ":class:" not in top and "pipesim serve" in top
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    assert "(default: 1)" in capsys.readouterr().out  # --seeds
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pipesim {pipesim.__version__}"
+
+
+def test_python_dash_m_pipesim_is_the_cli():
+    out = subprocess.run([sys.executable, "-m", "pipesim", "--version"], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == f"pipesim {pipesim.__version__}"
+    bad = subprocess.run([sys.executable, "-m", "pipesim", "run", "no-such-scenario"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("pipesim: error: ") and "Traceback" not in bad.stderr

@@ -147,9 +147,14 @@ class ScheduledOutage(Outage):
 
 
 class Kafka(_Section):
-    """The hop between orchestrator and services, each way. A request (or its first response) that is
-    not delivered within ``request_timeout_s`` times out and is retried after a backoff; past
-    ``max_retries`` the turn fails."""
+    """The hop between orchestrator and services, each way.
+
+    A request whose first response has not reached the orchestrator ``request_timeout_s`` after it was
+    sent times out: both Kafka legs, the wait in the consumer's queue for a worker and the worker's time to
+    first response all count. It is retried after a backoff; past ``max_retries`` the turn fails. The
+    timed-out request is still delivered: ``stale_requests`` says what its consumer does with it, ``served``
+    (a Kafka consumer does not know the producer gave up: a worker does the stale work) or ``dropped`` (the
+    consumer checks the request's deadline and skips it)."""
 
     # Produce-to-consume latency on a healthy cluster: a few ms.
     latency_s: Dist = Field(default_factory=lambda: {"kind": "lognormal", "p50": 0.004, "p95": 0.015})
@@ -157,6 +162,7 @@ class Kafka(_Section):
     max_retries: Annotated[int, Field(ge=0, le=100)] = 3
     backoff_s: NonNeg = 0.1
     backoff_multiplier: Annotated[float, Field(ge=1)] = 2.0
+    stale_requests: Literal["served", "dropped"] = "served"
     stalls: Stalls = Stalls()
     outages: list[ScheduledOutage] = []
 

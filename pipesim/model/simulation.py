@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Generator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import simpy
@@ -37,10 +38,29 @@ _NAN = math.nan
 _TURN_INDEX = {name: i for i, name in enumerate(TURN_COLUMNS)}
 
 
+class _Work(NamedTuple):
+    """What a worker does with a request: time to its first response, how long it stays busy, its error
+    (None: it answers), and for the LLM the time per token after the first."""
+
+    first_response: float
+    busy: float
+    error: str | None
+    per_token: float = 0.0
+
+
+@dataclass(slots=True)
+class _Job:
+    """One request in a service's consumer queue, then on a worker until ``release_at``."""
+
+    name: str
+    req: simpy.resources.resource.Request
+    release_at: float = math.nan
+
+
 class _Turn:
     """One user turn in flight: its record, its resource requests and the events that join its parts."""
 
-    __slots__ = ("turn_id", "rec", "requests", "first_sentence", "llm_done", "finished", "done", "tokens")
+    __slots__ = ("turn_id", "rec", "requests", "first_sentence", "llm_done", "finished", "done", "tokens", "row")
 
     def __init__(self, env: simpy.Environment, session_id: str, turn_id: int) -> None:
         self.turn_id = turn_id
@@ -48,12 +68,15 @@ class _Turn:
         self.rec[0], self.rec[1], self.rec[3] = session_id, turn_id, None
         for name in ("stt_timeouts", "llm_timeouts", "tts_timeouts", "audio_bytes"):
             self.rec[_TURN_INDEX[name]] = 0
-        self.requests: list[tuple[str, simpy.resources.resource.Request]] = []  # (service, request)
+        for name in SERVICES:
+            self.rec[_TURN_INDEX[f"{name}_busy"]] = 0.0
+        self.requests: list[_Job] = []  # the requests of the attempts in flight (cancelled with the turn)
         self.first_sentence = env.event()
         self.llm_done = env.event()
         self.finished = env.event()
         self.done = False
         self.tokens = 0
+        self.row: int | None = None  # index of the turn's row in the trace, once written
 
     def set(self, column: str, value: Any) -> None:
         self.rec[_TURN_INDEX[column]] = value
@@ -412,73 +435,110 @@ class Simulation:
         yield from self._tts(s, turn)
 
     def _attempt(self, s: _Session, turn: _Turn, name: str,
-                 plan: Callable[[], tuple[float, float, str | None]]) -> Generator[simpy.Event, Any, bool]:
-        """Request ``name`` through Kafka until a first response comes back, retrying timeouts.
+                 plan: Callable[[], _Work]) -> Generator[simpy.Event, Any, _Work | None]:
+        """Request ``name`` through Kafka until a first response comes back in time, retrying timeouts.
 
-        ``plan()`` gives, for an attempt that got a worker: the time to its first response, how long the
-        worker stays busy, and an error (or None). Fills the stage's kafka/queue/service/retry columns.
-        Returns False when the turn ended meanwhile (failed here, or cancelled elsewhere).
+        An attempt times out when its first response has not reached the orchestrator ``request_timeout_s``
+        after it was sent: the Kafka legs, the wait in the consumer's queue and the worker's time to first
+        response all count. The orchestrator then backs off and sends a new request; the stale one lives on
+        (:meth:`_stale`): Kafka still delivers it, and the consumer either serves it, wasting a worker, or
+        drops it when it reads it (``kafka.stale_requests``). A worker whose answer came too late works to
+        the end of its job all the same. ``plan()`` is called when a worker takes a request.
+
+        Fills the stage's kafka/queue/service/retry/timeouts columns: ``queue`` is the time every attempt
+        waited for a worker, ``retry`` the rest of the time lost to timed-out attempts (their Kafka legs,
+        their workers' time and the backoffs), so that the four add up to the stage. Returns the successful
+        attempt's work, or None when the turn ended meanwhile (failed here, or cancelled elsewhere).
         """
         env, mgr, sid = self.env, self.manager, s.id
-        cfg = self.scenario.kafka
+        timeout = self.scenario.kafka.request_timeout_s
         pool = self.pools[name]
         mgr.service_requested(sid, name, env.now)
         requested = env.now
-        retry_lost, attempt = 0.0, 0
+        waited, attempt = 0.0, 0  # time earlier attempts waited for a worker; attempts so far
         while True:
             sent = env.now
+            deadline = sent + timeout
             d_req = self.kafka.delay(name, sent, s.draw["kafka"]())
-            if d_req > cfg.request_timeout_s:
-                yield env.timeout(cfg.request_timeout_s)
+            if d_req > timeout:  # still in Kafka at the deadline
+                yield env.timeout(timeout)
                 if turn.done:
-                    return False
-                if not (yield from self._timed_out(s, turn, name, attempt)):
-                    return False
-                retry_lost += env.now - sent
-                attempt += 1
-                continue
-            yield env.timeout(d_req)
-            if turn.done:
-                return False
-            self.trace.model_event(env.now, sid, turn.turn_id, "request_delivered", name, d_req)
-            queued = env.now
-            req = pool.request()
-            turn.requests.append((name, req))
+                    return None
+                env.process(self._stale(s, turn, name, None, sent + d_req, deadline, plan))
+            else:
+                yield env.timeout(d_req)
+                if turn.done:
+                    return None
+                self.trace.model_event(env.now, sid, turn.turn_id, "request_delivered", name, d_req)
+                queued = env.now
+                job = _Job(name, pool.request())
+                turn.requests.append(job)
+                self._sample(name)
+                if not job.req.triggered:  # every worker busy: wait for one, or for the deadline
+                    yield job.req | env.timeout(deadline - env.now)
+                    if turn.done:
+                        return None
+                if job.req.triggered:
+                    yield job.req  # granted (at once, or before the deadline)
+                    if turn.done:
+                        return None
+                    self._sample(name)  # granted: a released worker passed to this request shows as busy
+                    started = env.now
+                    mgr.service_started(sid, name, started)
+                    work = plan()
+                    self._hold(turn, job, work.busy)
+                    d_resp = self.kafka.delay(name, started + work.first_response, s.draw["kafka"]())
+                    arrival = started + work.first_response + d_resp
+                    if arrival <= deadline:
+                        yield env.timeout(arrival - env.now)
+                        if turn.done:
+                            return None
+                        turn.set(f"{name}_kafka", d_req + d_resp)
+                        turn.set(f"{name}_queue", waited + started - queued)
+                        turn.set(f"{name}_service", work.first_response)
+                        turn.set(f"{name}_retry", sent - requested - waited)
+                        turn.set(f"{name}_timeouts", attempt)
+                        self.trace.model_event(env.now, sid, turn.turn_id, "first_response", name,
+                                               env.now - requested)
+                        if work.error is not None:
+                            mgr.service_failed(sid, name, env.now, work.error)
+                            self._close_turn(turn, "failed", f"{name}: {work.error}")
+                            return None
+                        return work
+                    yield env.timeout(deadline - env.now)  # the worker works on; the answer comes too late
+                    if turn.done:
+                        return None
+                    waited += started - queued
+                    turn.requests.remove(job)
+                else:  # still queued at the deadline
+                    waited += deadline - queued
+                    turn.requests.remove(job)
+                    env.process(self._stale(s, turn, name, job, queued, deadline, plan))
+            turn.set(f"{name}_queue", waited)
+            turn.set(f"{name}_retry", env.now - requested - waited)
+            if not (yield from self._timed_out(s, turn, name, attempt)):
+                return None
+            attempt += 1
+
+    def _stale(self, s: _Session, turn: _Turn, name: str, job: _Job | None, delivered: float, deadline: float,
+               plan: Callable[[], _Work]) -> Generator[simpy.Event, Any, None]:
+        """A request the orchestrator gave up on: Kafka delivers it (``job`` is None while it is in transit)
+        and the consumer queues it; when a worker reads it, it serves it (``stale_requests: served``: the
+        consumer cannot know) or skips it (``dropped``: it checks the request's deadline)."""
+        env = self.env
+        if job is None:
+            yield env.timeout(delivered - env.now)
+            job = _Job(name, self.pools[name].request())
             self._sample(name)
-            yield req
-            if turn.done:
-                return False
-            self._sample(name)  # granted: a released worker passed to this request shows as busy again
-            started = env.now
-            mgr.service_started(sid, name, started)
-            first_response, busy, error = plan()
-            release = env.timeout(busy)
-            release.callbacks.append(lambda _ev, pool=pool, req=req, name=name: self._release(name, pool, req))
-            d_resp = self.kafka.delay(name, started + first_response, s.draw["kafka"]())
-            if d_resp > cfg.request_timeout_s:
-                yield env.timeout(first_response + cfg.request_timeout_s)
-                if turn.done:
-                    return False
-                self._release(name, pool, req)  # the orchestrator gave up on this worker's answer
-                if not (yield from self._timed_out(s, turn, name, attempt)):
-                    return False
-                retry_lost += env.now - sent
-                attempt += 1
-                continue
-            yield env.timeout(first_response + d_resp)
-            if turn.done:
-                return False
-            turn.set(f"{name}_kafka", d_req + d_resp)
-            turn.set(f"{name}_queue", started - queued)
-            turn.set(f"{name}_service", first_response)
-            turn.set(f"{name}_retry", retry_lost)
-            turn.set(f"{name}_timeouts", attempt)
-            self.trace.model_event(env.now, sid, turn.turn_id, "first_response", name, env.now - requested)
-            if error is not None:
-                mgr.service_failed(sid, name, env.now, error)
-                self._close_turn(turn, "failed", f"{name}: {error}")
-                return False
-            return True
+        yield job.req
+        self._sample(name)
+        if self.scenario.kafka.stale_requests == "dropped":
+            self.trace.model_event(env.now, s.id, turn.turn_id, "stale_request_dropped", name, env.now - deadline)
+            self._release(job)
+            return
+        work = plan()
+        self._hold(turn, job, work.busy)
+        self.trace.model_event(env.now, s.id, turn.turn_id, "stale_request_served", name, work.busy)
 
     def _timed_out(self, s: _Session, turn: _Turn, name: str, attempt: int) -> Generator[simpy.Event, Any, bool]:
         """A Kafka timeout: count it, fail the turn past the retry budget, else back off."""
@@ -497,18 +557,18 @@ class Simulation:
         poor = turn.get("audio_quality") < q.poor_threshold
         rng = s.services_rng["stt"]
 
-        def plan() -> tuple[float, float, str | None]:
+        def plan() -> _Work:
             latency = s.draw["stt"]() * (q.poor_stt_latency_factor if poor else 1.0)
             error = None
             if rng.random() < stt.failure_probability:
                 error = "service error"
             elif poor and rng.random() < q.poor_stt_failure_probability:
                 error = f"low audio quality ({turn.get('audio_quality'):.2f}), re-prompting the user"
-            return latency, latency, error
+            return _Work(latency, latency, error)
 
         start = self.env.now
-        ok = yield from self._attempt(s, turn, "stt", plan)
-        if not ok:
+        work = yield from self._attempt(s, turn, "stt", plan)
+        if work is None:
             return False
         self.manager.service_completed(s.id, "stt", self.env.now)
         turn.set("stt_stage", self.env.now - start)
@@ -522,28 +582,26 @@ class Simulation:
         turn.tokens = tokens
         turn.set("llm_tokens", tokens)
         first_phrase = min(llm.first_sentence_tokens, tokens)
-        timing: dict[str, float] = {}
 
-        def plan() -> tuple[float, float, str | None]:
+        def plan() -> _Work:
             ttft, per_token = s.draw["ttft"](), s.draw["per_token"]()
-            timing.update(ttft=ttft, per_token=per_token)
             error = "service error" if rng.random() < llm.failure_probability else None
-            return ttft, ttft + (tokens - 1) * per_token, error
+            return _Work(ttft, ttft + (tokens - 1) * per_token, error, per_token)
 
         start = env.now
-        ok = yield from self._attempt(s, turn, "llm", plan)
-        if not ok:
+        work = yield from self._attempt(s, turn, "llm", plan)
+        if work is None:
             return
         turn.set("ttft", env.now - start)
         self.trace.model_event(env.now, s.id, turn.turn_id, "first_token", "llm", env.now - start)
-        yield env.timeout((first_phrase - 1) * timing["per_token"])
+        yield env.timeout((first_phrase - 1) * work.per_token)
         if turn.done:
             return
         first_sentence_at = env.now
-        turn.set("llm_service", turn.get("llm_service") + (first_phrase - 1) * timing["per_token"])
+        turn.set("llm_service", turn.get("llm_service") + (first_phrase - 1) * work.per_token)
         turn.set("llm_stage", env.now - start)
         turn.first_sentence.succeed()
-        yield env.timeout((tokens - first_phrase) * timing["per_token"])
+        yield env.timeout((tokens - first_phrase) * work.per_token)
         if turn.done:
             return
         self.manager.service_completed(s.id, "llm", env.now)
@@ -556,14 +614,14 @@ class Simulation:
         rng = s.services_rng["tts"]
         audio_s = turn.tokens * tts.audio_s_per_token
 
-        def plan() -> tuple[float, float, str | None]:
+        def plan() -> _Work:
             ttfb = s.draw["ttfb"]()
             error = "service error" if rng.random() < tts.failure_probability else None
-            return ttfb, ttfb + audio_s * tts.real_time_factor, error
+            return _Work(ttfb, ttfb + audio_s * tts.real_time_factor, error)
 
         start = env.now
-        ok = yield from self._attempt(s, turn, "tts", plan)
-        if not ok:
+        work = yield from self._attempt(s, turn, "tts", plan)
+        if work is None:
             return
         first_audio = env.now
         turn.set("ttfb", first_audio - start)
@@ -593,10 +651,23 @@ class Simulation:
         self._close_turn(turn, "complete")
 
     # Bookkeeping -----------------------------------------------------------------------------------
-    def _release(self, name: str, pool: simpy.Resource, req: Any) -> None:
-        if req in pool.users:
-            pool.release(req)
-            self._sample(name)
+    def _hold(self, turn: _Turn, job: _Job, busy: float) -> None:
+        """A worker took ``job`` and stays busy for ``busy`` seconds: count it, schedule its release."""
+        job.release_at = self.env.now + busy
+        self._add_busy(turn, job.name, busy)
+        self.env.timeout(busy).callbacks.append(lambda _ev: self._release(job))
+
+    def _add_busy(self, turn: _Turn, name: str, seconds: float) -> None:
+        column = _TURN_INDEX[f"{name}_busy"]
+        turn.rec[column] += seconds
+        if turn.row is not None:  # stale work finishing after the turn: keep its row whole
+            self.trace.turns[turn.row] = tuple(turn.rec)
+
+    def _release(self, job: _Job) -> None:
+        pool = self.pools[job.name]
+        if job.req in pool.users:
+            pool.release(job.req)
+            self._sample(job.name)
 
     def _sample(self, name: str) -> None:
         pool = self.pools[name]
@@ -607,16 +678,20 @@ class Simulation:
         if turn is None or turn.done:
             return
         turn.done = True
-        for name, req in turn.requests:
-            if not req.triggered:
-                req.cancel()
-                self._sample(name)
-            else:
-                self._release(name, self.pools[name], req)
+        now = self.env.now
+        for job in turn.requests:  # the orchestrator cancels what it still waits for
+            if not job.req.triggered:
+                job.req.cancel()
+                self._sample(job.name)
+            elif job.req in self.pools[job.name].users:
+                if job.release_at > now:
+                    self._add_busy(turn, job.name, now - job.release_at)  # freed before its planned end
+                self._release(job)
         turn.requests.clear()
         turn.set("outcome", outcome)
         turn.set("error", error)
-        turn.set("turn_end", self.env.now)
+        turn.set("turn_end", now)
+        turn.row = len(self.trace.turns)
         self.trace.turns.append(tuple(turn.rec))
         self.trace.model_event(self.env.now, turn.rec[0], turn.turn_id, "turn_ended", detail=outcome)
         turn.finished.succeed(outcome)

@@ -132,7 +132,7 @@ def test_breakdown_parts_add_up_on_every_turn(name: str, request: pytest.Fixture
 
 def test_breakdown_covers_retries_and_queueing(kafka: pipesim.Results, spike: pipesim.Results) -> None:
     assert (kafka.breakdown()["stt_retry"] > 0).sum() > 10, "kafka_timeouts has turns that retried"
-    assert (spike.breakdown()["llm_queue"] > 1.0).sum() > 100, "load_spike has turns that queued"
+    assert (spike.breakdown()["llm_queue"] > 1.0).sum() > 20, "load_spike has turns that queued"
 
 
 def test_percentile_breakdown_uses_the_turns_around_each_percentile(kafka: pipesim.Results) -> None:

@@ -37,7 +37,7 @@ def test_yaml_error_names_file_line_and_field(tmp_path):
         "x.yaml:4 services.llm.capacity: must be >= 1, got 0",
         "x.yaml:6 kafka.max_retries: must be >= 0, got -1",
         "x.yaml:7 kafka.typo_field: unknown field (allowed: latency_s, request_timeout_s, max_retries, "
-        "backoff_s, backoff_multiplier, stalls, outages)",
+        "backoff_s, backoff_multiplier, stale_requests, stalls, outages)",
     ]
 
 

@@ -169,14 +169,20 @@ CLIENT_TYPES = ("conversation_control", "fault_injection")
 _adapter: TypeAdapter[Any] = TypeAdapter(Message)
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error names the bad value without echoing 64 KiB."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _describe(err: dict[str, Any], type_name: str) -> str:
-    where = ".".join(str(p) for p in err["loc"]) or "(message)"
+    where = _shown(".".join(str(p) for p in err["loc"]) or "(message)").strip("'")
     if err["type"] == "missing":
         return f"{type_name}.{where}: required field is missing"
     if err["type"] == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
-        return f"{type_name}.{where}: must be one of {expected}, got {err['input']!r}"
-    return f"{type_name}.{where}: {err['msg'].lower()}, got {err['input']!r}"
+        return f"{type_name}.{where}: must be one of {expected}, got {_shown(err['input'])}"
+    return f"{type_name}.{where}: {err['msg'].lower()}, got {_shown(err['input'])}"
 
 
 def parse_message(raw: str | bytes, *, allowed: tuple[str, ...] | None = None) -> BaseModel:
@@ -200,6 +206,10 @@ def parse_message(raw: str | bytes, *, allowed: tuple[str, ...] | None = None) -
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except ValueError:  # Python refuses integers of more than 4300 digits
+        raise ProtocolError("invalid JSON: a number with too many digits") from None
+    except RecursionError:
+        raise ProtocolError("invalid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"message must be a JSON object, got {type(data).__name__}")
     if "type" not in data:
@@ -207,7 +217,7 @@ def parse_message(raw: str | bytes, *, allowed: tuple[str, ...] | None = None) -
     type_name = data["type"]
     known = allowed if allowed is not None else tuple(_MESSAGE_TYPES)
     if type_name not in known:
-        raise ProtocolError(f"unknown message type {type_name!r} (expected one of {', '.join(known)})")
+        raise ProtocolError(f"unknown message type {_shown(type_name)} (expected one of {', '.join(known)})")
     try:
         return _MESSAGE_TYPES[type_name].model_validate(data)
     except ValidationError as exc:

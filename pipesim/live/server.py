@@ -377,11 +377,17 @@ class _BaseServer:
                 return self._file_response(connection, page)
             return self._text_response(connection, 200, _FALLBACK_PAGE, "text/html; charset=utf-8")
         if path.startswith("/static/"):
-            base = self.static_dir.resolve()
-            target = (base / path.removeprefix("/static/")).resolve()
-            if target.is_file() and target.is_relative_to(base):  # no ../ escapes
+            # Look the name up among the files that exist rather than handing it to the file system: no
+            # name (too long, NUL, ../, undecodable) can then fail or escape.
+            target = self._static_files().get(path.removeprefix("/static/"))
+            if target is not None:
                 return self._file_response(connection, target)
         return connection.respond(404, "not found\n")
+
+    def _static_files(self) -> dict[str, Path]:
+        """The dashboard's files by their name under ``/static/`` (a handful: listed on every request)."""
+        base = self.static_dir
+        return {p.relative_to(base).as_posix(): p for p in base.rglob("*") if p.is_file()} if base.is_dir() else {}
 
     @staticmethod
     def _text_response(connection: ServerConnection, status: int, body: str | bytes,
@@ -417,7 +423,7 @@ class _BaseServer:
         self._clients.add(client)
         client.writer = asyncio.ensure_future(self._writer(client))
         log.info("client %s connected (%s)", client.name, "all sessions" if client.watch_all else
-                 ", ".join(sorted(client.watched)))
+                 ", ".join(repr(sid) for sid in sorted(client.watched)))  # repr: ids may hold newlines
         self._on_connect(client)
         try:
             while True:

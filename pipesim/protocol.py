@@ -11,8 +11,10 @@ Documented extensions (a client written against the seed alone keeps working, be
 is renamed, retyped or removed and every extension field is additional):
 
 * every ``pipeline_state_update`` also carries ``timestamp`` (seconds of simulated time since the
-  run started), ``seq`` (per-session sequence number, starting at 0 and increasing by 1 with every
-  message about that session), ``turn_id`` (0 before the first turn), ``event`` (what caused the
+  run started), ``seq`` (per-session sequence number, starting at 0 with ``session_created`` and
+  increasing by 1 with every message about that session, ``session_ended`` included; a snapshot repeats
+  the ``seq`` of the last message, so a client may drop any update whose ``seq`` is lower than the last
+  it has), ``turn_id`` (0 before the first turn), ``event`` (what caused the
   update), ``status`` (the session lifecycle: ``created|active|paused|stopped``) and ``error``
   (``null``, or the reason a turn failed).
 * ``session_created`` and ``session_ended`` (server -> client) bracket a session's updates.
@@ -90,7 +92,9 @@ class PipelineStateUpdate(_Outbound):
     metadata: Metadata
     # Extensions (optional so that the seed's example parses as it is).
     timestamp: Annotated[float | None, Field(description="Simulated time of the transition, seconds.")] = None
-    seq: Annotated[int | None, Field(ge=0, description="Per-session message sequence number.")] = None
+    seq: Annotated[int | None, Field(ge=0, description=(
+        "Per-session message sequence number: 0 on session_created, +1 on every message about the session; "
+        "a snapshot repeats the seq of the last message."))] = None
     turn_id: Annotated[int | None, Field(ge=0, description="The user turn this update belongs to.")] = None
     event: Annotated[str | None, Field(description="The state-manager event that caused the update.")] = None
     status: Annotated[SessionStatus | None, Field(description="Session lifecycle status.")] = None
@@ -244,8 +248,10 @@ def wire_messages(tr: Any) -> list[dict[str, Any]]:
     """The server messages a client receives for one state-manager transition, as plain dicts.
 
     Every transition is one ``pipeline_state_update`` except the first (``session_created``) and the
-    last, which is followed by ``session_ended`` carrying the same ``seq``. Plain dicts keep pydantic out
-    of the hot path; tests check that they validate against the models above.
+    last, which is followed by ``session_ended``. Every message about a session has its own ``seq``, one
+    more than the one before: the transition's, and ``session_ended`` the next one (no transition follows
+    a stop). Plain dicts keep pydantic out of the hot path; tests check that they validate against the
+    models above.
     """
     if tr.event == "session_created":
         return [{"type": "session_created", "session_id": tr.session_id, "timestamp": tr.t, "seq": tr.seq}]
@@ -264,5 +270,5 @@ def wire_messages(tr: Any) -> list[dict[str, Any]]:
     }
     if tr.event == "session_stopped":
         return [update, {"type": "session_ended", "session_id": tr.session_id, "timestamp": tr.t,
-                         "seq": tr.seq, "reason": tr.error or "stopped"}]
+                         "seq": tr.seq + 1, "reason": tr.error or "stopped"}]
     return [update]

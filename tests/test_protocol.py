@@ -138,6 +138,7 @@ def test_wire_messages_of_a_session_validate_against_models_and_schema():
         assert parse_message(dumps(msg)).model_dump(mode="json") == msg
     updates = [msg for msg in sent if msg["type"] == "pipeline_state_update"]
     assert [u["seq"] for u in updates] == list(range(1, len(updates) + 1))
+    assert [msg["seq"] for msg in sent] == list(range(len(sent)))  # session_ended has a seq of its own
     assert updates[-2]["state"] == "complete" and updates[-2]["services"]["tts"] == "complete"
 
 

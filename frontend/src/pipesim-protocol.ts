@@ -46,7 +46,7 @@ export interface PipelineStateUpdate {
    */
   timestamp?: number | null;
   /**
-   * Per-session message sequence number.
+   * Per-session message sequence number: 0 on session_created, +1 on every message about the session; a snapshot repeats the seq of the last message.
    */
   seq?: number | null;
   /**

@@ -185,8 +185,10 @@ messages of every session it has controlled successfully.
 
 On connect the server first sends, for each watched session that is not stopped, a
 `pipeline_state_update` with `event: "snapshot"` (its `seq` is that of the last message sent about the
-session); then every message as it happens: per session `session_created`, any number of
-`pipeline_state_update`, `session_ended`, with `seq` increasing by 1.
+session); then every message as it happens: per session `session_created` (`seq` 0), any number of
+`pipeline_state_update`, `session_ended`, each with its own `seq`, one more than the one before. A client
+may therefore drop any message whose `seq` is not greater than the last it has for that session (a
+snapshot aside, which repeats it).
 
 A client may send `conversation_control` (the seed's controls: `start` creates a session that does not
 exist yet or resumes a paused one, `pause`, `stop`) and `fault_injection`. A message that cannot be

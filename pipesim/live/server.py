@@ -17,10 +17,12 @@ Watching rules
   number of clients may watch the same session; each receives the same messages in the same order.
 * A client also watches every session it has controlled successfully (``start``, ``pause``, ``stop``),
   whatever its filter: a client that starts ``abc`` sees ``abc``'s ``session_created`` and everything after.
+* Sequence numbers: every message about a session has its own ``seq``, one more than the one before:
+  ``session_created`` is 0, every ``pipeline_state_update`` the next, ``session_ended`` the last. So a
+  client may drop any message whose ``seq`` is not greater than the last it has for the session.
 * On connect, the server first sends one ``pipeline_state_update`` with ``event: "snapshot"`` for each
-  watched session that exists and is not stopped (its ``seq`` is that of the last message sent about
-  the session, so a client may drop anything with a lower or equal ``seq``), then every message as it
-  happens.
+  watched session that exists and is not stopped; its ``seq`` repeats that of the last message sent
+  about the session (the next real message follows it by one), then every message as it happens.
 * ``error`` messages go only to the client whose message caused them; nothing else changes.
 * Sessions outlive connections: a client that disconnects leaves its sessions running (reconnect with
   ``?session_id=`` to pick them up again); only ``stop`` ends a session. A stopped session id cannot be

@@ -121,10 +121,16 @@ class SessionEnded(_Outbound):
 
 
 class ErrorMessage(_Outbound):
-    """Extension: a client message could not be honoured. The connection stays open."""
+    """Extension: a client message could not be honoured. The connection stays open.
+
+    ``code``: ``bad_message`` (not JSON, unknown type, a missing or invalid field), ``too_large`` (over
+    64 KiB), ``unknown_session``, ``illegal_control`` (not in the session's state, or an id the scenario
+    keeps), ``forbidden`` (the server runs owner-only and another connection started the session),
+    ``unsupported`` (a replay cannot be controlled).
+    """
 
     type: Literal["error"] = "error"
-    code: Literal["bad_message", "unknown_session", "illegal_control", "too_large", "unsupported"]
+    code: Literal["bad_message", "unknown_session", "illegal_control", "too_large", "unsupported", "forbidden"]
     message: str
     session_id: str | None = None
 

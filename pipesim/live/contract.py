@@ -193,7 +193,13 @@ snapshot aside, which repeats it).
 A client may send `conversation_control` (the seed's controls: `start` creates a session that does not
 exist yet or resumes a paused one, `pause`, `stop`) and `fault_injection`. A message that cannot be
 honoured is answered with `error`, to that client only; nothing else changes and the connection stays
-open.
+open. Any client may control any session, unless the server runs owner-only (`pipesim serve --owner-only`):
+then a connection controls only the sessions it started, and others get `error` `forbidden`.
+
+Handshake: a browser page must come from an allowed origin (by default http(s) on localhost, 127.0.0.1 or
+[::1], any port, or the server's own); the `Host` header must name this machine (or an allowed host); a
+server started with a token wants it as `Authorization: Bearer TOKEN` or as the `token` query parameter.
+A refused handshake gets HTTP 403 with a one-line reason.
 """
 
 
@@ -267,6 +273,11 @@ def asyncapi_document() -> dict[str, Any]:
                                     "minLength": 1,
                                     "description": "Receive only the messages about this session; "
                                                    "without it, every session's messages.",
+                                },
+                                "token": {
+                                    "type": "string",
+                                    "description": "The server's token, if it was started with one (for "
+                                                   "browsers, which cannot set an Authorization header).",
                                 },
                             },
                         },

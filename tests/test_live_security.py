@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipesim.cli import main as cli_main
 from pipesim.live import LiveClient, LiveError, LiveServer, ReplayServer, serve_in_background
@@ -289,3 +291,20 @@ def test_listening_beyond_loopback_without_a_token_logs_a_warning(caplog: pytest
         caplog.clear()
         run(start_and_stop(exposed_as, token))
         assert any(warned in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING) == expected
+
+
+header_values = st.one_of(st.none(), st.text(max_size=60), st.sampled_from(
+    ["[", "[::1", "localhost:99999", "127.0.0.1:-1", "http://[", "http://localhost:x", "Bearer", "Bearer ",
+     f"Bearer {TOKEN}", TOKEN, "\u2100.example", "localhost\u3002com"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(host=header_values, origin=header_values, authorization=header_values,
+       query_token=st.one_of(st.none(), st.text(max_size=30)))
+def test_any_handshake_headers_get_a_decision_never_an_exception(
+        host: str | None, origin: str | None, authorization: str | None, query_token: str | None) -> None:
+    headers = {k: v for k, v in (("Host", host), ("Origin", origin), ("Authorization", authorization)) if v is not None}
+    query = {"token": [query_token]} if query_token is not None else {}
+    for access in (Access.build("127.0.0.1"), Access.build("127.0.0.1", ["*"], ["*"], TOKEN)):
+        reason = access.refusal(headers, query)
+        assert reason is None or ("\n" not in reason and TOKEN not in reason and len(reason) < 200), reason

@@ -95,7 +95,7 @@ def sessions_frame(trace: Trace, turns: pd.DataFrame) -> pd.DataFrame:
 
 def messages_frame(trace: Trace) -> pd.DataFrame:
     """The wire messages a dashboard watching every session would have received, in order."""
-    rows = [(tr.t, tr.session_id, tr.seq, msg["type"], json.dumps(msg, separators=(",", ":")))
+    rows = [(tr.t, tr.session_id, msg["seq"], msg["type"], json.dumps(msg, separators=(",", ":")))
             for tr, msg in sent_messages(trace)]
     return pd.DataFrame(rows, columns=["t", "session_id", "seq", "type", "message"])
 

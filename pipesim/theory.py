@@ -247,7 +247,9 @@ def single_stage_scenario(arrival_rate: float, service_mean: float, servers: int
     >>> Scenario.model_validate(single_stage_scenario(3.2, 0.25, 1, 100)).services.stt.capacity
     1
     """
-    _check_rates(arrival_rate, 1.0 / service_mean if service_mean > 0 else 0.0)
+    if not service_mean > 0 or not math.isfinite(service_mean):
+        raise ValueError(f"service_mean must be a finite number of seconds > 0, got {service_mean!r}")
+    _check_rates(arrival_rate, 1.0 / service_mean)
     _check_servers(servers)
     return {
         "name": f"mmc_{servers}",

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from pipesim import analysis
 from pipesim.results import Results, simulate
@@ -85,52 +86,6 @@ def queue_metrics(service: str = "stt", warmup_s: float = 0.0) -> Metrics:
     return metrics
 
 
-def student_t_quantile(p: float, df: int) -> float:
-    """The p-quantile of Student's t with ``df`` (integer) degrees of freedom, 0.5 <= p < 1.
-
-    Exact: the CDF of t with integer df is a finite trigonometric sum (Abramowitz & Stegun 26.7.3-4),
-    inverted by bisection. (pipesim does not depend on scipy.)
-
-    >>> round(student_t_quantile(0.975, 9), 4), round(student_t_quantile(0.975, 1), 3)
-    (2.2622, 12.706)
-    """
-    if not 0.5 <= p < 1:
-        raise ValueError(f"p must be in [0.5, 1), got {p}")
-    if df < 1:
-        raise ValueError(f"df must be >= 1, got {df}")
-
-    def central(t: float) -> float:  # P(|T| < t)
-        theta = math.atan(t / math.sqrt(df))
-        s, c2 = math.sin(theta), math.cos(theta) ** 2
-        if df % 2 == 0:
-            term = total = 1.0
-            for k in range(1, df // 2):
-                term *= c2 * (2 * k - 1) / (2 * k)
-                total += term
-            return s * total
-        total = 0.0
-        if df > 1:
-            term = total = 1.0
-            for k in range(1, (df - 1) // 2):
-                term *= c2 * (2 * k) / (2 * k + 1)
-                total += term
-            total *= s * math.cos(theta)
-        return 2 / math.pi * (theta + total)
-
-    target, lo, hi = 2 * p - 1, 0.0, 1.0
-    while central(hi) < target:
-        hi *= 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if central(mid) < target:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * hi:
-            break
-    return (lo + hi) / 2
-
-
 def confidence_intervals(runs: pd.DataFrame, confidence: float = 0.95,
                          columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean and two-sided Student-t confidence interval of each metric over the runs (one row each):
@@ -147,7 +102,7 @@ def confidence_intervals(runs: pd.DataFrame, confidence: float = 0.95,
     n = len(runs)
     if n < 2:
         raise ValueError(f"a confidence interval needs at least 2 runs, got {n}")
-    t = student_t_quantile(1 - (1 - confidence) / 2, n - 1)
+    t = float(scipy.stats.t.ppf(1 - (1 - confidence) / 2, n - 1))
     mean, sd = runs[columns].mean(), runs[columns].std(ddof=1)
     half = t * sd / math.sqrt(n)
     return pd.DataFrame({"mean": mean, "sd": sd, "n": n, "half_width": half, "low": mean - half,

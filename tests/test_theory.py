@@ -6,10 +6,11 @@ import math
 from fractions import Fraction
 
 import pytest
+import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipesim.replications import confidence_intervals, replication_seeds, student_t_quantile
+from pipesim.replications import confidence_intervals, replication_seeds
 from pipesim.theory import MMc, erlang_b, erlang_c, min_servers, single_stage_scenario
 
 
@@ -184,19 +185,11 @@ def test_min_servers_is_the_smallest(lam: float, mu: float, target: float) -> No
 
 
 # Replication helpers -----------------------------------------------------------------------------------
-@pytest.mark.parametrize(("p", "df", "expected"), [
-    (0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 9, 2.2622), (0.995, 19, 2.8609), (0.95, 4, 2.1318),
-    (0.975, 30, 2.0423), (0.9995, 5, 6.8688),   # t tables
-])
-def test_student_t_quantiles(p: float, df: int, expected: float) -> None:
-    assert student_t_quantile(p, df) == pytest.approx(expected, abs=1e-4)
-
-
 def test_confidence_interval_arithmetic() -> None:
     import pandas as pd
 
     ci = confidence_intervals(pd.DataFrame({"seed": [1, 2, 3, 4], "x": [1.0, 2.0, 3.0, 6.0]}), 0.95)
     sd = pd.Series([1.0, 2.0, 3.0, 6.0]).std()
     assert list(ci.index) == ["x"]
-    assert ci.loc["x", "half_width"] == pytest.approx(student_t_quantile(0.975, 3) * sd / 2)
+    assert ci.loc["x", "half_width"] == pytest.approx(scipy.stats.t.ppf(0.975, 3) * sd / 2)
     assert replication_seeds(1, 5) != replication_seeds(2, 5)

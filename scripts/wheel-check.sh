@@ -18,7 +18,12 @@ trap cleanup EXIT
 step() { echo "wheel-check: $*"; }
 
 step "building the sdist and wheel"
-"$PYTHON" -m build --outdir "$TMP/dist" . >"$TMP/build.log" 2>&1 || { cat "$TMP/build.log"; exit 1; }
+# From a copy of the files git would commit (tracked or new, not ignored): a stale build/ or *.egg-info here
+# could otherwise smuggle in files the package data no longer names.
+mkdir "$TMP/src"
+git ls-files -z --cached --others --exclude-standard \
+    | tar --null --files-from=- --ignore-failed-read -cf - 2>/dev/null | tar -xf - -C "$TMP/src"
+"$PYTHON" -m build --outdir "$TMP/dist" "$TMP/src" >"$TMP/build.log" 2>&1 || { cat "$TMP/build.log"; exit 1; }
 WHEEL=$(ls "$TMP"/dist/*.whl)
 
 step "installing $(basename "$WHEEL") into a fresh venv"

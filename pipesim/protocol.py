@@ -1,7 +1,7 @@
 """The WebSocket wire protocol of the orchestrator (port 8001, path ``/ws``).
 
-The two messages of the seed (``../shared/seed/pipeline_state_status.md``) are reproduced field for
-field and value for value:
+The two messages of the production orchestrator's protocol are reproduced field for field and value
+for value:
 
 * ``pipeline_state_update`` (server -> client): ``type``, ``session_id``, ``state``, ``services``,
   ``metadata``.

@@ -466,14 +466,14 @@ def _resolve_files(scenario: Scenario, base_dir: Path, source: str) -> Scenario:
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Load and validate a scenario file (YAML, TOML or JSON).
+    """Load and validate a scenario file (YAML, TOML or JSON), or a bundled scenario by name.
 
     Raises :class:`ScenarioError` with one message per problem (file, line, field path).
 
-    >>> load_scenario("scenarios/baseline.yaml").name  # doctest: +SKIP
+    >>> load_scenario("baseline").name
     'baseline'
     """
-    path = Path(path)
+    path = scenario_path(path)
     fmt = _format_for(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -485,23 +485,35 @@ def load_scenario(path: str | Path) -> Scenario:
     return validate_scenario(data, source=str(path), text=text, fmt=fmt, base_dir=path.parent)
 
 
+#: The bundled scenarios ship inside the package (``pipesim/scenarios/``; a clone links ``scenarios/`` to it),
+#: so an installed wheel finds them as a checkout does.
+BUNDLED_DIR = Path(__file__).resolve().parent / "scenarios"
+
+
 def bundled_scenarios() -> list[str]:
-    """Names of the scenarios shipped in ``scenarios/``."""
-    folder = Path(__file__).resolve().parent.parent / "scenarios"
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    """Names of the scenarios shipped with pipesim.
+
+    >>> "baseline" in bundled_scenarios()
+    True
+    """
+    return sorted(p.stem for p in BUNDLED_DIR.glob("*.yaml"))
 
 
 def scenario_path(name_or_path: str | Path) -> Path:
-    """A path as given, or the name of a bundled scenario (``baseline`` -> ``scenarios/baseline.yaml``).
+    """A path as given, or the file of a bundled scenario's name (``baseline`` -> ``.../scenarios/baseline.yaml``).
 
+    A bare name (no suffix) that is not an existing file is looked up among the bundled scenarios.
     Raises :class:`ScenarioError` for a bare name that is neither a file nor a bundled scenario.
+
+    >>> scenario_path("baseline").name
+    'baseline.yaml'
     """
     path = Path(name_or_path)
     if path.exists() or path.suffix:
         return path
-    for folder in (Path("scenarios"), Path(__file__).resolve().parent.parent / "scenarios"):
-        if (folder / f"{path.name}.yaml").exists():
-            return folder / f"{path.name}.yaml"
+    bundled = BUNDLED_DIR / f"{path.name}.yaml"
+    if bundled.exists():
+        return bundled
     raise ScenarioError([f"{path}: no such file, and no bundled scenario of that name "
                          f"(bundled: {', '.join(bundled_scenarios())})"])
 
@@ -512,4 +524,4 @@ def as_scenario(value: Scenario | str | Path | dict[str, Any]) -> Scenario:
         return value
     if isinstance(value, dict):
         return validate_scenario(value, source="<dict>")
-    return load_scenario(scenario_path(value))
+    return load_scenario(value)

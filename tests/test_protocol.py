@@ -16,7 +16,7 @@ from pipesim.protocol import (
 )
 from pipesim.state import PipelineStateManager
 
-# Copied verbatim from ../shared/seed/pipeline_state_status.md ("Message Protocol"): TypeScript object
+# Copied verbatim from the production orchestrator's protocol ("Message Protocol"): TypeScript object
 # literals, with the union types replaced by one of their values.
 SEED_UPDATE = """{
   type: 'pipeline_state_update',

@@ -42,12 +42,13 @@ class ReplayError(TraceError):
 class Recorder:
     """Appends broadcast messages to a JSON Lines file, one flushed line per message.
 
-    ``header`` (scenario, seed, speed, ...) goes on the first line. Raises ``OSError`` if the file
-    cannot be written.
+    ``header`` (scenario, seed, speed, ...) goes on the first line. Missing parent folders are created
+    (as ``pipesim run --out`` does). Raises ``OSError`` if the file cannot be written.
     """
 
     def __init__(self, path: str | Path, header: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         # Line buffering: every line reaches the OS as it is written, so SIGKILL loses at most one line.
         self._fh: IO[str] | None = open(self.path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
         self.count = 0

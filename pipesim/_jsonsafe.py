@@ -30,9 +30,14 @@ MAX_INT_DIGITS = 640
 _TOKENS = re.compile(r'"(?:[^"\\\n]|\\.)*(?:"|$)|[\[{]|[\]}]|(?<![\d.eE+-])-?\d{' + str(MAX_INT_DIGITS + 1)
                      + r',}(?![\d.eE])', re.MULTILINE)
 
+_LONG_DIGITS = re.compile(r"\d{" + str(MAX_INT_DIGITS + 1) + "}")
+
 
 def check(text: str, max_depth: int = MAX_DEPTH) -> None:
     """Raise ``JSONDecodeError`` where ``text`` nests deeper than ``max_depth`` or has a huge integer."""
+    # Fast paths (most lines of a trace): too few brackets to nest that deep, no run of digits that long.
+    if text.count("[") + text.count("{") <= max_depth and not _LONG_DIGITS.search(text):
+        return
     depth = 0
     for match in _TOKENS.finditer(text):
         token = match.group()

@@ -160,16 +160,13 @@ TRANSITION_COLUMNS = ("t", "session_id", "turn_id", "event", "status", "state", 
                       "buffer_size")
 
 
-def _type_problem(column: str, value: Any) -> str | None:
-    if column in _TEXT_COLUMNS:
-        return None if isinstance(value, str) else "a string"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "an integer" if column in _INT_COLUMNS else "a number"
-    if column in _INT_COLUMNS and not isinstance(value, int):
-        return "an integer"
-    if column == "t" and not math.isfinite(value):
-        return "a finite number"
-    return None
+def _expected_type(column: str) -> tuple[type, ...]:
+    # Exact types: a bool is not a number here, a float not an integer.
+    return (str,) if column in _TEXT_COLUMNS else (int,) if column in _INT_COLUMNS else (int, float)
+
+
+_COLUMN_TYPES = {c: _expected_type(c) for c in (*EVENT_COLUMNS, *TURN_COLUMNS, *SERVICE_COLUMNS)}
+_TYPE_NAMES = {(str,): "a string", (int,): "an integer", (int, float): "a number"}
 
 
 def _read_trace(path: str | Path) -> tuple[Trace, list[int]]:
@@ -193,9 +190,11 @@ def _read_trace(path: str | Path) -> tuple[Trace, list[int]]:
         if unknown:
             raise TraceError(f"{where}: unknown field(s) {', '.join(sorted(unknown))[:200]}")
         for column, value in obj.items():
-            expected = _type_problem(column, value)
-            if expected:
-                raise TraceError(f"{where}: {column} must be {expected}, got {json.dumps(value)[:40]}")
+            if type(value) not in _COLUMN_TYPES[column]:
+                raise TraceError(f"{where}: {column} must be {_TYPE_NAMES[_COLUMN_TYPES[column]]}, "
+                                 f"got {json.dumps(value)[:40]}")
+        if not math.isfinite(obj.get("t", 0)):
+            raise TraceError(f"{where}: t must be a finite number, got {obj['t']}")
         rows.append(tuple(obj.get(c, -1 if c == "seq" else None if c in _TEXT_COLUMNS else _NAN)
                           for c in columns))
         if record == "event":

@@ -88,7 +88,9 @@ def test_bad_utf8_and_binary_garbage_are_named(tmp_path, kind, garbage):
 @pytest.mark.parametrize("changes", [{"t": "soon"}, {"seq": "x"}, {"buffer_size": 1.5}, {"state": 3},
                                      {"session_id": None}, {"t": float("inf")},
                                      {"event": "speech_started", "state": "dancing"},
-                                     {"event": "speech_started", "stt": None}])
+                                     {"event": "speech_started", "stt": None},
+                                     {"event": "speech_started", "buffer_size": -1},
+                                     {"event": "speech_started", "audio_quality": 2.0}])
 def test_a_trace_field_of_the_wrong_type_or_value_is_named(tmp_path, changes):
     obj = {**json.loads(TRACE[1]), **changes}
     obj = {k: v for k, v in obj.items() if v is not None or k == "session_id"}

@@ -119,15 +119,24 @@ def _server_message(message: dict[str, Any], where: str) -> None:
 def _load_trace(path: Path) -> list[tuple[float, dict[str, Any]]]:
     trace, event_lines = _read_trace(path)
     out = []
+    required = [EVENT_COLUMNS.index(c) for c in TRANSITION_COLUMNS]
+    # Validating each of ~10^5 messages with pydantic would triple the load time. The reader has checked
+    # every field's type; what else the protocol constrains takes few values, so one message per
+    # combination of those is validated.
+    validated: set[tuple[Any, ...]] = set()
     for row, number in zip(trace.events, event_lines, strict=True):
         if row[3] < 0:  # a model event, not a transition: nothing was sent
             continue
-        missing = [c for c in TRANSITION_COLUMNS if row[EVENT_COLUMNS.index(c)] is None]
+        missing = [EVENT_COLUMNS[i] for i in required if row[i] is None]
         if missing:
             raise ReplayError(f"{path}:{number}: a state transition (seq >= 0) needs {', '.join(missing)}")
         tr = transition_from_row(row)
         for message in wire_messages(tr):
-            _server_message(message, f"{path}:{number}")
+            kind = (message["type"], tr.state, tr.status, tr.stt, tr.llm, tr.tts, tr.turn_id >= 0,
+                    tr.buffer_size >= 0, 0 <= tr.audio_quality <= 1, tr.error is None)
+            if kind not in validated:
+                _server_message(message, f"{path}:{number}")
+                validated.add(kind)
             out.append((tr.t, message))
     if not out:
         raise ReplayError(f"{path}: the trace has no state transitions to replay")

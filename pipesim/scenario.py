@@ -12,7 +12,8 @@ to the scenario file's folder, so a missing or bad CSV is a load-time problem.
 
 Limits. A file is refused, with one line saying which limit and where, if it is
 
-* larger than :data:`MAX_FILE_BYTES` (1 MiB; read no further, so a FIFO or ``/dev/zero`` cannot hang it);
+* larger than :data:`MAX_FILE_BYTES` (1 MiB; nothing past it is read, so even a link to ``/dev/zero`` is
+  refused at once);
 * nested deeper than :data:`MAX_DEPTH` (32) lists/mappings (a scenario needs 6; the parsers recurse);
 * holding an integer of more than :data:`MAX_INT_DIGITS` (640) digits (Python refuses ``int(str)`` beyond
   4300 by default, 640 at the lowest setting);
@@ -594,6 +595,18 @@ def _toml_children(item: Any) -> list[tuple[Any, Any, Any]]:
     return []
 
 
+_JSON_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
+def _yaml_friendly(match: re.Match[str]) -> str:
+    """A JSON string as YAML reads it on the same line: YAML has no ``\\/`` escape and no key longer
+    than 1024 characters (such a key is not found, and its problem takes its parent's line)."""
+    string = match.group()
+    if len(string) > 1000:
+        return '"(long)"'
+    return string.replace("\\/", "/")
+
+
 class _LineFinder:
     """Maps a field path to the line of the source text where it is (or its closest ancestor is)."""
 
@@ -601,16 +614,24 @@ class _LineFinder:
         self.text, self.fmt = text, fmt
         self._root: Any = None
         self._starts: dict[int, int] = {}
+        self._parsed = False  # parsed again on the first question: only a file with problems needs it
+
+    def _parse(self) -> None:
+        self._parsed = True
         try:
-            if fmt == "toml":
-                self._root, parser = _parse_toml(text)
+            if self.fmt == "toml":
+                self._root, parser = _parse_toml(self.text)
                 self._starts = parser.starts
-            else:  # JSON through YAML's composer, which keeps marks (a tab is a space in JSON)
-                self._root = _compose_yaml(text.replace("\t", " ") if fmt == "json" else text)
+            elif self.fmt == "json":  # through YAML's composer, which keeps marks
+                self._root = _compose_yaml(_JSON_STRING.sub(_yaml_friendly, self.text.replace("\t", " ")))
+            else:
+                self._root = _compose_yaml(self.text)
         except (yaml.YAMLError, _SyntaxError):
             self._root = None
 
     def line(self, path: tuple[Any, ...]) -> int | None:
+        if not self._parsed:
+            self._parse()
         if self._root is None:
             return None
         if self.fmt == "toml":
@@ -682,18 +703,18 @@ def _parse_text(text: str, fmt: str, where: str) -> Any:
         else:
             data = _load_yaml(text)
     except _SyntaxError as exc:
-        raise ScenarioError([f"{where}:{exc.line}: invalid TOML: {exc.message}"]) from None
+        raise ScenarioError([f"{where}:{exc.line}: invalid TOML: {_one_line(exc.message, 300)}"]) from None
     except json.JSONDecodeError as exc:
         raise ScenarioError([f"{where}:{exc.lineno}: invalid JSON: {exc.msg}"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
-        raise ScenarioError([f"{where}{line}: invalid YAML: {exc.problem}"]) from None
+        raise ScenarioError([f"{where}{line}: invalid YAML: {_one_line(str(exc.problem), 300)}"]) from None
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow, e.g. NUL
         raise ScenarioError([f"{where}:{_line_at(text, exc.position)}: invalid YAML: character "
                              f"{exc.character!r} is not allowed"]) from None
     except yaml.YAMLError as exc:
-        raise ScenarioError([f"{where}: invalid YAML: {exc}"]) from None
+        raise ScenarioError([f"{where}: invalid YAML: {_one_line(str(exc), 300)}"]) from None
     deep = _too_deep(data)  # TOML's tables and dotted keys nest without brackets
     if deep is not None:
         line = _LineFinder(text, fmt).line(deep) or 1
@@ -704,8 +725,15 @@ def _parse_text(text: str, fmt: str, where: str) -> Any:
 def _problem(source: str, line: int | None, path: tuple[Any, ...], message: str) -> tuple[int, str]:
     """(line, ``file:line field: message``): problems are sorted by line."""
     where = f"{source}:{line}" if line else source
-    dotted = ".".join(str(p) for p in path) or "(top level)"
-    return line or 0, f"{where} {dotted}: {message}"
+    dotted = ".".join(_one_line(str(p), 40) for p in path) or "(top level)"
+    return line or 0, f"{where} {dotted}: {_one_line(message, 500)}"
+
+
+def _one_line(text: str, limit: int) -> str:
+    """``text`` with control characters escaped (a key or a CSV name may hold a newline), cut to ``limit``."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def validate_scenario(data: Any, source: str = "<scenario>", text: str | None = None, fmt: str = "yaml",
@@ -720,9 +748,11 @@ def validate_scenario(data: Any, source: str = "<scenario>", text: str | None = 
     """
     if data is None:
         data = {}
-    if not isinstance(data, dict):
-        raise ScenarioError([f"{source}: a scenario must be a mapping of sections, got {type(data).__name__}"])
     finder = _LineFinder(text, fmt) if text is not None else None
+    if not isinstance(data, dict):
+        line = finder.line(()) if finder else None
+        raise ScenarioError([f"{source}{f':{line}' if line else ''}: a scenario must be a mapping of sections, "
+                             f"got {type(data).__name__}"])
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
@@ -783,7 +813,7 @@ def load_scenario(path: str | Path) -> Scenario:
     fmt = _format_for(path)
     try:
         with path.open("rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)  # a bound, whatever the file (or a FIFO, or /dev/zero) holds
+            raw = fh.read(MAX_FILE_BYTES + 1)  # a bound, whatever the file (even /dev/zero) holds
             size = max(len(raw), os.fstat(fh.fileno()).st_size)
     except FileNotFoundError:
         raise ScenarioError([f"{path}: no such file"]) from None

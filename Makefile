@@ -1,39 +1,62 @@
 # Every target sets itself up: a fresh machine needs only Python 3.11 and pip (and apt-get, as root,
-# for the headless Chromium of the end-to-end test).
+# for the headless Chromium of the end-to-end test). Each target installs only what it needs:
+# demo and serve pipesim alone, test/lint/bench also the dev tools, lab also JupyterLab.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-STAMP   = $(VENV)/.installed
-SCENARIO ?= scenarios/baseline.yaml
+SCENARIO ?= baseline
+RUN_STAMP = $(VENV)/.installed-run
+DEV_STAMP = $(VENV)/.installed-dev
+LAB_STAMP = $(VENV)/.installed-lab
 
-.PHONY: demo test serve lint bench clean browser types
+.PHONY: demo test serve lab lint bench clean browser types wheel-check
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $@
+
+$(LAB_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[notebooks]'
+	touch $@
 
 ## make demo: simulate the bundled baseline scenario offline and print the latency summary
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/pipesim run $(SCENARIO) --out out/demo --plots out/demo/plots
 
-## make test: the whole test suite (unit, model, notebooks, live server, browser end-to-end)
-test: $(STAMP) browser
+## make test: the whole test suite (unit, model, notebooks, live server, browser end-to-end), then the
+## built wheel installed into a clean venv
+test: $(DEV_STAMP) browser
 	$(BIN)/python -m pytest
+	bash scripts/wheel-check.sh $(BIN)/python
+
+## make wheel-check: build the wheel, install it into a fresh venv, run pipesim from an empty folder
+wheel-check: $(DEV_STAMP)
+	bash scripts/wheel-check.sh $(BIN)/python
 
 ## make serve: the live mock backend on ws://127.0.0.1:8001/ws with the dashboard on http://127.0.0.1:8001/
-serve: $(STAMP)
-	$(BIN)/pipesim serve scenarios/frontend_demo.yaml
+serve: $(RUN_STAMP)
+	$(BIN)/pipesim serve frontend_demo
+
+## make lab: JupyterLab on notebooks/
+lab: $(LAB_STAMP)
+	$(BIN)/jupyter lab notebooks/
 
 ## make types: regenerate frontend/src/pipesim-protocol.ts from pipesim/protocol.py
-types: $(STAMP)
+types: $(DEV_STAMP)
 	bash scripts/gen-types.sh
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check pipesim tests benchmarks
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 browser:

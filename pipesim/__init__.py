@@ -28,6 +28,7 @@ _EXPORTS = {
     "Results": "pipesim.results",
     "simulate": "pipesim.results",
     "Trace": "pipesim.trace",
+    "MMc": "pipesim.theory",
 }
 _SUBMODULES = ("analysis", "plots", "live", "protocol", "scenario", "state", "model", "trace", "results")
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)

@@ -95,7 +95,7 @@ def sessions_frame(trace: Trace, turns: pd.DataFrame) -> pd.DataFrame:
 
 def messages_frame(trace: Trace) -> pd.DataFrame:
     """The wire messages a dashboard watching every session would have received, in order."""
-    rows = [(tr.t, tr.session_id, tr.seq, msg["type"], json.dumps(msg, separators=(",", ":")))
+    rows = [(tr.t, tr.session_id, msg["seq"], msg["type"], json.dumps(msg, separators=(",", ":")))
             for tr, msg in sent_messages(trace)]
     return pd.DataFrame(rows, columns=["t", "session_id", "seq", "type", "message"])
 
@@ -132,7 +132,7 @@ def sweep(scenario: object, param: str, values: Sequence[object], seeds: Sequenc
     >>> table.index.names
     FrozenList(['services.llm.capacity', 'seed'])
     """
-    from pipesim.results import simulate
+    from pipesim.results import _progress_bar_class, simulate
     from pipesim.scenario import as_scenario
 
     base = as_scenario(scenario)  # type: ignore[arg-type]
@@ -140,9 +140,8 @@ def sweep(scenario: object, param: str, values: Sequence[object], seeds: Sequenc
     rows = []
     iterator: object = runs
     if progress is not False:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(runs, desc=f"sweep {param}", disable=None if progress is None else not progress)
+        iterator = _progress_bar_class()(runs, desc=f"sweep {param}",
+                                         disable=None if progress is None else not progress)
     for value, seed in iterator:  # type: ignore[attr-defined]
         res = simulate(base.override({param: value}), seed=seed, progress=False)
         e2e = res.turns["e2e_latency"]

@@ -167,6 +167,27 @@ def _command(sub: Any, name: str, summary: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
 
 
+def _add_server_options(p: argparse.ArgumentParser) -> None:
+    """Binding, pacing and who may connect: the options ``serve`` and ``replay`` share."""
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address or name to bind (default: 127.0.0.1, this machine only; 0.0.0.0: every "
+                        "interface, better with --token)")
+    p.add_argument("--port", type=_port, default=8001, help="port to listen on, 0 for any free one (default: 8001)")
+    p.add_argument("--speed", type=_positive, default=1.0, help="simulated seconds per wall second (default: 1)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="also accept WebSocket connections from pages of this origin, e.g. "
+                        "https://app.example:3000; '*' accepts any, 'null' sandboxed pages; repeatable (default: "
+                        "only pages of http(s)://localhost, 127.0.0.1 or [::1] on any port, and the server's own)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                   help="also accept this name or address in the Host header, e.g. the machine's name when "
+                        "binding 0.0.0.0; '*' accepts any; repeatable (default: loopback names and addresses and "
+                        "--host)")
+    p.add_argument("--token",
+                   help="require this token to open /ws, as 'Authorization: Bearer TOKEN' or '?token=TOKEN' "
+                        "(open the dashboard as http://HOST:PORT/?token=TOKEN); prefer $PIPESIM_TOKEN, "
+                        "as other users can see a command line (default: $PIPESIM_TOKEN if set, else no token)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``pipesim`` argument parser (every sub-command, every option with its help and default)."""
     parser = argparse.ArgumentParser(prog="pipesim", description=DESCRIPTION, formatter_class=_HelpFormatter)
@@ -183,19 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="show a progress bar")
 
     p = _command(sub, "serve", "the live mock backend: WebSocket on /ws, dashboard on /")
-    p.add_argument("scenario", nargs="?", default="frontend_demo", help="scenario file or bundled name")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_port, default=8001, help="TCP port (0: any free port)")
-    p.add_argument("--speed", type=_positive, default=1.0, help="simulated seconds per wall second")
-    p.add_argument("--seed", type=int, help="override the scenario's seed")
-    p.add_argument("--record", help="record every message sent to this JSON Lines file")
+    p.add_argument("scenario", nargs="?", default="frontend_demo",
+                   help="scenario file or bundled name (default: frontend_demo)")
+    _add_server_options(p)
+    p.add_argument("--seed", type=int, help="override the scenario's seed (default: the scenario's)")
+    p.add_argument("--record", help="record every message sent to this JSON Lines file (default: none)")
+    p.add_argument("--owner-only", action="store_true",
+                   help="a connection may pause, resume or stop only the sessions it started itself (default: "
+                        "any client may control any session, the scenario's included)")
 
     p = _command(sub, "replay", "serve a recorded or simulated trace over the same protocol")
     p.add_argument("file", help="a recording (serve --record) or a trace.jsonl (run --out)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_port, default=8001, help="TCP port (0: any free port)")
-    p.add_argument("--speed", type=_positive, default=1.0, help="playback speed: 2 plays twice as fast")
-    p.add_argument("--loop", action="store_true", help="start again at the end")
+    _add_server_options(p)
+    p.add_argument("--loop", action="store_true", help="start again at the end (default: play once)")
 
     p = _command(sub, "validate", "check scenario files; exit 1 on any problem")
     p.add_argument("files", nargs="+", metavar="SCENARIO",

@@ -24,6 +24,7 @@ True
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -176,24 +177,13 @@ class Empirical(_Dist):
         return self
 
     def resolved(self, base_dir: Path) -> Empirical:
-        """Load the CSV column (relative to ``base_dir``) into ``samples``."""
+        """Load the CSV column (relative to ``base_dir``) into ``samples``; a bad file is one ValueError
+        line naming the file, the line of the CSV and what is wrong."""
         if self.samples is not None:
             return self
         path = Path(self.csv_ or "")
         path = path if path.is_absolute() else base_dir / path
-        try:
-            with path.open(newline="", encoding="utf-8") as fh:
-                rows = list(csv.DictReader(fh))
-        except OSError as exc:
-            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-        column = self.column or (list(rows[0])[0] if rows else "")
-        if not rows or column not in rows[0]:
-            raise ValueError(f"{path} has no column {column!r}")
-        try:
-            values = tuple(float(r[column]) for r in rows if r[column] not in ("", None))
-        except ValueError as exc:
-            raise ValueError(f"{path} column {column!r}: {exc}") from None
-        return Empirical(samples=values)
+        return Empirical(samples=read_csv_column(path, self.column))
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         if self.samples is None:
@@ -203,6 +193,66 @@ class Empirical(_Dist):
     @property
     def mean(self) -> float:
         return float(np.mean(self.samples)) if self.samples else math.nan
+
+
+#: A CSV of samples is read only up to this size.
+MAX_CSV_BYTES = 64 * 1_048_576
+
+
+def read_csv_column(path: Path, column: str | None = None) -> tuple[float, ...]:
+    """The values of one column (default: the first) of a CSV file with a header line; empty cells are
+    skipped. Raises ``ValueError`` with one line naming the file, the CSV line and what is wrong.
+
+    >>> import os, tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "lat.csv"
+    >>> _ = p.write_text("latency_s\\n0.2\\n0.3\\n")
+    >>> read_csv_column(p)
+    (0.2, 0.3)
+    """
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_CSV_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # e.g. a NUL in the path
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    if len(raw) > MAX_CSV_BYTES:
+        raise ValueError(f"{path} is more than {MAX_CSV_BYTES:,} bytes, the limit")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{path} line {line}: not UTF-8 text (byte {raw[exc.start]:#04x})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    values: list[float] = []
+    try:
+        header = next(reader, None)
+        if not header:
+            raise ValueError(f"{path} is empty (expected a header line naming the columns)")
+        name = column or header[0]
+        if name not in header:
+            shown = ", ".join(header[:10]) + (", ..." if len(header) > 10 else "")
+            raise ValueError(f"{path} has no column {name[:40]!r} (columns: {shown[:200]})")
+        index = header.index(name)
+        for row in reader:
+            cell = row[index].strip() if index < len(row) else ""
+            if not cell:
+                continue
+            where = f"{path} line {reader.line_num}"
+            try:
+                value = float(cell)
+            except ValueError:
+                raise ValueError(f"{where}: not a number: {cell[:40]!r}") from None
+            if not math.isfinite(value):
+                raise ValueError(f"{where}: not a finite number: {cell[:40]!r}")
+            if value < 0:
+                raise ValueError(f"{where}: must be >= 0, got {value}")
+            values.append(value)
+    except csv.Error as exc:
+        raise ValueError(f"{path} line {reader.line_num}: {exc}") from None
+    if not values:
+        raise ValueError(f"{path} column {name!r} has no values")
+    return tuple(values)
 
 
 Distribution = Annotated[

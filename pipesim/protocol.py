@@ -1,7 +1,7 @@
 """The WebSocket wire protocol of the orchestrator (port 8001, path ``/ws``).
 
-The two messages of the seed (``../shared/seed/pipeline_state_status.md``) are reproduced field for
-field and value for value:
+The two messages of the production orchestrator's protocol are reproduced field for field and value
+for value:
 
 * ``pipeline_state_update`` (server -> client): ``type``, ``session_id``, ``state``, ``services``,
   ``metadata``.
@@ -11,8 +11,10 @@ Documented extensions (a client written against the seed alone keeps working, be
 is renamed, retyped or removed and every extension field is additional):
 
 * every ``pipeline_state_update`` also carries ``timestamp`` (seconds of simulated time since the
-  run started), ``seq`` (per-session sequence number, starting at 0 and increasing by 1 with every
-  message about that session), ``turn_id`` (0 before the first turn), ``event`` (what caused the
+  run started), ``seq`` (per-session sequence number, starting at 0 with ``session_created`` and
+  increasing by 1 with every message about that session, ``session_ended`` included; a snapshot repeats
+  the ``seq`` of the last message, so a client may drop any update whose ``seq`` is lower than the last
+  it has), ``turn_id`` (0 before the first turn), ``event`` (what caused the
   update), ``status`` (the session lifecycle: ``created|active|paused|stopped``) and ``error``
   (``null``, or the reason a turn failed).
 * ``session_created`` and ``session_ended`` (server -> client) bracket a session's updates.
@@ -91,7 +93,9 @@ class PipelineStateUpdate(_Outbound):
     metadata: Metadata
     # Extensions (optional so that the seed's example parses as it is).
     timestamp: Annotated[float | None, Field(description="Simulated time of the transition, seconds.")] = None
-    seq: Annotated[int | None, Field(ge=0, description="Per-session message sequence number.")] = None
+    seq: Annotated[int | None, Field(ge=0, description=(
+        "Per-session message sequence number: 0 on session_created, +1 on every message about the session; "
+        "a snapshot repeats the seq of the last message."))] = None
     turn_id: Annotated[int | None, Field(ge=0, description="The user turn this update belongs to.")] = None
     event: Annotated[str | None, Field(description="The state-manager event that caused the update.")] = None
     status: Annotated[SessionStatus | None, Field(description="Session lifecycle status.")] = None
@@ -118,10 +122,16 @@ class SessionEnded(_Outbound):
 
 
 class ErrorMessage(_Outbound):
-    """Extension: a client message could not be honoured. The connection stays open."""
+    """Extension: a client message could not be honoured. The connection stays open.
+
+    ``code``: ``bad_message`` (not JSON, unknown type, a missing or invalid field), ``too_large`` (over
+    64 KiB), ``unknown_session``, ``illegal_control`` (not in the session's state, or an id the scenario
+    keeps), ``forbidden`` (the server runs owner-only and another connection started the session),
+    ``unsupported`` (a replay cannot be controlled).
+    """
 
     type: Literal["error"] = "error"
-    code: Literal["bad_message", "unknown_session", "illegal_control", "too_large", "unsupported"]
+    code: Literal["bad_message", "unknown_session", "illegal_control", "too_large", "unsupported", "forbidden"]
     message: str
     session_id: str | None = None
 
@@ -160,14 +170,20 @@ _MESSAGE_TYPES: dict[str, type[BaseModel]] = {
 assert set(_MESSAGE_TYPES) == {*SERVER_MESSAGE_TYPES, *CLIENT_MESSAGE_TYPES}  # the models follow the vocabulary
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error names the bad value without echoing 64 KiB."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _describe(err: dict[str, Any], type_name: str) -> str:
-    where = ".".join(str(p) for p in err["loc"]) or "(message)"
+    where = _shown(".".join(str(p) for p in err["loc"]) or "(message)").strip("'")
     if err["type"] == "missing":
         return f"{type_name}.{where}: required field is missing"
     if err["type"] == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
-        return f"{type_name}.{where}: must be one of {expected}, got {err['input']!r}"
-    return f"{type_name}.{where}: {err['msg'].lower()}, got {err['input']!r}"
+        return f"{type_name}.{where}: must be one of {expected}, got {_shown(err['input'])}"
+    return f"{type_name}.{where}: {err['msg'].lower()}, got {_shown(err['input'])}"
 
 
 def parse_message(raw: str | bytes, *, allowed: tuple[str, ...] | None = None) -> BaseModel:
@@ -192,6 +208,10 @@ def parse_message(raw: str | bytes, *, allowed: tuple[str, ...] | None = None) -
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except ValueError:  # Python refuses integers of more than 4300 digits
+        raise ProtocolError("invalid JSON: a number with too many digits") from None
+    except RecursionError:
+        raise ProtocolError("invalid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"message must be a JSON object, got {type(data).__name__}")
     if "type" not in data:
@@ -199,7 +219,7 @@ def parse_message(raw: str | bytes, *, allowed: tuple[str, ...] | None = None) -
     type_name = data["type"]
     known = allowed if allowed is not None else tuple(_MESSAGE_TYPES)
     if type_name not in known:
-        raise ProtocolError(f"unknown message type {type_name!r} (expected one of {', '.join(known)})")
+        raise ProtocolError(f"unknown message type {_shown(type_name)} (expected one of {', '.join(known)})")
     try:
         return _MESSAGE_TYPES[type_name].model_validate(data)
     except ValidationError as exc:
@@ -226,8 +246,10 @@ def wire_messages(tr: Any) -> list[dict[str, Any]]:
     """The server messages a client receives for one state-manager transition, as plain dicts.
 
     Every transition is one ``pipeline_state_update`` except the first (``session_created``) and the
-    last, which is followed by ``session_ended`` carrying the same ``seq``. Plain dicts keep pydantic out
-    of the hot path; tests check that they validate against the models above.
+    last, which is followed by ``session_ended``. Every message about a session has its own ``seq``, one
+    more than the one before: the transition's, and ``session_ended`` the next one (no transition follows
+    a stop). Plain dicts keep pydantic out of the hot path; tests check that they validate against the
+    models above.
     """
     if tr.event == "session_created":
         return [{"type": "session_created", "session_id": tr.session_id, "timestamp": tr.t, "seq": tr.seq}]
@@ -246,5 +268,5 @@ def wire_messages(tr: Any) -> list[dict[str, Any]]:
     }
     if tr.event == "session_stopped":
         return [update, {"type": "session_ended", "session_id": tr.session_id, "timestamp": tr.t,
-                         "seq": tr.seq, "reason": tr.error or "stopped"}]
+                         "seq": tr.seq + 1, "reason": tr.error or "stopped"}]
     return [update]

@@ -6,6 +6,24 @@ the field path::
 
     scenarios/x.yaml:14 services.llm.capacity: must be >= 1, got 0
 
+Problems are listed in line order. A broken file (bad syntax, not UTF-8) is one such line too. Empirical
+distributions read from a CSV (anywhere in the scenario) are read when the scenario is loaded, relative
+to the scenario file's folder, so a missing or bad CSV is a load-time problem.
+
+Limits. A file is refused, with one line saying which limit and where, if it is
+
+* larger than :data:`MAX_FILE_BYTES` (1 MiB; nothing past it is read, so even a link to ``/dev/zero`` is
+  refused at once);
+* nested deeper than :data:`MAX_DEPTH` (32) lists/mappings (a scenario needs 6; the parsers recurse);
+* holding an integer of more than :data:`MAX_INT_DIGITS` (640) digits (Python refuses ``int(str)`` beyond
+  4300 by default, 640 at the lowest setting);
+* YAML whose aliases expand to more than :data:`MAX_ALIAS_NODES` (100,000) nodes, or an alias inside its
+  own anchor (counted while composing, so a "billion laughs" is refused in milliseconds);
+* YAML with tags beyond the safe ones (``!!python/object`` and friends: only the safe loader is used);
+* an empirical CSV larger than :data:`pipesim.distributions.MAX_CSV_BYTES` (64 MiB), with a field over
+  Python's csv field limit (128 KiB), not UTF-8, empty, without the column, or with a value that is not
+  a finite number >= 0 (the message names the CSV's line).
+
 >>> scn = Scenario.model_validate({"name": "tiny", "sessions": {"arrivals": {"kind": "at_once", "count": 2}}})
 >>> scn.services.llm.capacity
 12
@@ -19,14 +37,20 @@ import copy
 import difflib
 import html
 import json
+import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import tomlkit
+import tomlkit.container
+import tomlkit.exceptions
+import tomlkit.items
+import tomlkit.parser
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from pipesim import _jsonsafe
 from pipesim.distributions import Distribution, Empirical, coerce_distribution
 from pipesim.errors import ScenarioError
 from pipesim.vocabulary import SERVICES, ServiceName
@@ -310,6 +334,15 @@ class Scenario(_Section):
 
 
 # Loading, with errors that name file, line and field --------------------------------------------------
+#: A scenario file is read only up to this size (hand-written settings; big data goes in a CSV).
+MAX_FILE_BYTES = 1_048_576
+#: Lists and mappings inside lists and mappings (a scenario needs 6; parsers recurse per level).
+MAX_DEPTH = _jsonsafe.MAX_DEPTH
+#: Digits of an integer literal (below Python's own ``int(str)`` limit, whatever the interpreter's setting).
+MAX_INT_DIGITS = _jsonsafe.MAX_INT_DIGITS
+#: Nodes that YAML aliases may add to a document when expanded (a "billion laughs" adds billions).
+MAX_ALIAS_NODES = 100_000
+
 _DIST_TAGS = {"constant", "exponential", "lognormal", "gamma", "uniform", "normal", "empirical",
               "at_once", "poisson", "ramp"}
 
@@ -338,14 +371,23 @@ def _section_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
+def _did_you_mean(given: Any, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(str(given), allowed, n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
 def _unknown_field(path: tuple[Any, ...]) -> str:
     section = _section_at(path[:-1])
     if section is None or not path:
         return "unknown field"
     allowed = [f.alias or name for name, f in section.model_fields.items()]
-    close = difflib.get_close_matches(str(path[-1]), allowed, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown field ({hint}allowed: {', '.join(allowed)})"
+    return f"unknown field ({_did_you_mean(path[-1], allowed)}allowed: {', '.join(allowed)})"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message is one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def _message(err: dict[str, Any]) -> str:
@@ -358,52 +400,285 @@ def _message(err: dict[str, Any]) -> str:
     if kind in bounds:
         limit = next(iter(ctx.values()))
         limit = f"{limit:g}" if isinstance(limit, float) else limit
-        return f"must be {bounds[kind]} {limit}, got {given!r}"
+        return f"must be {bounds[kind]} {limit}, got {_short(given)}"
     if kind == "value_error":
         return str(ctx.get("error", err["msg"]))
     if kind in ("literal_error", "union_tag_invalid"):
-        expected = ctx.get("expected") or ctx.get("expected_tags")
-        return f"must be one of {expected}, got {given!r}"
-    return f"{err['msg'][0].lower()}{err['msg'][1:]}, got {given!r}"
+        expected = str(ctx.get("expected") or ctx.get("expected_tags"))
+        given = ctx.get("tag", given)  # a union tag: the kind given, not the whole mapping
+        hint = _did_you_mean(given, re.findall(r"'([^']*)'", expected)).rstrip()
+        return f"must be one of {expected}, got {_short(given)}" + (f" ({hint})" if hint else "")
+    return f"{err['msg'][0].lower()}{err['msg'][1:]}, got {_short(given)}"
+
+
+# Parsers with limits, and where each value of a file is ------------------------------------------------
+class _LimitedYAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing (while composing) nesting deeper than MAX_DEPTH, alias expansions
+    beyond MAX_ALIAS_NODES, aliases inside their own anchor, and integers longer than MAX_INT_DIGITS."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0  # collections open around the node being composed
+        self._open_anchors: set[str] = set()
+        self._alias_nodes = 0
+        self._extents: dict[int, tuple[int, int]] = {}
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self._check_alias(event)
+            return super().compose_node(parent, index)
+        anchor = event.anchor
+        collection = isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent)
+        if collection:
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  event.start_mark)
+        if anchor is not None:
+            self._open_anchors.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= collection
+            self._open_anchors.discard(anchor)
+
+    def _check_alias(self, event: yaml.AliasEvent) -> None:
+        node = self.anchors.get(event.anchor)
+        if node is None:
+            return  # PyYAML reports an undefined alias itself
+        if event.anchor in self._open_anchors:
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} refers to the node that holds it",
+                                              event.start_mark)
+        size, height = self._extent(node)
+        self._alias_nodes += size
+        if self._alias_nodes > MAX_ALIAS_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases expand to more than {MAX_ALIAS_NODES:,} nodes (a 'billion laughs'?)",
+                event.start_mark)
+        if self._depth + height > MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} nests deeper than "
+                                              f"{MAX_DEPTH} levels", event.start_mark)
+
+    def _extent(self, node: yaml.Node) -> tuple[int, int]:
+        """(nodes, levels of collections) of a composed node with its aliases expanded. Recursion is
+        bounded: every composed node already passed the depth checks."""
+        known = self._extents.get(id(node))
+        if known is not None:
+            return known
+        size, height = 1, 0
+        if isinstance(node, yaml.CollectionNode):
+            children = node.value if isinstance(node, yaml.SequenceNode) else [n for kv in node.value for n in kv]
+            for child in children:
+                child_size, child_height = self._extent(child)
+                size, height = size + child_size, max(height, child_height)
+            height += 1
+        self._extents[id(node)] = (size, height)
+        return size, height
+
+
+def _construct_bounded_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    digits = sum(c.isdigit() for c in node.value)
+    if digits > MAX_INT_DIGITS:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"an integer of {digits} digits (the limit is {MAX_INT_DIGITS})", node.start_mark)
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+_LimitedYAMLLoader.add_constructor("tag:yaml.org,2002:int", _construct_bounded_int)
+
+
+def _compose_yaml(text: str) -> yaml.Node | None:
+    loader = _LimitedYAMLLoader(text)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _LimitedYAMLLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+class _TomlParser(tomlkit.parser.Parser):
+    """tomlkit's parser, noting where each key, value and table header starts (tomlkit keeps the
+    document's structure but not positions)."""
+
+    MAX_NESTING_DEPTH = MAX_DEPTH  # tomlkit's own guard against deep arrays, inline tables and dotted keys
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.starts: dict[int, int] = {}  # id(key or item) -> index in the text
+        self.blame: int | None = None  # where an error not raised while reading the text belongs
+        self._keep: list[Any] = []  # keeps noted objects alive, so their ids are not reused
+
+    def _note(self, obj: Any, start: int) -> None:
+        if id(obj) not in self.starts:
+            self.starts[id(obj)] = start
+            self._keep.append(obj)
+
+    def _parse_value(self) -> Any:
+        self.blame = None
+        start = self._idx
+        value = super()._parse_value()
+        if isinstance(value, tomlkit.items.Integer):
+            digits = sum(c.isdigit() for c in value.as_string())
+            if digits > MAX_INT_DIGITS:
+                raise self.parse_error(tomlkit.exceptions.ParseError,
+                                       f"an integer of {digits} digits (the limit is {MAX_INT_DIGITS})")
+        self._note(value, start)
+        return value
+
+    def _parse_table(self, parent_name: Any = None, parent: Any = None) -> Any:
+        start = self._idx
+        self.blame = None
+        header = [part.key for part in self._peek_table()[1]][len(tuple(parent_name or ())):]
+        key, table = super()._parse_table(parent_name, parent)
+        # The table this header opens: [a.b.c] returns table a, with b and c inside.
+        opened = table
+        for name in header[1:]:
+            opened = next((child for n, child, _ in _toml_children(_last(opened)) if n == name), opened)
+        self._note(_last(opened), start)
+        self.blame = start  # appending the table to its parent may still fail (a duplicate)
+        return key, table
+
+    def _parse_key(self) -> Any:
+        self.blame = None
+        start = self._idx
+        key = super()._parse_key()
+        for part in (key, *key):  # a dotted key's parts become the keys of nested tables
+            self._note(part, start)
+        return key
+
+
+def _last(item: Any) -> Any:
+    return item.body[-1] if isinstance(item, tomlkit.items.AoT) else item
+
+
+def _parse_toml(text: str) -> tuple[Any, _TomlParser]:
+    """The document and the parser that noted its positions. A syntax error is a ``_SyntaxError``."""
+    parser = _TomlParser(text)
+    try:
+        return parser.parse(), parser
+    except tomlkit.exceptions.TOMLKitError as exc:
+        message = re.sub(r" at line \d+ col \d+$", "", str(exc))
+        message = re.sub(r"^TOML (value|key) nested more than \d+ levels deep$",
+                         f"nested deeper than {MAX_DEPTH} levels", message)
+        where = parser.blame if parser.blame is not None else parser._idx
+        raise _SyntaxError(message, _line_at(text, where)) from None
+
+
+class _SyntaxError(Exception):
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.message, self.line = message, line
+
+
+def _line_at(text: str, index: int) -> int:
+    return text.count("\n", 0, index) + 1
+
+
+def _toml_children(item: Any) -> list[tuple[Any, Any, Any]]:
+    """(key or index, child, the key object or None) of a tomlkit container, table, array or AoT."""
+    if isinstance(item, tomlkit.items.AoT):
+        return [(i, table, None) for i, table in enumerate(item.body)]
+    if isinstance(item, tomlkit.items.Array):
+        return [(i, value, None) for i, value in enumerate(item)]
+    container = item if isinstance(item, tomlkit.container.Container) else getattr(item, "value", None)
+    if isinstance(container, tomlkit.container.Container):
+        return [(key.key, value, key) for key, value in container.body if key is not None]
+    return []
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
+def _yaml_friendly(match: re.Match[str]) -> str:
+    """A JSON string as YAML reads it on the same line: YAML has no ``\\/`` escape and no key longer
+    than 1024 characters (such a key is not found, and its problem takes its parent's line)."""
+    string = match.group()
+    if len(string) > 1000:
+        return '"(long)"'
+    return string.replace("\\/", "/")
 
 
 class _LineFinder:
-    """Maps a field path to a line of the source text (YAML and JSON via yaml's composer)."""
+    """Maps a field path to the line of the source text where it is (or its closest ancestor is)."""
 
     def __init__(self, text: str, fmt: str) -> None:
         self.text, self.fmt = text, fmt
-        self.root = None
-        if fmt in ("yaml", "json"):
-            try:
-                self.root = yaml.compose(text, Loader=yaml.SafeLoader)
-            except yaml.YAMLError:
-                self.root = None
+        self._root: Any = None
+        self._starts: dict[int, int] = {}
+        self._parsed = False  # parsed again on the first question: only a file with problems needs it
+
+    def _parse(self) -> None:
+        self._parsed = True
+        try:
+            if self.fmt == "toml":
+                self._root, parser = _parse_toml(self.text)
+                self._starts = parser.starts
+            elif self.fmt == "json":  # through YAML's composer, which keeps marks
+                self._root = _compose_yaml(_JSON_STRING.sub(_yaml_friendly, self.text.replace("\t", " ")))
+            else:
+                self._root = _compose_yaml(self.text)
+        except (yaml.YAMLError, _SyntaxError):
+            self._root = None
 
     def line(self, path: tuple[Any, ...]) -> int | None:
-        if self.root is not None:
-            node, line = self.root, self.root.start_mark.line + 1
-            for part in path:
-                child = None
-                if isinstance(node, yaml.MappingNode):
-                    for key, value in node.value:
-                        if key.value == str(part):
-                            child, line = value, key.start_mark.line + 1
-                            break
-                elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-                    child = node.value[part]
-                    line = child.start_mark.line + 1
-                if child is None:
-                    break
-                node = child
-            return line
-        # TOML: the last line that assigns the deepest named key.
-        for part in reversed(path):
-            if isinstance(part, str):
-                pattern = re.compile(rf"^\s*(\[+[^\]]*\b{re.escape(part)}\]+|{re.escape(part)}\s*=)")
-                for number, text in enumerate(self.text.splitlines(), 1):
-                    if pattern.search(text):
-                        return number
-        return None
+        if not self._parsed:
+            self._parse()
+        if self._root is None:
+            return None
+        if self.fmt == "toml":
+            return self._toml_line(self._root, path, 1)[1]
+        node, line = self._root, self._root.start_mark.line + 1
+        for part in path:
+            child = None
+            if isinstance(node, yaml.MappingNode):
+                for key, value in node.value:
+                    if key.value == str(part):
+                        child, line = value, key.start_mark.line + 1
+                        break
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                child = node.value[part]
+                line = child.start_mark.line + 1
+            if child is None:
+                break
+            node = child
+        return line
+
+    def _toml_line(self, item: Any, path: tuple[Any, ...], line: int) -> tuple[int, int]:
+        """(how many parts of ``path`` were found, the line of the deepest). A table may be split over
+        several headers (``[services.stt]`` ... ``[services.llm]``): every candidate is tried."""
+        best = (0, line)
+        if not path:
+            return best
+        for name, child, key in _toml_children(item):
+            if name != path[0] and str(name) != str(path[0]):
+                continue
+            start = self._starts.get(id(child), self._starts.get(id(key)))
+            child_line = _line_at(self.text, start) if start is not None else line
+            found, found_line = self._toml_line(child, path[1:], child_line)
+            if found + 1 > best[0]:
+                best = (found + 1, found_line)
+        return best
+
+
+def _too_deep(data: Any) -> tuple[Any, ...] | None:
+    """The path of the first list or mapping nested deeper than MAX_DEPTH, if any (without recursion)."""
+    stack: list[tuple[Any, tuple[Any, ...], int]] = [(data, (), 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                return path
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((child, (*path, key), depth + 1) for key, child in items)
+    return None
 
 
 def _format_for(path: Path) -> str:
@@ -418,96 +693,172 @@ def _format_for(path: Path) -> str:
 
 
 def _parse_text(text: str, fmt: str, where: str) -> Any:
+    """Parse a scenario's text within the limits above; any failure is one ``file:line: message``."""
     try:
         if fmt == "toml":
-            return tomllib.loads(text)
-        if fmt == "json":
-            return json.loads(text)
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise ScenarioError([f"{where}{line}: invalid YAML: {exc.problem}"]) from None
+            data = _parse_toml(text)[0].unwrap()
+        elif fmt == "json":
+            data = _jsonsafe.loads(text)
+        else:
+            data = _load_yaml(text)
+    except _SyntaxError as exc:
+        raise ScenarioError([f"{where}:{exc.line}: invalid TOML: {_one_line(exc.message, 300)}"]) from None
     except json.JSONDecodeError as exc:
         raise ScenarioError([f"{where}:{exc.lineno}: invalid JSON: {exc.msg}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError([f"{where}: invalid TOML: {exc}"]) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise ScenarioError([f"{where}{line}: invalid YAML: {_one_line(str(exc.problem), 300)}"]) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, e.g. NUL
+        raise ScenarioError([f"{where}:{_line_at(text, exc.position)}: invalid YAML: character "
+                             f"{exc.character!r} is not allowed"]) from None
     except yaml.YAMLError as exc:
-        raise ScenarioError([f"{where}: invalid YAML: {exc}"]) from None
+        raise ScenarioError([f"{where}: invalid YAML: {_one_line(str(exc), 300)}"]) from None
+    deep = _too_deep(data)  # TOML's tables and dotted keys nest without brackets
+    if deep is not None:
+        line = _LineFinder(text, fmt).line(deep) or 1
+        raise ScenarioError([f"{where}:{line}: nested deeper than {MAX_DEPTH} levels"])
+    return data
+
+
+def _problem(source: str, line: int | None, path: tuple[Any, ...], message: str) -> tuple[int, str]:
+    """(line, ``file:line field: message``): problems are sorted by line."""
+    where = f"{source}:{line}" if line else source
+    dotted = ".".join(_one_line(str(p), 40) for p in path) or "(top level)"
+    return line or 0, f"{where} {dotted}: {_one_line(message, 500)}"
+
+
+def _one_line(text: str, limit: int) -> str:
+    """``text`` with control characters escaped (a key or a CSV name may hold a newline), cut to ``limit``."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def validate_scenario(data: Any, source: str = "<scenario>", text: str | None = None, fmt: str = "yaml",
                       base_dir: Path | None = None) -> Scenario:
-    """Validate already-parsed data; errors name ``source``, the line (when ``text`` is given) and field."""
+    """Validate already-parsed data; errors name ``source``, the line (when ``text`` is given) and field.
+
+    Empirical distributions given as a CSV file are read here, relative to ``base_dir`` (default: the
+    current folder), so that a missing or bad file is a validation problem.
+
+    >>> validate_scenario({"services": {"llm": {"capacity": 4}}}).services.llm.capacity
+    4
+    """
     if data is None:
         data = {}
+    finder = _LineFinder(text, fmt) if text is not None else None
     if not isinstance(data, dict):
-        raise ScenarioError([f"{source}: a scenario must be a mapping of sections, got {type(data).__name__}"])
+        line = finder.line(()) if finder else None
+        raise ScenarioError([f"{source}{f':{line}' if line else ''}: a scenario must be a mapping of sections, "
+                             f"got {type(data).__name__}"])
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        finder = _LineFinder(text, fmt) if text is not None else None
         problems = []
         for err in exc.errors():
             path = _field_path(err["loc"])
-            line = finder.line(path) if finder else None
-            where = f"{source}:{line}" if line else source
-            dotted = ".".join(str(p) for p in path) or "(top level)"
-            problems.append(f"{where} {dotted}: {_message(err)}")
-        raise ScenarioError(problems) from None
-    return _resolve_files(scenario, base_dir or Path.cwd(), source)
+            problems.append(_problem(source, finder.line(path) if finder else None, path, _message(err)))
+        raise ScenarioError([text for _, text in sorted(problems, key=lambda p: p[0])]) from None
+    return _resolve_files(scenario, base_dir or Path.cwd(), source, finder)
 
 
-def _resolve_files(scenario: Scenario, base_dir: Path, source: str) -> Scenario:
-    """Load empirical CSV samples now, so that a missing file is a load-time error."""
-    changes: dict[str, Any] = {}
-    for svc in SERVICES:
-        for name, value in getattr(scenario.services, svc):
-            if isinstance(value, Empirical) and value.samples is None:
-                try:
-                    changes[f"services.{svc}.{name}"] = value.resolved(base_dir).model_dump()
-                except ValueError as exc:
-                    raise ScenarioError([f"{source} services.{svc}.{name}: {exc}"]) from None
-    return scenario.override(changes) if changes else scenario
+def _empirical_files(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], Empirical]]:
+    """Every empirical distribution still to be read from a CSV, anywhere in a scenario, with its path
+    (as ``model_dump`` names it)."""
+    if isinstance(value, Empirical):
+        return [(path, value)] if value.samples is None else []
+    if isinstance(value, list | tuple):
+        return [found for i, item in enumerate(value) for found in _empirical_files(item, (*path, i))]
+    if isinstance(value, BaseModel):
+        return [found for name, field in type(value).model_fields.items()
+                for found in _empirical_files(getattr(value, name), (*path, field.alias or name))]
+    return []
+
+
+def _resolve_files(scenario: Scenario, base_dir: Path, source: str, finder: _LineFinder | None = None) -> Scenario:
+    """Load every empirical CSV now (relative to ``base_dir``), so that a bad file is a load-time error."""
+    found = _empirical_files(scenario)
+    if not found:
+        return scenario
+    data = scenario.model_dump(mode="python")
+    problems = []
+    for path, dist in found:
+        try:
+            resolved = dist.resolved(base_dir)
+        except ValueError as exc:
+            problems.append(_problem(source, finder.line(path) if finder else None, path, str(exc)))
+            continue
+        node = data
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = resolved.model_dump()
+    if problems:
+        raise ScenarioError([text for _, text in sorted(problems, key=lambda p: p[0])])
+    return Scenario.model_validate(data)
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Load and validate a scenario file (YAML, TOML or JSON).
+    """Load and validate a scenario file (YAML, TOML or JSON), or a bundled scenario by name.
 
-    Raises :class:`ScenarioError` with one message per problem (file, line, field path).
+    Raises :class:`ScenarioError` with one message per problem (file, line, field path), in line order.
+    A file over :data:`MAX_FILE_BYTES`, nested deeper than :data:`MAX_DEPTH`, with an integer longer than
+    :data:`MAX_INT_DIGITS` or YAML aliases expanding beyond :data:`MAX_ALIAS_NODES` is refused.
 
-    >>> load_scenario("scenarios/baseline.yaml").name  # doctest: +SKIP
+    >>> load_scenario("baseline").name
     'baseline'
     """
-    path = Path(path)
+    path = scenario_path(path)
     fmt = _format_for(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)  # a bound, whatever the file (even /dev/zero) holds
+            size = max(len(raw), os.fstat(fh.fileno()).st_size)
     except FileNotFoundError:
         raise ScenarioError([f"{path}: no such file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError([f"{path}: cannot read: {exc}"]) from None
+    except OSError as exc:
+        raise ScenarioError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    if size > MAX_FILE_BYTES:
+        raise ScenarioError([f"{path}: the file is {size:,} bytes, the limit is {MAX_FILE_BYTES:,}"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ScenarioError([f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x})"]) from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as text mode reads
     data = _parse_text(text, fmt, str(path))
     return validate_scenario(data, source=str(path), text=text, fmt=fmt, base_dir=path.parent)
 
 
+#: The bundled scenarios ship inside the package (``pipesim/scenarios/``; a clone links ``scenarios/`` to it),
+#: so an installed wheel finds them as a checkout does.
+BUNDLED_DIR = Path(__file__).resolve().parent / "scenarios"
+
+
 def bundled_scenarios() -> list[str]:
-    """Names of the scenarios shipped in ``scenarios/``."""
-    folder = Path(__file__).resolve().parent.parent / "scenarios"
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    """Names of the scenarios shipped with pipesim.
+
+    >>> "baseline" in bundled_scenarios()
+    True
+    """
+    return sorted(p.stem for p in BUNDLED_DIR.glob("*.yaml"))
 
 
 def scenario_path(name_or_path: str | Path) -> Path:
-    """A path as given, or the name of a bundled scenario (``baseline`` -> ``scenarios/baseline.yaml``).
+    """A path as given, or the file of a bundled scenario's name (``baseline`` -> ``.../scenarios/baseline.yaml``).
 
+    A bare name (no suffix) that is not an existing file is looked up among the bundled scenarios.
     Raises :class:`ScenarioError` for a bare name that is neither a file nor a bundled scenario.
+
+    >>> scenario_path("baseline").name
+    'baseline.yaml'
     """
     path = Path(name_or_path)
     if path.exists() or path.suffix:
         return path
-    for folder in (Path("scenarios"), Path(__file__).resolve().parent.parent / "scenarios"):
-        if (folder / f"{path.name}.yaml").exists():
-            return folder / f"{path.name}.yaml"
+    bundled = BUNDLED_DIR / f"{path.name}.yaml"
+    if bundled.exists():
+        return bundled
     raise ScenarioError([f"{path}: no such file, and no bundled scenario of that name "
                          f"(bundled: {', '.join(bundled_scenarios())})"])
 
@@ -518,4 +869,4 @@ def as_scenario(value: Scenario | str | Path | dict[str, Any]) -> Scenario:
         return value
     if isinstance(value, dict):
         return validate_scenario(value, source="<dict>")
-    return load_scenario(scenario_path(value))
+    return load_scenario(value)

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from pipesim import _jsonsafe
 from pipesim.errors import TraceError
 from pipesim.protocol import wire_messages
 from pipesim.state import Transition
@@ -119,38 +121,92 @@ class Trace:
 
     @classmethod
     def from_jsonl(cls, path: str | Path) -> Trace:
-        """Load a trace written by :meth:`to_jsonl`; a bad line raises ``TraceError`` naming it."""
-        trace = cls()
-        tables = {"event": (EVENT_COLUMNS, trace.events), "turn": (TURN_COLUMNS, trace.turns),
-                  "service": (SERVICE_COLUMNS, trace.service_samples)}
-        try:
-            fh = open(path, encoding="utf-8")  # noqa: SIM115 - closed below, errors name the file
-        except OSError as exc:
-            raise TraceError(f"{path}: cannot read: {exc.strerror}") from None
-        with fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                    record = obj.pop("record")
-                except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
-                    raise TraceError(f"{path}:{number}: not a pipesim trace record") from None
-                if record == "header":
-                    trace.header = obj
-                    continue
-                if record not in tables:
-                    raise TraceError(f"{path}:{number}: unknown record {record!r}")
-                columns, rows = tables[record]
-                unknown = set(obj) - set(columns)
-                if unknown:
-                    raise TraceError(f"{path}:{number}: unknown field(s) {', '.join(sorted(unknown))}")
-                row = tuple(obj.get(c, -1 if c == "seq" else None if c in _TEXT_COLUMNS else _NAN)
-                            for c in columns)
-                rows.append(row)
-        if not trace.events and not trace.turns:
-            raise TraceError(f"{path}: no events in this trace")
-        return trace
+        """Load a trace written by :meth:`to_jsonl`; a bad line raises ``TraceError`` naming it.
+
+        Every field is checked for its type (and a state transition for the fields it needs), so what
+        loads can be analysed and replayed.
+        """
+        return _read_trace(path)[0]
+
+
+def json_lines(path: str | Path, not_json: str = "not JSON") -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` of each non-blank line of a JSON Lines file. A line that cannot be read
+    (not UTF-8, not JSON, nested too deep, an integer too long) raises ``TraceError`` naming the file and
+    line, ``not_json`` saying what the line was expected to be.
+
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.jsonl")
+    >>> _ = open(p, "w").write('{"a": 1}\\n\\n[2]\\n')
+    >>> list(json_lines(p))
+    [(1, {'a': 1}), (3, [2])]
+    """
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below; bytes, so that bad UTF-8 has a line number
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read: {exc.strerror}") from None
+    with fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise TraceError(f"{path}:{number}: not UTF-8 text (a pipesim file is UTF-8 JSON Lines)") from None
+            if not line.strip():
+                continue
+            try:
+                yield number, _jsonsafe.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TraceError(f"{path}:{number}: {not_json} ({exc.msg})") from None
+
+
+_INT_COLUMNS = frozenset({"turn_id", "seq", "buffer_size", "audio_bytes", "stt_timeouts", "llm_timeouts",
+                          "tts_timeouts", "busy", "queued", "capacity"})
+#: What a state transition (an event with ``seq >= 0``) needs to be replayed as a wire message.
+TRANSITION_COLUMNS = ("t", "session_id", "turn_id", "event", "status", "state", "stt", "llm", "tts",
+                      "buffer_size")
+
+
+def _expected_type(column: str) -> tuple[type, ...]:
+    # Exact types: a bool is not a number here, a float not an integer.
+    return (str,) if column in _TEXT_COLUMNS else (int,) if column in _INT_COLUMNS else (int, float)
+
+
+_COLUMN_TYPES = {c: _expected_type(c) for c in (*EVENT_COLUMNS, *TURN_COLUMNS, *SERVICE_COLUMNS)}
+_TYPE_NAMES = {(str,): "a string", (int,): "an integer", (int, float): "a number"}
+
+
+def _read_trace(path: str | Path) -> tuple[Trace, list[int]]:
+    """The trace, and the line of each of its events (so that replay can name a line)."""
+    trace = Trace()
+    event_lines: list[int] = []
+    tables = {"event": (EVENT_COLUMNS, trace.events), "turn": (TURN_COLUMNS, trace.turns),
+              "service": (SERVICE_COLUMNS, trace.service_samples)}
+    for number, obj in json_lines(path, not_json="not a pipesim trace record"):
+        where = f"{path}:{number}"
+        record = obj.pop("record", None) if isinstance(obj, dict) else None
+        if not isinstance(record, str):
+            raise TraceError(f"{where}: not a pipesim trace record (an object with a 'record' field)")
+        if record == "header":
+            trace.header = obj
+            continue
+        if record not in tables:
+            raise TraceError(f"{where}: unknown record {record[:40]!r}")
+        columns, rows = tables[record]
+        unknown = set(obj) - set(columns)
+        if unknown:
+            raise TraceError(f"{where}: unknown field(s) {', '.join(sorted(unknown))[:200]}")
+        for column, value in obj.items():
+            if type(value) not in _COLUMN_TYPES[column]:
+                raise TraceError(f"{where}: {column} must be {_TYPE_NAMES[_COLUMN_TYPES[column]]}, "
+                                 f"got {json.dumps(value)[:40]}")
+        if not math.isfinite(obj.get("t", 0)):
+            raise TraceError(f"{where}: t must be a finite number, got {obj['t']}")
+        rows.append(tuple(obj.get(c, -1 if c == "seq" else None if c in _TEXT_COLUMNS else _NAN)
+                          for c in columns))
+        if record == "event":
+            event_lines.append(number)
+    if not trace.events and not trace.turns:
+        raise TraceError(f"{path}: no events in this trace")
+    return trace, event_lines
 
 
 def transition_from_row(row: tuple) -> Transition:

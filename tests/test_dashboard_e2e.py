@@ -236,3 +236,24 @@ def test_page_reconnects_and_picks_up_its_sessions(page: Any, server: Any) -> No
     assert pg.locator('[data-session="e2e-reconnect"][data-stale]').count() == 0
     _action(pg, "e2e-reconnect", "stop").click()
     expect(_field(pg, "e2e-reconnect", "status")).to_have_text("stopped")
+
+
+def test_page_passes_the_token_from_its_own_url_to_a_server_that_requires_one(browser: Any) -> None:
+    from pipesim.live import serve_in_background
+
+    token = "e2e-Token-7"
+    with serve_in_background(SCENARIO, host="127.0.0.1", port=0, speed=SPEED, token=token) as bg:
+        context = browser.new_context()
+        try:
+            pg = context.new_page()
+            pg.set_default_timeout(TIMEOUT_MS)
+            pg.goto(f"http://127.0.0.1:{bg.port}/")  # no token: the handshake is refused, the page says so
+            expect(pg.locator("#connection")).to_have_attribute("data-state", "closed")
+            pg.goto(f"http://127.0.0.1:{bg.port}/?token={token}")
+            connection = pg.locator("#connection")
+            expect(connection).to_have_attribute("data-state", "open")
+            assert token not in (connection.text_content() or ""), "the page must not show the token"
+            _start_from_page(pg, "e2e-token")
+            expect(_field(pg, "e2e-token", "status")).to_have_text("active")
+        finally:
+            context.close()

@@ -16,6 +16,7 @@ import pytest
 import pipesim
 from pipesim.cli import main as cli_main
 from pipesim.live import LiveClient, LiveServer, ReplayServer, load_replay, replay_in_background
+from pipesim.live.recording import Recorder
 from pipesim.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +90,19 @@ def test_a_replayed_recording_sends_what_the_live_server_sent(tmp_path: Path) ->
             assert (await client.expect(lambda m: m["type"] == "error"))["code"] == "bad_message"
 
     run(main())
+
+
+def test_a_recording_creates_its_missing_folders(tmp_path: Path) -> None:
+    """``pipesim serve --record out/rec.jsonl`` works before ``out/`` exists, as ``pipesim run --out`` does."""
+    path = tmp_path / "out" / "deeper" / "rec.jsonl"
+    recorder = Recorder(path, {"scenario": "demo"})
+    recorder.write(0.0, 1.0, {"type": "session_created", "session_id": "a", "timestamp": 1.0, "seq": 0})
+    recorder.close()
+    assert [m["session_id"] for _, m in load_replay(path)] == ["a"]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(OSError):  # a folder that cannot be made is still the server's clear error
+        Recorder(blocker / "rec.jsonl")
 
 
 def test_replay_loops_and_a_late_client_gets_a_snapshot(

@@ -70,9 +70,10 @@ def test_a_session_from_start_to_stop_moves_through_every_state_and_every_messag
         validate(mine)
         validate(dashboard.messages)
         assert watcher.about("abc") == mine == dashboard.about("abc")
-        # session_ended repeats the seq of the update before it
-        assert [m["seq"] for m in mine[:-1]] == list(range(len(mine) - 1))
-        assert ended["seq"] == mine[-2]["seq"] and ended["reason"] == "stopped"
+        # Every message has its own seq, session_ended included: 0, 1, 2, ... (a client that drops
+        # anything not newer than what it has must not drop session_ended).
+        assert [m["seq"] for m in mine] == list(range(len(mine)))
+        assert ended["seq"] == mine[-2]["seq"] + 1 and ended["reason"] == "stopped"
         updates = [m for m in mine if m["type"] == "pipeline_state_update"]
         assert mine[0]["type"] == "session_created"
         assert updates[0]["event"] == "session_started" and updates[0]["status"] == "active"
@@ -137,7 +138,7 @@ def test_pause_freezes_a_session_until_start_resumes_it_and_stop_ends_it() -> No
             final = await client.expect(is_("p", type="pipeline_state_update", event="session_stopped"))
             assert final["status"] == "stopped"
             ended = await client.expect(is_("p", type="session_ended"))
-            assert ended["seq"] == final["seq"]
+            assert ended["seq"] == final["seq"] + 1
             count = len(client.messages)
             await asyncio.sleep(0.3)
             assert len(client.messages) == count  # nothing after session_ended

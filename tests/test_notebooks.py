@@ -86,6 +86,11 @@ def test_notebook_runs(path: Path, kernel: str, tmp_path: Path) -> None:
     elapsed = time.perf_counter() - started
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, f"{path.name}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
+    # A reader without ipywidgets must not be told to install it: pipesim picks tqdm's text bar itself.
+    texts = [str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+             for c in nb.cells for o in c.get("outputs", [])]
+    warned = [t for t in texts if "IProgress not found" in t or "TqdmWarning" in t]
+    assert not warned, f"{path.name}: a cell printed a tqdm warning: {warned[0][:300]}"
     figures = _save_figures(nb, path.stem)
     nbformat.write(nb, FIGURES / f"{path.stem}.executed.ipynb")  # the outputs, for a person to read
     assert figures, f"{path.name} drew no figure"

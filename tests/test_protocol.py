@@ -16,7 +16,7 @@ from pipesim.protocol import (
 )
 from pipesim.state import PipelineStateManager
 
-# Copied verbatim from ../shared/seed/pipeline_state_status.md ("Message Protocol"): TypeScript object
+# Copied verbatim from the production orchestrator's protocol ("Message Protocol"): TypeScript object
 # literals, with the union types replaced by one of their values.
 SEED_UPDATE = """{
   type: 'pipeline_state_update',
@@ -88,11 +88,15 @@ def test_every_seed_action_is_accepted(action):
      '"services": {"stt": "idle", "llm": "idle", "tts": "busy"}, "metadata": {"buffer_size": 1, "audio_quality": 2}}',
      "pipeline_state_update.services.tts: must be one of"),
     (b"\xff\xfe", "not UTF-8"),
+    ('{"type": "conversation_control", "n": ' + "9" * 5000 + "}", "a number with too many digits"),
+    ("[" * 50_000 + "]" * 50_000, "nested too deeply"),
+    ('{"type": "x' + "y" * 10_000 + '"}', "unknown message type 'xyyy"),
 ])
 def test_bad_messages_say_what_is_wrong(raw, expected):
     with pytest.raises(ProtocolError, match=None) as info:
         parse_message(raw)
     assert expected in str(info.value)
+    assert len(str(info.value)) < 300  # names the bad value without echoing it whole
 
 
 def test_quality_out_of_range_names_field_and_value():
@@ -134,6 +138,7 @@ def test_wire_messages_of_a_session_validate_against_models_and_schema():
         assert parse_message(dumps(msg)).model_dump(mode="json") == msg
     updates = [msg for msg in sent if msg["type"] == "pipeline_state_update"]
     assert [u["seq"] for u in updates] == list(range(1, len(updates) + 1))
+    assert [msg["seq"] for msg in sent] == list(range(len(sent)))  # session_ended has a seq of its own
     assert updates[-2]["state"] == "complete" and updates[-2]["services"]["tts"] == "complete"
 
 

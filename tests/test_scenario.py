@@ -1,12 +1,15 @@
 """Scenario files: every bundled one loads; a wrong file gets one clear message per problem."""
 
 import json
+import tomllib
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
 
+import pipesim
 from pipesim.cli import main
-from pipesim.scenario import Scenario, ScenarioError, load_scenario
+from pipesim.scenario import Scenario, ScenarioError, bundled_scenarios, load_scenario, scenario_path
 
 BUNDLED = sorted(Path("scenarios").glob("*.yaml"))
 
@@ -121,6 +124,38 @@ def test_unknown_bundled_name_lists_the_bundled_ones(capsys):
     assert main(["run", "no_such_scenario"]) == 2
     err = capsys.readouterr().err
     assert "no bundled scenario of that name" in err and "baseline" in err and "Traceback" not in err
+
+
+NAMES = [p.stem for p in BUNDLED]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bundled_names_load_from_anywhere(name, tmp_path, monkeypatch, capsys):
+    """A bundled name works from any folder, in the library and in every command that takes a scenario."""
+    monkeypatch.chdir(tmp_path)  # no scenarios/ folder here: the name must resolve inside the package
+    assert load_scenario(name).name == name
+    assert pipesim.scenario.as_scenario(name).name == name
+    assert main(["validate", name]) == 0
+    assert capsys.readouterr().out == f"{name}: ok ({name})\n"
+
+
+def test_bundled_scenarios_live_inside_the_package():
+    """An installed wheel has only the package: the bundled files must be in it, and declared as package data."""
+    package = Path(pipesim.__file__).resolve().parent
+    assert bundled_scenarios() == NAMES
+    assert scenario_path("baseline").resolve() == package / "scenarios" / "baseline.yaml"
+    with open(package.parent / "pyproject.toml", "rb") as fh:
+        patterns = tomllib.load(fh)["tool"]["setuptools"]["package-data"]["pipesim"]
+    files = [f.relative_to(package).as_posix() for f in (package / "scenarios").iterdir() if f.is_file()]
+    assert files and all(any(fnmatch(f, pat) for pat in patterns) for f in files), (files, patterns)
+
+
+def test_load_scenario_still_reads_paths_and_names_a_missing_one(tmp_path):
+    (tmp_path / "baseline.yaml").write_text("name: mine\n")  # a file named like a bundled scenario
+    assert load_scenario(tmp_path / "baseline.yaml").name == "mine"
+    assert load_scenario(str(tmp_path / "baseline.yaml")).name == "mine"
+    with pytest.raises(ScenarioError, match="no bundled scenario of that name"):
+        load_scenario("no_such_scenario")
 
 
 def test_unwritable_output_is_one_line(tmp_path, capsys):

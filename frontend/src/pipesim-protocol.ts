@@ -14,7 +14,8 @@ export type ServerMessage = SessionCreated | PipelineStateUpdate | SessionEnded 
 export type PipelineState = "listening" | "processing" | "complete";
 export type ServiceState = "idle" | "waiting" | "executing" | "complete";
 export type SessionStatus = "created" | "active" | "paused" | "stopped";
-export type ErrorCode = "bad_message" | "unknown_session" | "illegal_control" | "too_large" | "unsupported";
+export type ErrorCode =
+  "bad_message" | "unknown_session" | "illegal_control" | "too_large" | "unsupported" | "forbidden";
 /**
  * A message a client may send.
  */
@@ -46,7 +47,7 @@ export interface PipelineStateUpdate {
    */
   timestamp?: number | null;
   /**
-   * Per-session message sequence number.
+   * Per-session message sequence number: 0 on session_created, +1 on every message about the session; a snapshot repeats the seq of the last message.
    */
   seq?: number | null;
   /**
@@ -99,6 +100,11 @@ export interface SessionEnded {
 }
 /**
  * Extension: a client message could not be honoured. The connection stays open.
+ *
+ * `code`: `bad_message` (not JSON, unknown type, a missing or invalid field), `too_large` (over
+ * 64 KiB), `unknown_session`, `illegal_control` (not in the session's state, or an id the scenario
+ * keeps), `forbidden` (the server runs owner-only and another connection started the session),
+ * `unsupported` (a replay cannot be controlled).
  */
 export interface ErrorMessage {
   type: "error";

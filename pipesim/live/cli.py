@@ -13,8 +13,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+from typing import Any
 
 from pipesim.live.recording import load_replay
 from pipesim.live.server import LiveError, LiveServer, ReplayServer, _BaseServer
@@ -23,27 +25,35 @@ from pipesim.trace import TraceError
 
 
 def serve(args: argparse.Namespace) -> int:
-    """``pipesim serve [SCENARIO] [--host] [--port] [--speed] [--seed] [--record]``."""
+    """``pipesim serve [SCENARIO] [--host] [--port] [--speed] [--seed] [--record] [--owner-only]
+    [--allow-origin] [--allow-host] [--token]``."""
     try:
         scenario = load_scenario(scenario_path(args.scenario))
     except ScenarioError as exc:
         return _fail("\n".join(exc.problems))
     server = LiveServer(scenario, host=args.host, port=args.port, speed=args.speed, seed=args.seed,
-                        record=args.record)
+                        record=args.record, owner_only=args.owner_only, **_access(args))
     what = f"scenario {scenario.name} (seed {server.sim.seed})"
     return _run(server, what)
 
 
 def replay(args: argparse.Namespace) -> int:
-    """``pipesim replay FILE [--host] [--port] [--speed] [--loop]``."""
+    """``pipesim replay FILE [--host] [--port] [--speed] [--loop] [--allow-origin] [--allow-host] [--token]``."""
     try:
         items = load_replay(args.file)
     except TraceError as exc:
         return _fail(str(exc))
-    server = ReplayServer(items, host=args.host, port=args.port, speed=args.speed, loop=args.loop)
+    server = ReplayServer(items, host=args.host, port=args.port, speed=args.speed, loop=args.loop,
+                          **_access(args))
     server.source = args.file
     what = f"replay of {args.file} ({len(items)} messages{', looping' if args.loop else ''})"
     return _run(server, what)
+
+
+def _access(args: argparse.Namespace) -> dict[str, Any]:
+    """The handshake options: ``--allow-origin``, ``--allow-host``, ``--token`` (else ``$PIPESIM_TOKEN``)."""
+    return {"allow_origins": args.allow_origin, "allow_hosts": args.allow_host,
+            "token": args.token or os.environ.get("PIPESIM_TOKEN") or None}
 
 
 def _run(server: _BaseServer, what: str) -> int:

@@ -181,13 +181,21 @@ messages of every session it has controlled successfully.
 
 On connect the server first sends, for each watched session that is not stopped, a
 `pipeline_state_update` with `event: "snapshot"` (its `seq` is that of the last message sent about the
-session); then every message as it happens: per session `session_created`, any number of
-`pipeline_state_update`, `session_ended`, with `seq` increasing by 1.
+session); then every message as it happens: per session `session_created` (`seq` 0), any number of
+`pipeline_state_update`, `session_ended`, each with its own `seq`, one more than the one before. A client
+may therefore drop any message whose `seq` is not greater than the last it has for that session (a
+snapshot aside, which repeats it).
 
 A client may send `conversation_control` (the seed's controls: `start` creates a session that does not
 exist yet or resumes a paused one, `pause`, `stop`) and `fault_injection`. A message that cannot be
 honoured is answered with `error`, to that client only; nothing else changes and the connection stays
-open.
+open. Any client may control any session, unless the server runs owner-only (`pipesim serve --owner-only`):
+then a connection controls only the sessions it started, and others get `error` `forbidden`.
+
+Handshake: a browser page must come from an allowed origin (by default http(s) on localhost, 127.0.0.1 or
+[::1], any port, or the server's own); the `Host` header must name this machine (or an allowed host); a
+server started with a token wants it as `Authorization: Bearer TOKEN` or as the `token` query parameter.
+A refused handshake gets HTTP 403 with a one-line reason.
 """
 
 
@@ -261,6 +269,11 @@ def asyncapi_document() -> dict[str, Any]:
                                     "minLength": 1,
                                     "description": "Receive only the messages about this session; "
                                                    "without it, every session's messages.",
+                                },
+                                "token": {
+                                    "type": "string",
+                                    "description": "The server's token, if it was started with one (for "
+                                                   "browsers, which cannot set an Authorization header).",
                                 },
                             },
                         },

@@ -25,11 +25,19 @@ is killed. Messages sent to one client only (snapshots on connect, errors) are n
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import IO, Any
 
-from pipesim.protocol import ProtocolError, dumps, parse_message
-from pipesim.trace import Trace, TraceError, sent_messages
+from pipesim.protocol import ProtocolError, dumps, parse_message, wire_messages
+from pipesim.trace import (
+    EVENT_COLUMNS,
+    TRANSITION_COLUMNS,
+    TraceError,
+    _read_trace,
+    json_lines,
+    transition_from_row,
+)
 from pipesim.vocabulary import SERVER_MESSAGE_TYPES
 
 RECORDING_VERSION = 1
@@ -42,12 +50,13 @@ class ReplayError(TraceError):
 class Recorder:
     """Appends broadcast messages to a JSON Lines file, one flushed line per message.
 
-    ``header`` (scenario, seed, speed, ...) goes on the first line. Raises ``OSError`` if the file
-    cannot be written.
+    ``header`` (scenario, seed, speed, ...) goes on the first line. Missing parent folders are created
+    (as ``pipesim run --out`` does). Raises ``OSError`` if the file cannot be written.
     """
 
     def __init__(self, path: str | Path, header: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         # Line buffering: every line reaches the OS as it is written, so SIGKILL loses at most one line.
         self._fh: IO[str] | None = open(self.path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
         self.count = 0
@@ -86,21 +95,12 @@ def load_replay(path: str | Path) -> list[tuple[float, dict[str, Any]]]:
         if not (p / "trace.jsonl").exists():
             raise ReplayError(f"{p}: a folder without trace.jsonl (give a recording or a trace file)")
         p = p / "trace.jsonl"
-    try:
-        with open(p, encoding="utf-8") as fh:
-            first = next(((n, line) for n, line in enumerate(fh, 1) if line.strip()), None)
-    except OSError as exc:
-        raise ReplayError(f"{p}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ReplayError(f"{p}: not a text file (a recording or trace is UTF-8 JSON Lines)") from None
+    lines = json_lines(p, not_json="not JSON, expected a pipesim recording or trace")
+    first = next(lines, None)
+    lines.close()
     if first is None:
         raise ReplayError(f"{p}: the file is empty")
-    number, line = first
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ReplayError(f"{p}:{number}: not JSON ({exc.msg}); expected a pipesim recording or trace"
-                          ) from None
+    number, obj = first
     if isinstance(obj, dict) and "record" in obj:
         return _load_trace(p)
     if isinstance(obj, dict) and ("recording" in obj or "message" in obj):
@@ -108,12 +108,36 @@ def load_replay(path: str | Path) -> list[tuple[float, dict[str, Any]]]:
     raise ReplayError(f"{p}:{number}: neither a pipesim recording nor a trace line")
 
 
-def _load_trace(path: Path) -> list[tuple[float, dict[str, Any]]]:
+def _server_message(message: dict[str, Any], where: str) -> None:
     try:
-        trace = Trace.from_jsonl(path)
-    except UnicodeDecodeError:
-        raise ReplayError(f"{path}: not a text file") from None
-    out = [(tr.t, msg) for tr, msg in sent_messages(trace)]
+        # Validate against the protocol: a replay must never send what the server would not.
+        parse_message(json.dumps(message), allowed=SERVER_MESSAGE_TYPES)
+    except ProtocolError as exc:
+        raise ReplayError(f"{where}: {exc}") from None
+
+
+def _load_trace(path: Path) -> list[tuple[float, dict[str, Any]]]:
+    trace, event_lines = _read_trace(path)
+    out = []
+    required = [EVENT_COLUMNS.index(c) for c in TRANSITION_COLUMNS]
+    # Validating each of ~10^5 messages with pydantic would triple the load time. The reader has checked
+    # every field's type; what else the protocol constrains takes few values, so one message per
+    # combination of those is validated.
+    validated: set[tuple[Any, ...]] = set()
+    for row, number in zip(trace.events, event_lines, strict=True):
+        if row[3] < 0:  # a model event, not a transition: nothing was sent
+            continue
+        missing = [EVENT_COLUMNS[i] for i in required if row[i] is None]
+        if missing:
+            raise ReplayError(f"{path}:{number}: a state transition (seq >= 0) needs {', '.join(missing)}")
+        tr = transition_from_row(row)
+        for message in wire_messages(tr):
+            kind = (message["type"], tr.state, tr.status, tr.stt, tr.llm, tr.tts, tr.turn_id >= 0,
+                    tr.buffer_size >= 0, 0 <= tr.audio_quality <= 1, tr.error is None)
+            if kind not in validated:
+                _server_message(message, f"{path}:{number}")
+                validated.add(kind)
+            out.append((tr.t, message))
     if not out:
         raise ReplayError(f"{path}: the trace has no state transitions to replay")
     return out
@@ -121,35 +145,23 @@ def _load_trace(path: Path) -> list[tuple[float, dict[str, Any]]]:
 
 def _load_recording(path: Path) -> list[tuple[float, dict[str, Any]]]:
     out: list[tuple[float, dict[str, Any]]] = []
-    with open(path, encoding="utf-8") as fh:
-        try:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ReplayError(f"{where}: not JSON ({exc.msg})") from None
-                if not isinstance(obj, dict):
-                    raise ReplayError(f"{where}: a recording line must be a JSON object")
-                if "recording" in obj:
-                    if number != 1 and out:
-                        raise ReplayError(f"{where}: a recording header in the middle of the file")
-                    continue
-                t, message = obj.get("t"), obj.get("message")
-                if isinstance(t, bool) or not isinstance(t, int | float) or not isinstance(message, dict):
-                    raise ReplayError(f"{where}: a recording line needs a number 't' and an object 'message'")
-                try:
-                    # Validate against the protocol: a replay must never send what the server would not.
-                    parse_message(json.dumps(message), allowed=SERVER_MESSAGE_TYPES)
-                except ProtocolError as exc:
-                    raise ReplayError(f"{where}: {exc}") from None
-                if out and t < out[-1][0]:
-                    raise ReplayError(f"{where}: time goes backwards ({t} after {out[-1][0]})")
-                out.append((float(t), message))
-        except UnicodeDecodeError:
-            raise ReplayError(f"{path}: not a text file") from None
+    for number, obj in json_lines(path):
+        where = f"{path}:{number}"
+        if not isinstance(obj, dict):
+            raise ReplayError(f"{where}: a recording line must be a JSON object")
+        if "recording" in obj:
+            if number != 1 and out:
+                raise ReplayError(f"{where}: a recording header in the middle of the file")
+            continue
+        t, message = obj.get("t"), obj.get("message")
+        if isinstance(t, bool) or not isinstance(t, int | float) or not isinstance(message, dict):
+            raise ReplayError(f"{where}: a recording line needs a number 't' and an object 'message'")
+        if not math.isfinite(t):
+            raise ReplayError(f"{where}: t must be a finite number, got {t}")
+        _server_message(message, where)
+        if out and t < out[-1][0]:
+            raise ReplayError(f"{where}: time goes backwards ({t} after {out[-1][0]})")
+        out.append((float(t), message))
     if not out:
         raise ReplayError(f"{path}: the recording holds no messages")
     return out

@@ -8,7 +8,23 @@ time by a :class:`~pipesim.live.pacer.Pacer`; every state-manager transition bec
 Endpoints (HTTP and WebSocket share the port)
 ---------------------------------------------
 * ``ws://HOST:PORT/ws`` -- the protocol. ``GET /`` -- the dashboard page (``pipesim/live/static/``);
-  ``GET /static/NAME`` -- its files; ``GET /healthz`` -- ``200 ok``; anything else -- ``404``.
+  ``GET /static/NAME`` -- its files; ``GET /healthz`` -- ``200 ok``; anything else -- ``404``. Any
+  path is answered, whatever its length or characters (``NAME`` is looked up among the files that exist,
+  never handed to the file system); a request line that is not ASCII is not HTTP, and the websockets
+  library hangs up on it.
+
+Who may connect
+---------------
+Checked at the ``/ws`` handshake by :mod:`pipesim.live.access`; a refusal is ``403`` with a one-line reason.
+
+* ``Origin``: none (a program) or a page of ``http(s)://`` ``localhost``/``127.0.0.1``/``[::1]`` on any
+  port, or of the server's own origin; more with ``allow_origins`` (``--allow-origin``; ``"*"``: any).
+* ``Host``: a loopback name or address or the bound ``host`` (no DNS rebinding); more with
+  ``allow_hosts`` (``--allow-host``; ``"*"``: any).
+* ``token`` (``--token``, ``$PIPESIM_TOKEN``): required as ``Authorization: Bearer TOKEN`` or
+  ``?token=TOKEN`` (the dashboard page passes on the ``token`` of its own URL); compared in constant
+  time, never logged (the library's DEBUG lines show ``***``) nor echoed. Listening beyond loopback
+  without a token logs a warning.
 
 Watching rules
 --------------
@@ -17,10 +33,12 @@ Watching rules
   number of clients may watch the same session; each receives the same messages in the same order.
 * A client also watches every session it has controlled successfully (``start``, ``pause``, ``stop``),
   whatever its filter: a client that starts ``abc`` sees ``abc``'s ``session_created`` and everything after.
+* Sequence numbers: every message about a session has its own ``seq``, one more than the one before:
+  ``session_created`` is 0, every ``pipeline_state_update`` the next, ``session_ended`` the last. So a
+  client may drop any message whose ``seq`` is not greater than the last it has for the session.
 * On connect, the server first sends one ``pipeline_state_update`` with ``event: "snapshot"`` for each
-  watched session that exists and is not stopped (its ``seq`` is that of the last message sent about
-  the session, so a client may drop anything with a lower or equal ``seq``), then every message as it
-  happens.
+  watched session that exists and is not stopped; its ``seq`` repeats that of the last message sent
+  about the session (the next real message follows it by one), then every message as it happens.
 * ``error`` messages go only to the client whose message caused them; nothing else changes.
 * Sessions outlive connections: a client that disconnects leaves its sessions running (reconnect with
   ``?session_id=`` to pick them up again); only ``stop`` ends a session. A stopped session id cannot be
@@ -33,6 +51,11 @@ Controls and faults
   update (``status: "stopped"``) and ``session_ended``. An unknown session gets ``error``
   ``unknown_session``; a control that does not fit the session's state gets ``illegal_control``, and so
   does ``start`` with an id the scenario will create itself (its scripted ids, ``PREFIX-NNNNN``).
+* Who may control what: by default any client may control any session, another client's and the
+  scenario's own included (a mock backend for testing frontends). With ``owner_only`` (``--owner-only``)
+  a connection may control only the sessions it created with ``start``, on that same connection
+  (ownership is not carried over a reconnect: there is no client identity to key it by); anything else
+  gets ``error`` ``forbidden`` naming the session. Faults are not restricted.
 * ``fault_injection`` ``kafka_stall`` (optional ``service``: one topic, else all) and
   ``service_outage`` (``service`` required) act on the shared model from now for ``duration_s`` simulated
   seconds; ``session_id`` is ignored for them (Kafka and the services are shared, as in production).
@@ -45,7 +68,9 @@ Controls and faults
 Limits
 ------
 * Every inbound message is parsed with :func:`pipesim.protocol.parse_message`; a bad one gets
-  ``error`` ``bad_message`` saying what is wrong, and the connection carries on.
+  exactly one ``error`` ``bad_message`` saying what is wrong (values cut to 80 characters), and the
+  connection carries on: text or binary frames, invalid UTF-8, any JSON (huge integers, deep nesting,
+  NaN, lone surrogates), a wrong type in any field (``tests/test_live_fuzz.py``).
 * A message over :data:`~pipesim.protocol.MAX_MESSAGE_BYTES` (64 KiB) gets ``error`` ``too_large`` and
   the connection carries on. Above ``4 x MAX_MESSAGE_BYTES`` (256 KiB) the WebSocket library closes the
   connection with code 1009 (message too big) before pipesim sees the message.
@@ -96,6 +121,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from pipesim.errors import LiveError
+from pipesim.live.access import Access, RedactingLogger
 from pipesim.live.pacer import Pacer
 from pipesim.live.recording import Recorder, load_replay
 from pipesim.model import Simulation
@@ -136,6 +162,8 @@ class _Client:
     watch_all: bool
     #: Sessions named by the ``session_id`` filter or by a successful control.
     watched: set[str]
+    #: Sessions this connection created with ``start`` (what it may control under ``owner_only``).
+    owned: set[str] = field(default_factory=set)
     queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     writer: asyncio.Task[None] | None = None
     closing: bool = False
@@ -154,10 +182,15 @@ class _BaseServer:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 8001, record: str | Path | None = None,
                  client_queue: int = 1000, close_timeout: float = 2.0, send_buffer: int | None = 128 * 1024,
-                 static_dir: str | Path | None = None) -> None:
+                 static_dir: str | Path | None = None, allow_origins: Iterable[str] = (),
+                 allow_hosts: Iterable[str] = (), token: str | None = None) -> None:
         if client_queue < 1:
             raise ValueError(f"client_queue must be >= 1, got {client_queue}")
         self.host, self.port = host, port
+        #: The handshake checks: Origin allowlist, Host check, token (see :mod:`pipesim.live.access`).
+        self.access = Access.build(host, allow_origins, allow_hosts, token)
+        #: WebSocket handshakes refused by :attr:`access`, since the start.
+        self.refused = 0
         self.record_path = Path(record) if record is not None else None
         self.client_queue = client_queue
         self.close_timeout = close_timeout
@@ -206,19 +239,27 @@ class _BaseServer:
                 self.recorder = Recorder(self.record_path, self._record_header())
             except OSError as exc:
                 raise LiveError(f"cannot write the recording {self.record_path}: {exc.strerror}") from None
+        token = self.access.token
         try:
             self._server = await serve(
                 self._handler, self.host, self.port, process_request=self._process_request,
-                max_size=MAX_FRAME_BYTES, close_timeout=self.close_timeout, server_header="pipesim")
+                max_size=MAX_FRAME_BYTES, close_timeout=self.close_timeout, server_header="pipesim",
+                # The library logs request lines and headers at DEBUG level: keep the token out of them.
+                logger=RedactingLogger(logging.getLogger("websockets.server"), token) if token else None)
         except OSError as exc:
             if self.recorder is not None:
                 self.recorder.close()
-            # asyncio puts the address into strerror; the errno's own text is the clear part.
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            if isinstance(exc, socket.gaierror):  # its errno is getaddrinfo's, which os.strerror cannot name
+                reason = f"{exc.strerror} (--host must be a name or address of this machine)"
+            else:  # asyncio puts the address into strerror; the errno's own text is the clear part
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise LiveError(f"cannot listen on {self.host}:{self.port}: {reason}") from None
         self.port = self._server.sockets[0].getsockname()[1]
         self._on_start()
         log.info("serving on %s", self.url)
+        if self.access.exposed and token is None:
+            log.warning("listening on %s, beyond this machine, without a token: anyone who can reach it "
+                        "can control sessions (set --token or PIPESIM_TOKEN)", self.host or "every address")
 
     async def stop(self) -> None:
         """Stop the clock, drain queues briefly, close every client with 1001 and the recording."""
@@ -363,9 +404,16 @@ class _BaseServer:
 
     # Connections -----------------------------------------------------------------------------------
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path
+        target = urlsplit(request.path)
+        path = target.path
         if path == "/ws":
-            return None  # the WebSocket handshake goes on
+            refusal = self._refusal(request, target.query)
+            if refusal is None:
+                return None  # the WebSocket handshake goes on
+            self.refused += 1
+            host, port = (connection.remote_address or ("?", 0))[:2]
+            log.warning("refused a WebSocket connection from %s:%s: %s", host, port, refusal)
+            return connection.respond(403, f"{refusal}\n")
         if path == "/healthz":
             return connection.respond(200, "ok\n")
         if path in ("/", "/index.html"):
@@ -374,11 +422,27 @@ class _BaseServer:
                 return self._file_response(connection, page)
             return self._text_response(connection, 200, _FALLBACK_PAGE, "text/html; charset=utf-8")
         if path.startswith("/static/"):
-            base = self.static_dir.resolve()
-            target = (base / path.removeprefix("/static/")).resolve()
-            if target.is_file() and target.is_relative_to(base):  # no ../ escapes
+            # Look the name up among the files that exist rather than handing it to the file system: no
+            # name (too long, NUL, ../, undecodable) can then fail or escape.
+            target = self._static_files().get(path.removeprefix("/static/"))
+            if target is not None:
                 return self._file_response(connection, target)
         return connection.respond(404, "not found\n")
+
+    def _static_files(self) -> dict[str, Path]:
+        """The dashboard's files by their name under ``/static/`` (a handful: listed on every request)."""
+        base = self.static_dir
+        return {p.relative_to(base).as_posix(): p for p in base.rglob("*") if p.is_file()} if base.is_dir() else {}
+
+    def _refusal(self, request: Request, query: str) -> str | None:
+        headers: dict[str, str] = {}
+        for name in ("Host", "Origin", "Authorization"):
+            values = request.headers.get_all(name)
+            if len(values) > 1:
+                return f"more than one {name} header"
+            if values:
+                headers[name] = values[0]
+        return self.access.refusal(headers, parse_qs(query))
 
     @staticmethod
     def _text_response(connection: ServerConnection, status: int, body: str | bytes,
@@ -414,7 +478,7 @@ class _BaseServer:
         self._clients.add(client)
         client.writer = asyncio.ensure_future(self._writer(client))
         log.info("client %s connected (%s)", client.name, "all sessions" if client.watch_all else
-                 ", ".join(sorted(client.watched)))
+                 ", ".join(repr(sid) for sid in sorted(client.watched)))  # repr: ids may hold newlines
         self._on_connect(client)
         try:
             while True:
@@ -483,8 +547,10 @@ class LiveServer(_BaseServer):
 
     ``speed`` is simulated seconds per wall second; ``record`` a JSON Lines file of every message
     broadcast; ``client_queue`` the slow-client limit (messages); ``send_buffer`` each client's socket
-    send buffer (bytes; None leaves the OS default). The scenario's own sessions (arrivals, scripted ones)
-    run as they would offline; clients add sessions with ``start``. ``port=0`` picks a free port.
+    send buffer (bytes; None leaves the OS default); ``allow_origins``, ``allow_hosts`` and ``token`` who
+    may connect (see "Who may connect" above); ``owner_only`` lets a connection control only the sessions
+    it started. The scenario's own sessions (arrivals, scripted ones) run as they would offline; clients
+    add sessions with ``start``. ``port=0`` picks a free port.
 
     >>> import asyncio
     >>> from pipesim.scenario import Scenario
@@ -499,9 +565,14 @@ class LiveServer(_BaseServer):
     def __init__(self, scenario: Scenario | str | Path | dict[str, Any], *, seed: int | None = None,
                  speed: float = 1.0, host: str = "127.0.0.1", port: int = 8001,
                  record: str | Path | None = None, client_queue: int = 1000, close_timeout: float = 2.0,
-                 send_buffer: int | None = 128 * 1024, static_dir: str | Path | None = None) -> None:
+                 send_buffer: int | None = 128 * 1024, static_dir: str | Path | None = None,
+                 allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = (), token: str | None = None,
+                 owner_only: bool = False) -> None:
         super().__init__(host=host, port=port, record=record, client_queue=client_queue,
-                         close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir)
+                         close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
+                         allow_origins=allow_origins, allow_hosts=allow_hosts, token=token)
+        #: Clients may control only the sessions they started on the same connection.
+        self.owner_only = owner_only
         self.scenario = as_scenario(scenario)
         #: The one model; its ``trace`` keeps everything that happened (it grows for as long as it runs).
         self.sim = Simulation(self.scenario, seed=seed, live=True)
@@ -545,6 +616,11 @@ class LiveServer(_BaseServer):
     def _on_control(self, client: _Client, msg: ConversationControl) -> None:
         self.pacer.catch_up()
         sid = msg.session_id
+        exists = sid in self.sim.manager
+        if self.owner_only and exists and sid not in client.owned:
+            self._error(client, "forbidden", f"{msg.action}: session {sid!r} was not started by this "
+                        "connection (the server lets a connection control only the sessions it started)", sid)
+            return
         added = sid not in client.watched
         # Watch before applying, so that the control's own transitions reach this client.
         client.watched.add(sid)
@@ -557,6 +633,8 @@ class LiveServer(_BaseServer):
             self._error(client, "illegal_control", f"{msg.action}: {exc}", sid)
         else:
             added = False
+            if not exists:
+                client.owned.add(sid)
         finally:
             if added:
                 client.watched.discard(sid)
@@ -594,9 +672,12 @@ class ReplayServer(_BaseServer):
     def __init__(self, source: str | Path | Iterable[tuple[float, dict[str, Any]]], *, speed: float = 1.0,
                  loop: bool = False, host: str = "127.0.0.1", port: int = 8001,
                  record: str | Path | None = None, client_queue: int = 1000, close_timeout: float = 2.0,
-                 send_buffer: int | None = 128 * 1024, static_dir: str | Path | None = None) -> None:
+                 send_buffer: int | None = 128 * 1024, static_dir: str | Path | None = None,
+                 allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = (),
+                 token: str | None = None) -> None:
         super().__init__(host=host, port=port, record=record, client_queue=client_queue,
-                         close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir)
+                         close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
+                         allow_origins=allow_origins, allow_hosts=allow_hosts, token=token)
         if not speed > 0:
             raise ValueError(f"speed must be > 0, got {speed}")
         self.source = str(source) if isinstance(source, str | Path) else "<messages>"

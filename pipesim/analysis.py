@@ -23,8 +23,9 @@ from pipesim.vocabulary import SERVICES, PipelineState, ServiceState, SessionSta
 
 #: The stages of voice-to-voice latency, in the order they happen; they add up to ``e2e_latency``.
 STAGES = ("end_of_utterance_delay", "stt_stage", "llm_stage", "tts_stage")
-#: The figures a summary reports, with the names Pipecat / LiveKit Agents users know.
-FIGURES = (*STAGES, "ttft", "ttfb", "e2e_latency")
+#: The figures a summary reports: the stages, then LiveKit Agents' / Pipecat's names for what they measure
+#: (``ttfb`` is left out: it is ``tts_stage`` under another name).
+FIGURES = (*STAGES, "transcription_delay", "ttft", "e2e_latency")
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 
 

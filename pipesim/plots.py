@@ -44,7 +44,7 @@ STATUS_COLOURS = {"created": "#e5e7eb", "active": "#99f6e4", "paused": "#9ca3af"
 LABELS = {
     "end_of_utterance_delay": "end of utterance", "stt_stage": "STT", "llm_stage": "LLM (to first phrase)",
     "tts_stage": "TTS (to first audio)", "ttft": "LLM time to first token", "ttfb": "TTS time to first byte",
-    "e2e_latency": "voice-to-voice",
+    "transcription_delay": "end of speech to transcript", "e2e_latency": "voice-to-voice",
 }
 PART_STYLE: dict[str, tuple[str, str, str | None]] = {  # part: (label, colour, hatch)
     "end_of_utterance_delay": ("end of utterance", "#9ca3af", None),

@@ -43,7 +43,9 @@ EVENT_COLUMNS = ("t", "session_id", "turn_id", "seq", "event", "service", "statu
 #:     <x>_stage   = <x>_kafka + <x>_queue + <x>_service + <x>_retry
 #:
 #: ``llm_stage`` ends when the first phrase reaches TTS; what the LLM generated after that overlapped
-#: with TTS (``streaming_overlap``). ``ttft`` and ``ttfb`` are measured from each service's request.
+#: with TTS (``streaming_overlap``). ``ttft`` and ``ttfb`` are measured from each service's request
+#: (``ttfb`` is ``tts_stage`` under the name LiveKit and Pipecat use); ``transcription_delay`` from the end of
+#: speech to the final transcript (``end_of_utterance_delay + stt_stage``).
 #: ``<x>_queue`` is the time every attempt of the turn waited for a worker; ``<x>_retry`` the rest of the
 #: time lost to attempts that timed out. ``<x>_busy`` is the worker time the turn's requests held (the LLM's
 #: whole generation; stale attempts served after a timeout included), so that summed over the turns it is
@@ -53,6 +55,7 @@ TURN_COLUMNS = (
     "speech_start", "speech_end", "utterance_ended", "first_audio", "turn_end",
     "utterance_duration", "audio_quality", "audio_bytes", "end_of_utterance_delay",
     "stt_kafka", "stt_queue", "stt_service", "stt_retry", "stt_timeouts", "stt_stage", "stt_busy",
+    "transcription_delay",
     "llm_kafka", "llm_queue", "llm_service", "llm_retry", "llm_timeouts", "llm_stage", "llm_busy",
     "ttft", "llm_tokens", "llm_duration", "streaming_overlap",
     "tts_kafka", "tts_queue", "tts_service", "tts_retry", "tts_timeouts", "tts_stage", "tts_busy",

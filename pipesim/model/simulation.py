@@ -572,6 +572,7 @@ class Simulation:
             return False
         self.manager.service_completed(s.id, "stt", self.env.now)
         turn.set("stt_stage", self.env.now - start)
+        turn.set("transcription_delay", self.env.now - turn.get("speech_end"))
         return True
 
     def _llm(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, None]:

@@ -528,6 +528,7 @@ class Simulation:
         env = self.env
         if job is None:
             yield env.timeout(delivered - env.now)
+            self.trace.model_event(env.now, s.id, turn.turn_id, "request_delivered", name, detail="stale")
             job = _Job(name, self.pools[name].request())
             self._sample(name)
         yield job.req

@@ -319,6 +319,21 @@ class Sessions(_Section):
         return self
 
 
+def _did_you_mean(data: dict[str, Any], dotted: str) -> str:
+    """`` (did you mean 'x.y.z'?)`` for the existing field path closest to a misspelled one, or ``""``."""
+    node: Any = data
+    fixed = []
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return ""
+        close = [part] if part in node else difflib.get_close_matches(part, [str(k) for k in node], n=1)
+        if not close:
+            return ""
+        fixed.append(close[0])
+        node = node[close[0]]
+    return f" (did you mean {'.'.join(fixed)!r}?)"
+
+
 class Scenario(_Section):
     """Everything the model needs. Every field has a default; see ``scenarios/baseline.yaml``."""
 
@@ -342,13 +357,11 @@ class Scenario(_Section):
         for dotted, value in changes.items():
             node = data
             *parents, leaf = dotted.split(".")
-            for part in parents:
+            for part in [*parents, leaf]:
                 if not isinstance(node, dict) or part not in node:
-                    raise ScenarioError([f"{dotted}: no such field"])
-                node = node[part]
-            if not isinstance(node, dict) or leaf not in node:
-                raise ScenarioError([f"{dotted}: no such field"])
-            node[leaf] = copy.deepcopy(value)
+                    raise ScenarioError([f"{dotted}: no such field{_did_you_mean(data, dotted)}"])
+                parent, node = node, node[part]
+            parent[leaf] = copy.deepcopy(value)
         return validate_scenario(data, source="override")
 
     def _repr_html_(self) -> str:

@@ -198,3 +198,30 @@ def test_a_horizon_bounds_the_estimate_and_the_arrivals():
     assert est.sessions < 100
     res = pipesim.simulate(endless, until=0.05, progress=False, memory_limit=10**9)
     assert 0 < len(res.sessions) < 100
+
+
+# A misspelled parameter ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("typo", "meant"), [
+    ("services.llm.capacty", "services.llm.capacity"),
+    ("servces.llm.capacity", "services.llm.capacity"),
+    ("kafka.request_timeout", "kafka.request_timeout_s"),
+    ("sessions.arrivals.cont", "sessions.arrivals.count"),
+])
+def test_override_of_a_misspelled_field_says_what_was_meant(typo, meant):
+    with pytest.raises(ScenarioError) as info:
+        Scenario().override({typo: 2})
+    assert info.value.problems == [f"{typo}: no such field (did you mean {meant!r}?)"]
+
+
+def test_override_of_an_unknown_field_suggests_nothing_far_off():
+    with pytest.raises(ScenarioError) as info:
+        Scenario().override({"nothing.like.it": 2})
+    assert info.value.problems == ["nothing.like.it: no such field"]
+
+
+def test_sweep_of_a_misspelled_parameter_is_one_line(capsys):
+    assert main(["sweep", "baseline", "services.llm.capacty", "4,8"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == ("pipesim: error: services.llm.capacty: no such field "
+                            "(did you mean 'services.llm.capacity'?)\n")
+    assert "Traceback" not in captured.out + captured.err

@@ -57,7 +57,11 @@ def percentiles(df: pd.DataFrame, columns: Sequence[str] = FIGURES, by: str | Se
     else:
         keys = [by] if isinstance(by, str) else list(by)
         parts = {key: one(group) for key, group in df.groupby(keys if len(keys) > 1 else keys[0], observed=True)}
-        out = pd.concat(parts, names=keys) if parts else one(df.iloc[:0])
+        if parts:
+            out = pd.concat(parts, names=keys)
+        else:  # no group: no row, but the same index levels as with groups
+            out = one(df.iloc[:0]).iloc[:0]
+            out.index = pd.MultiIndex.from_arrays([[]] * (len(keys) + 1), names=[*keys, "figure"])
     if ms:
         stats = ["mean", *QUANTILES, "max"]
         out[stats] = out[stats] * 1000
@@ -583,7 +587,9 @@ def incident_counts(events: pd.DataFrame | Any, window: float = 10.0, start: flo
     """
     events = events if isinstance(events, pd.DataFrame) else events.events
     rows = incidents(events)
-    stop = float(events["t"].max()) if end is None else float(end)
+    if end is None:  # a run without a single event still has its first window
+        end = float(events["t"].max()) if len(events) else start
+    stop = float(end)
     index = pd.Index(np.arange(start, max(stop, start + window), window, dtype=float), name="time_window")
     win = time_window(rows["t"], window, start=start)
 

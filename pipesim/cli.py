@@ -81,9 +81,13 @@ def _print_summary(res: Any) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import pipesim
+    from pipesim.scenario import ScenarioError
 
     scn = _load(args.scenario)
-    res = pipesim.simulate(scn, seed=args.seed, until=args.until, progress=None if args.progress else False)
+    try:
+        res = pipesim.simulate(scn, seed=args.seed, until=args.until, progress=None if args.progress else False)
+    except ScenarioError as exc:  # e.g. a run that would not fit in memory
+        raise UserError("\n".join(exc.problems)) from None
     _print_summary(res)
     if args.out:
         written = res.save(args.out, csv=args.csv)

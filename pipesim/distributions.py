@@ -30,14 +30,56 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 _Z95 = 1.6448536269514722  # standard normal quantile at 0.95
 _BLOCK = 64
 
 
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.0f}" if value == int(value) and abs(value) >= 1000 else f"{value:g}"
+
+
+def within(low: float | None = None, high: float | None = None, why: str = "") -> AfterValidator:
+    """A pydantic validator refusing numbers outside ``[low, high]``, saying ``why`` the bound is there.
+
+    >>> from typing import Annotated
+    >>> from pydantic import TypeAdapter
+    >>> TypeAdapter(Annotated[float, within(high=10, why="ten is plenty")]).validate_python(11)
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for function-after[check(), float]
+      Value error, must be <= 10, got 11.0: ten is plenty [type=value_error, input_value=11, input_type=int]
+    ...
+    """
+    reason = f": {why}" if why else ""
+
+    def check(value: Any) -> Any:
+        if value is not None and low is not None and value < low:
+            raise ValueError(f"must be >= {_number(low)}, got {value!r}{reason}")
+        if value is not None and high is not None and value > high:
+            raise ValueError(f"must be <= {_number(high)}, got {value!r}{reason}")
+        return value
+
+    return AfterValidator(check)
+
+
+#: Every parameter of a distribution (seconds, tokens or turns) is at most this: a million seconds is
+#: ~11.6 days, a million tokens or turns more than any conversation.
+MAX_PARAMETER = 1_000_000.0
+_PARAM_WHY = "distribution parameters are seconds, tokens or turns, at most a million"
+#: Draws are cut here, the largest a parameter may be: a lognormal whose p95 is many times its p50 can
+#: otherwise draw infinity. No draw of an ordinary scenario comes near it.
+MAX_DRAW = MAX_PARAMETER
+Param = Annotated[float, within(high=MAX_PARAMETER, why=_PARAM_WHY)]
+
+
 class _Dist(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+    # inf and nan are refused: every parameter must be a finite number.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True,
+                              allow_inf_nan=False)
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -54,7 +96,7 @@ class _Dist(BaseModel):
 
 class Constant(_Dist):
     kind: Literal["constant"] = "constant"
-    value: Annotated[float, Field(ge=0)]
+    value: Annotated[Param, Field(ge=0)]
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return np.full(n, self.value)
@@ -69,7 +111,7 @@ class Constant(_Dist):
 
 class Exponential(_Dist):
     kind: Literal["exponential"] = "exponential"
-    mean_: Annotated[float, Field(gt=0, alias="mean")]
+    mean_: Annotated[Param, Field(gt=0, alias="mean")]
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return rng.exponential(self.mean_, n)
@@ -83,8 +125,8 @@ class LogNormal(_Dist):
     """Given by its median and 95th percentile, as latency figures are published."""
 
     kind: Literal["lognormal"] = "lognormal"
-    p50: Annotated[float, Field(gt=0)]
-    p95: Annotated[float, Field(gt=0)]
+    p50: Annotated[Param, Field(gt=0)]
+    p95: Annotated[Param, Field(gt=0)]
 
     @model_validator(mode="after")
     def _p95_above_p50(self) -> LogNormal:
@@ -97,19 +139,24 @@ class LogNormal(_Dist):
         return math.log(self.p95 / self.p50) / _Z95
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.lognormal(math.log(self.p50), self.sigma, n)
+        # A wide one (p95 / p50 of 1e6 or more) can draw infinity: cut at MAX_DRAW.
+        return np.minimum(rng.lognormal(math.log(self.p50), self.sigma, n), MAX_DRAW)
 
     @property
     def mean(self) -> float:
-        return self.p50 * math.exp(self.sigma**2 / 2)
+        try:
+            return self.p50 * math.exp(self.sigma**2 / 2)
+        except OverflowError:
+            return math.inf
 
 
 class Gamma(_Dist):
     """Given by its mean and coefficient of variation (sd / mean)."""
 
     kind: Literal["gamma"] = "gamma"
-    mean_: Annotated[float, Field(gt=0, alias="mean")]
-    cv: Annotated[float, Field(gt=0)]
+    mean_: Annotated[Param, Field(gt=0, alias="mean")]
+    # 1/cv**2 is the shape: a cv below 0.001 would make it overflow (and is a constant anyway).
+    cv: Annotated[float, within(0.001, 100.0, why="the coefficient of variation sd / mean")]
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         shape = 1.0 / self.cv**2
@@ -122,8 +169,8 @@ class Gamma(_Dist):
 
 class Uniform(_Dist):
     kind: Literal["uniform"] = "uniform"
-    low: Annotated[float, Field(ge=0)]
-    high: Annotated[float, Field(ge=0)]
+    low: Annotated[Param, Field(ge=0)]
+    high: Annotated[Param, Field(ge=0)]
 
     @model_validator(mode="after")
     def _ordered(self) -> Uniform:
@@ -143,8 +190,8 @@ class Normal(_Dist):
     """Truncated at zero: durations are never negative."""
 
     kind: Literal["normal"] = "normal"
-    mean_: Annotated[float, Field(ge=0, alias="mean")]
-    sd: Annotated[float, Field(ge=0)]
+    mean_: Annotated[Param, Field(ge=0, alias="mean")]
+    sd: Annotated[Param, Field(ge=0)]
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return np.maximum(rng.normal(self.mean_, self.sd, n), 0.0)
@@ -159,7 +206,7 @@ class Empirical(_Dist):
     to the scenario file)."""
 
     kind: Literal["empirical"] = "empirical"
-    samples: tuple[float, ...] | None = None
+    samples: tuple[Param, ...] | None = None
     csv_: Annotated[str | None, Field(alias="csv")] = None
     column: str | None = None
 

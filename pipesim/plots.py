@@ -93,9 +93,16 @@ def _ms_axis(axis: Any) -> None:
     axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
 
 
-def _empty(ax: Axes, text: str) -> Axes:
+def _empty(ax: Axes, text: str, title: str | None = None) -> Axes:
+    """Axes with nothing to draw say so (a tiny or empty run), under the figure's usual title."""
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="#6b7280")
+    if title:
+        ax.set_title(title)
     return ax
+
+
+def _no_turns(turns: pd.DataFrame, instead: str) -> str:
+    return "no turns" if turns.empty else instead
 
 
 def _windows(data: Any) -> pd.DataFrame:
@@ -153,7 +160,7 @@ def latency_cdf(data: Results | pd.DataFrame, columns: Sequence[str] = _CDF_COLU
             ax.plot(np.quantile(values, q), q, marker=marker, color=line.get_color(), ms=5, linestyle="none")
         drawn += 1
     if not drawn:
-        return _empty(ax, "no turns reached the bot's first audio")
+        return _empty(ax, _no_turns(turns, "no turn reached the bot's first audio"), "Latency distribution per stage")
     ax.set_xscale("log")
     ax.set_yscale("logit")
     ticks = [0.1, 0.5, 0.9, 0.95, 0.99, 0.999]
@@ -188,8 +195,7 @@ def latency_histogram(data: Results | pd.DataFrame, column: str = "e2e_latency",
     values = turns[column].dropna().to_numpy() * MS if column in turns else np.array([])
     title = LABELS.get(column, column)
     if len(values) == 0:
-        ax.set_title(title)
-        return _empty(ax, "no data")
+        return _empty(ax, _no_turns(turns, "no turn got this far"), title)
     top = float(np.quantile(values, 0.999))
     top = top if top > values.min() else float(values.max()) + 1
     beyond = int((values > top).sum())
@@ -240,9 +246,11 @@ def breakdown_bars(data: Results | pd.DataFrame, quantiles: Sequence[float] = (0
     >>> plots.breakdown_bars(res)   # doctest: +SKIP
     """
     ax = _axes(ax, (8, 5))
-    table = analysis.percentile_breakdown(_turns(data), quantiles, band)
+    turns = _turns(data)
+    table = analysis.percentile_breakdown(turns, quantiles, band)
     if table["turns"].sum() == 0:
-        return _empty(ax, "no turns reached the bot's first audio")
+        return _empty(ax, _no_turns(turns, "no turn reached the bot's first audio"),
+                      "Where the time goes: voice-to-voice latency by part")
     x = np.arange(len(table))
     bottom = np.zeros(len(table))
     for part in analysis.PARTS:
@@ -278,8 +286,10 @@ def latency_over_time(data: Results | pd.DataFrame, window: float = 10.0, ax: Ax
     """
     ax = _axes(ax, (10, 4))
     table = analysis.latency_over_time(_turns(data), window, column)
+    table = table[table["count"] > 0]  # windows whose turns all ended before this figure (e.g. failed)
     if table.empty:
-        return _empty(ax, "no turns")
+        return _empty(ax, _no_turns(_turns(data), "no turn got this far"),
+                      f"{LABELS.get(column, column)} latency over time ({window:g} s windows)")
     centre = table.index.to_numpy(float) + window / 2
     for stat, style in (("p50", "-"), ("p95", "--"), ("p99", ":")):
         ax.plot(centre, table[stat] * MS, linestyle=style, color="#111827", lw=1.5, marker=".", ms=3,
@@ -317,7 +327,7 @@ def utilisation(results: Results | pd.DataFrame, window: float = 10.0, ax: Axes 
         end = float(results.events["t"].max())
     table = analysis.utilisation(services, window, end=end)
     if table.empty:
-        return _empty(ax, "no service activity")
+        return _empty(ax, "no service activity", "Service utilisation")
     for name, g in table.groupby("service", sort=False):
         x = np.append(g["start"].to_numpy(), g["end"].iloc[-1])
         y = np.append(g["utilisation"].to_numpy(), g["utilisation"].iloc[-1]) * 100
@@ -341,7 +351,7 @@ def queue_length(results: Results | pd.DataFrame, ax: Axes | None = None) -> Axe
     ax = _axes(ax, (10, 3.5))
     services = results if isinstance(results, pd.DataFrame) else results.services
     if services.empty:
-        return _empty(ax, "no service activity")
+        return _empty(ax, "no service activity", "Queue length")
     for name, g in analysis.settled_services(services).groupby("service", sort=False):
         ax.step(g["t"], g["queued"], where="post", color=SERVICE_COLOURS.get(str(name)), lw=1.2,
                 label=str(name).upper())
@@ -394,6 +404,8 @@ def kafka_timeouts(results: Results, window: float = 10.0, ax: Axes | None = Non
     if not counts["kafka_timeouts"].any():
         ax.text(0.5, 0.8, "no Kafka timeouts in this run", transform=ax.transAxes, ha="center",
                 color="#6b7280")
+    if len(counts) == 1:  # a run shorter than one window: show that window, not a sliver around its centre
+        ax.set_xlim(counts.index[0], counts.index[0] + window)
     top = max(float(bottom.max()), float(counts["failed_turns"].max()), 1.0)
     ax.set_ylim(0, top * 1.25)
     ax.set_ylabel(f"per {window:g} s")
@@ -471,13 +483,17 @@ def session_timeline(results: Results, session_id: str | None = None,
         fig = axes[0].figure
     lanes_ax, buf_ax = axes[0], axes[1]
     if tr.empty:
-        _empty(lanes_ax, f"no session {session_id!r} in this run")
+        _empty(lanes_ax, f"no session {session_id!r} in this run" if session_id else "no sessions in this run")
         return fig
     t = tr["t"].to_numpy(float)
     stopped = tr["status"].to_numpy() == "stopped"
     t_end = float(t[stopped][0]) if stopped.any() else float(ev["t"].max())
     lo = float(t[0]) if start is None else start
     hi = t_end if end is None else end
+    if hi <= lo:  # a session that lived for an instant (so far): show a second of it
+        hi = lo + 1.0
+        if not stopped.any():
+            t_end = hi
     lanes = [("session", "status", STATUS_COLOURS), ("pipeline", "state", PIPELINE_COLOURS),
              *((svc.upper(), svc, STATE_COLOURS) for svc in SERVICES)]
     lane_y = {}
@@ -525,7 +541,8 @@ def session_timeline(results: Results, session_id: str | None = None,
     lanes_ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     turns = results.turns[results.turns["session_id"] == session_id]
     outcomes = ", ".join(f"{n} {k}" for k, n in turns["outcome"].value_counts().items())
-    lanes_ax.set_title(f"Session {session_id}: {len(turns)} turns ({outcomes})", loc="left")
+    lanes_ax.set_title(f"Session {session_id}: {len(turns)} turns" + (f" ({outcomes})" if outcomes else ""),
+                       loc="left")
 
     # Beneath: the buffer while the user speaks, and the running quality of the utterance.
     buf = tr["buffer_size"].astype("float64").to_numpy() / 1000

@@ -202,12 +202,17 @@ def _progress_bar(sim: Simulation, enabled: bool | None) -> Any:
 
 
 def simulate(scenario: Scenario | str | Path | dict[str, Any], seed: int | None = None,
-             until: float | None = None, progress: bool | None = None) -> Results:
+             until: float | None = None, progress: bool | None = None, memory_limit: int | None = None,
+             ) -> Results:
     """Run a scenario offline, as fast as possible, and return its :class:`Results`.
 
     ``scenario`` is a :class:`~pipesim.scenario.Scenario`, a dict, a file path or a bundled scenario's
     name (``"baseline"``). ``seed`` overrides the scenario's seed; the same scenario and seed give the
     same results, byte for byte. ``progress``: None shows a bar only on a terminal or in Jupyter.
+
+    A scenario whose run would need more than ``memory_limit`` bytes (default: 80% of the memory
+    available now, see :mod:`pipesim.model.budget`) is refused with a
+    :class:`~pipesim.scenario.ScenarioError` before it starts.
 
     >>> res = simulate("baseline", seed=7)  # doctest: +SKIP
     >>> res.summary()                       # doctest: +SKIP
@@ -216,7 +221,7 @@ def simulate(scenario: Scenario | str | Path | dict[str, Any], seed: int | None 
     sim = Simulation(scn, seed=seed)
     bar = _progress_bar(sim, progress)
     try:
-        sim.run(until=until)
+        sim.run(until=until, memory_limit=memory_limit)
     finally:
         if bar is not None:
             bar.close()

@@ -48,10 +48,19 @@ import tomlkit.exceptions
 import tomlkit.items
 import tomlkit.parser
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from pipesim import _jsonsafe
-from pipesim.distributions import Distribution, Empirical, coerce_distribution
+from pipesim.distributions import Distribution, Empirical, coerce_distribution, within
 from pipesim.errors import ScenarioError
 from pipesim.vocabulary import SERVICES, ServiceName
 
@@ -59,24 +68,61 @@ Dist = Annotated[Distribution, BeforeValidator(coerce_distribution)]
 NonNeg = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 
+# Bounds on what the model can run. A number past one of these is refused when the scenario is loaded,
+# with the reason, rather than crashing or hanging the run. Every number must also be finite.
+#: Any point in simulated time (``at``, ``start_s``, ``duration_s``, ramp times): ~11.6 days, far past any
+#: test, and times stay exact to 1e-10 s.
+MAX_TIME_S = 1_000_000.0
+_TIME_WHY = "a run covers at most ~11.6 days of simulated time"
+Time = Annotated[float, Field(ge=0), within(high=MAX_TIME_S, why=_TIME_WHY)]
+#: New sessions per second (Poisson or ramp): 3.6 million an hour, past any pipeline this models.
+MAX_RATE_PER_S = 1000.0
+_RATE_WHY = "1,000 new sessions a second is 3.6 million an hour; to start everyone at once use kind: at_once"
+Rate = Annotated[float, within(high=MAX_RATE_PER_S, why=_RATE_WHY)]
+#: One utterance, scripted or drawn (longer draws are cut here): a streaming STT session closes long
+#: before (Google's streaming recognition ends a stream after 5 minutes).
+MAX_UTTERANCE_S = 300.0
+#: Thinned ramp arrivals draw candidates at the peak rate over the ramp's whole span; past this many
+#: candidates the arrivals alone would take minutes.
+MAX_RAMP_CANDIDATES = 10_000_000
+_DB_WHY = "real audio lies between -20 and 60 dB"
+Decibels = Annotated[float, within(-300.0, 300.0, why=_DB_WHY)]
+
 
 class _Section(BaseModel):
-    # Unknown keys are typos: reject them, naming the keys that are allowed.
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True, validate_default=True)
+    # Unknown keys are typos: reject them, naming the keys that are allowed. inf and nan are refused: no
+    # field of the model means anything at infinity.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True, validate_default=True,
+                              allow_inf_nan=False)
 
 
 # Audio and quality ---------------------------------------------------------------------------------
 class Audio(_Section):
     """How user audio arrives. The buffer grows by whole chunks."""
 
-    sample_rate_hz: Annotated[int, Field(ge=1000)] = 16_000
+    sample_rate_hz: Annotated[int, Field(ge=1000),
+                              within(high=384_000, why="the highest rate audio hardware records at")] = 16_000
     bytes_per_sample: Annotated[int, Field(ge=1, le=4)] = 2
     channels: Annotated[int, Field(ge=1, le=8)] = 1
-    bitrate_bps: Annotated[int | None, Field(ge=1)] = None  # compressed audio (e.g. Opus): overrides the above
-    chunk_ms: Annotated[float, Field(gt=0, le=1000)] = 20.0
+    # Compressed audio (e.g. Opus, 6-510 kbit/s): overrides the above.
+    bitrate_bps: Annotated[int | None, Field(ge=1),
+                           within(high=10_000_000, why="compressed speech is at most ~0.5 Mbit/s")] = None
+    # At least 1 ms (Opus frames are 2.5 ms or more): an utterance is drawn chunk by chunk, and finer
+    # chunks would only multiply the work.
+    chunk_ms: Annotated[float, within(1.0, 1000.0, why="audio arrives in 1 ms to 1 s chunks")] = 20.0
     # How often buffer_size/audio_quality are reported while the user speaks. Reporting per chunk is
-    # possible (set it to chunk_ms / 1000) but costs one event per chunk.
+    # possible (set it to chunk_ms / 1000) but costs one event per chunk; more often than that would
+    # repeat the same buffer.
     metadata_interval_s: Annotated[float | None, Field(gt=0)] = 0.25
+
+    @field_validator("metadata_interval_s")
+    @classmethod
+    def _not_below_a_chunk(cls, value: float | None, info: ValidationInfo) -> float | None:
+        chunk_s = info.data.get("chunk_ms", 20.0) / 1000.0
+        if value is not None and value < chunk_s * (1 - 1e-9):
+            raise ValueError(f"must be >= one chunk (audio.chunk_ms / 1000 = {chunk_s:g} s), got {value!r}: "
+                             f"the buffer grows by whole chunks, so more frequent reports repeat themselves")
+        return value
 
     @property
     def chunk_s(self) -> float:
@@ -94,14 +140,14 @@ class Quality(_Section):
     (their microphone and room); each chunk adds noise around it. The session's ``audio_quality`` is the
     running mean over the utterance. Defaults give ~0.57 on average, as the seed's live session shows."""
 
-    snr_mean_db: float = 22.0
-    snr_user_sd_db: NonNeg = 5.0
-    snr_chunk_sd_db: NonNeg = 4.0
-    midpoint_db: float = 20.0
-    scale_db: Annotated[float, Field(gt=0)] = 8.0
+    snr_mean_db: Decibels = 22.0
+    snr_user_sd_db: Annotated[NonNeg, within(high=100.0, why=_DB_WHY)] = 5.0
+    snr_chunk_sd_db: Annotated[NonNeg, within(high=100.0, why=_DB_WHY)] = 4.0
+    midpoint_db: Decibels = 20.0
+    scale_db: Annotated[float, within(0.01, 1000.0, why="the logistic's width in dB")] = 8.0
     # Below this running quality an utterance is "poor": STT is slower and may fail (the agent re-prompts).
     poor_threshold: Probability = 0.35
-    poor_stt_latency_factor: Annotated[float, Field(ge=1)] = 1.5
+    poor_stt_latency_factor: Annotated[float, Field(ge=1), within(high=100.0, why="a slowdown factor")] = 1.5
     poor_stt_failure_probability: Probability = 0.3
 
 
@@ -109,8 +155,8 @@ class Quality(_Section):
 class Outage(_Section):
     """A window of simulated time in which a topic's consumers take nothing: requests wait, then time out."""
 
-    start_s: NonNeg
-    end_s: NonNeg
+    start_s: Time
+    end_s: Time
 
     @model_validator(mode="after")
     def _ordered(self) -> Outage:
@@ -119,8 +165,12 @@ class Outage(_Section):
         return self
 
 
+#: Workers of one service: past this nothing ever queues, and a larger pool only costs memory.
+_Capacity = Annotated[int, Field(ge=1), within(high=100_000, why="100,000 workers never queue")]
+
+
 class _Service(_Section):
-    capacity: Annotated[int, Field(ge=1, description="Workers / replicas; a turn queues when all are busy.")]
+    capacity: Annotated[_Capacity, Field(description="Workers / replicas; a turn queues when all are busy.")]
     failure_probability: Probability = 0.0
     outages: list[Outage] = []
 
@@ -128,27 +178,27 @@ class _Service(_Section):
 class STT(_Service):
     # Streaming STT, time from hand-off to the final segment: p50 ~250 ms, p95 ~300-360 ms
     # (pipecat-ai/stt-benchmark: Deepgram nova-3, AssemblyAI Universal-Streaming).
-    capacity: Annotated[int, Field(ge=1)] = 5
+    capacity: _Capacity = 5
     latency_s: Dist = Field(default_factory=lambda: {"kind": "lognormal", "p50": 0.24, "p95": 0.34})
 
 
 class LLM(_Service):
     # Time to first token 200-350 ms p50 for hosted chat models (GPT-4o-mini, Gemini Flash, Llama 70B on
     # Groq), with a long tail; ~50-100 tokens/s while streaming.
-    capacity: Annotated[int, Field(ge=1)] = 12
+    capacity: _Capacity = 12
     ttft_s: Dist = Field(default_factory=lambda: {"kind": "lognormal", "p50": 0.26, "p95": 0.6})
     per_token_s: Dist = 0.015
     tokens: Dist = Field(default_factory=lambda: {"kind": "lognormal", "p50": 25, "p95": 70})
     # TTS starts on the first phrase, not the whole reply (how Pipecat and LiveKit aggregate text).
-    first_sentence_tokens: Annotated[int, Field(ge=1)] = 5
+    first_sentence_tokens: Annotated[int, Field(ge=1), within(high=100_000, why="a phrase, not a book")] = 5
 
 
 class TTS(_Service):
     # Streaming TTS time to first audio chunk 150-250 ms p50 (ElevenLabs Flash, Cartesia Sonic, Deepgram Aura).
-    capacity: Annotated[int, Field(ge=1)] = 16
+    capacity: _Capacity = 16
     ttfb_s: Dist = Field(default_factory=lambda: {"kind": "lognormal", "p50": 0.18, "p95": 0.3})
     # Speech is ~150 words/min at ~0.75 words per token: 0.3 s of audio per token.
-    audio_s_per_token: Annotated[float, Field(gt=0)] = 0.3
+    audio_s_per_token: Annotated[float, Field(gt=0), within(high=60.0, why="speech is ~0.3 s per token")] = 0.3
     # Synthesis time per second of audio: a worker is busy for ttfb + audio * real_time_factor.
     real_time_factor: Annotated[float, Field(gt=0, le=2)] = 0.1
 
@@ -162,7 +212,9 @@ class Services(_Section):
 class Stalls(_Section):
     """Random broker stalls: a Poisson process of windows in which no message is delivered."""
 
-    rate_per_hour: NonNeg = 0.0
+    # At most one a second on average: more than that is an outage (use ``outages``), and each stall is
+    # drawn as the run reaches it.
+    rate_per_hour: Annotated[NonNeg, within(high=3600.0, why="more than one stall a second is an outage")] = 0.0
     duration_s: Dist = Field(default_factory=lambda: {"kind": "lognormal", "p50": 3.0, "p95": 10.0})
 
 
@@ -182,10 +234,13 @@ class Kafka(_Section):
 
     # Produce-to-consume latency on a healthy cluster: a few ms.
     latency_s: Dist = Field(default_factory=lambda: {"kind": "lognormal", "p50": 0.004, "p95": 0.015})
-    request_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+    # Bounded so that a message's delivery is worked out over at most an hour of stalls.
+    request_timeout_s: Annotated[float, Field(gt=0),
+                                 within(high=3600.0, why="a request unanswered for an hour is lost")] = 2.0
     max_retries: Annotated[int, Field(ge=0, le=100)] = 3
-    backoff_s: NonNeg = 0.1
-    backoff_multiplier: Annotated[float, Field(ge=1)] = 2.0
+    backoff_s: Annotated[NonNeg, within(high=3600.0, why="an hour between retries")] = 0.1
+    # backoff_s * backoff_multiplier ** max_retries must stay a finite number of seconds.
+    backoff_multiplier: Annotated[float, Field(ge=1), within(high=10.0, why="backoff grows at most tenfold")] = 2.0
     stale_requests: Literal["served", "dropped"] = "served"
     stalls: Stalls = Stalls()
     outages: list[ScheduledOutage] = []
@@ -199,9 +254,9 @@ class AtOnce(_Section):
 
 class Poisson(_Section):
     kind: Literal["poisson"] = "poisson"
-    rate_per_s: Annotated[float, Field(gt=0)]
+    rate_per_s: Annotated[Rate, Field(gt=0)]
     count: Annotated[int | None, Field(ge=0, le=1_000_000)] = None  # stop after this many sessions
-    duration_s: Annotated[float | None, Field(gt=0)] = None  # or after this much time
+    duration_s: Annotated[Time | None, Field(gt=0)] = None  # or after this much time
 
     @model_validator(mode="after")
     def _bounded(self) -> Poisson:
@@ -215,7 +270,18 @@ class Ramp(_Section):
     ramps, plateaus and spikes. Arrivals end at the last point."""
 
     kind: Literal["ramp"] = "ramp"
-    points: Annotated[list[tuple[NonNeg, NonNeg]], Field(min_length=2)]
+    points: Annotated[list[tuple[Time, Annotated[Rate, Field(ge=0)]]], Field(min_length=2)]
+
+    @field_validator("points")
+    @classmethod
+    def _not_too_many_candidates(cls, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        # Thinning draws candidates at the peak rate over the whole span, whatever the rate between.
+        candidates = max(rate for _, rate in points) * (points[-1][0] - points[0][0])
+        if candidates > MAX_RAMP_CANDIDATES:
+            raise ValueError(f"peak rate x span = {candidates:,.0f} candidate arrivals, more than "
+                             f"{MAX_RAMP_CANDIDATES:,}: arrivals are drawn at the peak rate over the whole ramp; "
+                             f"shorten the ramp or lower its peak")
+        return points
 
     @model_validator(mode="after")
     def _increasing(self) -> Ramp:
@@ -232,8 +298,9 @@ class ScriptStep(_Section):
     """One action of a scripted session at time ``at`` (seconds): speak for ``speak`` seconds, or one of
     the controls ``start`` (resume), ``pause``, ``stop``, or ``barge_in`` (talk over the bot)."""
 
-    at: NonNeg
-    speak: Annotated[float | None, Field(gt=0)] = None
+    at: Time
+    speak: Annotated[float | None, Field(gt=0),
+                     within(high=MAX_UTTERANCE_S, why="a streaming STT session ends after 5 minutes")] = None
     action: Literal["start", "pause", "stop", "barge_in"] | None = None
 
     @model_validator(mode="after")
@@ -248,7 +315,7 @@ class ScriptedSession(_Section):
 
     id: Annotated[str, Field(min_length=1, max_length=200)]
     timeline: Annotated[list[ScriptStep], Field(min_length=1)]
-    snr_db: float | None = None  # the user's audio level; default: the scenario's mean
+    snr_db: Decibels | None = None  # the user's audio level; default: the scenario's mean
 
     @model_validator(mode="after")
     def _sorted(self) -> ScriptedSession:
@@ -283,13 +350,28 @@ class Sessions(_Section):
         return self
 
 
+def _closest_path(data: dict[str, Any], dotted: str) -> str:
+    """`` (did you mean 'x.y.z'?)`` for the existing field path closest to a misspelled one, or ``""``."""
+    node: Any = data
+    fixed = []
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return ""
+        close = [part] if part in node else difflib.get_close_matches(part, [str(k) for k in node], n=1)
+        if not close:
+            return ""
+        fixed.append(close[0])
+        node = node[close[0]]
+    return f" (did you mean {'.'.join(fixed)!r}?)"
+
+
 class Scenario(_Section):
     """Everything the model needs. Every field has a default; see ``scenarios/baseline.yaml``."""
 
     name: str = "unnamed"
     description: str = ""
-    seed: Annotated[int, Field(ge=0)] = 0
-    duration_s: Annotated[float | None, Field(gt=0)] = None  # stop the run here (default: when sessions end)
+    seed: Annotated[int, Field(ge=0), within(high=2**63 - 1, why="seeds are stored as 64-bit integers")] = 0
+    duration_s: Annotated[Time | None, Field(gt=0)] = None  # stop the run here (default: when sessions end)
     audio: Audio = Audio()
     quality: Quality = Quality()
     services: Services = Services()
@@ -306,13 +388,11 @@ class Scenario(_Section):
         for dotted, value in changes.items():
             node = data
             *parents, leaf = dotted.split(".")
-            for part in parents:
+            for part in [*parents, leaf]:
                 if not isinstance(node, dict) or part not in node:
-                    raise ScenarioError([f"{dotted}: no such field"])
-                node = node[part]
-            if not isinstance(node, dict) or leaf not in node:
-                raise ScenarioError([f"{dotted}: no such field"])
-            node[leaf] = copy.deepcopy(value)
+                    raise ScenarioError([f"{dotted}: no such field{_closest_path(data, dotted)}"])
+                parent, node = node, node[part]
+            parent[leaf] = copy.deepcopy(value)
         return validate_scenario(data, source="override")
 
     def _repr_html_(self) -> str:

@@ -10,6 +10,7 @@ or for the request timeout, whichever is sooner.
 from __future__ import annotations
 
 import bisect
+import math
 
 import numpy as np
 
@@ -33,6 +34,9 @@ class KafkaBroker:
         cfg = scenario.kafka
         self._windows: dict[str, list[tuple[float, float]]] = {t: [] for t in SERVICES}
         self._longest = 0.0
+        #: Random stalls are drawn up to here at most (an offline run's horizon): nothing after it can
+        #: be seen, and a message produced far in the future would otherwise draw every stall before it.
+        self.horizon = math.inf
         for outage in cfg.outages:
             for topic in outage.topics:
                 self.add_window(topic, outage.start_s, outage.end_s)
@@ -59,6 +63,7 @@ class KafkaBroker:
             self.windows.append((start, end, topic or "all", cause))
 
     def _extend_stalls(self, until: float) -> None:
+        until = min(until, self.horizon)
         while self._next_stall <= until:
             start = self._next_stall
             end = start + self._stall_duration()
@@ -79,8 +84,14 @@ class KafkaBroker:
                 end = stop
         return end
 
-    def delay(self, topic: str, t: float, latency: float) -> float:
-        """Seconds from producing at ``t`` to delivery on ``topic``, for a leg of ``latency`` seconds."""
+    def delay(self, topic: str, t: float, latency: float, give_up_after: float = math.inf) -> float:
+        """Seconds from producing at ``t`` to delivery on ``topic``, for a leg of ``latency`` seconds.
+
+        Past ``give_up_after`` seconds (the caller's timeout) the exact delay does not matter: a delay
+        longer than that is returned as soon as it is known, and no stall beyond it is drawn (a huge
+        latency or stall would otherwise draw stalls for years of simulated time)."""
+        if latency > give_up_after:
+            return latency
         self._extend_stalls(t + latency)
         arrive = t + latency
         held = False
@@ -89,5 +100,7 @@ class KafkaBroker:
             if end is None or end + latency <= arrive:
                 break
             arrive, held = end + latency, True
+            if arrive - t > give_up_after:
+                break
             self._extend_stalls(arrive)
         return arrive - t if held else latency

@@ -26,9 +26,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import simpy
 
+from pipesim.model.budget import check_budget
 from pipesim.model.kafka import KafkaBroker
 from pipesim.model.streams import Streams
-from pipesim.scenario import AtOnce, Poisson, Ramp, Scenario, ScriptedSession
+from pipesim.scenario import MAX_UTTERANCE_S, AtOnce, Poisson, Ramp, Scenario, ScriptedSession
 from pipesim.state import IllegalTransition, PipelineStateManager, Transition, UnknownSession
 from pipesim.state.rules import ACTIVE, EXECUTING, STOPPED
 from pipesim.trace import TURN_COLUMNS, Trace
@@ -154,6 +155,7 @@ class Simulation:
         cfg = scenario.audio
         self._chunk_s, self._chunk_bytes, self._interval = cfg.chunk_s, cfg.chunk_bytes, cfg.metadata_interval_s
         self._started = False
+        self._horizon = math.inf  # offline: where run() stops; arrivals are not drawn past it
 
     # Public API ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -170,11 +172,19 @@ class Simulation:
         for script in self.scenario.sessions.scripted:
             self.env.process(self._script(script))
 
-    def run(self, until: float | None = None) -> None:
+    def run(self, until: float | None = None, memory_limit: int | None = None) -> None:
         """Run offline, as fast as possible, until ``until`` (default: the scenario's ``duration_s``, or
-        when nothing is left to happen)."""
-        self.start()
+        when nothing is left to happen).
+
+        Before the first run, refuses (:class:`~pipesim.scenario.ScenarioError`) a scenario whose run
+        would need more than ``memory_limit`` bytes (default: see
+        :func:`pipesim.model.budget.default_memory_limit`), estimated from its numbers.
+        """
         horizon = until if until is not None else self.scenario.duration_s
+        if not self._started:
+            check_budget(self.scenario, horizon, memory_limit)
+        self._horizon = self.kafka.horizon = math.inf if horizon is None else horizon
+        self.start()
         self.env.run(until=horizon)
 
     def control(self, session_id: str, action: str) -> Transition:
@@ -291,8 +301,12 @@ class Simulation:
             t += float(rng.exponential(1.0 / peak))
             if t >= times[-1]:
                 return
-            if rng.random() * peak <= float(np.interp(t, times, rates)):
+            accepted = rng.random() * peak <= float(np.interp(t, times, rates))
+            # Past the horizon, wait there even for a rejected candidate: thinning goes on only if the run
+            # does, instead of spinning through the rest of the ramp now.
+            if accepted or t >= self._horizon:
                 yield env.timeout(t - env.now)
+            if accepted:
                 self._spawn(self._session_id(i))
                 i += 1
 
@@ -336,15 +350,21 @@ class Simulation:
     def _speak(self, s: _Session, epoch: int, duration: float) -> Generator[simpy.Event, Any, _Turn | None]:
         """The user speaks for ``duration`` s: the buffer grows chunk by chunk and the running quality is
         reported every ``metadata_interval_s`` (closed form: one event per report, not per chunk). After the
-        end-of-utterance delay the turn is handed to the pipeline. Returns the turn, or None if cancelled."""
+        end-of-utterance delay the turn is handed to the pipeline. Returns the turn, or None if cancelled.
+
+        An utterance lasts at least one chunk (so that no turn takes zero time) and at most
+        ``MAX_UTTERANCE_S`` (a longer draw is cut there)."""
         env, mgr, sid = self.env, self.manager, s.id
         t0 = env.now
+        duration = min(max(duration, self._chunk_s), MAX_UTTERANCE_S)
         upcoming_turn = mgr.speech_started(sid, t0).turn_id + 1  # the turn this speech becomes
         n_chunks = max(1, math.ceil(duration / self._chunk_s - 1e-9))
         q = self.scenario.quality
         snr = s.snr_db + q.snr_chunk_sd_db * s.user_rng.standard_normal(n_chunks)
-        running = np.cumsum(1.0 / (1.0 + np.exp(-(snr - q.midpoint_db) / q.scale_db))) / np.arange(1, n_chunks + 1)
-        running = np.round(running, 4).tolist()
+        with np.errstate(over="ignore"):  # a chunk far below the midpoint: exp overflows, quality is 0
+            quality_of_chunk = 1.0 / (1.0 + np.exp(-(snr - q.midpoint_db) / q.scale_db))
+        # Kept as an array (8 bytes a chunk), not a list of floats, while the user speaks.
+        running = np.round(np.cumsum(quality_of_chunk) / np.arange(1, n_chunks + 1), 4)
         if self._interval:
             k = 1
             while k * self._interval < duration:
@@ -353,12 +373,12 @@ class Simulation:
                     return None
                 chunks = min(n_chunks, int((env.now - t0) / self._chunk_s + 1e-9))
                 if chunks:
-                    mgr.audio(sid, env.now, chunks * self._chunk_bytes, running[chunks - 1])
+                    mgr.audio(sid, env.now, chunks * self._chunk_bytes, float(running[chunks - 1]))
                 k += 1
         yield env.timeout(t0 + duration - env.now)
         if s.epoch != epoch:
             return None
-        quality = running[-1]
+        quality = float(running[-1])
         mgr.audio(sid, env.now, n_chunks * self._chunk_bytes, quality)
         speech_end = env.now
         self.trace.model_event(speech_end, sid, upcoming_turn, "speech_ended", value=duration)
@@ -487,7 +507,9 @@ class Simulation:
                     mgr.service_started(sid, name, started)
                     work = plan()
                     self._hold(turn, job, work.busy)
-                    d_resp = self.kafka.delay(name, started + work.first_response, s.draw["kafka"]())
+                    # Past the deadline the answer's exact arrival does not matter: the orchestrator gave up.
+                    d_resp = self.kafka.delay(name, started + work.first_response, s.draw["kafka"](),
+                                              give_up_after=max(0.0, deadline - started - work.first_response))
                     arrival = started + work.first_response + d_resp
                     if arrival <= deadline:
                         yield env.timeout(arrival - env.now)

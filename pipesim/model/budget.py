@@ -1,0 +1,136 @@
+"""How much memory an offline run will need, estimated from the scenario before it runs.
+
+A run keeps every event in its trace (see :mod:`pipesim.trace`), so its memory grows with
+sessions x turns x events per turn, and every user utterance adds one ``audio`` report per
+``audio.metadata_interval_s``. A scenario that asks for millions of sessions or turns is refused up front
+with a message that says so, rather than filling the machine's memory and being killed.
+
+>>> from pipesim.scenario import Scenario
+>>> est = estimate_run(Scenario.model_validate({"sessions": {"arrivals": {"kind": "at_once", "count": 100}}}))
+>>> round(est.sessions), round(est.turns_per_session)
+(100, 5)
+>>> est.bytes < 50_000_000
+True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipesim.distributions import MAX_DRAW
+from pipesim.scenario import MAX_UTTERANCE_S, AtOnce, Poisson, Scenario, ScenarioError
+
+#: Measured on ``baseline`` (1,000 and 10,000 sessions, CPython 3.11): a trace event (a transition or
+#: model event, with its share of turn rows and service samples) takes ~500 bytes while the run goes
+#: on, and a session (its random streams and samplers) ~20 KB.
+BYTES_PER_EVENT = 500
+BYTES_PER_SESSION = 20_000
+#: Events of one turn besides its audio reports (~21 in ``baseline``), and of one session besides its turns.
+EVENTS_PER_TURN = 22
+EVENTS_PER_SESSION = 4
+#: Share of the memory available when the run starts that it may take by default: the DataFrames built
+#: from the trace afterwards need room too.
+MEMORY_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """What a run of a scenario will hold: sessions, turns per session, events and bytes (estimates)."""
+
+    sessions: float
+    turns_per_session: float
+    events_per_turn: float
+    events: float
+    bytes: float
+
+
+def _mean(dist: object) -> float:
+    """A distribution's mean, as the model will see its draws (finite, at most ``MAX_DRAW``)."""
+    value = float(getattr(dist, "mean", math.nan))
+    return min(value, MAX_DRAW) if not math.isnan(value) else MAX_DRAW
+
+
+def _sessions(scenario: Scenario, horizon: float) -> float:
+    arrivals = scenario.sessions.arrivals
+    if isinstance(arrivals, AtOnce):
+        return float(arrivals.count)  # all at t=0, whatever the horizon
+    if isinstance(arrivals, Poisson):
+        count = math.inf if arrivals.count is None else arrivals.count
+        span = min(arrivals.duration_s or math.inf, horizon)
+        return min(count, arrivals.rate_per_s * span)
+    times = np.array([p[0] for p in arrivals.points])
+    rates = np.array([p[1] for p in arrivals.points])
+    end = min(float(times[-1]), horizon)
+    if end <= times[0]:
+        return 0.0
+    grid = np.append(times[times < end], end)  # the area under the piecewise-linear rate up to ``end``
+    return float(np.trapezoid(np.interp(grid, times, rates), grid))
+
+
+def estimate_run(scenario: Scenario, until: float | None = None) -> RunEstimate:
+    """Estimate the sessions, turns, events and memory of running ``scenario`` offline until ``until``
+    (default: its ``duration_s``, or until its sessions end), from the means of its distributions.
+
+    With a horizon, a session has at most as many turns as fit in it (each at least an utterance, the
+    end-of-utterance delay and the user's think time).
+    """
+    horizon = until if until is not None else (scenario.duration_s or math.inf)
+    s, audio = scenario.sessions, scenario.audio
+    utterance = min(max(_mean(s.utterance_s), audio.chunk_s), MAX_UTTERANCE_S)
+    cycle = utterance + _mean(s.end_of_utterance_delay_s) + _mean(s.think_time_s)
+    turns = min(max(1.0, _mean(s.turns)), horizon / cycle + 1)
+
+    def reports(speech: float) -> float:
+        interval = audio.metadata_interval_s
+        return 1 + (min(speech, horizon) / interval if interval else 0)
+
+    per_turn = EVENTS_PER_TURN + reports(utterance)
+    sessions = _sessions(scenario, horizon)
+    events = sessions * (EVENTS_PER_SESSION + turns * per_turn)
+    for script in s.scripted:
+        sessions += 1
+        events += EVENTS_PER_SESSION + sum(EVENTS_PER_TURN + reports(min(step.speak or 0.0, MAX_UTTERANCE_S))
+                                           for step in script.timeline)
+    return RunEstimate(sessions, turns, per_turn, events, sessions * BYTES_PER_SESSION + events * BYTES_PER_EVENT)
+
+
+def default_memory_limit() -> int:
+    """The memory a run may take by default: ``MEMORY_FRACTION`` of what the machine has available now
+    (``MemAvailable`` on Linux; elsewhere half the physical memory, or 4 GiB if that is unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(int(line.split()[1]) * 1024 * MEMORY_FRACTION)
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
+def check_budget(scenario: Scenario, until: float | None = None, memory_limit: int | None = None) -> RunEstimate:
+    """Raise :class:`~pipesim.scenario.ScenarioError` if running ``scenario`` until ``until`` would need
+    more than ``memory_limit`` bytes (default: :func:`default_memory_limit`); return the estimate.
+
+    >>> from pipesim.scenario import Scenario
+    >>> check_budget(Scenario.model_validate({"sessions": {"arrivals": {"kind": "at_once", "count": 1_000_000}}}),
+    ...              memory_limit=2**30)
+    Traceback (most recent call last):
+    pipesim.scenario.ScenarioError: scenario 'unnamed': a run would need about 100.5 GB of memory ...
+    """
+    est = estimate_run(scenario, until)
+    limit = default_memory_limit() if memory_limit is None else memory_limit
+    if est.bytes > limit:
+        raise ScenarioError([
+            f"scenario {scenario.name!r}: a run would need about {est.bytes / 1e9:,.1f} GB of memory "
+            f"(~{est.sessions:,.0f} sessions x {est.turns_per_session:,.1f} turns x {est.events_per_turn:,.0f} "
+            f"events), more than the {limit / 1e9:,.1f} GB it may take (memory_limit); lower "
+            f"sessions.arrivals (count, rate_per_s, duration_s or points), sessions.turns, or the audio "
+            f"reports per utterance (audio.metadata_interval_s), or stop it sooner (duration_s, --until)"])
+    return est

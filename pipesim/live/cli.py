@@ -2,9 +2,8 @@
 
 Both print one line with the URLs once listening, stop cleanly on SIGINT or SIGTERM (clients get
 close code 1001, the recording is complete) and exit 0. A user mistake (bad scenario or replay file,
-port in use, recording not writable) prints ``pipesim: error: ...`` and exits 2. (The message is printed
-here rather than raised as ``pipesim.cli.UserError``: under ``python -m pipesim.cli`` that module is
-``__main__``, and a ``UserError`` imported from ``pipesim.cli`` would be another class, never caught.)
+port in use, recording not writable) raises a :class:`~pipesim.errors.PipesimError`, which
+:func:`pipesim.cli.main` prints as ``pipesim: error: ...`` (exit 2).
 """
 
 from __future__ import annotations
@@ -19,18 +18,14 @@ import sys
 from typing import Any
 
 from pipesim.live.recording import load_replay
-from pipesim.live.server import LiveError, LiveServer, ReplayServer, _BaseServer
-from pipesim.scenario import ScenarioError, load_scenario, scenario_path
-from pipesim.trace import TraceError
+from pipesim.live.server import LiveServer, ReplayServer, _BaseServer
+from pipesim.scenario import load_scenario
 
 
 def serve(args: argparse.Namespace) -> int:
     """``pipesim serve [SCENARIO] [--host] [--port] [--speed] [--seed] [--record] [--owner-only]
     [--allow-origin] [--allow-host] [--token]``."""
-    try:
-        scenario = load_scenario(scenario_path(args.scenario))
-    except ScenarioError as exc:
-        return _fail("\n".join(exc.problems))
+    scenario = load_scenario(args.scenario)
     server = LiveServer(scenario, host=args.host, port=args.port, speed=args.speed, seed=args.seed,
                         record=args.record, owner_only=args.owner_only, **_access(args))
     what = f"scenario {scenario.name} (seed {server.sim.seed})"
@@ -39,10 +34,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def replay(args: argparse.Namespace) -> int:
     """``pipesim replay FILE [--host] [--port] [--speed] [--loop] [--allow-origin] [--allow-host] [--token]``."""
-    try:
-        items = load_replay(args.file)
-    except TraceError as exc:
-        return _fail(str(exc))
+    items = load_replay(args.file)
     server = ReplayServer(items, host=args.host, port=args.port, speed=args.speed, loop=args.loop,
                           **_access(args))
     server.source = args.file
@@ -59,16 +51,8 @@ def _access(args: argparse.Namespace) -> dict[str, Any]:
 def _run(server: _BaseServer, what: str) -> int:
     logging.basicConfig(level=logging.WARNING, format="pipesim: %(levelname)s: %(message)s")
     speed = getattr(server, "speed", 1.0)
-    try:
-        asyncio.run(_main(server, what, speed))
-    except LiveError as exc:
-        return _fail(str(exc))
+    asyncio.run(_main(server, what, speed))
     return 0
-
-
-def _fail(message: str) -> int:
-    print(f"pipesim: error: {message}", file=sys.stderr)
-    return 2
 
 
 async def _main(server: _BaseServer, what: str, speed: float) -> None:

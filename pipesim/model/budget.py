@@ -122,7 +122,7 @@ def check_budget(scenario: Scenario, until: float | None = None, memory_limit: i
     >>> check_budget(Scenario.model_validate({"sessions": {"arrivals": {"kind": "at_once", "count": 1_000_000}}}),
     ...              memory_limit=2**30)
     Traceback (most recent call last):
-    pipesim.scenario.ScenarioError: scenario 'unnamed': a run would need about 100.5 GB of memory ...
+    pipesim.errors.ScenarioError: scenario 'unnamed': a run would need about 100.5 GB of memory ...
     """
     est = estimate_run(scenario, until)
     limit = default_memory_limit() if memory_limit is None else memory_limit

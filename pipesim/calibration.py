@@ -71,6 +71,7 @@ from scipy import stats
 
 from pipesim.distributions import MAX_CSV_BYTES, parse_distribution
 from pipesim.errors import PipesimError
+from pipesim.vocabulary import SERVICES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -109,7 +110,7 @@ STAGES = (
     Stage("tts", "services.tts.ttfb_s", ("tts_service", "ttfb"), "tts"),
 )
 _DIRECT = {"stt_service", "tts_service", "end_of_utterance_delay"}  # already the service's own time
-_OVERHEADS = tuple(f"{s}_{part}" for s in ("stt", "llm", "tts") for part in ("kafka", "queue", "retry"))
+_OVERHEADS = tuple(f"{s}_{part}" for s in SERVICES for part in ("kafka", "queue", "retry"))
 COLUMNS = tuple(dict.fromkeys(c for s in STAGES for c in s.sources)) + _OVERHEADS
 _LIVEKIT = {"end_of_turn_delay": "end_of_utterance_delay", "transcription_delay": "transcription_delay",
             "llm_node_ttft": "ttft", "tts_node_ttfb": "ttfb"}
@@ -378,8 +379,8 @@ class Calibration:
         """The fit table as printed: parameters in milliseconds (a cv has no unit), the chosen marked.
 
         >>> cal = fit(pd.DataFrame({"ttft": np.linspace(0.1, 0.5, 40)}), ["gamma"])
-        >>> cal.summary().loc[0, "parameters"]
-        'mean=300 ms cv=0.387'
+        >>> cal.summary().loc[("llm", "gamma"), "parameters"]
+        'mean=300 ms cv=0.423'
         """
         table = self.table
         forms = [fit.fits[family]["form"] for fit in self.stages.values() for family in fit.fits]

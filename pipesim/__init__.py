@@ -30,7 +30,8 @@ _EXPORTS = {
     "Trace": "pipesim.trace",
     "MMc": "pipesim.theory",
 }
-_SUBMODULES = ("analysis", "plots", "live", "protocol", "scenario", "state", "model", "trace", "results")
+_SUBMODULES = ("analysis", "plots", "live", "protocol", "scenario", "state", "model", "trace", "results",
+               "calibration")
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""The ``pipesim`` command line: run | serve | replay | validate | schema | sweep.
+"""The ``pipesim`` command line: run | serve | replay | validate | schema | sweep | fit.
 
 A user's mistake (a bad file, a bad flag: any :class:`~pipesim.errors.PipesimError`) prints one clear
 ``pipesim: error: ...`` message and exits 2; tracebacks are for pipesim's own bugs.
@@ -119,6 +119,28 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from pipesim.calibration import fit
+
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    cal = fit(args.measurements, families=families)
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 45):
+        print(cal.summary().drop(columns=["note"]).to_string(float_format=lambda v: f"{v:.4g}"))
+    if args.out:
+        print(f"wrote {cal.save(args.out)}: run it with `pipesim run {args.out}`")
+    if args.plots:
+        from pathlib import Path
+
+        folder = Path(args.plots)
+        folder.mkdir(parents=True, exist_ok=True)
+        figure = cal.qq_plot(pyplot=False)
+        figure.savefig(folder / "qq.png", dpi=110)
+        print(f"wrote {folder / 'qq.png'}")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from pipesim.live.cli import serve
 
@@ -134,6 +156,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run, "serve": _cmd_serve, "replay": _cmd_replay, "validate": _cmd_validate,
     "schema": _cmd_schema, "sweep": _cmd_sweep,
+    "fit": _cmd_fit,
 }
 
 
@@ -238,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="seeds per value (0..N-1)")
     p.add_argument("--out", help="write the table as CSV")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
+
+    p = _command(sub, "fit", "fit each stage's latency to measured per-turn timings; write a scenario")
+    p.add_argument("measurements", help="a CSV of per-turn timings in seconds (columns end_of_utterance_delay, "
+                                        "stt_service or transcription_delay, ttft, ttfb or tts_service), or a "
+                                        "LiveKit session report (.json, .jsonl)")
+    p.add_argument("--out", metavar="FRAGMENT.yaml",
+                   help="write the calibrated scenario (runs with `pipesim run FRAGMENT.yaml`)")
+    p.add_argument("--plots", metavar="DIR", help="write the Q-Q plots (qq.png) to this folder")
+    p.add_argument("--families", default="lognormal,gamma,empirical",
+                   help="families to try; the smallest KS statistic wins, empirical if the KS test rejects it")
     return parser
 
 

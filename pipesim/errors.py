@@ -46,6 +46,10 @@ class TraceError(PipesimError, ValueError):
     """A trace or recording file could not be read; the message names the file and line."""
 
 
+class CalibrationError(PipesimError, ValueError):
+    """A measurements file or a fit request that cannot be used; the message names the file, line and column."""
+
+
 class LiveError(PipesimError, RuntimeError):
     """A live server cannot start (port in use, recording not writable); the message says which."""
 

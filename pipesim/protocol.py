@@ -36,6 +36,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipesim import _jsonsafe
 from pipesim.errors import ProtocolError
 from pipesim.vocabulary import (
     CLIENT_MESSAGE_TYPES,
@@ -205,13 +206,9 @@ def parse_message(raw: str | bytes, *, allowed: tuple[str, ...] | None = None) -
         except UnicodeDecodeError as exc:
             raise ProtocolError(f"message is not UTF-8 text (byte {exc.start})") from None
     try:
-        data = json.loads(raw)
+        data = _jsonsafe.loads(raw)  # refuses deep nesting and huge integers before they crash the decoder
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except ValueError:  # Python refuses integers of more than 4300 digits
-        raise ProtocolError("invalid JSON: a number with too many digits") from None
-    except RecursionError:
-        raise ProtocolError("invalid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"message must be a JSON object, got {type(data).__name__}")
     if "type" not in data:

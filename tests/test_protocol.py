@@ -88,8 +88,8 @@ def test_every_seed_action_is_accepted(action):
      '"services": {"stt": "idle", "llm": "idle", "tts": "busy"}, "metadata": {"buffer_size": 1, "audio_quality": 2}}',
      "pipeline_state_update.services.tts: must be one of"),
     (b"\xff\xfe", "not UTF-8"),
-    ('{"type": "conversation_control", "n": ' + "9" * 5000 + "}", "a number with too many digits"),
-    ("[" * 50_000 + "]" * 50_000, "nested too deeply"),
+    ('{"type": "conversation_control", "n": ' + "9" * 5000 + "}", "an integer of 5000 digits (the limit is 640)"),
+    ("[" * 50_000 + "]" * 50_000, "nested deeper than 32 levels"),
     ('{"type": "x' + "y" * 10_000 + '"}', "unknown message type 'xyyy"),
 ])
 def test_bad_messages_say_what_is_wrong(raw, expected):

@@ -35,7 +35,6 @@ import io
 import itertools
 import json
 import math
-import multiprocessing
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -56,6 +55,8 @@ from pipesim.vocabulary import SERVICES
 Metrics = Callable[[Results], Mapping[str, Any]]
 ScenarioLike = Scenario | str | Path | dict[str, Any]
 
+#: The latency figures measured per run: those of a run's summary, and each service's wait for a worker.
+FIGURES = (*analysis.FIGURES, *(f"{svc}_queue" for svc in SERVICES))
 #: The statistics of each latency figure measured per run: the mean and these quantiles.
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 #: A percentile is flagged when, in some replication, fewer turns than this lie beyond it (n (1 - q) < 10),
@@ -81,14 +82,19 @@ def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
     """The per-run figures of a replication or a sweep row (seconds; counts; shares).
 
     Turns whose ``utterance_ended`` is before ``warmup_s`` are dropped (the run starts empty, which is not
-    steady state); the measurement window runs from ``warmup_s`` to the run's last event.
+    steady state). Rates are over the window in which the kept turns were offered: from ``warmup_s`` to
+    the last ``utterance_ended`` (after it the system only drains).
 
     * ``turns``, ``complete``, ``failed``: kept turns, and those by outcome;
-    * for each figure of :data:`pipesim.analysis.FIGURES` (every stage, ``transcription_delay``, ``ttft``,
-      ``e2e_latency``): ``<figure>_mean``, ``_p50``, ``_p95``, ``_p99`` and ``_n``, the turns it rests on;
+    * for each of :data:`FIGURES` (every stage, ``transcription_delay``, ``ttft``, ``e2e_latency``, and
+      ``<service>_queue``, the wait for a worker): ``<figure>_mean``, ``_p50``, ``_p95``, ``_p99`` and
+      ``_n``, the turns it rests on;
     * ``goodput``: complete turns per second of the window;
-    * ``kafka_timeouts_per_turn``: Kafka timeouts (every service) per kept turn;
-    * ``<service>_utilisation``: the kept turns' worker time (``<service>_busy``) / (capacity x window);
+    * ``kafka_timeouts_per_turn``: Kafka timeouts (every service) per kept turn: the attempts beyond one
+      per request, the retry amplification;
+    * ``<service>_utilisation``: the worker time the kept turns brought (``<service>_busy``, stale work
+      included) / (capacity x window): the fraction of time a worker is busy in steady state, rho of
+      :class:`pipesim.theory.MMc`; above 1 the service is overloaded (the excess is done after the window);
     * ``turns_sha256``: a fingerprint of the run's turns table, as ``pipesim run --out`` writes it
       (``turns.parquet``): the same run gives the same fingerprint, whatever machine ran it.
 
@@ -99,11 +105,10 @@ def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
     """
     turns = res.turns
     kept = turns[~(turns["utterance_ended"] < warmup_s)]  # a turn cut before it ended has no time: kept
-    end = max((event[0] for event in res.trace.events), default=0.0)
-    window = end - warmup_s
+    window = float(turns["utterance_ended"].max()) - warmup_s if len(turns) else math.nan
     out: dict[str, Any] = {"turns": len(kept), "complete": int((kept["outcome"] == "complete").sum()),
                            "failed": int((kept["outcome"] == "failed").sum())}
-    for figure in analysis.FIGURES:
+    for figure in FIGURES:
         values = kept[figure].dropna()
         out[f"{figure}_mean"] = float(values.mean()) if len(values) else math.nan
         for name, q in QUANTILES.items():
@@ -188,7 +193,7 @@ def _check_confidence(confidence: float) -> None:
 
 
 def _figure_and_stat(metric: str) -> tuple[str, str] | None:
-    for figure in analysis.FIGURES:
+    for figure in FIGURES:
         stat = metric.removeprefix(f"{figure}_")
         if stat != metric and (stat == "mean" or stat in QUANTILES):
             return figure, stat
@@ -303,13 +308,6 @@ def _run_task(task: _Task) -> dict[str, Any]:
     return dict(run_metrics(res, task.warmup_s) if task.metrics is None else task.metrics(res))
 
 
-def _pool_context() -> Any:
-    # forkserver (spawn where there is none): a fresh process per worker, never a fork of a Jupyter kernel's
-    # or a test runner's threads.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-
-
 def _execute(tasks: list[_Task], workers: int | None, client: Any, progress: bool | None,
              desc: str) -> list[dict[str, Any]]:
     """Run every task; results in task order, whoever ran them and whenever they finished."""
@@ -336,7 +334,7 @@ def _execute(tasks: list[_Task], workers: int | None, client: Any, progress: boo
                     if bar is not None:
                         bar.update(1)
             else:
-                with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+                with ProcessPoolExecutor(max_workers=workers) as pool:
                     index = {pool.submit(_run_task, task): i for i, task in enumerate(tasks)}
                     pending = set(index)
                     while pending:
@@ -507,7 +505,8 @@ def sweep(scenario: ScenarioLike, grid: Mapping[str, Sequence[Any]], replication
     (a ``distributed.Client``), to a Dask cluster whose workers have pipesim installed. Either way the
     results are the same, row for row: row ``k`` is ``pipesim run SCENARIO --set PATH=VALUE... --seed
     SEED`` for that row's values and seed (its ``turns_sha256`` is that run's ``turns.parquet``).
-    A misspelled path raises :class:`~pipesim.errors.ScenarioError` with "did you mean".
+    A misspelled path raises :class:`~pipesim.errors.ScenarioError` with "did you mean". In a script, call
+    it under ``if __name__ == "__main__":`` where processes are spawned, not forked (macOS, Windows).
 
     >>> result = sweep({"sessions": {"arrivals": {"kind": "at_once", "count": 10}}},
     ...                {"services.llm.capacity": [1, 4]}, replications=2, workers=1, progress=False)

@@ -29,9 +29,13 @@ _EXPORTS = {
     "simulate": "pipesim.results",
     "Trace": "pipesim.trace",
     "MMc": "pipesim.theory",
+    "Replications": "pipesim.replications",
+    "SweepResult": "pipesim.replications",
+    "replicate": "pipesim.replications",
+    "sweep": "pipesim.replications",
 }
 _SUBMODULES = ("analysis", "plots", "live", "protocol", "scenario", "state", "model", "trace", "results",
-               "calibration")
+               "calibration", "replications", "theory")
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 __version__ = "0.1.0"
 

@@ -127,36 +127,6 @@ def counts(turns: pd.DataFrame) -> dict[str, int]:
     }
 
 
-def sweep(scenario: object, param: str, values: Sequence[object], seeds: Sequence[int] = (0,),
-          progress: bool | None = None) -> pd.DataFrame:
-    """Run ``scenario`` once per value of the dotted ``param`` and seed; one row per run with the
-    p50/p95/p99 voice-to-voice latency (seconds), turns and failures.
-
-    >>> table = sweep({"sessions": {"arrivals": {"kind": "at_once", "count": 20}}},
-    ...               "services.llm.capacity", [1, 4], progress=False)
-    >>> table.index.names
-    FrozenList(['services.llm.capacity', 'seed'])
-    """
-    from pipesim.results import _progress_bar_class, simulate
-    from pipesim.scenario import as_scenario
-
-    base = as_scenario(scenario)  # type: ignore[arg-type]
-    runs = [(value, seed) for value in values for seed in seeds]
-    rows = []
-    iterator: object = runs
-    if progress is not False:
-        iterator = _progress_bar_class()(runs, desc=f"sweep {param}",
-                                         disable=None if progress is None else not progress)
-    for value, seed in iterator:  # type: ignore[attr-defined]
-        res = simulate(base.override({param: value}), seed=seed, progress=False)
-        e2e = res.turns["e2e_latency"]
-        c = res.counts()
-        rows.append({param: value, "seed": seed, "turns": c["turns"], "failed": c["failed"],
-                     "kafka_timeouts": c["kafka_timeouts"], "e2e_p50": e2e.quantile(0.5),
-                     "e2e_p95": e2e.quantile(0.95), "e2e_p99": e2e.quantile(0.99)})
-    return pd.DataFrame(rows).set_index([param, "seed"])
-
-
 # Grouping columns --------------------------------------------------------------------------------------
 def quality_band(values: pd.DataFrame | pd.Series, bins: Sequence[float] = (0.35, 0.6),
                  labels: Sequence[str] = ("poor", "fair", "good")) -> pd.Series:

@@ -79,11 +79,83 @@ def _print_summary(res: Any) -> None:
         print(res.summary().to_string())
 
 
+def _parse_value(path: str, text: str, as_list: bool = False) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(f"[{text}]" if as_list else text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not a value"
+        raise UserError(f"--set {path}={text}: not a YAML/JSON value: {problem}") from None
+
+
+def _overrides(assignments: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """``--set PATH=VALUE`` flags as a :meth:`Scenario.override` mapping (values parsed as YAML)."""
+    return {path: _parse_value(path, text) for path, text in assignments}
+
+
+def _grid(assignments: Sequence[tuple[str, str]]) -> dict[str, list[Any]]:
+    """``--set PATH=V1,V2,...`` flags as a sweep grid (a YAML flow list: ``[[0, 1], [60, 6]]`` is one value)."""
+    grid = {}
+    for path, text in assignments:
+        values = _parse_value(path, text, as_list=True)
+        if not values or None in values:
+            raise UserError(f"--set {path}={text}: give comma-separated values, e.g. {path}=4,8,12")
+        grid[path] = values
+    return grid
+
+
+def _assignment(text: str) -> tuple[str, str]:
+    path, sep, value = text.partition("=")
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"expected PATH=VALUE, e.g. services.llm.capacity=8, got {text!r}")
+    return path, value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text}")
+    return value
+
+
+def _wide_tables() -> Any:
+    """Wide enough for a summary table: pandas does not wrap it."""
+    import pandas as pd
+
+    return pd.option_context("display.width", 200, "display.max_columns", 20)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import pipesim
     from pipesim.scenario import ScenarioError
 
     scn = _load(args.scenario)
+    if args.set:
+        scn = scn.override(_overrides(args.set))
+    if args.replications is not None:
+        if args.out or args.plots:
+            raise UserError("--out and --plots write one run: leave out --replications (pick a run with --seed)")
+        reps = pipesim.replicate(scn, n=args.replications, warmup_s=args.warmup or 0.0, seed=args.seed,
+                                 workers=args.workers, progress=None if args.progress else False, until=args.until)
+        with _wide_tables():
+            print(reps)
+        return 0
+    if args.warmup is not None or args.workers is not None:
+        raise UserError("--warmup and --workers go with --replications N")
     try:
         res = pipesim.simulate(scn, seed=args.seed, until=args.until, progress=None if args.progress else False)
     except ScenarioError as exc:  # e.g. a run that would not fit in memory
@@ -101,21 +173,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    import pandas as pd
+def _dask_client(address: str) -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise UserError("--dask needs the 'distributed' package: pip install 'pipesim[dask]'") from None
+    try:
+        return distributed.Client(address, timeout=30)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UserError(f"--dask {address}: cannot reach the Dask scheduler: {exc}") from None
 
-    from pipesim.analysis import sweep
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import pipesim
 
     scn = _load(args.scenario)
+    grid = _grid(args.set)
+    if args.dask and args.workers is not None:
+        raise UserError("--workers is for local processes; a Dask cluster has its own workers")
+    client = _dask_client(args.dask) if args.dask else None
     try:
-        values = [json.loads(v) for v in args.values.split(",")]
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--values: not a comma-separated list of numbers or JSON values: {exc.msg}") from None
-    table = sweep(scn, args.param, values, seeds=range(args.seeds), progress=None if args.progress else False)
-    with pd.option_context("display.width", 120, "display.max_columns", 20):
-        print(table.to_string())
+        result = pipesim.sweep(scn, grid, replications=args.replications, warmup_s=args.warmup, seed=args.seed,
+                               workers=args.workers, client=client, progress=False if args.no_progress else None,
+                               until=args.until)
+    finally:
+        if client is not None:
+            client.close()
+    with _wide_tables():
+        print(result)
     if args.out:
-        table.to_csv(args.out)
+        result.runs.to_csv(args.out, index=False)
+        print(f"wrote {len(result.runs)} runs to {args.out} (one row per run, seconds)")
     return 0
 
 
@@ -229,6 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", action="store_true", help="with --out: also write CSV files")
     p.add_argument("--plots", help="write the standard figures as PNG to this folder")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--set", action="append", type=_assignment, default=[], metavar="PATH=VALUE",
+                   help="override a scenario field by its dotted path, e.g. services.llm.capacity=8 (the value "
+                        "is read as YAML/JSON); repeatable")
+    p.add_argument("--replications", type=_count, metavar="N",
+                   help="run N independent replications (seeds derived from --seed or the scenario's) and print "
+                        "each figure's mean with its 95%% confidence interval")
+    p.add_argument("--warmup", type=_seconds, metavar="S",
+                   help="with --replications: leave out turns whose utterance ended in the first S seconds "
+                        "(default: 0)")
+    p.add_argument("--workers", type=_count, metavar="N",
+                   help="with --replications: processes to run them in (default: one per CPU)")
 
     p = _command(sub, "serve", "the live mock backend: WebSocket on /ws, dashboard on /")
     p.add_argument("scenario", nargs="?", default="frontend_demo",
@@ -254,13 +353,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="jsonschema (default): one schema per message type; asyncapi: an AsyncAPI 3 document")
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
 
-    p = _command(sub, "sweep", "run a scenario for several values of one parameter")
+    p = _command(sub, "sweep", "run a scenario over a grid of parameter values, with replications and "
+                               "confidence intervals")
     p.add_argument("scenario", help="scenario file or bundled name")
-    p.add_argument("param", help="dotted field path, e.g. services.llm.capacity")
-    p.add_argument("values", help="comma-separated values, e.g. 4,8,12")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per value (0..N-1)")
-    p.add_argument("--out", help="write the table as CSV")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--set", action="append", type=_assignment, required=True, metavar="PATH=V1,V2,...",
+                   help="a dotted field path and its values, e.g. services.llm.capacity=4,8,12 (each read as "
+                        "YAML/JSON); repeat for a grid: every combination runs")
+    p.add_argument("--replications", type=_count, default=10, metavar="N",
+                   help="runs per grid point; replication r has the same seed at every point (common random "
+                        "numbers)")
+    p.add_argument("--warmup", type=_seconds, default=0.0, metavar="S",
+                   help="leave out turns whose utterance ended in the first S seconds")
+    p.add_argument("--seed", type=int, help="base seed of the replications (default: the scenario's)")
+    p.add_argument("--until", type=_positive, help="stop every run at this simulated time, seconds")
+    p.add_argument("--workers", type=_count, metavar="N", help="local processes (default: one per CPU)")
+    p.add_argument("--dask", metavar="ADDRESS",
+                   help="run on this Dask scheduler instead, e.g. tcp://HOST:8786 (needs pipesim[dask], and "
+                        "pipesim on every worker)")
+    p.add_argument("--out", metavar="FILE.csv", help="write one row per run (parameters, seed, figures in seconds)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: one on a terminal)")
 
     p = _command(sub, "fit", "fit each stage's latency to measured per-turn timings; write a scenario")
     p.add_argument("measurements", help="a CSV of per-turn timings in seconds (columns end_of_utterance_delay, "

@@ -1,23 +1,44 @@
-"""Independent replications of a scenario, with warm-up deletion and Student-t confidence intervals.
+"""Independent replications and parameter sweeps, with warm-up deletion and Student-t confidence intervals.
 
-One run of a queue says little: its mean wait can be off by tens of percent. ``replicate`` runs a
-scenario ``n`` times with seeds derived from one base seed (``numpy.random.SeedSequence``, so the
-replications are independent and the same base seed gives the same runs), applies a metrics function to
-each run, and ``confidence_intervals`` turns the per-run figures into a mean and a confidence interval.
+One run of a queue says little: its p95 can be off by tens of percent. :func:`replicate` runs a scenario
+``n`` times with seeds derived from one base seed (``numpy.random.SeedSequence``: the replications are
+independent, and the same base seed gives the same runs), measures each run (:func:`run_metrics`) and
+summarises every metric as a mean across replications with a 95% confidence interval. :func:`sweep` does
+the same at every point of a parameter grid, in parallel local processes or on a Dask cluster.
+
+>>> reps = replicate({"sessions": {"arrivals": {"kind": "at_once", "count": 20}}}, n=3, workers=1,
+...                  progress=False)
+>>> reps.runs[["seed", "turns"]].shape
+(3, 2)
+>>> bool(reps.summary().loc["e2e_latency_p50", ["mean", "low", "high"]].notna().all())
+True
+
+The first-cut interface is still here for custom measurements: ``metrics=`` takes any function of a
+:class:`~pipesim.results.Results` (e.g. :func:`queue_metrics`), and :func:`confidence_intervals` works on
+any table of per-run numbers.
 
 >>> from pipesim.theory import single_stage_scenario
->>> runs = replicate(single_stage_scenario(2.0, 0.25, 1, 200), queue_metrics("stt", warmup_s=5.0), n=3)
+>>> runs = replicate(single_stage_scenario(2.0, 0.25, 1, 200), n=3, metrics=queue_metrics("stt", warmup_s=5.0),
+...                  workers=1, progress=False).runs
 >>> list(runs.columns)
 ['seed', 'turns', 'mean_wait', 'prob_wait', 'utilisation', 'mean_queue']
->>> ci = confidence_intervals(runs)
->>> list(ci.columns)
+>>> list(confidence_intervals(runs).columns)
 ['mean', 'sd', 'n', 'half_width', 'low', 'high']
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import html
+import io
+import itertools
+import json
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +47,23 @@ import pandas as pd
 import scipy.stats
 
 from pipesim import analysis
-from pipesim.results import Results, simulate
+from pipesim.errors import ScenarioError
+from pipesim.results import Results, _progress_bar_class, simulate
 from pipesim.scenario import Scenario, as_scenario
+from pipesim.vocabulary import SERVICES
 
-Metrics = Callable[[Results], Mapping[str, float]]
+Metrics = Callable[[Results], Mapping[str, Any]]
+ScenarioLike = Scenario | str | Path | dict[str, Any]
+
+#: The latency figures measured per run: those of a run's summary, and each service's wait for a worker.
+FIGURES = (*analysis.FIGURES, *(f"{svc}_queue" for svc in SERVICES))
+#: The statistics of each latency figure measured per run: the mean and these quantiles.
+QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+#: A percentile is flagged when, in some replication, fewer turns than this lie beyond it (n (1 - q) < 10),
+#: and a mean when fewer turns than this lie behind it: such a figure is set by a handful of turns.
+MIN_TAIL_TURNS = 10
+#: Printed tables convert these metrics (seconds) to milliseconds: every latency statistic.
+_LATENCY_SUFFIXES = ("_mean", *(f"_{q}" for q in QUANTILES))
 
 
 def replication_seeds(base_seed: int, n: int) -> list[int]:
@@ -43,22 +77,66 @@ def replication_seeds(base_seed: int, n: int) -> list[int]:
     return [int(child.generate_state(1, dtype=np.uint32)[0]) for child in np.random.SeedSequence(base_seed).spawn(n)]
 
 
-def replicate(scenario: Scenario | str | Path | dict[str, Any], metrics: Metrics, n: int = 10,
-              seed: int | None = None) -> pd.DataFrame:
-    """Run ``scenario`` ``n`` times, seeds derived from ``seed`` (default: the scenario's), and return one
-    row per run: ``seed``, then whatever ``metrics(results)`` returns (a mapping of name to number).
+# One run's measurements ---------------------------------------------------------------------------------
+def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
+    """The per-run figures of a replication or a sweep row (seconds; counts; shares).
 
-    Warm-up deletion is the metrics function's business (see :func:`queue_metrics`).
+    Turns whose ``utterance_ended`` is before ``warmup_s`` are dropped (the run starts empty, which is not
+    steady state). Rates are over the window in which the kept turns were offered: from ``warmup_s`` to
+    the last ``utterance_ended`` (after it the system only drains).
+
+    * ``turns``, ``complete``, ``failed``: kept turns, and those by outcome;
+    * for each of :data:`FIGURES` (every stage, ``transcription_delay``, ``ttft``, ``e2e_latency``, and
+      ``<service>_queue``, the wait for a worker): ``<figure>_mean``, ``_p50``, ``_p95``, ``_p99`` and
+      ``_n``, the turns it rests on;
+    * ``goodput``: complete turns per second of the window;
+    * ``kafka_timeouts_per_turn``: Kafka timeouts (every service) per kept turn: the attempts beyond one
+      per request, the retry amplification;
+    * ``<service>_utilisation``: the worker time the kept turns brought (``<service>_busy``, stale work
+      included) / (capacity x window): the fraction of time a worker is busy in steady state, rho of
+      :class:`pipesim.theory.MMc`; above 1 the service is overloaded (the excess is done after the window);
+    * ``turns_sha256``: a fingerprint of the run's turns table, as ``pipesim run --out`` writes it
+      (``turns.parquet``): the same run gives the same fingerprint, whatever machine ran it.
+
+    >>> res = simulate({"sessions": {"arrivals": {"kind": "at_once", "count": 5}}}, seed=1, progress=False)
+    >>> m = run_metrics(res)
+    >>> m["turns"] == len(res.turns), m["e2e_latency_p50"] == float(res.turns["e2e_latency"].quantile(0.5))
+    (True, True)
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    scn = as_scenario(scenario)
-    base = scn.seed if seed is None else seed
-    rows = []
-    for s in replication_seeds(base, n):
-        res = simulate(scn, seed=s, progress=False)
-        rows.append({"seed": s, **metrics(res)})
-    return pd.DataFrame(rows)
+    turns = res.turns
+    kept = turns[~(turns["utterance_ended"] < warmup_s)]  # a turn cut before it ended has no time: kept
+    window = float(turns["utterance_ended"].max()) - warmup_s if len(turns) else math.nan
+    out: dict[str, Any] = {"turns": len(kept), "complete": int((kept["outcome"] == "complete").sum()),
+                           "failed": int((kept["outcome"] == "failed").sum())}
+    for figure in FIGURES:
+        values = kept[figure].dropna()
+        out[f"{figure}_mean"] = float(values.mean()) if len(values) else math.nan
+        for name, q in QUANTILES.items():
+            out[f"{figure}_{name}"] = float(values.quantile(q)) if len(values) else math.nan
+        out[f"{figure}_n"] = len(values)
+    out["goodput"] = out["complete"] / window if window > 0 else math.nan
+    timeouts = sum(int(kept[f"{svc}_timeouts"].sum()) for svc in SERVICES)
+    out["kafka_timeouts_per_turn"] = timeouts / len(kept) if len(kept) else math.nan
+    for svc in SERVICES:
+        capacity = getattr(res.scenario.services, svc).capacity
+        out[f"{svc}_utilisation"] = float(kept[f"{svc}_busy"].sum()) / (capacity * window) if window > 0 else math.nan
+    out["turns_sha256"] = turns_digest(turns)
+    return out
+
+
+def turns_digest(turns: pd.DataFrame) -> str:
+    """SHA-256 of a turns table as Parquet, written as :meth:`Results.save` writes ``turns.parquet``.
+
+    >>> import hashlib
+    >>> res = simulate({"sessions": {"arrivals": {"kind": "at_once", "count": 2}}}, seed=1, progress=False)
+    >>> _ = res.save("/tmp/pipesim-doctest-digest")
+    >>> hashlib.sha256(open("/tmp/pipesim-doctest-digest/turns.parquet", "rb").read()).hexdigest() == \\
+    ...     turns_digest(res.turns)
+    True
+    """
+    buffer = io.BytesIO()
+    turns.to_parquet(buffer, index=False)
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
 def queue_metrics(service: str = "stt", warmup_s: float = 0.0) -> Metrics:
@@ -69,23 +147,24 @@ def queue_metrics(service: str = "stt", warmup_s: float = 0.0) -> Metrics:
     s) and ``prob_wait`` (share with a wait > 0). Over the window from ``warmup_s`` to the last hand-off to
     STT (``utterance_ended``; after it the system only drains): ``utilisation`` (time-average busy
     workers / capacity) and ``mean_queue`` (time-average number waiting), from the services table.
+    The function is picklable, so replications may run in other processes.
     """
-    column = f"{service}_queue"
-
-    def metrics(res: Results) -> dict[str, float]:
-        turns = res.turns[res.turns["speech_start"] >= warmup_s]
-        waits = turns[column].dropna()
-        end = float(turns["utterance_ended"].max())
-        if not len(waits) or not end > warmup_s:
-            raise ValueError(f"no turn reached {service} after the warm-up of {warmup_s} s")
-        window = analysis.utilisation(res.services, window=end - warmup_s, start=warmup_s, end=end)
-        row = window[window["service"] == service].iloc[0]
-        return {"turns": len(waits), "mean_wait": float(waits.mean()), "prob_wait": float((waits > 0).mean()),
-                "utilisation": float(row["utilisation"]), "mean_queue": float(row["queued"])}
-
-    return metrics
+    return functools.partial(_queue_metrics, service, warmup_s)
 
 
+def _queue_metrics(service: str, warmup_s: float, res: Results) -> dict[str, float]:
+    turns = res.turns[res.turns["speech_start"] >= warmup_s]
+    waits = turns[f"{service}_queue"].dropna()
+    end = float(turns["utterance_ended"].max())
+    if not len(waits) or not end > warmup_s:
+        raise ValueError(f"no turn reached {service} after the warm-up of {warmup_s} s")
+    window = analysis.utilisation(res.services, window=end - warmup_s, start=warmup_s, end=end)
+    row = window[window["service"] == service].iloc[0]
+    return {"turns": len(waits), "mean_wait": float(waits.mean()), "prob_wait": float((waits > 0).mean()),
+            "utilisation": float(row["utilisation"]), "mean_queue": float(row["queued"])}
+
+
+# Confidence intervals -----------------------------------------------------------------------------------
 def confidence_intervals(runs: pd.DataFrame, confidence: float = 0.95,
                          columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean and two-sided Student-t confidence interval of each metric over the runs (one row each):
@@ -96,8 +175,7 @@ def confidence_intervals(runs: pd.DataFrame, confidence: float = 0.95,
     >>> confidence_intervals(runs).loc["wait", ["mean", "low", "high"]].round(3).tolist()
     [2.0, -0.484, 4.484]
     """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    _check_confidence(confidence)
     columns = [c for c in runs.columns if c != "seed"] if columns is None else list(columns)
     n = len(runs)
     if n < 2:
@@ -107,3 +185,353 @@ def confidence_intervals(runs: pd.DataFrame, confidence: float = 0.95,
     half = t * sd / math.sqrt(n)
     return pd.DataFrame({"mean": mean, "sd": sd, "n": n, "half_width": half, "low": mean - half,
                          "high": mean + half})
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+
+
+def _figure_and_stat(metric: str) -> tuple[str, str] | None:
+    for figure in FIGURES:
+        stat = metric.removeprefix(f"{figure}_")
+        if stat != metric and (stat == "mean" or stat in QUANTILES):
+            return figure, stat
+    return None
+
+
+def summarise(runs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Each numeric metric of per-run rows (one per replication): its mean across replications, the
+    Student-t confidence interval (``low``, ``high``, ``half_width``), how many replications gave it a
+    value, the turns behind it (summed over replications) and a ``warning`` ('' when none).
+
+    A percentile ``q`` is flagged when, in some replication, fewer than :data:`MIN_TAIL_TURNS` turns lie
+    beyond it (``n (1 - q) < 10``: p99 needs 1,000 turns per replication), a mean when fewer than that
+    lie behind it, and every metric when there is only one replication (no interval).
+
+    >>> runs = pd.DataFrame({"seed": [1, 2], "e2e_latency_p99": [1.5, 1.7], "e2e_latency_n": [5000, 500]})
+    >>> s = summarise(runs)
+    >>> print(s.loc["e2e_latency_p99", "turns"], "|", s.loc["e2e_latency_p99", "warning"])
+    5500 | only 5 turns beyond p99 in a replication
+    """
+    _check_confidence(confidence)
+    skip = {"seed", "replication"}
+    metrics = [c for c in runs.columns if c not in skip and not c.endswith("_n")
+               and pd.api.types.is_numeric_dtype(runs[c])]
+    rows = []
+    for metric in metrics:
+        values = runs[metric].dropna().astype(float)
+        k = len(values)
+        mean = float(values.mean()) if k else math.nan
+        half = (float(scipy.stats.t.ppf(1 - (1 - confidence) / 2, k - 1)) * float(values.std(ddof=1)) / math.sqrt(k)
+                if k > 1 else math.nan)
+        parsed = _figure_and_stat(metric)
+        count_column = f"{parsed[0]}_n" if parsed and f"{parsed[0]}_n" in runs else "turns" if "turns" in runs else None
+        counts = runs[count_column] if count_column else None
+        warning = ""
+        if k < 2:
+            warning = "one replication: no interval" if k == 1 else "no value in any replication"
+        elif parsed and counts is not None:
+            stat = parsed[1]
+            if stat == "mean" and counts.min() < MIN_TAIL_TURNS:
+                warning = f"only {int(counts.min())} turns in a replication"
+            elif stat in QUANTILES:
+                beyond = int(math.floor(counts.min() * (1 - QUANTILES[stat]) + 1e-9))
+                if beyond < MIN_TAIL_TURNS:
+                    warning = f"only {beyond} turn{'' if beyond == 1 else 's'} beyond {stat} in a replication"
+        rows.append({"metric": metric, "mean": mean, "low": mean - half, "high": mean + half, "half_width": half,
+                     "replications": k, "turns": int(counts.sum()) if counts is not None else pd.NA,
+                     "warning": warning})
+    columns = ["metric", "mean", "low", "high", "half_width", "replications", "turns", "warning"]
+    return pd.DataFrame(rows, columns=columns).set_index("metric")
+
+
+def _is_latency(metric: str) -> bool:
+    return _figure_and_stat(metric) is not None
+
+
+def _format(mean: float, half: float, ms: bool) -> str:
+    if math.isnan(mean):
+        return "-"
+    scale = 1000.0 if ms else 1.0
+    digits = 1 if ms or abs(mean) >= 100 else 3
+    text = f"{mean * scale:.{digits}f}"
+    return text if math.isnan(half) else f"{text} ± {half * scale:.{digits}f}"
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """A summary (:func:`summarise`) as text: latencies in milliseconds (mean ± half-width of the 95%
+    interval), one row per figure; then the other metrics; then one line per warning, marked ``!``.
+    """
+    lines = []
+    latency = {m: _figure_and_stat(m) for m in summary.index if _is_latency(m)}
+    figures = list(dict.fromkeys(f for f, _ in latency.values()))
+    if figures:
+        stats = ["mean", *QUANTILES]
+        table = pd.DataFrame(index=figures, columns=pd.Index([*stats, "turns"], name="ms"), dtype=object)
+        for metric, (figure, stat) in latency.items():
+            row = summary.loc[metric]
+            table.loc[figure, stat] = _format(row["mean"], row["half_width"], ms=True) + (" !" if row["warning"]
+                                                                                           else "")
+            table.loc[figure, "turns"] = row["turns"]
+        lines.append(table.fillna("-").to_string())
+    others = [m for m in summary.index if m not in latency]
+    if others:
+        rest = pd.DataFrame({"per replication": [
+            _format(summary.loc[m, "mean"], summary.loc[m, "half_width"], ms=False)
+            + (" !" if summary.loc[m, "warning"] else "") for m in others]}, index=others)
+        lines.append(rest.to_string())
+    warned = summary[summary["warning"] != ""]
+    for why, group in warned.groupby("warning", sort=False):
+        names = [m for m in group.index]
+        lines.append(f"! {why}: {', '.join(names)}")
+    if len(warned):
+        lines.append(f"  (! marks a percentile with fewer than {MIN_TAIL_TURNS} turns beyond it, or a mean with fewer "
+                     f"than {MIN_TAIL_TURNS} turns, in some replication: simulate more sessions or a longer run)")
+    return "\n".join(lines)
+
+
+# Running many simulations -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Task:
+    """One simulation to run somewhere: a picklable function of nothing but its fields."""
+
+    scenario: Scenario
+    seed: int
+    warmup_s: float
+    until: float | None
+    metrics: Metrics | None
+
+
+def _run_task(task: _Task) -> dict[str, Any]:
+    res = simulate(task.scenario, seed=task.seed, until=task.until, progress=False)
+    return dict(run_metrics(res, task.warmup_s) if task.metrics is None else task.metrics(res))
+
+
+def _execute(tasks: list[_Task], workers: int | None, client: Any, progress: bool | None,
+             desc: str) -> list[dict[str, Any]]:
+    """Run every task; results in task order, whoever ran them and whenever they finished."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    bar = (None if progress is False else
+           _progress_bar_class()(total=len(tasks), desc=desc, unit="run",
+                                 disable=None if progress is None else not progress))
+    results: list[dict[str, Any] | None] = [None] * len(tasks)
+    try:
+        if client is not None:
+            from distributed import as_completed
+
+            futures = client.map(_run_task, tasks, pure=False)
+            for _ in as_completed(futures):
+                if bar is not None:
+                    bar.update(1)
+            results = client.gather(futures)
+        else:
+            workers = min(workers or os.cpu_count() or 1, len(tasks))
+            if workers <= 1:  # in this process: no start-up cost, and any metrics function works
+                for i, task in enumerate(tasks):
+                    results[i] = _run_task(task)
+                    if bar is not None:
+                        bar.update(1)
+            else:
+                with ProcessPoolExecutor(max_workers=workers) as pool:
+                    index = {pool.submit(_run_task, task): i for i, task in enumerate(tasks)}
+                    pending = set(index)
+                    while pending:
+                        done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                        for future in done:
+                            results[index[future]] = future.result()  # raises the first failure
+                            if bar is not None:
+                                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return list(results)  # type: ignore[arg-type]
+
+
+# Replications -------------------------------------------------------------------------------------------
+class Replications:
+    """``n`` replications of one scenario: ``runs`` (one row per replication: ``seed`` and the figures of
+    :func:`run_metrics`, seconds) and :meth:`summary` (means with confidence intervals). ``print()`` it for
+    the table in milliseconds."""
+
+    def __init__(self, scenario: Scenario, base_seed: int, warmup_s: float, runs: pd.DataFrame) -> None:
+        self.scenario, self.base_seed, self.warmup_s, self.runs = scenario, base_seed, warmup_s, runs
+
+    def summary(self, confidence: float = 0.95) -> pd.DataFrame:
+        """Each metric's mean across replications, its Student-t interval, the turns behind it and a
+        warning where a percentile rests on too few turns (see :func:`summarise`). Seconds."""
+        return summarise(self.runs, confidence)
+
+    def _heading(self) -> str:
+        return (f"scenario {self.scenario.name}: {len(self.runs)} replications (seeds from {self.base_seed}), "
+                f"warm-up {self.warmup_s:g} s; mean ± half-width of the 95% Student-t interval across them")
+
+    def __str__(self) -> str:
+        return f"{self._heading()}\n{format_summary(self.summary())}"
+
+    def __repr__(self) -> str:
+        return f"<Replications {self.scenario.name!r} n={len(self.runs)} base_seed={self.base_seed}>"
+
+    def _repr_html_(self) -> str:
+        summary = self.summary()
+        shown = summary.copy()
+        latency = [m for m in shown.index if _is_latency(m)]
+        shown.loc[latency, ["mean", "low", "high", "half_width"]] *= 1000
+        shown.index = [f"{m} (ms)" if m in latency else m for m in shown.index]
+        return f"<b>{html.escape(self._heading())}</b>{shown.to_html(float_format=lambda v: f'{v:.4g}')}"
+
+
+def replicate(scenario: ScenarioLike, n: int = 20, warmup_s: float = 0.0, seed: int | None = None,
+              workers: int | None = None, progress: bool | None = None, *, metrics: Metrics | None = None,
+              until: float | None = None) -> Replications:
+    """Run ``scenario`` ``n`` times, with seeds derived from ``seed`` (default: the scenario's) by
+    :func:`replication_seeds`, and measure each run after a warm-up of ``warmup_s`` seconds.
+
+    ``workers`` processes run them (default: one per CPU; 1 runs them here); ``progress``: None shows a
+    bar on a terminal or in Jupyter. ``metrics`` replaces :func:`run_metrics` with any function of a
+    :class:`~pipesim.results.Results` returning a mapping (picklable, e.g. module-level, when
+    ``workers`` > 1). ``until`` stops each run at that simulated time.
+
+    >>> reps = replicate("baseline", n=10, warmup_s=30)   # doctest: +SKIP
+    >>> print(reps)                                        # doctest: +SKIP
+    >>> reps.summary().loc["e2e_latency_p95", ["mean", "low", "high"]]   # doctest: +SKIP
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    scn = as_scenario(scenario)
+    base = scn.seed if seed is None else seed
+    seeds = replication_seeds(base, n)
+    rows = _execute([_Task(scn, s, warmup_s, until, metrics) for s in seeds], workers, None, progress,
+                    f"replicating {scn.name}")
+    return Replications(scn, base, warmup_s, pd.DataFrame([{"seed": s, **row} for s, row in zip(seeds, rows,
+                                                                                                strict=True)]))
+
+
+# Sweeps -------------------------------------------------------------------------------------------------
+def _label(value: Any) -> Any:
+    """A grid value as an index label (lists and mappings as their JSON)."""
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
+class SweepResult:
+    """A sweep: ``runs`` (one row per run: the parameters, ``replication``, ``seed``, the figures of
+    :func:`run_metrics`, seconds) and :meth:`summary` (per grid point, means with confidence intervals).
+    ``print()`` it for a table in milliseconds."""
+
+    #: The figures the printed table shows per grid point.
+    SHOWN = ("e2e_latency_p50", "e2e_latency_p95", "e2e_latency_p99", "goodput", "kafka_timeouts_per_turn",
+             "llm_utilisation")
+
+    def __init__(self, scenario: Scenario, params: list[str], base_seed: int, replications: int,
+                 warmup_s: float, runs: pd.DataFrame) -> None:
+        self.scenario, self.params, self.base_seed = scenario, params, base_seed
+        self.replications, self.warmup_s, self.runs = replications, warmup_s, runs
+
+    def points(self) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
+        """(parameter values, their runs) for each grid point, in grid order."""
+        n = self.replications
+        return [(tuple(self.runs.iloc[i][p] for p in self.params), self.runs.iloc[i:i + n])
+                for i in range(0, len(self.runs), n)]
+
+    def summary(self, confidence: float = 0.95) -> pd.DataFrame:
+        """Per grid point and metric (index: the parameters, then ``metric``): mean across replications,
+        Student-t interval, turns behind it and a warning (see :func:`summarise`). Seconds.
+
+        >>> result.summary().xs("e2e_latency_p95", level="metric")   # doctest: +SKIP
+        """
+        parts = []
+        for values, runs in self.points():
+            part = summarise(runs.drop(columns=self.params), confidence)
+            part.index = pd.MultiIndex.from_tuples([(*map(_label, values), m) for m in part.index],
+                                                   names=[*self.params, "metric"])
+            parts.append(part)
+        return pd.concat(parts)
+
+    def table(self, metrics: Sequence[str] = SHOWN, confidence: float = 0.95) -> pd.DataFrame:
+        """One row per grid point, one text column per metric: mean ± half-width (latencies in ms), ``!``
+        where :func:`summarise` warns."""
+        summary = self.summary(confidence)
+        rows = {}
+        for key, part in summary.groupby(level=list(range(len(self.params))), sort=False):
+            part = part.droplevel(list(range(len(self.params))))
+            rows[key] = {(f"{m}_ms" if _is_latency(m) else m):
+                         _format(part.loc[m, "mean"], part.loc[m, "half_width"], ms=_is_latency(m))
+                         + (" !" if part.loc[m, "warning"] else "") for m in metrics}
+        out = pd.DataFrame.from_dict(rows, orient="index")
+        out.index = pd.MultiIndex.from_tuples(
+            [k if isinstance(k, tuple) else (k,) for k in out.index], names=self.params)
+        return out
+
+    def _heading(self) -> str:
+        return (f"sweep of {self.scenario.name}: {len(self.runs) // self.replications} grid points x "
+                f"{self.replications} replications (seeds from {self.base_seed}, the same at every point), "
+                f"warm-up {self.warmup_s:g} s; mean ± half-width of the 95% Student-t interval")
+
+    def __str__(self) -> str:
+        summary = self.summary()
+        warned = summary[summary["warning"] != ""].reset_index()
+        points = len(self.runs) // self.replications
+        notes = [f"! {metric} at {len(group)} of {points} grid points: "
+                 + (group["warning"].iloc[0] if group["warning"].nunique() == 1 else
+                    f"fewer than {MIN_TAIL_TURNS} turns beyond {metric.rsplit('_', 1)[1]} in a replication")
+                 for metric, group in warned[warned["metric"].isin(self.SHOWN)].groupby("metric", sort=False)]
+        if notes:
+            notes.append(f"  (! marks a percentile with fewer than {MIN_TAIL_TURNS} turns beyond it in some "
+                         "replication: simulate more sessions or a longer run; summary() has every warning)")
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            return "\n".join([self._heading(), self.table().to_string(), *notes])
+
+    def __repr__(self) -> str:
+        return (f"<SweepResult {self.scenario.name!r} {', '.join(self.params)}: {len(self.runs)} runs, "
+                f"{self.replications} replications>")
+
+    def _repr_html_(self) -> str:
+        return f"<b>{html.escape(self._heading())}</b>{self.table().to_html()}"
+
+
+def sweep(scenario: ScenarioLike, grid: Mapping[str, Sequence[Any]], replications: int = 10,
+          warmup_s: float = 0.0, seed: int | None = None, workers: int | None = None, client: Any = None,
+          progress: bool | None = None, until: float | None = None) -> SweepResult:
+    """Run ``scenario`` at every point of ``grid`` (dotted field path -> values; the full product, the
+    first path outermost), ``replications`` times each, and measure every run as :func:`replicate` does.
+
+    **Common random numbers, on purpose**: replication ``r`` uses the same seed at every grid point
+    (``replication_seeds(seed, replications)[r]``), so two points differ by their parameters, not by
+    their luck, and the difference between them is measured far more precisely than either alone (the
+    intervals of one point are still those of independent replications).
+
+    Runs go to ``workers`` local processes (default: one per CPU; 1 runs them here) or, with ``client``
+    (a ``distributed.Client``), to a Dask cluster whose workers have pipesim installed. Either way the
+    results are the same, row for row: row ``k`` is ``pipesim run SCENARIO --set PATH=VALUE... --seed
+    SEED`` for that row's values and seed (its ``turns_sha256`` is that run's ``turns.parquet``).
+    A misspelled path raises :class:`~pipesim.errors.ScenarioError` with "did you mean". In a script, call
+    it under ``if __name__ == "__main__":`` where processes are spawned, not forked (macOS, Windows).
+
+    >>> result = sweep({"sessions": {"arrivals": {"kind": "at_once", "count": 10}}},
+    ...                {"services.llm.capacity": [1, 4]}, replications=2, workers=1, progress=False)
+    >>> result.runs[["services.llm.capacity", "replication"]].values.tolist()
+    [[1, 0], [1, 1], [4, 0], [4, 1]]
+    >>> result.runs["seed"].tolist()[:2] == result.runs["seed"].tolist()[2:]   # common random numbers
+    True
+    """
+    if isinstance(replications, bool) or not isinstance(replications, int) or replications < 1:
+        raise ValueError(f"replications must be an integer >= 1, got {replications!r}")
+    scn = as_scenario(scenario)
+    params = list(grid)
+    if not params:
+        raise ValueError("the grid is empty: give at least one field path and its values")
+    for path, values in grid.items():
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence) or not len(values):
+            raise ScenarioError([f"{path}: give a non-empty list of values to sweep, got {values!r}"])
+    points = list(itertools.product(*grid.values()))
+    # Every point is validated before anything runs: a bad path or value costs nothing.
+    scenarios = [scn.override(dict(zip(params, point, strict=True))) for point in points]
+    base = scn.seed if seed is None else seed
+    seeds = replication_seeds(base, replications)
+    tasks = [_Task(s, seeds[r], warmup_s, until, None) for s in scenarios for r in range(replications)]
+    rows = _execute(tasks, workers, client, progress, f"sweep of {scn.name}")
+    records = [{**dict(zip(params, point, strict=True)), "replication": r, "seed": seeds[r],
+                **rows[i * replications + r]}
+               for i, point in enumerate(points) for r in range(replications)]
+    return SweepResult(scn, params, base, replications, warmup_s, pd.DataFrame(records))

@@ -97,7 +97,7 @@ def test_help_shows_defaults_and_plain_text(capsys):
     assert "``" not in top and ":class:" not in top and "pipesim serve" in top
     with pytest.raises(SystemExit):
         main(["sweep", "--help"])
-    assert "(default: 1)" in capsys.readouterr().out  # --seeds
+    assert "(default: 10)" in capsys.readouterr().out  # --replications
 
 
 def test_version(capsys):

@@ -96,8 +96,9 @@ def measured() -> dict[str, tuple[pd.DataFrame, pd.DataFrame, MMc, float]]:
         # A base seed per queue: with one for all, every queue would reuse the same draws (session ids and
         # stream names are the same), and their errors would all lean the same way.
         scenario = single_stage_scenario(arrival_rate, SERVICE_MEAN, servers, sessions, seed=BASE_SEED + i)
-        per_run = replicate(scenario,
-                            metrics_with_replay(servers, warmup_s), n=runs)
+        # workers=1: in this process, as the metrics function is a closure (not picklable).
+        per_run = replicate(scenario, n=runs, metrics=metrics_with_replay(servers, warmup_s), workers=1,
+                            progress=False).runs
         ci = confidence_intervals(per_run, 1 - FAMILY_ALPHA / COMPARISONS, columns=FIGURES)
         out[name] = (per_run, ci, MMc(arrival_rate, 1 / SERVICE_MEAN, servers), time.perf_counter() - started)
     return out

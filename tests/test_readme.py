@@ -14,9 +14,11 @@ file:
   0; the others in this process. Any other command fails the test: teach this file about it.
 * Blocks without a language (formulas, sample output) are prose.
 
-The one liberty taken: offline runs stop at ``HORIZON_S`` simulated seconds (``--until``-style), so that
-``pipesim sweep`` of nine baseline runs takes seconds, not a minute. Every flag, output file and code path
-of the examples still runs; only fewer sessions are simulated.
+The one liberty taken: offline runs stop at ``HORIZON_S`` simulated seconds, so that a ``pipesim sweep``
+of baseline runs takes seconds, not minutes: ``simulate`` is capped in this process, and ``pipesim run`` and
+``pipesim sweep`` lines get ``--until HORIZON_S`` (replications and sweeps run in other processes, which a
+patch here does not reach). Every flag, output file and code path of the examples still runs; only fewer
+sessions are simulated.
 """
 
 from __future__ import annotations
@@ -145,6 +147,8 @@ def run_bash(block: Block, cwd: Path) -> None:
             assert named and set(named) <= targets, f"{where}: {' '.join(words)}: not a Makefile target"
         elif words[0] == "pipesim":
             argv = expand_globs(words[1:])
+            if argv and argv[0] in ("run", "sweep") and "--until" not in argv:
+                argv += ["--until", str(HORIZON_S)]
             if argv and argv[0] in ("serve", "replay"):
                 run_server(argv, where, cwd)
             else:

@@ -220,7 +220,7 @@ def test_override_of_an_unknown_field_suggests_nothing_far_off():
 
 
 def test_sweep_of_a_misspelled_parameter_is_one_line(capsys):
-    assert main(["sweep", "baseline", "services.llm.capacty", "4,8"]) == 2
+    assert main(["sweep", "baseline", "--set", "services.llm.capacty=4,8"]) == 2
     captured = capsys.readouterr()
     assert captured.err == ("pipesim: error: services.llm.capacty: no such field "
                             "(did you mean 'services.llm.capacity'?)\n")

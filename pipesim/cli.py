@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -112,24 +113,26 @@ def _assignment(text: str) -> tuple[str, str]:
     return path, value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _bounded(convert: Callable[[str], Any], ok: Callable[[Any], bool], must: str,
+             noun: str = "a number") -> Callable[[str], Any]:
+    """An argparse ``type``: ``convert`` the text, then refuse a value that is not ``ok``, saying why."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {must}, got {text}")
+        return value
+
+    return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text}")
-    return value
+_positive = _bounded(float, lambda v: 0 < v < math.inf, "> 0")
+_seconds = _bounded(float, lambda v: 0 <= v < math.inf, ">= 0 seconds")
+_count = _bounded(int, lambda v: v >= 1, ">= 1", "a whole number")
+_port = _bounded(int, lambda v: 0 <= v <= 65535, "0..65535", "a port number")
 
 
 def _wide_tables() -> Any:
@@ -243,29 +246,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run, "serve": _cmd_serve, "replay": _cmd_replay, "validate": _cmd_validate,
-    "schema": _cmd_schema, "sweep": _cmd_sweep,
-    "fit": _cmd_fit,
+    "schema": _cmd_schema, "sweep": _cmd_sweep, "fit": _cmd_fit,
 }
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
-    return value
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

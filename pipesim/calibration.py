@@ -69,7 +69,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from pipesim.distributions import MAX_CSV_BYTES, parse_distribution
+from pipesim.distributions import parse_distribution, read_text
 from pipesim.errors import CalibrationError
 from pipesim.vocabulary import SERVICES
 
@@ -138,17 +138,9 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
 
 def _read_text(path: Path) -> str:
     try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_CSV_BYTES + 1)
-    except OSError as exc:
-        raise CalibrationError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_CSV_BYTES:
-        raise CalibrationError(f"{path}: more than {MAX_CSV_BYTES:,} bytes, the limit")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise CalibrationError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x})") from None
+        return read_text(path)
+    except ValueError as exc:
+        raise CalibrationError(str(exc)) from None
 
 
 def _seconds(cell: Any, where: str) -> float:

@@ -246,6 +246,34 @@ class Empirical(_Dist):
 MAX_CSV_BYTES = 64 * 1_048_576
 
 
+def read_text(path: Path, limit: int = MAX_CSV_BYTES) -> str:
+    """The UTF-8 text of a data file of at most ``limit`` bytes (read no further). Raises ``ValueError``
+    with one line naming the file, and the line of a byte that is not UTF-8.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "x.csv"
+    >>> _ = p.write_bytes(b"a\\n\\xff\\n")
+    >>> read_text(p)
+    Traceback (most recent call last):
+    ...
+    ValueError: ...x.csv:2: not UTF-8 text (byte 0xff)
+    """
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(limit + 1)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # e.g. a NUL in the path
+        raise ValueError(f"{path}: cannot read: {exc}") from None
+    if len(raw) > limit:
+        raise ValueError(f"{path}: more than {limit:,} bytes, the limit")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x})") from None
+
+
 def read_csv_column(path: Path, column: str | None = None) -> tuple[float, ...]:
     """The values of one column (default: the first) of a CSV file with a header line; empty cells are
     skipped. Raises ``ValueError`` with one line naming the file, the CSV line and what is wrong.
@@ -256,21 +284,7 @@ def read_csv_column(path: Path, column: str | None = None) -> tuple[float, ...]:
     >>> read_csv_column(p)
     (0.2, 0.3)
     """
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_CSV_BYTES + 1)
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:  # e.g. a NUL in the path
-        raise ValueError(f"cannot read {path}: {exc}") from None
-    if len(raw) > MAX_CSV_BYTES:
-        raise ValueError(f"{path} is more than {MAX_CSV_BYTES:,} bytes, the limit")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ValueError(f"{path} line {line}: not UTF-8 text (byte {raw[exc.start]:#04x})") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
     values: list[float] = []
     try:
         header = next(reader, None)

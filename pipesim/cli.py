@@ -36,6 +36,10 @@ def _cmd_schema(args: argparse.Namespace) -> int:
         from pipesim.live.contract import asyncapi_document
 
         doc = asyncapi_document()
+    elif args.format == "openapi":
+        from pipesim.live.admin import openapi
+
+        doc = openapi()
     else:
         doc = json_schemas()
     text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
@@ -133,6 +137,7 @@ _positive = _bounded(float, lambda v: 0 < v < math.inf, "> 0")
 _seconds = _bounded(float, lambda v: 0 <= v < math.inf, ">= 0 seconds")
 _count = _bounded(int, lambda v: v >= 1, ">= 1", "a whole number")
 _port = _bounded(int, lambda v: 0 <= v <= 65535, "0..65535", "a port number")
+_journal_size = _bounded(int, lambda v: 0 <= v <= 10_000_000, "0..10000000", "a whole number")
 
 
 def _wide_tables() -> Any:
@@ -283,6 +288,15 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
                    help="require this token to open /ws, as 'Authorization: Bearer TOKEN' or '?token=TOKEN' "
                         "(open the dashboard as http://HOST:PORT/?token=TOKEN); prefer $PIPESIM_TOKEN, "
                         "as other users can see a command line (default: $PIPESIM_TOKEN if set, else no token)")
+    p.add_argument("--admin-port", type=_port, default=8002,
+                   help="port of the admin API (http://127.0.0.1:PORT/__admin, always on loopback), 0 for any "
+                        "free one (default: 8002)")
+    p.add_argument("--no-admin", action="store_true", help="no admin API (default: on, on 127.0.0.1)")
+    p.add_argument("--admin-token",
+                   help="require 'Authorization: Bearer TOKEN' on the admin API; prefer $PIPESIM_ADMIN_TOKEN "
+                        "(default: $PIPESIM_ADMIN_TOKEN if set, else no token)")
+    p.add_argument("--journal-size", type=_journal_size, default=10_000, metavar="N",
+                   help="messages the admin API's journal keeps, 0 for none (default: 10000)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scenario files (YAML, TOML, JSON) or names of bundled scenarios")
 
     p = _command(sub, "schema", "print the JSON Schema of every wire message")
-    p.add_argument("--format", choices=["jsonschema", "asyncapi"], default="jsonschema",
-                   help="jsonschema (default): one schema per message type; asyncapi: an AsyncAPI 3 document")
+    p.add_argument("--format", choices=["jsonschema", "asyncapi", "openapi"], default="jsonschema",
+                   help="jsonschema (default): one schema per message type; asyncapi: an AsyncAPI 3 document; "
+                        "openapi: the admin API's OpenAPI document")
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
 
     p = _command(sub, "sweep", "run a scenario over a grid of parameter values, with replications and "

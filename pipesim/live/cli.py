@@ -1,6 +1,14 @@
 """``pipesim serve`` and ``pipesim replay``: run a live or replay server until SIGINT/SIGTERM.
 
-Both print one line with the URLs once listening, stop cleanly on SIGINT or SIGTERM (clients get
+Both print one line once listening, on standard output and flushed at once, a JSON object that a test
+harness can read (``--port 0`` and ``--admin-port 0`` take free ports, so parallel workers each start
+their own)::
+
+    {"event":"listening","ws":"ws://127.0.0.1:PORT/ws","http":"http://127.0.0.1:PORT/","port":PORT,
+     "admin":"http://127.0.0.1:APORT/__admin","admin_port":APORT,"pid":PID}
+
+(``admin`` and ``admin_port`` are null with ``--no-admin``), then a line for people on standard error.
+They stop cleanly on SIGINT or SIGTERM (clients get
 close code 1001, the recording is complete) and exit 0. A user mistake (bad scenario or replay file,
 port in use, recording not writable) raises a :class:`~pipesim.errors.PipesimError`, which
 :func:`pipesim.cli.main` prints as ``pipesim: error: ...`` (exit 2).
@@ -11,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -27,7 +36,7 @@ def serve(args: argparse.Namespace) -> int:
     [--allow-origin] [--allow-host] [--token]``."""
     scenario = load_scenario(args.scenario)
     server = LiveServer(scenario, host=args.host, port=args.port, speed=args.speed, seed=args.seed,
-                        record=args.record, owner_only=args.owner_only, **_access(args))
+                        record=args.record, owner_only=args.owner_only, **_access(args), **_admin(args))
     what = f"scenario {scenario.name} (seed {server.sim.seed})"
     return _run(server, what)
 
@@ -36,7 +45,7 @@ def replay(args: argparse.Namespace) -> int:
     """``pipesim replay FILE [--host] [--port] [--speed] [--loop] [--allow-origin] [--allow-host] [--token]``."""
     items = load_replay(args.file)
     server = ReplayServer(items, host=args.host, port=args.port, speed=args.speed, loop=args.loop,
-                          **_access(args))
+                          **_access(args), **_admin(args))
     server.source = args.file
     what = f"replay of {args.file} ({len(items)} messages{', looping' if args.loop else ''})"
     return _run(server, what)
@@ -46,6 +55,22 @@ def _access(args: argparse.Namespace) -> dict[str, Any]:
     """The handshake options: ``--allow-origin``, ``--allow-host``, ``--token`` (else ``$PIPESIM_TOKEN``)."""
     return {"allow_origins": args.allow_origin, "allow_hosts": args.allow_host,
             "token": args.token or os.environ.get("PIPESIM_TOKEN") or None}
+
+
+def _admin(args: argparse.Namespace) -> dict[str, Any]:
+    """The admin API options: ``--admin-port``, ``--no-admin``, ``--admin-token`` (else
+    ``$PIPESIM_ADMIN_TOKEN``), ``--journal-size``."""
+    return {"admin_port": None if args.no_admin else args.admin_port,
+            "admin_token": args.admin_token or os.environ.get("PIPESIM_ADMIN_TOKEN") or None,
+            "journal_size": args.journal_size}
+
+
+def listening_line(server: _BaseServer) -> str:
+    """The machine-readable first line of ``pipesim serve``/``replay`` (see the module docstring)."""
+    admin = server.admin
+    return json.dumps({"event": "listening", "ws": server.url, "http": server.http_url, "port": server.port,
+                       "admin": server.admin_url, "admin_port": admin.port if admin is not None else None,
+                       "pid": os.getpid()}, separators=(",", ":"))
 
 
 def _run(server: _BaseServer, what: str) -> int:
@@ -64,8 +89,10 @@ async def _main(server: _BaseServer, what: str, speed: float) -> None:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # Windows: no loop signal handlers
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
-    print(f"pipesim: serving {what} at {speed:g}x on {server.url} (dashboard {server.http_url}); "
-          f"Ctrl-C to stop", flush=True)
+    print(listening_line(server), flush=True)
+    admin = f", admin API {server.admin_url}" if server.admin_url else ""
+    print(f"pipesim: serving {what} at {speed:g}x on {server.url} (dashboard {server.http_url}{admin}); "
+          f"Ctrl-C to stop", file=sys.stderr, flush=True)
     try:
         await stop.wait()
     finally:

@@ -9,6 +9,12 @@ scheduled something sooner than what the pacer was waiting for).
 
 Everything runs on one asyncio loop, so the model, the state manager and the server never need a lock.
 
+The clock can also be driven (the admin API): :meth:`Pacer.pause` freezes simulated time (controls are
+still applied, at the paused time), :meth:`Pacer.resume` and :meth:`Pacer.set_speed` re-anchor the wall
+origin so that simulated time never jumps, and :meth:`Pacer.advance` / :meth:`Pacer.run_until` step a
+paused clock as fast as possible, yielding to the event loop every ``batch`` events so that clients
+get their messages meanwhile.
+
 >>> import asyncio, simpy
 >>> env = simpy.Environment()
 >>> _ = env.timeout(2.0)            # something happens at t = 2 s of simulated time
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 
 import simpy
 
@@ -52,10 +59,13 @@ class Pacer:
         self._origin_wall: float | None = None
         self._origin_sim = env.now
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: While paused nothing moves: the wall clock no longer drives simulated time.
+        self.paused = False
 
     def now(self) -> float:
-        """The simulated time the wall clock says it is (``env.now`` before the pacer started)."""
-        if self._origin_wall is None or self._loop is None:
+        """The simulated time the wall clock says it is (``env.now`` before the pacer started or while
+        it is paused)."""
+        if self.paused or self._origin_wall is None or self._loop is None:
             return self.env.now
         return self._origin_sim + (self._loop.time() - self._origin_wall) * self.speed
 
@@ -67,8 +77,10 @@ class Pacer:
         """Step every event due by now and move ``env.now`` to now; returns the new ``env.now``.
 
         Call it before applying a control or a fault, so that it happens at the current time and not
-        at the time of the last event.
+        at the time of the last event. While paused it does nothing: the control lands at the paused time.
         """
+        if self.paused:
+            return self.env.now
         target = self.now()
         self._step_due(target, limit=None)
         if target > self.env.now:
@@ -77,6 +89,83 @@ class Pacer:
             self.env.run(until=target)
         return self.env.now
 
+    @property
+    def next_event_t(self) -> float | None:
+        """Simulated time of the next scheduled event, or None when nothing is scheduled."""
+        t_next = self.env.peek()
+        return None if t_next == math.inf else t_next
+
+    def pause(self) -> float:
+        """Freeze simulated time where the wall clock says it is now; returns it."""
+        if not self.paused:
+            self.catch_up()
+            self.paused = True
+        return self.env.now
+
+    def resume(self) -> float:
+        """Let the wall clock drive simulated time again, from where it stands (no jump)."""
+        if self.paused:
+            self.paused = False
+            self._anchor()
+            self.wake()
+        return self.env.now
+
+    def set_speed(self, speed: float) -> None:
+        """Change the speed from now on (simulated time does not jump)."""
+        if not speed > 0 or speed == math.inf:
+            raise ValueError(f"speed must be > 0 and finite, got {speed}")
+        self.catch_up()
+        self.speed = float(speed)
+        self._anchor()
+        self.wake()
+
+    async def advance(self, seconds: float) -> float:
+        """Pause, then move simulated time by exactly ``seconds``, stepping every event on the way as
+        fast as possible; returns the new ``env.now``.
+
+        >>> import asyncio, simpy
+        >>> env = simpy.Environment(); _ = env.timeout(2.0)
+        >>> asyncio.run(Pacer(env).advance(3.5))
+        3.5
+        """
+        if not seconds >= 0 or seconds == math.inf:
+            raise ValueError(f"seconds must be >= 0 and finite, got {seconds}")
+        self.pause()
+        target = self.env.now + seconds
+        while self._step_due(target, limit=self.batch) >= self.batch:
+            await asyncio.sleep(0)  # let the writers send what the batch produced
+        if target > self.env.now:
+            self.env.run(until=target)
+        return self.env.now
+
+    async def run_until(self, done: Callable[[], bool], max_t: float = math.inf,
+                        wall_timeout: float = math.inf) -> bool:
+        """Pause, then step events one by one as fast as possible until ``done()`` is true (True), or
+        the next event lies beyond simulated time ``max_t`` or nothing is scheduled or ``wall_timeout``
+        wall seconds have passed (False). The clock stays paused where it stopped.
+
+        >>> import asyncio, simpy
+        >>> env = simpy.Environment(); _ = env.timeout(2.0); _ = env.timeout(5.0)
+        >>> asyncio.run(Pacer(env).run_until(lambda: env.now >= 2.0)), env.now
+        (True, 2.0)
+        """
+        self.pause()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wall_timeout
+        env, stepped = self.env, 0
+        while not done():
+            if env.peek() > max_t or env.peek() == math.inf or loop.time() > deadline:
+                return False
+            self._step_due(env.peek(), limit=1)
+            stepped += 1
+            if stepped % self.batch == 0:
+                await asyncio.sleep(0)
+        return True
+
+    def _anchor(self) -> None:
+        if self._loop is not None:
+            self._origin_wall, self._origin_sim = self._loop.time(), self.env.now
+
     async def run(self) -> None:
         """Pace the environment until cancelled."""
         env = self.env
@@ -84,6 +173,10 @@ class Pacer:
         if self._origin_wall is None:
             self._origin_wall, self._origin_sim = self._loop.time(), env.now
         while True:
+            if self.paused:  # only resume() (or set_speed) moves the clock again
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             t_next = env.peek()
             if t_next == math.inf:
                 # Nothing scheduled: only a control (a new session) can give us work.

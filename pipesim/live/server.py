@@ -104,6 +104,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import mimetypes
 import os
@@ -120,8 +121,11 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from pipesim import _jsonsafe
 from pipesim.errors import LiveError
 from pipesim.live.access import Access, RedactingLogger
+from pipesim.live.admin import AdminListener
+from pipesim.live.journal import DEFAULT_JOURNAL_SIZE, Journal
 from pipesim.live.pacer import Pacer
 from pipesim.live.recording import Recorder, load_replay
 from pipesim.model import Simulation
@@ -167,6 +171,10 @@ class _Client:
     queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     writer: asyncio.Task[None] | None = None
     closing: bool = False
+    #: The connection's id in the journal (``c1``, ``c2``, ... in order of connection).
+    id: str = ""
+    #: The journal entry of the inbound message being handled (its result is filled in by _send).
+    inbound: dict[str, Any] | None = None
 
     def wants(self, session_id: str | None) -> bool:
         return self.watch_all or session_id in self.watched
@@ -183,7 +191,8 @@ class _BaseServer:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 8001, record: str | Path | None = None,
                  client_queue: int = 1000, close_timeout: float = 2.0, send_buffer: int | None = 128 * 1024,
                  static_dir: str | Path | None = None, allow_origins: Iterable[str] = (),
-                 allow_hosts: Iterable[str] = (), token: str | None = None) -> None:
+                 allow_hosts: Iterable[str] = (), token: str | None = None, admin_port: int | None = None,
+                 admin_token: str | None = None, journal_size: int = DEFAULT_JOURNAL_SIZE) -> None:
         if client_queue < 1:
             raise ValueError(f"client_queue must be >= 1, got {client_queue}")
         self.host, self.port = host, port
@@ -206,6 +215,12 @@ class _BaseServer:
         self._stopped: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._t0 = 0.0
+        #: Every inbound and outbound message (bounded; None when ``journal_size`` is 0): see the admin API.
+        self.journal: Journal | None = Journal(journal_size) if journal_size > 0 else None
+        self._connections = itertools.count(1)
+        #: The admin API's listener (``admin_port`` None: no admin API).
+        self.admin: AdminListener | None = (AdminListener(self, admin_port, admin_token)
+                                            if admin_port is not None else None)
 
     # Public API ------------------------------------------------------------------------------------
     @property
@@ -217,6 +232,11 @@ class _BaseServer:
     def http_url(self) -> str:
         """The dashboard page's URL."""
         return f"http://{self._display_host}:{self.port}/"
+
+    @property
+    def admin_url(self) -> str | None:
+        """The admin API's base URL (``http://127.0.0.1:PORT/__admin``), or None without one."""
+        return self.admin.url if self.admin is not None else None
 
     @property
     def clients(self) -> int:
@@ -240,6 +260,13 @@ class _BaseServer:
             except OSError as exc:
                 raise LiveError(f"cannot write the recording {self.record_path}: {exc.strerror}") from None
         token = self.access.token
+        if self.admin is not None:
+            try:
+                self.admin.bind()  # before the WebSocket port: a busy admin port must not leave a half server
+            except LiveError:
+                if self.recorder is not None:
+                    self.recorder.close()
+                raise
         try:
             self._server = await serve(
                 self._handler, self.host, self.port, process_request=self._process_request,
@@ -249,6 +276,8 @@ class _BaseServer:
         except OSError as exc:
             if self.recorder is not None:
                 self.recorder.close()
+            if self.admin is not None:
+                await self.admin.stop()
             if isinstance(exc, socket.gaierror):  # its errno is getaddrinfo's, which os.strerror cannot name
                 reason = f"{exc.strerror} (--host must be a name or address of this machine)"
             else:  # asyncio puts the address into strerror; the errno's own text is the clear part
@@ -256,6 +285,8 @@ class _BaseServer:
             raise LiveError(f"cannot listen on {self.host}:{self.port}: {reason}") from None
         self.port = self._server.sockets[0].getsockname()[1]
         self._on_start()
+        if self.admin is not None:
+            await self.admin.start()
         log.info("serving on %s", self.url)
         if self.access.exposed and token is None:
             log.warning("listening on %s, beyond this machine, without a token: anyone who can reach it "
@@ -269,6 +300,8 @@ class _BaseServer:
             return
         self._stopping = True
         try:
+            if self.admin is not None:
+                await self.admin.stop()
             await self._on_stop()
             clients = list(self._clients)
             # Let what is already queued reach the clients (bounded: a slow client must not hold us up).
@@ -321,6 +354,10 @@ class _BaseServer:
     def _snapshot(self, client: _Client) -> list[dict[str, Any]]:
         return []
 
+    def _journal_t(self) -> float:
+        """The simulated time the journal gives an entry made now."""
+        return 0.0
+
     def _on_control(self, client: _Client, msg: ConversationControl) -> None:
         raise NotImplementedError
 
@@ -333,6 +370,8 @@ class _BaseServer:
 
         (A message about no session, a recorded ``error`` in a replay, goes to the unfiltered clients.)"""
         text = dumps(message)  # serialised once, whatever the number of clients
+        if self.journal is not None:
+            self.journal.outbound(None, message, t)
         if self.recorder is not None:
             assert self._loop is not None
             self.recorder.write(self._loop.time() - self._t0, t, text)
@@ -341,6 +380,11 @@ class _BaseServer:
                 self._offer(client, text)
 
     def _send(self, client: _Client, message: dict[str, Any] | BaseModel) -> None:
+        if self.journal is not None:
+            data = message.model_dump(mode="json") if isinstance(message, BaseModel) else message
+            self.journal.outbound(client.id, data, self._journal_t())
+            if data.get("type") == "error" and client.inbound is not None:
+                client.inbound["result"] = {"error": {"code": data["code"], "message": data["message"]}}
         self._offer(client, dumps(message))
 
     def _error(self, client: _Client, code: str, message: str, session_id: str | None = None) -> None:
@@ -470,7 +514,7 @@ class _BaseServer:
             return
         assert ws.request is not None
         wanted = [sid for sid in parse_qs(urlsplit(ws.request.path).query).get("session_id", []) if sid]
-        client = _Client(ws, watch_all=not wanted, watched=set(wanted))
+        client = _Client(ws, watch_all=not wanted, watched=set(wanted), id=f"c{next(self._connections)}")
         self._limit_send_buffer(ws)
         # Snapshot and registration with no await in between: no transition can fall between the two.
         for message in self._snapshot(client):
@@ -500,6 +544,19 @@ class _BaseServer:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
 
     def _on_message(self, client: _Client, raw: bytes) -> None:
+        if self.journal is None:
+            self._handle_message(client, raw)
+            return
+        # Journal the frame first, then let _send() fill in the error it causes, if any.
+        client.inbound = self.journal.inbound(client.id, _journal_view(raw), self._journal_t())
+        try:
+            self._handle_message(client, raw)
+        finally:
+            if client.inbound["result"] is None:
+                client.inbound["result"] = "applied"
+            client.inbound = None
+
+    def _handle_message(self, client: _Client, raw: bytes) -> None:
         if len(raw) > MAX_MESSAGE_BYTES:
             self._error(client, "too_large", f"message is {len(raw)} bytes, the limit is {MAX_MESSAGE_BYTES}")
             return
@@ -542,6 +599,16 @@ class _BaseServer:
 _S = TypeVar("_S", bound=_BaseServer)
 
 
+def _journal_view(raw: bytes) -> dict[str, Any]:
+    """An inbound frame as the journal shows it: its JSON object, else ``{"raw": ...}`` (cut)."""
+    if len(raw) <= MAX_MESSAGE_BYTES:
+        with contextlib.suppress(ValueError, RecursionError):
+            data = _jsonsafe.loads(raw.decode("utf-8"))
+            if isinstance(data, dict):
+                return data
+    return {"raw": raw[:200].decode("utf-8", "replace")}
+
+
 class LiveServer(_BaseServer):
     """The live mock backend: the scenario's model in real time, over the orchestrator's protocol.
 
@@ -567,10 +634,12 @@ class LiveServer(_BaseServer):
                  record: str | Path | None = None, client_queue: int = 1000, close_timeout: float = 2.0,
                  send_buffer: int | None = 128 * 1024, static_dir: str | Path | None = None,
                  allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = (), token: str | None = None,
-                 owner_only: bool = False) -> None:
+                 owner_only: bool = False, admin_port: int | None = None, admin_token: str | None = None,
+                 journal_size: int = DEFAULT_JOURNAL_SIZE) -> None:
         super().__init__(host=host, port=port, record=record, client_queue=client_queue,
                          close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
-                         allow_origins=allow_origins, allow_hosts=allow_hosts, token=token)
+                         allow_origins=allow_origins, allow_hosts=allow_hosts, token=token,
+                         admin_port=admin_port, admin_token=admin_token, journal_size=journal_size)
         #: Clients may control only the sessions they started on the same connection.
         self.owner_only = owner_only
         self.scenario = as_scenario(scenario)
@@ -586,6 +655,9 @@ class LiveServer(_BaseServer):
 
     def _record_header(self) -> dict[str, Any]:
         return {"scenario": self.scenario.name, "seed": self.sim.seed, "speed": self.pacer.speed}
+
+    def _journal_t(self) -> float:
+        return self.pacer.now()
 
     def _on_start(self) -> None:
         self._unsubscribe = self.sim.manager.subscribe(self._on_transition)
@@ -674,10 +746,12 @@ class ReplayServer(_BaseServer):
                  record: str | Path | None = None, client_queue: int = 1000, close_timeout: float = 2.0,
                  send_buffer: int | None = 128 * 1024, static_dir: str | Path | None = None,
                  allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = (),
-                 token: str | None = None) -> None:
+                 token: str | None = None, admin_port: int | None = None, admin_token: str | None = None,
+                 journal_size: int = DEFAULT_JOURNAL_SIZE) -> None:
         super().__init__(host=host, port=port, record=record, client_queue=client_queue,
                          close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
-                         allow_origins=allow_origins, allow_hosts=allow_hosts, token=token)
+                         allow_origins=allow_origins, allow_hosts=allow_hosts, token=token,
+                         admin_port=admin_port, admin_token=admin_token, journal_size=journal_size)
         if not speed > 0:
             raise ValueError(f"speed must be > 0, got {speed}")
         self.source = str(source) if isinstance(source, str | Path) else "<messages>"
@@ -705,6 +779,9 @@ class ReplayServer(_BaseServer):
 
     def _record_header(self) -> dict[str, Any]:
         return {"replay_of": self.source, "speed": self.speed}
+
+    def _journal_t(self) -> float:
+        return self._position
 
     def _on_start(self) -> None:
         self._finished = asyncio.Event()

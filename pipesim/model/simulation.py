@@ -220,6 +220,36 @@ class Simulation:
             return tr
         return self.manager.control(session_id, action, now)  # raises: unknown action
 
+    def add_session(self, session_id: str, *, turns: int | None = None, audio_quality: float | None = None,
+                    start: bool = True) -> Transition:
+        """Create a session now from the scenario's session template (live mode), with ``turns`` user
+        turns and a user whose typical ``audio_quality`` (0..1, exclusive) is given, where not None.
+
+        The template's draws happen as for any session (same streams), then the options replace them.
+
+        >>> from pipesim.scenario import Scenario
+        >>> sim = Simulation(Scenario(), live=True)
+        >>> sim.add_session("abc", turns=2, audio_quality=0.5).status
+        'active'
+        >>> sim.sessions["abc"].n_turns, sim.sessions["abc"].snr_db == sim.scenario.quality.midpoint_db
+        (2, True)
+        """
+        reserved = self._reserved(session_id)
+        if reserved:
+            raise IllegalTransition(session_id, "lifecycle", "unknown", "create", f"the id is reserved: {reserved}")
+        tr = self._spawn(session_id, start=False)
+        s = self.sessions[session_id]
+        if turns is not None:
+            s.n_turns = turns
+        if audio_quality is not None:
+            # The chunk quality is logistic((SNR - midpoint) / scale): invert it for the user's SNR level.
+            q = self.scenario.quality
+            s.snr_db = q.midpoint_db + q.scale_db * math.log(audio_quality / (1.0 - audio_quality))
+        if start:
+            tr = self.manager.start(session_id, self.env.now)
+            self.env.process(self._user(s, s.epoch, fresh=True))
+        return tr
+
     def inject_fault(self, fault: str, service: str | None = None, duration_s: float = 5.0) -> None:
         """Live faults: a Kafka stall (all topics or ``service``'s) or a service outage, from now for
         ``duration_s``. (``disconnect`` is the server's business, not the model's.)"""

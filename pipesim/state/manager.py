@@ -133,6 +133,13 @@ class PipelineStateManager:
     def status(self, session_id: str) -> str:
         return self._get(session_id).status
 
+    def reserve_seq(self, session_id: str) -> int:
+        """Take the session's next ``seq`` for a message that is not a transition (an admin push), so
+        that the transitions after it keep counting up from there."""
+        s = self._get(session_id)
+        s.seq += 1
+        return s.seq - 1
+
     def forget(self, session_id: str) -> None:
         """Drop a stopped session's record (long live runs); events for it then raise UnknownSession."""
         s = self._get(session_id)

@@ -288,9 +288,9 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
                    help="require this token to open /ws, as 'Authorization: Bearer TOKEN' or '?token=TOKEN' "
                         "(open the dashboard as http://HOST:PORT/?token=TOKEN); prefer $PIPESIM_TOKEN, "
                         "as other users can see a command line (default: $PIPESIM_TOKEN if set, else no token)")
-    p.add_argument("--admin-port", type=_port, default=8002,
+    p.add_argument("--admin-port", type=_port,
                    help="port of the admin API (http://127.0.0.1:PORT/__admin, always on loopback), 0 for any "
-                        "free one (default: 8002)")
+                        "free one (default: 8002, or a free one with --port 0 so parallel servers never clash)")
     p.add_argument("--no-admin", action="store_true", help="no admin API (default: on, on 127.0.0.1)")
     p.add_argument("--admin-token",
                    help="require 'Authorization: Bearer TOKEN' on the admin API; prefer $PIPESIM_ADMIN_TOKEN "

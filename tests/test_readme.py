@@ -114,7 +114,7 @@ def run_server(argv: list[str], where: str, cwd: Path) -> None:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the server prints its URLs once it is listening
-        found = re.search(r"dashboard (http://\S+/)\)", line)
+        found = re.search(r"\"http\":\"(http://\S+?/)\"", line)  # the JSON line: {"event":"listening",...}
         assert found, f"{where}: pipesim {' '.join(argv)} did not start: {line}{proc.stdout.read()}"
         deadline = time.monotonic() + SERVER_START_S
         while True:

@@ -47,7 +47,7 @@ from pipesim.errors import LiveError
 from pipesim.live.access import Access
 from pipesim.live.pacer import Pacer
 from pipesim.model import Simulation
-from pipesim.protocol import FaultInjection, ProtocolError, parse_message, wire_messages
+from pipesim.protocol import FaultInjection, ProtocolError, json_schemas, parse_message, wire_messages
 from pipesim.state import IllegalTransition, Transition, UnknownSession
 from pipesim.vocabulary import SERVER_MESSAGE_TYPES, FaultKind, PipelineState, ServiceName, ServiceState, SessionStatus
 
@@ -442,7 +442,7 @@ class _Ops:
             if message.get("session_id", sid) != sid:
                 raise AdminError(422, "bad_request", f"body.messages[{i}].message.session_id: "
                                  f"{message['session_id']!r} is not the session of the path, {sid!r}")
-            probe = {"session_id": sid, "seq": 0, "timestamp": 0.0, **message}
+            probe = {**_filled(message.get("type"), {"session_id": sid, "seq": 0, "timestamp": 0.0}), **message}
             try:
                 parse_message(json.dumps(probe), allowed=SERVER_MESSAGE_TYPES)
             except (ProtocolError, TypeError, ValueError) as exc:
@@ -468,14 +468,16 @@ class _Ops:
         server = self.live
         now = server.sim.env.now
         out = {**message, "session_id": sid}
-        if "seq" not in out:
+        fields = _filled(out.get("type"), {"seq": 0, "timestamp": 0.0})
+        if "seq" in fields and "seq" not in out:
             mgr = server.sim.manager
             if sid in mgr:
                 out["seq"] = mgr.reserve_seq(sid)
             else:
                 out["seq"] = self._push_seq.get(sid, 0)
                 self._push_seq[sid] = out["seq"] + 1
-        out.setdefault("timestamp", now)
+        if "timestamp" in fields:
+            out.setdefault("timestamp", now)
         server._broadcast(sid, out, now)
 
     # Reset
@@ -659,6 +661,15 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
         return get_ops().seek(body.t)
 
     return app
+
+
+def _filled(type_name: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """The ``values`` whose fields the message type has (an ``error`` has no seq nor timestamp)."""
+    fields = _FIELDS.get(type_name) if isinstance(type_name, str) else None
+    return {k: v for k, v in values.items() if fields is None or k in fields}
+
+
+_FIELDS = {name: set(schema.get("properties", {})) for name, schema in json_schemas().items()}
 
 
 def _has_body(request: Request) -> bool:

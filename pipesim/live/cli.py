@@ -30,6 +30,8 @@ from pipesim.live.recording import load_replay
 from pipesim.live.server import LiveServer, ReplayServer, _BaseServer
 from pipesim.scenario import load_scenario
 
+DEFAULT_ADMIN_PORT = 8002
+
 
 def serve(args: argparse.Namespace) -> int:
     """``pipesim serve [SCENARIO] [--host] [--port] [--speed] [--seed] [--record] [--owner-only]
@@ -60,7 +62,8 @@ def _access(args: argparse.Namespace) -> dict[str, Any]:
 def _admin(args: argparse.Namespace) -> dict[str, Any]:
     """The admin API options: ``--admin-port``, ``--no-admin``, ``--admin-token`` (else
     ``$PIPESIM_ADMIN_TOKEN``), ``--journal-size``."""
-    return {"admin_port": None if args.no_admin else args.admin_port,
+    port = args.admin_port if args.admin_port is not None else 0 if args.port == 0 else DEFAULT_ADMIN_PORT
+    return {"admin_port": None if args.no_admin else port,
             "admin_token": args.admin_token or os.environ.get("PIPESIM_ADMIN_TOKEN") or None,
             "journal_size": args.journal_size}
 

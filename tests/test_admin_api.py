@@ -133,49 +133,49 @@ def test_sessions_list_get_create_and_control_like_the_websocket_controls() -> N
 # The clock -------------------------------------------------------------------------------------------
 def test_pause_freezes_time_and_messages_while_controls_from_clients_are_answered() -> None:
     async def main() -> None:
-        async with admin_server(scenario(background=3), speed=40) as (server, http):
-            async with LiveClient(server.url) as dashboard:
-                await dashboard.expect(lambda m: m.get("event") == "audio")
-                clock = await ok(await http.post("/clock/pause"))
-                assert clock["paused"] is True
-                await asyncio.sleep(0.1)  # what was queued before the pause reaches the client
-                frozen_t, seen = clock["t"], len(dashboard.messages)
-                await asyncio.sleep(0.6)  # 24 simulated seconds at 40x if it were running
-                assert (await ok(await http.get("/clock")))["t"] == frozen_t
-                assert len(dashboard.messages) == seen, dashboard.messages[seen:]
+        async with admin_server(scenario(background=3), speed=40) as (server, http), \
+                LiveClient(server.url) as dashboard:
+            await dashboard.expect(lambda m: m.get("event") == "audio")
+            clock = await ok(await http.post("/clock/pause"))
+            assert clock["paused"] is True
+            await asyncio.sleep(0.1)  # what was queued before the pause reaches the client
+            frozen_t, seen = clock["t"], len(dashboard.messages)
+            await asyncio.sleep(0.6)  # 24 simulated seconds at 40x if it were running
+            assert (await ok(await http.get("/clock")))["t"] == frozen_t
+            assert len(dashboard.messages) == seen, dashboard.messages[seen:]
 
-                # A client's controls are still answered, at the paused time.
-                await dashboard.control("start", "late")
-                created = await dashboard.expect(lambda m: m.get("session_id") == "late"
-                                                 and m["type"] == "session_created")
-                assert created["timestamp"] == frozen_t
-                await dashboard.control("pause", "sim-00001")
-                update = await dashboard.expect(lambda m: m.get("session_id") == "sim-00001"
-                                                and m.get("status") == "paused")
-                assert update["timestamp"] == frozen_t
-                await dashboard.control("pause", "ghost")
-                error = await dashboard.expect(lambda m: m["type"] == "error")
-                assert error["code"] == "unknown_session"
-                assert (await ok(await http.get("/clock")))["t"] == frozen_t
+            # A client's controls are still answered, at the paused time.
+            await dashboard.control("start", "late")
+            created = await dashboard.expect(lambda m: m.get("session_id") == "late"
+                                             and m["type"] == "session_created")
+            assert created["timestamp"] == frozen_t
+            await dashboard.control("pause", "sim-00001")
+            update = await dashboard.expect(lambda m: m.get("session_id") == "sim-00001"
+                                            and m.get("status") == "paused")
+            assert update["timestamp"] == frozen_t
+            await dashboard.control("pause", "ghost")
+            error = await dashboard.expect(lambda m: m["type"] == "error")
+            assert error["code"] == "unknown_session"
+            assert (await ok(await http.get("/clock")))["t"] == frozen_t
 
-                # Resume: no jump (the wall origin is re-anchored): at most 40x the request's wall time.
-                wall = asyncio.get_running_loop().time
-                w0 = wall()
-                resumed = await ok(await http.post("/clock/resume"))
-                assert resumed["paused"] is False
-                assert frozen_t <= resumed["t"] <= frozen_t + 40 * (wall() - w0) + 1e-6
-                await asyncio.sleep(0.3)
-                assert (await ok(await http.get("/clock")))["t"] > frozen_t + 4
+            # Resume: no jump (the wall origin is re-anchored): at most 40x the request's wall time.
+            wall = asyncio.get_running_loop().time
+            w0 = wall()
+            resumed = await ok(await http.post("/clock/resume"))
+            assert resumed["paused"] is False
+            assert frozen_t <= resumed["t"] <= frozen_t + 40 * (wall() - w0) + 1e-6
+            await asyncio.sleep(0.3)
+            assert (await ok(await http.get("/clock")))["t"] > frozen_t + 4
 
-                # Speed: re-anchored too, so simulated time does not jump either way.
-                w0 = wall()
-                before = (await ok(await http.get("/clock")))["t"]
-                slowed = await ok(await http.post("/clock/speed", json={"speed": 0.5}))
-                assert slowed["speed"] == 0.5
-                assert before <= slowed["t"] <= before + 40 * (wall() - w0) + 1e-6
-                await asyncio.sleep(0.2)  # from w0 on, time runs at most at 40x then at 0.5x
-                now = (await ok(await http.get("/clock")))["t"]
-                assert slowed["t"] < now <= slowed["t"] + 0.5 * (wall() - w0) + 1e-6  # not 40x any more
+            # Speed: re-anchored too, so simulated time does not jump either way.
+            w0 = wall()
+            before = (await ok(await http.get("/clock")))["t"]
+            slowed = await ok(await http.post("/clock/speed", json={"speed": 0.5}))
+            assert slowed["speed"] == 0.5
+            assert before <= slowed["t"] <= before + 40 * (wall() - w0) + 1e-6
+            await asyncio.sleep(0.2)  # from w0 on, time runs at most at 40x then at 0.5x
+            now = (await ok(await http.get("/clock")))["t"]
+            assert slowed["t"] < now <= slowed["t"] + 0.5 * (wall() - w0) + 1e-6  # not 40x any more
 
     run(main())
 

@@ -13,6 +13,13 @@ Endpoints (HTTP and WebSocket share the port)
   never handed to the file system); a request line that is not ASCII is not HTTP, and the websockets
   library hangs up on it.
 
+Admin API
+---------
+With ``admin_port`` (``pipesim serve`` by default: 8002), :mod:`pipesim.live.admin` serves
+``http://127.0.0.1:PORT/__admin`` (always loopback) from the same event loop: sessions, the clock, faults,
+push, the journal (:attr:`_BaseServer.journal`: every inbound frame with its result, every outbound
+message) and reset.
+
 Who may connect
 ---------------
 Checked at the ``/ws`` handshake by :mod:`pipesim.live.access`; a refusal is ``403`` with a one-line reason.
@@ -113,7 +120,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel
@@ -124,7 +131,6 @@ from websockets.http11 import Request, Response
 from pipesim import _jsonsafe
 from pipesim.errors import LiveError
 from pipesim.live.access import Access, RedactingLogger
-from pipesim.live.admin import AdminListener
 from pipesim.live.journal import DEFAULT_JOURNAL_SIZE, Journal
 from pipesim.live.pacer import Pacer
 from pipesim.live.recording import Recorder, load_replay
@@ -141,6 +147,9 @@ from pipesim.protocol import (
 from pipesim.scenario import Scenario, as_scenario
 from pipesim.state import IllegalTransition, Transition, UnknownSession
 from pipesim.vocabulary import CLIENT_MESSAGE_TYPES
+
+if TYPE_CHECKING:
+    from pipesim.live.admin import AdminListener
 
 log = logging.getLogger("pipesim.live")
 
@@ -219,8 +228,11 @@ class _BaseServer:
         self.journal: Journal | None = Journal(journal_size) if journal_size > 0 else None
         self._connections = itertools.count(1)
         #: The admin API's listener (``admin_port`` None: no admin API).
-        self.admin: AdminListener | None = (AdminListener(self, admin_port, admin_token)
-                                            if admin_port is not None else None)
+        self.admin: AdminListener | None = None
+        if admin_port is not None:
+            from pipesim.live.admin import AdminListener  # FastAPI loads only when it is wanted
+
+            self.admin = AdminListener(self, admin_port, admin_token)
 
     # Public API ------------------------------------------------------------------------------------
     @property

@@ -476,6 +476,51 @@ def test_bodies_that_are_not_an_object_get_one_error(app_client: Any, raw: bytes
 
 
 # Replay -----------------------------------------------------------------------------------------------
+def replay_items() -> list[tuple[float, dict[str, Any]]]:
+    """Session r: created at 0, then one update per simulated second (the state alternates), for 100 s."""
+    items: list[tuple[float, dict[str, Any]]] = [
+        (0.0, {"type": "session_created", "session_id": "r", "timestamp": 0.0, "seq": 0})]
+    for k in range(1, 101):
+        items.append((float(k), {"type": "pipeline_state_update", "session_id": "r",
+                                 "state": "processing" if k % 2 else "listening",
+                                 "services": {"stt": "idle", "llm": "idle", "tts": "idle"},
+                                 "metadata": {"buffer_size": 0, "audio_quality": 0.5}, "timestamp": float(k),
+                                 "seq": k}))
+    return items
+
+
+def test_a_replay_pauses_resumes_changes_speed_and_seeks_through_the_admin_api() -> None:
+    async def main() -> None:
+        async with ReplayServer(replay_items(), port=0, admin_port=0, speed=10) as server, \
+                httpx.AsyncClient(base_url=server.admin_url, timeout=10) as http, \
+                LiveClient(server.url) as client:
+            await client.expect(lambda m: m.get("seq") == 3)
+            held = await ok(await http.post("/clock/pause"))
+            assert held["paused"] is True
+            await asyncio.sleep(0.1)
+            seen = len(client.messages)
+            await asyncio.sleep(0.4)  # 4 messages at 10x if it were playing
+            assert len(client.messages) == seen and (await ok(await http.get("/clock")))["t"] == held["t"]
+
+            moved = await ok(await http.post("/replay/seek", json={"t": 50.5}))
+            assert moved["t"] == 50.5 and moved["paused"] is True
+            snap = await client.expect(lambda m: m.get("event") == "snapshot")
+            assert snap["seq"] == 50 and snap["timestamp"] == 50.5
+            fast = await ok(await http.post("/clock/speed", json={"speed": 100}))
+            assert fast["speed"] == 100 and fast["t"] == 50.5
+            await ok(await http.post("/clock/resume"))
+            following = await client.expect(lambda m: m.get("seq") == 51 and m.get("event") != "snapshot")
+            assert following["timestamp"] == 51.0
+            await server.wait_finished()
+            await client.expect(lambda m: m.get("seq") == 100)  # through the writer
+            seqs = [m["seq"] for m in client.messages if m.get("event") != "snapshot"]
+            before = seqs[:seqs.index(51)]  # up to the pause, in order; nothing between the pause and 50.5
+            assert before == list(range(len(before))) and len(before) < 20
+            assert seqs[len(before):] == list(range(51, 101))
+
+    run(main())
+
+
 def test_a_replay_answers_health_clock_and_journal_and_refuses_what_would_change_it() -> None:
     items = [(0.0, {"type": "session_created", "session_id": "r", "timestamp": 0.0, "seq": 0})]
 

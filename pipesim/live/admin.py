@@ -241,6 +241,8 @@ class _Ops:
         self._admin_ids = itertools.count(1)
         self.created_by_admin: set[str] = set()
         self._push_seq: dict[str, int] = {}  # next seq of sessions the model does not know
+        # One clock-moving request at a time: a second step/advance/run-until/reset waits for the first.
+        self._moving = asyncio.Lock()
 
     # Shared helpers
     @property
@@ -259,8 +261,7 @@ class _Ops:
         if isinstance(s, LiveServer):
             return Clock(t=s.pacer.now(), paused=s.pacer.paused, speed=s.pacer.speed,
                          next_event_t=s.pacer.next_event_t)
-        return Clock(t=s._position, paused=bool(getattr(s, "paused", False)), speed=s.speed,
-                     next_event_t=None)
+        return Clock(t=s.playback_t, paused=s.paused, speed=s.speed, next_event_t=None)
 
     def session(self, sid: str) -> Session:
         server = self.live
@@ -345,10 +346,7 @@ class _Ops:
         return self.clock()
 
     def _replay_call(self, name: str, *args: Any) -> None:
-        method = getattr(self.server, name, None)
-        if method is None:
-            raise AdminError(409, "unsupported", f"{name}: this replay server cannot {name} (not available)")
-        method(*args)
+        getattr(self.server, name)(*args)
 
     @contextlib.contextmanager
     def _watching(self) -> Generator[list[Transition], None, None]:
@@ -362,14 +360,16 @@ class _Ops:
 
     async def step(self, count: int, wall_timeout: float = 10.0) -> ClockMoved:
         pacer = self.live.pacer
-        with self._watching() as seen:
-            await pacer.run_until(lambda: len(seen) >= count, wall_timeout=wall_timeout)
+        async with self._moving:
+            with self._watching() as seen:
+                await pacer.run_until(lambda: len(seen) >= count, wall_timeout=wall_timeout)
         return ClockMoved(clock=self.clock(), transitions=[m for tr in seen for m in wire_messages(tr)])
 
     async def advance(self, seconds: float) -> ClockMoved:
         pacer = self.live.pacer
-        with self._watching() as seen:
-            await pacer.advance(seconds)
+        async with self._moving:
+            with self._watching() as seen:
+                await pacer.advance(seconds)
         return ClockMoved(clock=self.clock(), transitions=[m for tr in seen for m in wire_messages(tr)])
 
     async def run_until(self, body: RunUntilBody) -> RunUntilResult:
@@ -389,20 +389,8 @@ class _Ops:
         pacer.pause()
         reached = sid in server.sim.manager and matches(server.sim.manager.snapshot(sid, pacer.now()))
         if not reached:
-            with self._watching() as seen:
-                # Stop after the model event whose transitions include a match (checked as they come).
-                hits: list[bool] = []
-                seen_count = [0]
-
-                def done() -> bool:
-                    new = seen[seen_count[0]:]
-                    seen_count[0] = len(seen)
-                    if any(matches(tr) for tr in new):
-                        hits.append(True)
-                    return bool(hits)
-
-                reached = await pacer.run_until(done, max_t=pacer.env.now + body.timeout_s,
-                                                wall_timeout=body.wall_timeout_s)
+            async with self._moving:
+                reached = await self._run_until(pacer, matches, body)
         if not reached:
             where = self.session(sid).model_dump() if sid in server.sim.manager else None
             raise AdminError(408, "timeout", f"run-until: session {sid!r} did not reach "
@@ -410,6 +398,17 @@ class _Ops:
                              f"{body.timeout_s:g} simulated s (or {body.wall_timeout_s:g} wall s)",
                              session=where, clock=self.clock().model_dump())
         return RunUntilResult(clock=self.clock(), session=self.session(sid), reached=True)
+
+    async def _run_until(self, pacer: Pacer, matches: Callable[[Transition], bool], body: RunUntilBody) -> bool:
+        """Step until a transition matches: checked as transitions come, so that the clock stops after the
+        model event that made it (a later transition of the same event may move the session on)."""
+        hit: list[Transition] = []
+        unsubscribe = self.live.sim.manager.subscribe(lambda tr: hit.append(tr) if matches(tr) else None)
+        try:
+            return await pacer.run_until(lambda: bool(hit), max_t=pacer.env.now + body.timeout_s,
+                                         wall_timeout=body.wall_timeout_s)
+        finally:
+            unsubscribe()
 
     # Faults and pushes
     def fault(self, body: FaultBody) -> FaultApplied:
@@ -482,6 +481,10 @@ class _Ops:
 
     # Reset
     async def reset(self) -> Clock:
+        async with self._moving:
+            return await self._reset()
+
+    async def _reset(self) -> Clock:
         server = self.live
         paused, speed, batch = server.pacer.paused, server.pacer.speed, server.pacer.batch
         await server._on_stop()  # the pacer stops and the server no longer hears the old model

@@ -99,7 +99,9 @@ Replay
 first client connects, from the first message, at the original simulated timing divided by ``speed``;
 ``--loop`` starts again after the last message (the same session ids are created again). Watching rules,
 snapshots (the last update of each session not yet ended), limits and ``disconnect`` work as live;
-controls and model faults get ``error`` ``unsupported``.
+controls and model faults get ``error`` ``unsupported``. The admin API pauses, resumes, changes the speed
+of and seeks the playback (:meth:`ReplayServer.pause`, ``resume``, ``set_speed``, ``seek``; after a seek,
+clients get a snapshot of each session as it was at that time, then the messages from there).
 
 >>> from pipesim.scenario import Scenario
 >>> server = LiveServer(Scenario(), port=0)  # in a coroutine: await server.start() ... await server.stop()
@@ -113,6 +115,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import mimetypes
 import os
 import socket
@@ -777,6 +780,77 @@ class ReplayServer(_BaseServer):
         self._latest: dict[str, dict[str, Any]] = {}  # last update of each session not yet ended
         self._position = self._items[0][0]
         self._finished: asyncio.Event | None = None
+        #: Playback held by :meth:`pause` (the admin API's clock).
+        self.paused = False
+        self._anchor_wall: float | None = None  # wall time at which the playback was at _anchor_t
+        self._anchor_t = self._items[0][0]
+        self._index = 0  # of the next message to send
+        self._wake = asyncio.Event()
+
+    # Playback control (the admin API's clock on a replay): a minimal version ---------------------------
+    @property
+    def playback_t(self) -> float:
+        """Where the playback is, in the recording's time."""
+        if self.paused or self._anchor_wall is None:
+            return self._anchor_t
+        return self._anchor_t + (asyncio.get_running_loop().time() - self._anchor_wall) * self.speed
+
+    def pause(self) -> None:
+        """Hold the playback where it is: nothing is sent until :meth:`resume`."""
+        if not self.paused:
+            self._anchor_t, self.paused = self.playback_t, True
+            self._wake.set()
+
+    def resume(self) -> None:
+        """Go on from where the playback was held (no jump)."""
+        if self.paused:
+            self.paused = False
+            self._reanchor(self._anchor_t)
+
+    def set_speed(self, speed: float) -> None:
+        """Play at ``speed`` from now on (no jump)."""
+        if not speed > 0 or speed == float("inf"):
+            raise ValueError(f"speed must be > 0 and finite, got {speed}")
+        t = self.playback_t
+        self.speed = float(speed)
+        self._reanchor(t)
+
+    def seek(self, t: float) -> None:
+        """Go to time ``t`` of the recording: clients get a snapshot of every session as it was there,
+        then the messages from ``t`` on (nothing in between is sent)."""
+        self._index = self._jump(t)
+        if self._player is not None and self._player.done():
+            self._player = asyncio.ensure_future(self._play())
+        self._wake.set()
+
+    def _reanchor(self, t: float) -> None:
+        self._anchor_t = t
+        self._anchor_wall = asyncio.get_running_loop().time()
+        self._wake.set()
+
+    def _jump(self, t: float) -> int:
+        """Seek: the state at ``t`` (no message sent for what is skipped), snapshots out; the next index."""
+        self._latest.clear()
+        i = 0
+        while i < len(self._items) and self._items[i][0] < t:
+            self._remember(self._items[i][1])
+            i += 1
+        self._position = t
+        if self.paused:
+            self._anchor_t = t
+        else:
+            self._reanchor(t)
+        for client in list(self._clients):
+            for message in self._snapshot(client):
+                self._send(client, message)
+        return i
+
+    def _remember(self, message: dict[str, Any]) -> None:
+        sid = message.get("session_id")
+        if sid is not None and message["type"] == "pipeline_state_update":
+            self._latest[sid] = message
+        elif sid is not None and message["type"] == "session_ended":
+            self._latest.pop(sid, None)
 
     @property
     def messages(self) -> int:
@@ -793,7 +867,7 @@ class ReplayServer(_BaseServer):
         return {"replay_of": self.source, "speed": self.speed}
 
     def _journal_t(self) -> float:
-        return self._position
+        return self.playback_t if self._loop is not None else self._position
 
     def _on_start(self) -> None:
         self._finished = asyncio.Event()
@@ -813,27 +887,39 @@ class ReplayServer(_BaseServer):
                 for sid, m in self._latest.items() if client.wants(sid)]
 
     async def _play(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            self._latest.clear()
-            t_first = self._items[0][0]
-            origin = loop.time()
-            for i, (t, message) in enumerate(self._items):
-                delay = origin + (t - t_first) / self.speed - loop.time()
+            if self._index == 0:  # a new round (not one a seek has set up)
+                self._latest.clear()
+                self._position = self._items[0][0]
+                if self.paused:
+                    self._anchor_t = self._position
+                else:
+                    self._reanchor(self._position)
+            burst = 0
+            while self._index < len(self._items):
+                t, message = self._items[self._index]
+                delay = math.inf if self.paused else (t - self.playback_t) / self.speed
                 if delay > 0:
-                    await asyncio.sleep(delay)
-                elif i % 100 == 99:
+                    # Sleep until it is due, or until pause/resume/speed/seek changes the schedule.
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(None if delay == math.inf else delay):
+                            await self._wake.wait()
+                    burst = 0
+                    continue
+                burst += 1
+                if burst >= 100:
+                    burst = 0
                     await asyncio.sleep(0)  # behind: let the writers run
+                    continue  # (a seek may have moved the index meanwhile)
                 self._position = t
-                sid = message.get("session_id")
-                if sid is not None and message["type"] == "pipeline_state_update":
-                    self._latest[sid] = message
-                elif sid is not None and message["type"] == "session_ended":
-                    self._latest.pop(sid, None)
-                self._broadcast(sid, message, t)
+                self._remember(message)
+                self._broadcast(message.get("session_id"), message, t)
+                self._index += 1
             self.plays += 1
             assert self._finished is not None
             self._finished.set()
+            self._index = 0
             if not self.loop:
                 return
 

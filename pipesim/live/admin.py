@@ -739,8 +739,10 @@ class AdminListener:
     async def start(self) -> None:
         if self._sock is None:
             self.bind()
-        config = uvicorn.Config(build_app(self.server, token=self.token), log_level="warning", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=1, server_header=False)
+        # log_config=None: uvicorn leaves the process's logging as pipesim set it (its warnings then read like
+        # pipesim's own); no access log, so no request line (nor token) is ever written.
+        config = uvicorn.Config(build_app(self.server, token=self.token), log_config=None, log_level="warning",
+                                access_log=False, lifespan="off", timeout_graceful_shutdown=1, server_header=False)
         self._uvicorn = _EmbeddedServer(config)
         self._task = asyncio.ensure_future(self._uvicorn.serve(sockets=[self._sock]))
         while not self._uvicorn.started:

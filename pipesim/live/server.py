@@ -92,7 +92,9 @@ Replay
 first client connects, from the first message, at the original simulated timing divided by ``speed``;
 ``--loop`` starts again after the last message (the same session ids are created again). Watching rules,
 snapshots (the last update of each session not yet ended), limits and ``disconnect`` work as live;
-controls and model faults get ``error`` ``unsupported``.
+controls and model faults get ``error`` ``unsupported``. :meth:`ReplayServer.pause`, ``resume``,
+``set_speed`` and ``seek`` (the admin API's replay clock) move its :class:`~pipesim.live.playback.Playback`
+cursor; a seek brings every watcher to the state as of ``t``, as a client joining then would see it.
 
 >>> from pipesim.scenario import Scenario
 >>> server = LiveServer(Scenario(), port=0)  # in a coroutine: await server.start() ... await server.stop()
@@ -123,6 +125,7 @@ from websockets.http11 import Request, Response
 from pipesim.errors import LiveError
 from pipesim.live.access import Access, RedactingLogger
 from pipesim.live.pacer import Pacer
+from pipesim.live.playback import Playback
 from pipesim.live.recording import Recorder, load_replay
 from pipesim.model import Simulation
 from pipesim.protocol import (
@@ -678,24 +681,84 @@ class ReplayServer(_BaseServer):
         super().__init__(host=host, port=port, record=record, client_queue=client_queue,
                          close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
                          allow_origins=allow_origins, allow_hosts=allow_hosts, token=token)
-        if not speed > 0:
-            raise ValueError(f"speed must be > 0, got {speed}")
         self.source = str(source) if isinstance(source, str | Path) else "<messages>"
         self._items = load_replay(source) if isinstance(source, str | Path) else list(source)
         if not self._items:
             raise ValueError("nothing to replay")
-        self.speed, self.loop = float(speed), loop
+        #: The cursor: position, pause, speed, seek (the admin API's replay clock drives it).
+        self.playback = Playback(self._items, speed)
+        self.loop = loop
         #: Times the playback reached its end.
         self.plays = 0
         self._player: asyncio.Task[None] | None = None
         self._latest: dict[str, dict[str, Any]] = {}  # last update of each session not yet ended
         self._position = self._items[0][0]
         self._finished: asyncio.Event | None = None
+        self._wake = asyncio.Event()  # the cursor moved (seek, resume, speed): look at the schedule again
+        self._moved = False  # the clock was driven before the first client came: do not restart it then
 
     @property
     def messages(self) -> int:
         """How many messages one playback sends."""
         return len(self._items)
+
+    @property
+    def speed(self) -> float:
+        return self.playback.speed
+
+    def clock(self) -> dict[str, Any]:
+        """The replay's clock as the admin API shows it: ``t``, ``paused``, ``speed``, ``next_event_t``."""
+        pb = self.playback
+        return {"t": pb.position, "paused": pb.paused, "speed": pb.speed, "next_event_t": pb.next_t}
+
+    def pause(self) -> dict[str, Any]:
+        """Hold the playback where it is; connected clients keep their connection and get nothing new."""
+        self.playback.pause()
+        return self._moved_clock()
+
+    def resume(self) -> dict[str, Any]:
+        """Go on from where the playback was held."""
+        self.playback.resume()
+        return self._moved_clock()
+
+    def set_speed(self, speed: float) -> dict[str, Any]:
+        """Play at ``speed`` (simulated seconds per wall second) from now on; ``ValueError`` unless > 0."""
+        self.playback.set_speed(speed)
+        return self._moved_clock()
+
+    def seek(self, t: float) -> dict[str, Any]:
+        """Jump to simulated time ``t`` (clamped to the recording's span) and play on from there.
+
+        Every watcher is brought to the state as of ``t``, as a client joining then would see it: a
+        session that no longer exists at ``t`` gets ``session_ended`` (reason ``"replay seek"``); one that
+        does gets a ``snapshot`` of its last update before ``t``, preceded by its ``session_created``
+        when it is new to the client or the seek went back (seq 0 again: the client starts the session
+        afresh, as after ``--loop``). Then the messages from ``t`` on follow. ``ValueError`` for a ``t``
+        that is not a finite number.
+        """
+        pb = self.playback
+        before = pb.sessions_at()
+        backwards = t < pb.position
+        pb.seek(t)
+        now, t = pb.sessions_at(), pb.position
+        self._position = t
+        for sid, gone in before.items():
+            if sid not in now:
+                self._broadcast(sid, {"type": "session_ended", "session_id": sid, "timestamp": t,
+                                      "seq": (gone.seq or 0) + 1, "reason": "replay seek"}, t)
+        self._latest.clear()
+        for sid, at in now.items():
+            if at.created is not None and (backwards or sid not in before):
+                self._broadcast(sid, at.created, t)
+            if at.latest is not None:
+                self._latest[sid] = at.latest
+                self._broadcast(sid, {**at.latest, "event": "snapshot", "timestamp": t, "seq": at.seq}, t)
+        return self._moved_clock()
+
+    def _moved_clock(self) -> dict[str, Any]:
+        self._moved = True
+        self._wake.set()
+        return self.clock()
 
     async def wait_finished(self) -> None:
         """Wait until the (first) playback has sent its last message."""
@@ -717,6 +780,8 @@ class ReplayServer(_BaseServer):
 
     def _on_connect(self, client: _Client) -> None:
         if self._player is None:
+            if not self._moved:
+                self.playback.restart()  # from the first message, now: nobody misses the beginning
             self._player = asyncio.ensure_future(self._play())
 
     def _snapshot(self, client: _Client) -> list[dict[str, Any]]:
@@ -724,17 +789,11 @@ class ReplayServer(_BaseServer):
                 for sid, m in self._latest.items() if client.wants(sid)]
 
     async def _play(self) -> None:
-        loop = asyncio.get_running_loop()
+        pb = self.playback
+        counted = False  # this pass's end is counted in plays
         while True:
-            self._latest.clear()
-            t_first = self._items[0][0]
-            origin = loop.time()
-            for i, (t, message) in enumerate(self._items):
-                delay = origin + (t - t_first) / self.speed - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                elif i % 100 == 99:
-                    await asyncio.sleep(0)  # behind: let the writers run
+            batch = pb.due(limit=100)
+            for t, message in batch:
                 self._position = t
                 sid = message.get("session_id")
                 if sid is not None and message["type"] == "pipeline_state_update":
@@ -742,11 +801,27 @@ class ReplayServer(_BaseServer):
                 elif sid is not None and message["type"] == "session_ended":
                     self._latest.pop(sid, None)
                 self._broadcast(sid, message, t)
-            self.plays += 1
-            assert self._finished is not None
-            self._finished.set()
-            if not self.loop:
-                return
+            if len(batch) == 100:
+                await asyncio.sleep(0)  # behind: let the writers run
+                continue
+            if not pb.finished:
+                counted = False
+            elif not counted:
+                counted = True
+                self.plays += 1
+                assert self._finished is not None
+                self._finished.set()
+                if self.loop:
+                    self._latest.clear()
+                    pb.restart()
+                    continue
+            # Sleep until the next message is due, or until the clock is paused, resumed, sped or sought.
+            delay = pb.next_delay()
+            self._wake.clear()
+            if delay is None or delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
 
     def _on_control(self, client: _Client, msg: ConversationControl) -> None:
         self._error(client, "unsupported",

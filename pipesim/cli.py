@@ -378,8 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "fit", "fit each stage's latency to measured per-turn timings; write a scenario")
     p.add_argument("measurements", help="a CSV of per-turn timings in seconds (columns end_of_utterance_delay, "
-                                        "stt_service or transcription_delay, ttft, ttfb or tts_service), or a "
-                                        "LiveKit session report (.json, .jsonl)")
+                                        "stt_service or transcription_delay, ttft, ttfb or tts_service), a "
+                                        "LiveKit session report (.json, .jsonl), or a pipesim recording "
+                                        "(serve --record, pipesim record: end of utterance and STT)")
     p.add_argument("--out", metavar="FRAGMENT.yaml",
                    help="write the calibrated scenario (runs with `pipesim run FRAGMENT.yaml`)")
     p.add_argument("--plots", metavar="DIR", help="write the Q-Q plots (qq.png) to this folder")

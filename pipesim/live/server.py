@@ -706,6 +706,10 @@ class ReplayServer(_BaseServer):
     def speed(self) -> float:
         return self.playback.speed
 
+    @property
+    def paused(self) -> bool:
+        return self.playback.paused
+
     def clock(self) -> dict[str, Any]:
         """The replay's clock as the admin API shows it: ``t``, ``paused``, ``speed``, ``next_event_t``."""
         pb = self.playback

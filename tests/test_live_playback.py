@@ -103,6 +103,7 @@ def test_without_seeks_every_message_is_handed_out_once_in_order_and_on_time(
         assert delay is None or play.next_t - play.position == pytest.approx(delay * play.speed, abs=1e-6)
     assert out == list(range(len(times)))
     assert play.finished
+    assert play.position == times[-1], "a finished playback stays at its last message"
 
 
 @settings(max_examples=200, deadline=None)

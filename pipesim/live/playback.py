@@ -82,7 +82,8 @@ class Playback:
         """The simulated time now (held while paused; never past the last message once it is sent)."""
         if self.paused:
             return self._anchor_t
-        return self._anchor_t + (self._clock() - self._anchor_wall) * self.speed
+        now = self._anchor_t + (self._clock() - self._anchor_wall) * self.speed
+        return min(now, self.end) if self.finished else now
 
     @property
     def finished(self) -> bool:

@@ -3,6 +3,8 @@
 * Every request the client makes (method and path) is an operation of the OpenAPI document that
   ``pipesim schema --format openapi`` prints, and every operation of that document has a method in the
   client (so neither side can drift).
+* The client's hand-written types (``Session``, ``Clock``, journal entries, request bodies) have the
+  fields of the document's schemas, optional where a request may leave them out.
 * ``tsc --noEmit`` type-checks ``frontend/src`` (the client against the generated protocol types), the
   example Playwright test and its config, with the TypeScript version ``frontend/package-lock.json`` pins.
 """
@@ -66,6 +68,38 @@ def test_every_request_of_the_client_is_in_the_openapi_document(openapi: dict[st
     used = client_requests(CLIENT.read_text(encoding="utf-8"))
     assert used - documented <= {("GET", OPENAPI_PATH)}, f"not in the contract: {sorted(used - documented)}"
     assert documented - used == set(), f"no client method for: {sorted(documented - used)}"
+
+
+#: The client's hand-written types and the OpenAPI schemas they mirror.
+TYPES = {"Session": "Session", "Clock": "Clock", "Health": "Health", "CreateSessionOptions": "CreateSession",
+         "Until": "Until", "ClockMove": "ClockMoved", "RunUntilResult": "RunUntilResult", "Fault": "FaultBody",
+         "Push": "PushItem", "JournalEntry": "JournalEntry"}
+REQUESTS = {"CreateSessionOptions", "Until", "Fault", "Push"}
+
+
+def interfaces(source: str) -> dict[str, dict[str, bool]]:
+    r"""``{interface: {field: optional}}`` of every ``export interface`` in a TypeScript source.
+
+    >>> interfaces('export interface A {\n  /** doc */\n  x: number;\n  "b.c"?: string;\n}\n')
+    {'A': {'x': False, 'b.c': True}}
+    """
+    out = {}
+    for name, body in re.findall(r"^export interface (\w+)[^{]*\{\n(.*?)^\}", source, re.M | re.S):
+        out[name] = {field.strip('"'): bool(optional)
+                     for field, optional in re.findall(r'^  ("[^"]+"|\w+)(\?)?:', body, re.M)}
+    return out
+
+
+def test_the_clients_types_have_the_fields_of_the_contract(openapi: dict[str, Any]) -> None:
+    schemas = openapi["components"]["schemas"]
+    ours = interfaces(CLIENT.read_text(encoding="utf-8"))
+    for name, theirs in TYPES.items():
+        schema = schemas[theirs]
+        if name in REQUESTS:  # what may be left out of a request body is optional on both sides
+            fields = {field: field not in schema.get("required", []) for field in schema["properties"]}
+        else:  # an answer always has every field (one with a default is not "required" in the schema)
+            fields = dict.fromkeys(schema["properties"], False)
+        assert ours[name] == fields, f"{name} (OpenAPI {theirs}): ours {ours[name]}, the contract's {fields}"
 
 
 def test_typescript_compiles() -> None:

@@ -9,7 +9,7 @@ RUN_STAMP = $(VENV)/.installed-run
 DEV_STAMP = $(VENV)/.installed-dev
 LAB_STAMP = $(VENV)/.installed-lab
 
-.PHONY: demo test serve lab lint bench clean browser types wheel-check
+.PHONY: demo test serve lab lint bench clean browser types wheel-check frontend-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ lab: $(LAB_STAMP)
 ## make types: regenerate frontend/src/pipesim-protocol.ts from pipesim/protocol.py
 types: $(DEV_STAMP)
 	bash scripts/gen-types.sh
+
+## make frontend-test: the example Playwright test of frontend/ (admin API + dashboard in headless Chromium)
+frontend-test: $(DEV_STAMP) browser
+	cd frontend && npm ci --no-audit --no-fund && PIPESIM=$(abspath $(BIN))/pipesim npx playwright test
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check pipesim tests benchmarks

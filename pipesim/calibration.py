@@ -36,6 +36,11 @@ a row, with ``end_of_turn_delay`` as ``end_of_utterance_delay``, ``llm_node_ttft
 ``tts_node_ttfb`` as ``ttfb``. **Pipecat** documents its metrics (``MetricsFrame``, TTFB per service) as
 frames and log lines only, with no export format: write them into the CSV above.
 
+**A pipesim recording** (``pipesim serve --record``, or ``pipesim record`` of a real orchestrator; its
+first line is ``{"recording":"pipesim",...}``) is read turn by turn from the receipt times of its state
+updates: ``end_of_utterance_delay`` and ``transcription_delay``. The protocol carries no first-token or
+first-audio event, so the LLM and TTS stages cannot be timed from it.
+
 **Fitting.** Each stage is fitted by maximum likelihood with scipy (``lognorm`` and ``gamma``, location
 fixed at 0); ``empirical`` keeps the samples. The rule: the parametric family with the smallest
 Kolmogorov-Smirnov statistic wins, unless the KS test rejects it (p < :data:`REJECT_P`) and ``empirical``
@@ -131,7 +136,12 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     text = _read_text(path)
-    frame = _livekit_reports(text, path) if path.suffix.lower() in (".json", ".jsonl") else _csv(text, path)
+    if _is_recording(text):
+        frame = _recording(text, path)
+    elif path.suffix.lower() in (".json", ".jsonl"):
+        frame = _livekit_reports(text, path)
+    else:
+        frame = _csv(text, path)
     frame.attrs["source"] = str(path)
     return frame
 
@@ -211,6 +221,52 @@ def _livekit_reports(text: str, path: Path) -> pd.DataFrame:
     if not rows:
         raise CalibrationError(f"{path}:1: no message carries metrics ({', '.join(_LIVEKIT)})")
     return pd.DataFrame(rows, dtype=float)
+
+
+def _is_recording(text: str) -> bool:
+    first = text.lstrip()[:200]
+    return first.startswith("{") and '"recording":"pipesim"' in first.replace(" ", "")
+
+
+def _recording(text: str, path: Path) -> pd.DataFrame:
+    """Rows from a pipesim recording (``serve --record``, ``pipesim record``): one per turn, timed by receipt.
+
+    The protocol says when a turn's state changes, not when a service produced its first token or audio,
+    so a recording calibrates the end-of-utterance delay and STT: ``end_of_utterance_delay`` is from the
+    session's last update while ``listening`` (its last audio) to its first in ``processing``;
+    ``transcription_delay`` from that last audio to the first update with STT ``complete``. Times are the
+    lines' ``wall`` (receipt) times, times the header's ``speed`` (a ``serve --record`` at ``--speed 10``
+    ran ten times faster than the model's time).
+    """
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    header = _json(lines[0][1], path, lines[0][0])
+    speed = header.get("speed", 1.0)
+    if isinstance(speed, bool) or not isinstance(speed, int | float) or not 0 < speed < math.inf:
+        raise CalibrationError(f"{path}:{lines[0][0]} speed: must be a number > 0, got {speed!r}")
+    last_audio: dict[str, float] = {}  # session -> receipt time of its last update while listening
+    turns: dict[tuple[str, Any], dict[str, float]] = {}
+    for number, line in lines[1:]:
+        row = _json(line, path, number)
+        message = row.get("message") if isinstance(row, dict) else None
+        if not isinstance(message, dict) or message.get("type") != "pipeline_state_update":
+            continue
+        wall = _seconds(row.get("wall"), f"{path}:{number} wall") * speed
+        sid, state = message.get("session_id"), message.get("state")
+        if state == "listening":
+            last_audio[sid] = wall
+            continue
+        if sid not in last_audio:  # the recording began mid-turn: when the user stopped is unknown
+            continue
+        turn = turns.setdefault((sid, message.get("turn_id")), {})
+        speech_end = last_audio[sid]
+        turn.setdefault("end_of_utterance_delay", wall - speech_end)
+        if (message.get("services") or {}).get("stt") == "complete":
+            turn.setdefault("transcription_delay", wall - speech_end)
+    if not turns:
+        raise CalibrationError(f"{path}: the recording holds no complete user turn (an update in listening "
+                               f"followed by one in processing) to time")
+    return pd.DataFrame(list(turns.values()), columns=["end_of_utterance_delay", "transcription_delay"],
+                        dtype=float)
 
 
 def _json(text: str, path: Path, first_line: int) -> Any:

@@ -1,4 +1,4 @@
-"""The ``pipesim`` command line: run | serve | replay | validate | schema | sweep | fit.
+"""The ``pipesim`` command line: run | serve | replay | validate | schema | sweep | fit | record.
 
 A user's mistake (a bad file, a bad flag: any :class:`~pipesim.errors.PipesimError`) prints one clear
 ``pipesim: error: ...`` message and exits 2; tracebacks are for pipesim's own bugs.
@@ -249,9 +249,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return replay(args)
 
 
+def _cmd_record(args: argparse.Namespace) -> int:
+    from pipesim.live.record_client import record
+
+    return record(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run, "serve": _cmd_serve, "replay": _cmd_replay, "validate": _cmd_validate,
-    "schema": _cmd_schema, "sweep": _cmd_sweep, "fit": _cmd_fit,
+    "schema": _cmd_schema, "sweep": _cmd_sweep, "fit": _cmd_fit, "record": _cmd_record,
 }
 
 
@@ -340,6 +346,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_options(p)
     p.add_argument("--loop", action="store_true", help="start again at the end (default: play once)")
 
+    p = _command(sub, "record", "record what a server of this protocol (a real orchestrator) broadcasts, as a "
+                                "client, for pipesim replay")
+    p.add_argument("url", help="the server's WebSocket URL, e.g. ws://127.0.0.1:8001/ws")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="the recording to write (JSON Lines, as serve --record writes)")
+    p.add_argument("--session-id", action="append", default=[], metavar="ID",
+                   help="record only this session; repeatable (default: every session)")
+    p.add_argument("--retries", type=_bounded(int, lambda v: v >= 0, ">= 0", "a whole number"), default=10,
+                   metavar="N", help="reconnection attempts in a row before giving up when the connection "
+                                     "drops; 0: never reconnect")
+    p.add_argument("--max-backoff", type=_bounded(float, lambda v: 0.5 <= v < math.inf, ">= 0.5 seconds"),
+                   default=10.0, metavar="S", help="longest wait between reconnection attempts, seconds (they "
+                                                   "start at up to 0.5 s and double, with jitter)")
+    p.add_argument("--token", help="send 'Authorization: Bearer TOKEN' (default: $PIPESIM_TOKEN if set)")
+
     p = _command(sub, "validate", "check scenario files; exit 1 on any problem")
     p.add_argument("files", nargs="+", metavar="SCENARIO",
                    help="scenario files (YAML, TOML, JSON) or names of bundled scenarios")
@@ -372,8 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "fit", "fit each stage's latency to measured per-turn timings; write a scenario")
     p.add_argument("measurements", help="a CSV of per-turn timings in seconds (columns end_of_utterance_delay, "
-                                        "stt_service or transcription_delay, ttft, ttfb or tts_service), or a "
-                                        "LiveKit session report (.json, .jsonl)")
+                                        "stt_service or transcription_delay, ttft, ttfb or tts_service), a "
+                                        "LiveKit session report (.json, .jsonl), or a pipesim recording "
+                                        "(serve --record, pipesim record: end of utterance and STT)")
     p.add_argument("--out", metavar="FRAGMENT.yaml",
                    help="write the calibrated scenario (runs with `pipesim run FRAGMENT.yaml`)")
     p.add_argument("--plots", metavar="DIR", help="write the Q-Q plots (qq.png) to this folder")

@@ -54,6 +54,10 @@ class LiveError(PipesimError, RuntimeError):
     """A live server cannot start (port in use, recording not writable); the message says which."""
 
 
+class RecordError(LiveError):
+    """``pipesim record`` cannot connect or lost its server for good; the message names the URL and why."""
+
+
 class StateError(PipesimError):
     """Base class of the state manager's errors."""
 

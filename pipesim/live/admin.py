@@ -226,9 +226,16 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
+    """``body.messages[1].message.state``; a key that is not a plain name is quoted (``until["\\n"]``), so the
+    path stays on one line whatever a client sends."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).isidentifier():
+            out += f"[{json.dumps(str(part))[:80]}]"
+        else:
+            out += f".{part}" if out else str(part)
     return out
 
 
@@ -261,7 +268,7 @@ class _Ops:
         if isinstance(s, LiveServer):
             return Clock(t=s.pacer.now(), paused=s.pacer.paused, speed=s.pacer.speed,
                          next_event_t=s.pacer.next_event_t)
-        return Clock(t=s.playback_t, paused=s.paused, speed=s.speed, next_event_t=None)
+        return Clock(**s.clock())
 
     def session(self, sid: str) -> Session:
         server = self.live

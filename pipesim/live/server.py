@@ -99,9 +99,9 @@ Replay
 first client connects, from the first message, at the original simulated timing divided by ``speed``;
 ``--loop`` starts again after the last message (the same session ids are created again). Watching rules,
 snapshots (the last update of each session not yet ended), limits and ``disconnect`` work as live;
-controls and model faults get ``error`` ``unsupported``. The admin API pauses, resumes, changes the speed
-of and seeks the playback (:meth:`ReplayServer.pause`, ``resume``, ``set_speed``, ``seek``; after a seek,
-clients get a snapshot of each session as it was at that time, then the messages from there).
+controls and model faults get ``error`` ``unsupported``. :meth:`ReplayServer.pause`, ``resume``,
+``set_speed`` and ``seek`` (the admin API's replay clock) move its :class:`~pipesim.live.playback.Playback`
+cursor; a seek brings every watcher to the state as of ``t``, as a client joining then would see it.
 
 >>> from pipesim.scenario import Scenario
 >>> server = LiveServer(Scenario(), port=0)  # in a coroutine: await server.start() ... await server.stop()
@@ -115,7 +115,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import mimetypes
 import os
 import socket
@@ -136,6 +135,7 @@ from pipesim.errors import LiveError
 from pipesim.live.access import Access, RedactingLogger
 from pipesim.live.journal import DEFAULT_JOURNAL_SIZE, Journal
 from pipesim.live.pacer import Pacer
+from pipesim.live.playback import Playback
 from pipesim.live.recording import Recorder, load_replay
 from pipesim.model import Simulation
 from pipesim.protocol import (
@@ -767,95 +767,88 @@ class ReplayServer(_BaseServer):
                          close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
                          allow_origins=allow_origins, allow_hosts=allow_hosts, token=token,
                          admin_port=admin_port, admin_token=admin_token, journal_size=journal_size)
-        if not speed > 0:
-            raise ValueError(f"speed must be > 0, got {speed}")
         self.source = str(source) if isinstance(source, str | Path) else "<messages>"
         self._items = load_replay(source) if isinstance(source, str | Path) else list(source)
         if not self._items:
             raise ValueError("nothing to replay")
-        self.speed, self.loop = float(speed), loop
+        #: The cursor: position, pause, speed, seek (the admin API's replay clock drives it).
+        self.playback = Playback(self._items, speed)
+        self.loop = loop
         #: Times the playback reached its end.
         self.plays = 0
         self._player: asyncio.Task[None] | None = None
         self._latest: dict[str, dict[str, Any]] = {}  # last update of each session not yet ended
         self._position = self._items[0][0]
         self._finished: asyncio.Event | None = None
-        #: Playback held by :meth:`pause` (the admin API's clock).
-        self.paused = False
-        self._anchor_wall: float | None = None  # wall time at which the playback was at _anchor_t
-        self._anchor_t = self._items[0][0]
-        self._index = 0  # of the next message to send
-        self._wake = asyncio.Event()
-
-    # Playback control (the admin API's clock on a replay): a minimal version ---------------------------
-    @property
-    def playback_t(self) -> float:
-        """Where the playback is, in the recording's time."""
-        if self.paused or self._anchor_wall is None:
-            return self._anchor_t
-        return self._anchor_t + (asyncio.get_running_loop().time() - self._anchor_wall) * self.speed
-
-    def pause(self) -> None:
-        """Hold the playback where it is: nothing is sent until :meth:`resume`."""
-        if not self.paused:
-            self._anchor_t, self.paused = self.playback_t, True
-            self._wake.set()
-
-    def resume(self) -> None:
-        """Go on from where the playback was held (no jump)."""
-        if self.paused:
-            self.paused = False
-            self._reanchor(self._anchor_t)
-
-    def set_speed(self, speed: float) -> None:
-        """Play at ``speed`` from now on (no jump)."""
-        if not speed > 0 or speed == float("inf"):
-            raise ValueError(f"speed must be > 0 and finite, got {speed}")
-        t = self.playback_t
-        self.speed = float(speed)
-        self._reanchor(t)
-
-    def seek(self, t: float) -> None:
-        """Go to time ``t`` of the recording: clients get a snapshot of every session as it was there,
-        then the messages from ``t`` on (nothing in between is sent)."""
-        self._index = self._jump(t)
-        if self._player is not None and self._player.done():
-            self._player = asyncio.ensure_future(self._play())
-        self._wake.set()
-
-    def _reanchor(self, t: float) -> None:
-        self._anchor_t = t
-        self._anchor_wall = asyncio.get_running_loop().time()
-        self._wake.set()
-
-    def _jump(self, t: float) -> int:
-        """Seek: the state at ``t`` (no message sent for what is skipped), snapshots out; the next index."""
-        self._latest.clear()
-        i = 0
-        while i < len(self._items) and self._items[i][0] < t:
-            self._remember(self._items[i][1])
-            i += 1
-        self._position = t
-        if self.paused:
-            self._anchor_t = t
-        else:
-            self._reanchor(t)
-        for client in list(self._clients):
-            for message in self._snapshot(client):
-                self._send(client, message)
-        return i
-
-    def _remember(self, message: dict[str, Any]) -> None:
-        sid = message.get("session_id")
-        if sid is not None and message["type"] == "pipeline_state_update":
-            self._latest[sid] = message
-        elif sid is not None and message["type"] == "session_ended":
-            self._latest.pop(sid, None)
+        self._wake = asyncio.Event()  # the cursor moved (seek, resume, speed): look at the schedule again
+        self._moved = False  # the clock was driven before the first client came: do not restart it then
 
     @property
     def messages(self) -> int:
         """How many messages one playback sends."""
         return len(self._items)
+
+    @property
+    def speed(self) -> float:
+        return self.playback.speed
+
+    @property
+    def paused(self) -> bool:
+        return self.playback.paused
+
+    def clock(self) -> dict[str, Any]:
+        """The replay's clock as the admin API shows it: ``t``, ``paused``, ``speed``, ``next_event_t``."""
+        pb = self.playback
+        return {"t": pb.position, "paused": pb.paused, "speed": pb.speed, "next_event_t": pb.next_t}
+
+    def pause(self) -> dict[str, Any]:
+        """Hold the playback where it is; connected clients keep their connection and get nothing new."""
+        self.playback.pause()
+        return self._moved_clock()
+
+    def resume(self) -> dict[str, Any]:
+        """Go on from where the playback was held."""
+        self.playback.resume()
+        return self._moved_clock()
+
+    def set_speed(self, speed: float) -> dict[str, Any]:
+        """Play at ``speed`` (simulated seconds per wall second) from now on; ``ValueError`` unless > 0."""
+        self.playback.set_speed(speed)
+        return self._moved_clock()
+
+    def seek(self, t: float) -> dict[str, Any]:
+        """Jump to simulated time ``t`` (clamped to the recording's span) and play on from there.
+
+        Every watcher is brought to the state as of ``t``, as a client joining then would see it: a
+        session that no longer exists at ``t`` gets ``session_ended`` (reason ``"replay seek"``); one that
+        does gets a ``snapshot`` of its last update before ``t``, preceded by its ``session_created``
+        when it is new to the client or the seek went back (seq 0 again: the client starts the session
+        afresh, as after ``--loop``). Then the messages from ``t`` on follow. ``ValueError`` for a ``t``
+        that is not a finite number.
+        """
+        pb = self.playback
+        before = pb.sessions_at()
+        backwards = t < pb.position
+        pb.seek(t)
+        now, t = pb.sessions_at(), pb.position
+        self._position = t
+        for sid, gone in before.items():
+            if sid not in now:
+                self._broadcast(sid, {"type": "session_ended", "session_id": sid, "timestamp": t,
+                                      "seq": (gone.seq or 0) + 1, "reason": "replay seek"}, t)
+        self._latest.clear()
+        for sid, at in now.items():
+            if at.created is not None and (backwards or sid not in before):
+                self._broadcast(sid, at.created, t)
+            if at.latest is not None:
+                self._latest[sid] = at.latest
+                self._broadcast(sid, {**at.latest, "event": "snapshot", "timestamp": t, "seq": at.seq}, t)
+        return self._moved_clock()
+
+    def _moved_clock(self) -> dict[str, Any]:
+        self._moved = True
+        self._wake.set()
+        return self.clock()
 
     async def wait_finished(self) -> None:
         """Wait until the (first) playback has sent its last message."""
@@ -867,7 +860,7 @@ class ReplayServer(_BaseServer):
         return {"replay_of": self.source, "speed": self.speed}
 
     def _journal_t(self) -> float:
-        return self.playback_t if self._loop is not None else self._position
+        return self.playback.position
 
     def _on_start(self) -> None:
         self._finished = asyncio.Event()
@@ -880,6 +873,8 @@ class ReplayServer(_BaseServer):
 
     def _on_connect(self, client: _Client) -> None:
         if self._player is None:
+            if not self._moved:
+                self.playback.restart()  # from the first message, now: nobody misses the beginning
             self._player = asyncio.ensure_future(self._play())
 
     def _snapshot(self, client: _Client) -> list[dict[str, Any]]:
@@ -887,41 +882,39 @@ class ReplayServer(_BaseServer):
                 for sid, m in self._latest.items() if client.wants(sid)]
 
     async def _play(self) -> None:
+        pb = self.playback
+        counted = False  # this pass's end is counted in plays
         while True:
-            if self._index == 0:  # a new round (not one a seek has set up)
-                self._latest.clear()
-                self._position = self._items[0][0]
-                if self.paused:
-                    self._anchor_t = self._position
-                else:
-                    self._reanchor(self._position)
-            burst = 0
-            while self._index < len(self._items):
-                t, message = self._items[self._index]
-                delay = math.inf if self.paused else (t - self.playback_t) / self.speed
-                if delay > 0:
-                    # Sleep until it is due, or until pause/resume/speed/seek changes the schedule.
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(None if delay == math.inf else delay):
-                            await self._wake.wait()
-                    burst = 0
-                    continue
-                burst += 1
-                if burst >= 100:
-                    burst = 0
-                    await asyncio.sleep(0)  # behind: let the writers run
-                    continue  # (a seek may have moved the index meanwhile)
+            batch = pb.due(limit=100)
+            for t, message in batch:
                 self._position = t
-                self._remember(message)
-                self._broadcast(message.get("session_id"), message, t)
-                self._index += 1
-            self.plays += 1
-            assert self._finished is not None
-            self._finished.set()
-            self._index = 0
-            if not self.loop:
-                return
+                sid = message.get("session_id")
+                if sid is not None and message["type"] == "pipeline_state_update":
+                    self._latest[sid] = message
+                elif sid is not None and message["type"] == "session_ended":
+                    self._latest.pop(sid, None)
+                self._broadcast(sid, message, t)
+            if len(batch) == 100:
+                await asyncio.sleep(0)  # behind: let the writers run
+                continue
+            if not pb.finished:
+                counted = False
+            elif not counted:
+                counted = True
+                self.plays += 1
+                assert self._finished is not None
+                self._finished.set()
+                if self.loop:
+                    self._latest.clear()
+                    pb.restart()
+                    continue
+            # Sleep until the next message is due, or until the clock is paused, resumed, sped or sought.
+            delay = pb.next_delay()
+            self._wake.clear()
+            if delay is None or delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
 
     def _on_control(self, client: _Client, msg: ConversationControl) -> None:
         self._error(client, "unsupported",

@@ -1,0 +1,336 @@
+/**
+ * A typed client of pipesim's admin API (`/__admin` on `pipesim serve --admin-port`, 8002 by default).
+ *
+ * Copy this file and `pipesim-protocol.ts` beside it into a frontend project: no build step, no
+ * dependency (it uses the platform's `fetch`: browsers, Node.js >= 18, Playwright). Every method is one
+ * HTTP call; an answer that is not 2xx is thrown as an {@link AdminError} carrying the server's `code`
+ * and one-line `message`.
+ *
+ * ```ts
+ * const admin = new AdminClient("http://127.0.0.1:8002");
+ * await admin.reset();
+ * await admin.createSession({ session_id: "abc" });
+ * await admin.runUntil("abc", { "services.llm": "executing" });   // the clock is now paused there
+ * const sent = await admin.journal({ session_id: "abc", type: "conversation_control", direction: "in" });
+ * ```
+ */
+
+import type {
+  ControlAction,
+  ErrorCode,
+  FaultKind,
+  PipelineState,
+  PipesimMessage,
+  ServerMessage,
+  ServiceName,
+  ServiceState,
+  SessionStatus,
+} from "./pipesim-protocol";
+
+/** One pipeline session as the admin API lists it. */
+export interface Session {
+  session_id: string;
+  status: SessionStatus;
+  state: PipelineState;
+  services: { stt: ServiceState; llm: ServiceState; tts: ServiceState };
+  turn_id: number;
+  seq: number;
+  buffer_size: number;
+  audio_quality: number;
+  created_by: "scenario" | "client" | "admin";
+}
+
+/** The model's clock: `t` in simulated seconds; `next_event_t` null when nothing is scheduled. */
+export interface Clock {
+  t: number;
+  paused: boolean;
+  speed: number;
+  next_event_t: number | null;
+}
+
+export interface Health {
+  status: "ok";
+  kind: "live" | "replay";
+  scenario: string | null;
+  seed: number | null;
+}
+
+export interface CreateSessionOptions {
+  /** Generated (`admin-NNNN`) when absent. */
+  session_id?: string;
+  turns?: number;
+  audio_quality?: number;
+  /** Start it at once (default true). */
+  start?: boolean;
+}
+
+/** What `runUntil` waits for: every given field must match at the same transition. */
+export interface Until {
+  status?: SessionStatus;
+  state?: PipelineState;
+  "services.stt"?: ServiceState;
+  "services.llm"?: ServiceState;
+  "services.tts"?: ServiceState;
+}
+
+export interface RunUntilOptions {
+  /** Simulated seconds to give up after (default 60). */
+  timeoutS?: number;
+  /** Wall-clock seconds to give up after (default 10). */
+  wallTimeoutS?: number;
+}
+
+/** The wire messages of the transitions a clock move went through. */
+export interface ClockMove {
+  clock: Clock;
+  transitions: ServerMessage[];
+}
+
+export interface RunUntilResult {
+  clock: Clock;
+  session: Session;
+  reached: true;
+}
+
+export interface Fault {
+  fault: FaultKind;
+  service?: ServiceName;
+  duration_s?: number;
+  session_id?: string;
+}
+
+export interface FaultApplied {
+  applied: Fault & { from_t: number; until_t: number; [key: string]: unknown };
+}
+
+/** A protocol message to push; `session_id`, `seq` and `timestamp` are filled in when absent. */
+export type PushMessage = { type: ServerMessage["type"]; [field: string]: unknown };
+
+export interface Push {
+  message: PushMessage;
+  /** Simulated seconds from now (default 0): a paused clock holds the message. */
+  after_s?: number;
+}
+
+export interface JournalFilter {
+  session_id?: string;
+  type?: PipesimMessage["type"];
+  direction?: "in" | "out";
+  limit?: number;
+}
+
+/** One message the server received (`in`, with its `result`) or sent (`out`). */
+export interface JournalEntry {
+  id: number;
+  /** ISO 8601. */
+  wall_time: string;
+  /** Simulated seconds. */
+  t: number;
+  direction: "in" | "out";
+  /** `c3`; null for a broadcast. */
+  connection: string | null;
+  session_id: string | null;
+  type: string;
+  message: Record<string, unknown>;
+  result: "applied" | { error: { code: ErrorCode | string; message: string } } | null;
+}
+
+/** An answer of the admin API that was not 2xx, or no answer at all (`code` "unreachable", `status` 0). */
+export class AdminError extends Error {
+  readonly code: string;
+  readonly status: number;
+  /** The error body as the server sent it (a 408 `timeout` of `runUntil` carries the session as it is). */
+  readonly body: unknown;
+
+  constructor(code: string, message: string, status: number, body: unknown = null) {
+    super(message);
+    this.name = "AdminError";
+    this.code = code;
+    this.status = status;
+    this.body = body;
+  }
+}
+
+export interface AdminClientOptions {
+  /** `Authorization: Bearer TOKEN` on every request (`pipesim serve --admin-token`). */
+  token?: string;
+  /** Another `fetch` (a test double, a proxy-aware one). */
+  fetch?: typeof fetch;
+}
+
+const enc = encodeURIComponent;
+
+export class AdminClient {
+  /** The server's origin, e.g. `http://127.0.0.1:8002`. */
+  readonly origin: string;
+  private readonly token?: string;
+  private readonly fetchImpl: typeof fetch;
+
+  /**
+   * `baseUrl`: the admin listener's origin (`http://127.0.0.1:8002`) or its `/__admin` URL, as
+   * `pipesim serve` prints it in its first stdout line (`"admin": "http://127.0.0.1:8002/__admin"`).
+   */
+  constructor(baseUrl: string, options: AdminClientOptions = {}) {
+    this.origin = baseUrl.replace(/\/+$/, "").replace(/\/__admin$/, "");
+    this.token = options.token;
+    this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
+  }
+
+  // Server ------------------------------------------------------------------------------------------
+  health(): Promise<Health> {
+    return this.request("GET", "/__admin/health");
+  }
+
+  /** The OpenAPI document of this API. */
+  openapi(): Promise<Record<string, unknown>> {
+    return this.request("GET", "/__admin/openapi.json");
+  }
+
+  /** Back to the scenario's start (same seed, same sessions); the journal is cleared. */
+  reset(): Promise<Clock> {
+    return this.request("POST", "/__admin/reset");
+  }
+
+  // Sessions ----------------------------------------------------------------------------------------
+  async sessions(): Promise<Session[]> {
+    const answer = await this.request<{ sessions: Session[] }>("GET", "/__admin/sessions");
+    return answer.sessions;
+  }
+
+  session(sessionId: string): Promise<Session> {
+    return this.request("GET", `/__admin/sessions/${enc(sessionId)}`);
+  }
+
+  createSession(options: CreateSessionOptions = {}): Promise<Session> {
+    return this.request("POST", "/__admin/sessions", options);
+  }
+
+  startSession(sessionId: string): Promise<Session> {
+    return this.request("POST", `/__admin/sessions/${enc(sessionId)}/start`);
+  }
+
+  pauseSession(sessionId: string): Promise<Session> {
+    return this.request("POST", `/__admin/sessions/${enc(sessionId)}/pause`);
+  }
+
+  stopSession(sessionId: string): Promise<Session> {
+    return this.request("POST", `/__admin/sessions/${enc(sessionId)}/stop`);
+  }
+
+  /** `start`, `pause` or `stop`, as the WebSocket `conversation_control` would. */
+  control(sessionId: string, action: ControlAction): Promise<Session> {
+    switch (action) {
+      case "start":
+        return this.startSession(sessionId);
+      case "pause":
+        return this.pauseSession(sessionId);
+      case "stop":
+        return this.stopSession(sessionId);
+    }
+  }
+
+  /** Send protocol messages to the session's watchers, now or `after_s` simulated seconds from now. */
+  async push(sessionId: string, messages: Push[]): Promise<number> {
+    const answer = await this.request<{ scheduled: number }>(
+      "POST", `/__admin/sessions/${enc(sessionId)}/push`, { messages });
+    return answer.scheduled;
+  }
+
+  // Clock -------------------------------------------------------------------------------------------
+  clock(): Promise<Clock> {
+    return this.request("GET", "/__admin/clock");
+  }
+
+  pauseClock(): Promise<Clock> {
+    return this.request("POST", "/__admin/clock/pause");
+  }
+
+  resumeClock(): Promise<Clock> {
+    return this.request("POST", "/__admin/clock/resume");
+  }
+
+  setSpeed(speed: number): Promise<Clock> {
+    return this.request("POST", "/__admin/clock/speed", { speed });
+  }
+
+  /** Advance to the next `count` transitions; the clock stays paused. */
+  step(count = 1): Promise<ClockMove> {
+    return this.request("POST", "/__admin/clock/step", { count });
+  }
+
+  /** Move simulated time by exactly `seconds`, as fast as possible; the clock stays paused. */
+  advance(seconds: number): Promise<ClockMove> {
+    return this.request("POST", "/__admin/clock/advance", { seconds });
+  }
+
+  /**
+   * Run until the session matches `until`; the clock is left paused at that transition. Throws an
+   * {@link AdminError} with code `timeout` (status 408) when it is not reached in time.
+   */
+  runUntil(sessionId: string, until: Until, options: RunUntilOptions = {}): Promise<RunUntilResult> {
+    const body: Record<string, unknown> = { session_id: sessionId, until };
+    if (options.timeoutS !== undefined) body.timeout_s = options.timeoutS;
+    if (options.wallTimeoutS !== undefined) body.wall_timeout_s = options.wallTimeoutS;
+    return this.request("POST", "/__admin/clock/run-until", body);
+  }
+
+  // Faults ------------------------------------------------------------------------------------------
+  fault(fault: Fault): Promise<FaultApplied> {
+    return this.request("POST", "/__admin/faults", fault);
+  }
+
+  // Journal -----------------------------------------------------------------------------------------
+  async journal(filter: JournalFilter = {}): Promise<JournalEntry[]> {
+    const query = new URLSearchParams();
+    for (const [key, value] of Object.entries(filter)) {
+      if (value !== undefined) query.set(key, String(value));
+    }
+    const suffix = query.toString() ? `?${query}` : "";
+    const answer = await this.request<{ entries: JournalEntry[] }>("GET", "/__admin/journal", undefined, suffix);
+    return answer.entries;
+  }
+
+  /** Empty the journal; how many entries it held. */
+  async clearJournal(): Promise<number> {
+    const answer = await this.request<{ cleared: number }>("DELETE", "/__admin/journal");
+    return answer.cleared;
+  }
+
+  // Replay ------------------------------------------------------------------------------------------
+  /** `pipesim replay` only: jump to simulated time `t` (watchers get each session's state as of `t`). */
+  seek(t: number): Promise<Clock> {
+    return this.request("POST", "/__admin/replay/seek", { t });
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  private async request<T>(method: "GET" | "POST" | "DELETE", path: string, body?: unknown,
+                           query = ""): Promise<T> {
+    const headers: Record<string, string> = { Accept: "application/json" };
+    if (this.token !== undefined) headers.Authorization = `Bearer ${this.token}`;
+    const init: RequestInit = { method, headers };
+    if (method === "POST") {
+      // The API refuses a POST that is not application/json, body or not.
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body ?? {});
+    }
+    let response: Response;
+    try {
+      response = await this.fetchImpl(`${this.origin}${path}${query}`, init);
+    } catch (exc) {
+      throw new AdminError("unreachable", `${method} ${this.origin}${path}: ${String(exc)}`, 0);
+    }
+    const text = await response.text();
+    let data: unknown = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = text;
+    }
+    if (!response.ok) {
+      const error = (data as { error?: { code?: string; message?: string } } | null)?.error;
+      throw new AdminError(error?.code ?? `http_${response.status}`,
+        error?.message ?? `${method} ${path}: HTTP ${response.status} ${text.slice(0, 200)}`, response.status, data);
+    }
+    return data as T;
+  }
+}

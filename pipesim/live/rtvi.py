@@ -385,10 +385,8 @@ class RtviDialect:
                         continue  # once a turn (a retried request starts its service again)
                     conn.opened.add(type_)
                 self._send(conn, type_, self._data(conn, type_, ev))
-        if ev.event == "session_stopped":
-            self.connections.pop(conn.session_id or "", None)
-            if not conn.client.closing:
-                self._close_later(conn)
+        if ev.event == "session_stopped" and not conn.client.closing:
+            self._close_later(conn)
 
     def _data(self, conn: RtviConnection, type_: str, ev: _Event) -> Any:
         """The ``data`` of one RTVI message caused by ``ev`` (None: a message without data)."""

@@ -32,7 +32,11 @@ class UserError(PipesimError):
 def _cmd_schema(args: argparse.Namespace) -> int:
     from pipesim.protocol import json_schemas
 
-    if args.format == "asyncapi":
+    if args.dialect == "rtvi":
+        from pipesim.live.rtvi_contract import rtvi_asyncapi_document, rtvi_json_schemas
+
+        doc = rtvi_asyncapi_document() if args.format == "asyncapi" else rtvi_json_schemas()
+    elif args.format == "asyncapi":
         from pipesim.live.contract import asyncapi_document
 
         doc = asyncapi_document()
@@ -333,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "schema", "print the JSON Schema of every wire message")
     p.add_argument("--format", choices=["jsonschema", "asyncapi"], default="jsonschema",
                    help="jsonschema (default): one schema per message type; asyncapi: an AsyncAPI 3 document")
+    p.add_argument("--dialect", choices=["seed", "rtvi"], default="seed",
+                   help="seed (default): the orchestrator's protocol on /ws; rtvi: Pipecat's RTVI on /rtvi")
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
 
     p = _command(sub, "sweep", "run a scenario over a grid of parameter values, with replications and "

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -310,3 +312,37 @@ def test_the_readme_shows_the_mapping_table() -> None:
 def test_every_rtvi_message_of_the_table_is_in_the_vocabulary() -> None:
     assert {m for rule in MAPPING for m in rule.rtvi} <= set(RTVI_SERVER_MESSAGE_TYPES)
     assert re.fullmatch(r"\d+\.\d+\.\d+", RTVI_VERSION)
+
+
+_SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.text()
+            | st.floats(allow_nan=False, allow_infinity=False))
+_JSON = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=10)
+_ENVELOPES = st.fixed_dictionaries({}, optional={
+    "label": st.sampled_from(["rtvi-ai", "other"]) | _JSON,
+    "type": st.sampled_from(["client-ready", "send-text", "client-message", "dtmf", "ui-event"]) | _JSON,
+    "id": st.text(max_size=5) | _JSON,
+    "data": _JSON | st.fixed_dictionaries({}, optional={"t": _JSON, "d": _JSON, "content": _JSON}),
+})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_ENVELOPES | st.binary(max_size=40), min_size=1, max_size=6))
+def test_whatever_a_client_sends_the_connection_and_the_bot_carry_on(sent: list[Any]) -> None:
+    async def main() -> list[dict[str, Any]]:
+        async with LiveServer(scenario(turns=3), port=0, speed=20) as server, connect(rtvi_url(server)) as ws:
+            for item in sent:
+                await ws.send(item if isinstance(item, bytes) else encode_message(item))
+            await send(ws, "client-ready", {}, "late-ready")
+            await send(ws, "client-message", {"t": "still-there"}, "probe")
+            got: list[dict[str, Any]] = []
+            while not any(m.get("id") == "probe" for m in got):
+                more = await receive(ws, until="server-response")
+                assert more, "the server closed the connection"
+                got += more
+            return got
+
+    got = run(main(), timeout=30)
+    assert not [m for m in got if "internal error" in json.dumps(m)]
+    probe = next(m for m in got if m.get("id") == "probe")
+    assert probe["type"] == "server-response" and probe["data"]["t"] == "still-there"

@@ -12,10 +12,13 @@ Endpoints (HTTP and WebSocket share the port)
   path is answered, whatever its length or characters (``NAME`` is looked up among the files that exist,
   never handed to the file system); a request line that is not ASCII is not HTTP, and the websockets
   library hangs up on it.
+* ``ws://HOST:PORT/rtvi`` -- (:class:`LiveServer` only) Pipecat's RTVI for ``@pipecat-ai/client-js``: one
+  socket, one session (:mod:`pipesim.live.rtvi`). The access checks below apply to it as to ``/ws``.
 
 Who may connect
 ---------------
-Checked at the ``/ws`` handshake by :mod:`pipesim.live.access`; a refusal is ``403`` with a one-line reason.
+Checked at the ``/ws`` (and ``/rtvi``) handshake by :mod:`pipesim.live.access`; a refusal is ``403``
+with a one-line reason.
 
 * ``Origin``: none (a program) or a page of ``http(s)://`` ``localhost``/``127.0.0.1``/``[::1]`` on any
   port, or of the server's own origin; more with ``allow_origins`` (``--allow-origin``; ``"*"``: any).

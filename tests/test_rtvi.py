@@ -223,6 +223,23 @@ def test_send_text_while_the_bot_prepares_its_reply_is_refused_with_the_same_id(
     assert answer["id"] == "t1" and "preparing its reply" in answer["data"]["error"]
 
 
+def test_send_text_while_the_bot_speaks_interrupts_it_and_starts_the_next_turn() -> None:
+    async def main() -> list[dict[str, Any]]:
+        async with LiveServer(scenario(turns=1), port=0, speed=10) as server, connect(rtvi_url(server)) as ws:
+            await send(ws, "client-ready", {}, "r")
+            await receive(ws, until="bot-started-speaking")  # ~0.3 s of audio per token: it talks a while
+            await send(ws, "send-text", {"content": "stop, one more thing"}, "t1")
+            return await receive(ws)  # the user's extra turn, then the session ends (its one turn is done)
+
+    messages = run(main())
+    after = kinds(messages)
+    cut = after.index("user-started-speaking")
+    # Cut off: TTS and playback stop (no "completed" bot-output), then the user's turn, whole and in order.
+    assert after[cut - 2:cut] == ["bot-tts-stopped", "bot-stopped-speaking"] and after[:cut].count("bot-output") <= 1
+    assert turns_in_order(after[cut:], 1), after
+    assert next(m for m in messages if m["type"] == "user-transcription")["data"]["text"] == "stop, one more thing"
+
+
 def test_seed_clients_see_control_and_fault_rtvi_sessions_and_the_recording_has_them(tmp_path: Path) -> None:
     record = tmp_path / "rec.jsonl"
 

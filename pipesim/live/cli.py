@@ -64,8 +64,8 @@ async def _main(server: _BaseServer, what: str, speed: float) -> None:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # Windows: no loop signal handlers
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
-    rtvi = f", Pipecat clients (RTVI) on {server.url.removesuffix('/ws')}/rtvi" if server._serves_rtvi else ""
-    print(f"pipesim: serving {what} at {speed:g}x on {server.url} (dashboard {server.http_url}{rtvi}); "
+    rtvi = f"Pipecat clients (RTVI) on {server.url.removesuffix('/ws')}/rtvi; " if server._serves_rtvi else ""
+    print(f"pipesim: serving {what} at {speed:g}x on {server.url} (dashboard {server.http_url}); {rtvi}"
           f"Ctrl-C to stop", flush=True)
     try:
         await stop.wait()

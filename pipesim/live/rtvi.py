@@ -50,6 +50,7 @@ from pipesim.live.rtvi_codec import decode_frame, encode_message
 from pipesim.live.server import RTVI_PATH, _Client
 from pipesim.protocol import MAX_MESSAGE_BYTES, wire_messages
 from pipesim.state import Transition
+from pipesim.vocabulary import RTVI_CLIENT_MESSAGE_TYPES
 
 if TYPE_CHECKING:
     from pipesim.live.server import LiveServer
@@ -277,7 +278,7 @@ class RtviDialect:
             self._on_client_message(conn, id_, message.get("data"))
         else:
             self._error(conn, id_, f"{type_[:80]!r} is not supported by pipesim's mock bot (it understands "
-                        "client-ready, send-text, client-message and disconnect-bot)")
+                        f"{', '.join(RTVI_CLIENT_MESSAGE_TYPES)})")
 
     def _on_client_ready(self, conn: RtviConnection, id_: str | None) -> None:
         if conn.session_id is not None:

@@ -32,7 +32,13 @@ class UserError(PipesimError):
 def _cmd_schema(args: argparse.Namespace) -> int:
     from pipesim.protocol import json_schemas
 
-    if args.format == "asyncapi":
+    if args.format == "openapi" and args.dialect != "seed":
+        raise UserError("--format openapi is the admin API's document, which has no dialect: drop --dialect")
+    if args.dialect == "rtvi":
+        from pipesim.live.rtvi_contract import rtvi_asyncapi_document, rtvi_json_schemas
+
+        doc = rtvi_asyncapi_document() if args.format == "asyncapi" else rtvi_json_schemas()
+    elif args.format == "asyncapi":
         from pipesim.live.contract import asyncapi_document
 
         doc = asyncapi_document()
@@ -369,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonschema", "asyncapi", "openapi"], default="jsonschema",
                    help="jsonschema (default): one schema per message type; asyncapi: an AsyncAPI 3 document; "
                         "openapi: the admin API's OpenAPI document")
+    p.add_argument("--dialect", choices=["seed", "rtvi"], default="seed",
+                   help="seed (default): the orchestrator's protocol on /ws; rtvi: Pipecat's RTVI on /rtvi")
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
 
     p = _command(sub, "sweep", "run a scenario over a grid of parameter values, with replications and "

@@ -30,3 +30,14 @@ ServerMessageType = Literal["session_created", "pipeline_state_update", "session
 ClientMessageType = Literal["conversation_control", "fault_injection"]
 SERVER_MESSAGE_TYPES: tuple[str, ...] = get_args(ServerMessageType)
 CLIENT_MESSAGE_TYPES: tuple[str, ...] = get_args(ClientMessageType)
+
+#: Pipecat's RTVI messages pipesim's ``/rtvi`` dialect sends and understands (``pipesim/live/rtvi.py``).
+RtviServerMessageType = Literal[
+    "bot-ready", "error", "error-response", "server-response", "server-message", "metrics",
+    "user-started-speaking", "user-stopped-speaking", "user-transcription",
+    "bot-llm-started", "bot-llm-text", "bot-llm-stopped", "bot-tts-started", "bot-tts-stopped",
+    "bot-started-speaking", "bot-stopped-speaking", "bot-output",
+]
+RtviClientMessageType = Literal["client-ready", "disconnect-bot", "send-text", "client-message"]
+RTVI_SERVER_MESSAGE_TYPES: tuple[str, ...] = get_args(RtviServerMessageType)
+RTVI_CLIENT_MESSAGE_TYPES: tuple[str, ...] = get_args(RtviClientMessageType)

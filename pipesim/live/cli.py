@@ -94,7 +94,8 @@ async def _main(server: _BaseServer, what: str, speed: float) -> None:
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
     print(listening_line(server), flush=True)
     admin = f", admin API {server.admin_url}" if server.admin_url else ""
-    print(f"pipesim: serving {what} at {speed:g}x on {server.url} (dashboard {server.http_url}{admin}); "
+    rtvi = f"Pipecat clients (RTVI) on {server.url.removesuffix('/ws')}/rtvi; " if server._serves_rtvi else ""
+    print(f"pipesim: serving {what} at {speed:g}x on {server.url} (dashboard {server.http_url}{admin}); {rtvi}"
           f"Ctrl-C to stop", file=sys.stderr, flush=True)
     try:
         await stop.wait()

@@ -12,6 +12,8 @@ Endpoints (HTTP and WebSocket share the port)
   path is answered, whatever its length or characters (``NAME`` is looked up among the files that exist,
   never handed to the file system); a request line that is not ASCII is not HTTP, and the websockets
   library hangs up on it.
+* ``ws://HOST:PORT/rtvi`` -- (:class:`LiveServer` only) Pipecat's RTVI for ``@pipecat-ai/client-js``: one
+  socket, one session (:mod:`pipesim.live.rtvi`). The access checks below apply to it as to ``/ws``.
 
 Admin API
 ---------
@@ -22,7 +24,8 @@ message) and reset.
 
 Who may connect
 ---------------
-Checked at the ``/ws`` handshake by :mod:`pipesim.live.access`; a refusal is ``403`` with a one-line reason.
+Checked at the ``/ws`` (and ``/rtvi``) handshake by :mod:`pipesim.live.access`; a refusal is ``403``
+with a one-line reason.
 
 * ``Origin``: none (a program) or a page of ``http(s)://`` ``localhost``/``127.0.0.1``/``[::1]`` on any
   port, or of the server's own origin; more with ``allow_origins`` (``--allow-origin``; ``"*"``: any).
@@ -163,6 +166,8 @@ MAX_FRAME_BYTES = 4 * MAX_MESSAGE_BYTES
 CLOSE_SLOW = 1013
 CLOSE_GOING_AWAY = 1001
 CLOSE_FAULT = 4000
+#: Pipecat's RTVI dialect (``pipesim/live/rtvi.py``), served by :class:`LiveServer` beside ``/ws``.
+RTVI_PATH = "/rtvi"
 _FALLBACK_PAGE = """<!doctype html><meta charset="utf-8"><title>pipesim</title>
 <h1>pipesim live server</h1>
 <p>The dashboard page is not installed (<code>pipesim/live/static/index.html</code>).
@@ -379,6 +384,12 @@ class _BaseServer:
     def _on_fault(self, client: _Client, msg: FaultInjection) -> None:
         raise NotImplementedError
 
+    #: Whether ``/rtvi`` is served (its handshake passes the same access checks as ``/ws``).
+    _serves_rtvi = False
+
+    async def _serve_rtvi(self, ws: ServerConnection) -> None:
+        raise NotImplementedError
+
     # Broadcast -------------------------------------------------------------------------------------
     def _broadcast(self, session_id: str | None, message: dict[str, Any], t: float) -> None:
         """Send one message about ``session_id`` to every client watching it, and record it.
@@ -465,7 +476,7 @@ class _BaseServer:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         target = urlsplit(request.path)
         path = target.path
-        if path == "/ws":
+        if path == "/ws" or (path == RTVI_PATH and self._serves_rtvi):
             refusal = self._refusal(request, target.query)
             if refusal is None:
                 return None  # the WebSocket handshake goes on
@@ -528,6 +539,9 @@ class _BaseServer:
             await ws.close(CLOSE_GOING_AWAY, "server shutting down")
             return
         assert ws.request is not None
+        if urlsplit(ws.request.path).path == RTVI_PATH:
+            await self._serve_rtvi(ws)
+            return
         wanted = [sid for sid in parse_qs(urlsplit(ws.request.path).query).get("session_id", []) if sid]
         client = _Client(ws, watch_all=not wanted, watched=set(wanted), id=f"c{next(self._connections)}")
         self._limit_send_buffer(ws)
@@ -663,6 +677,21 @@ class LiveServer(_BaseServer):
         self.pacer = Pacer(self.sim.env, speed)
         self._unsubscribe: Callable[[], None] | None = None
         self._pacer_task: asyncio.Task[None] | None = None
+        self._rtvi: Any = None  # pipesim.live.rtvi.RtviDialect, made by the first /rtvi connection
+
+    _serves_rtvi = True
+
+    @property
+    def rtvi(self) -> Any:
+        """The RTVI dialect on ``/rtvi`` (:class:`pipesim.live.rtvi.RtviDialect`): its connections by session."""
+        if self._rtvi is None:
+            from pipesim.live.rtvi import RtviDialect  # it builds on this module
+
+            self._rtvi = RtviDialect(self)
+        return self._rtvi
+
+    async def _serve_rtvi(self, ws: ServerConnection) -> None:
+        await self.rtvi.serve(ws)
 
     @property
     def speed(self) -> float:

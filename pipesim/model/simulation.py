@@ -250,6 +250,38 @@ class Simulation:
             self.env.process(self._user(s, s.epoch, fresh=True))
         return tr
 
+    def speak_now(self, session_id: str) -> None:
+        """Live: the session's user starts an utterance now (an RTVI ``send-text``), drawn as any other.
+
+        The user's own schedule (thinking, speaking) is replaced by one that starts with this utterance;
+        while the bot speaks this is a barge-in. Raises :class:`~pipesim.state.IllegalTransition` (nothing
+        changed) when the session is not active or the bot has not started speaking its reply yet.
+
+        >>> sim = Simulation(Scenario(), live=True)
+        >>> _ = sim.control("abc", "start")
+        >>> sim.speak_now("abc"); sim.env.run(until=sim.env.now + 0.01)
+        >>> sim.trace.events[-1][4]
+        'speech_started'
+        """
+        s = self.sessions.get(session_id)
+        if s is None:
+            raise UnknownSession(session_id)
+        if s.script is not None:
+            self._scripted_speech(s, s.draw["utterance"]())
+            return
+        if self.manager.status(session_id) != ACTIVE:
+            raise IllegalTransition(session_id, "lifecycle", self.manager.status(session_id), "speech_started",
+                                    "a paused or stopped session ignores the user")
+        snap = self.manager.snapshot(session_id, self.env.now)
+        if snap.state == "processing":
+            if snap.tts != EXECUTING:
+                raise IllegalTransition(session_id, "pipeline", "processing", "speech_started",
+                                        "the bot is still preparing its reply; speak once it talks")
+            self._barge_in(s)
+        s.epoch += 1  # the user's pending think time or utterance is superseded by this one
+        s.n_turns = max(s.n_turns, s.turns_done + 1)
+        self.env.process(self._user(s, s.epoch, fresh=False))
+
     def inject_fault(self, fault: str, service: str | None = None, duration_s: float = 5.0) -> None:
         """Live faults: a Kafka stall (all topics or ``service``'s) or a service outage, from now for
         ``duration_s``. (``disconnect`` is the server's business, not the model's.)"""

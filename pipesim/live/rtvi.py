@@ -1,0 +1,435 @@
+"""Pipecat's RTVI, served by the live model on ``/rtvi``: pipesim as a mock bot for Pipecat's client SDK.
+
+A frontend built on ``@pipecat-ai/client-js`` (``PipecatClient`` + ``WebSocketTransport``) connects to
+``ws://HOST:PORT/rtvi`` and sees a bot whose every callback is driven by the same model as the seed's
+``/ws``: one socket is one model session, created from the scenario's session template when the client
+sends ``client-ready`` and stopped when the socket closes or the client sends ``disconnect-bot``.
+
+The wire: binary frames of :mod:`pipesim.live.rtvi_codec`, each holding one JSON envelope
+``{"label": "rtvi-ai", "type": ..., "id": ..., "data": ...}``. Microphone audio frames are counted
+(:attr:`RtviConnection.audio_frames`) and dropped: the simulated user speaks on the model's schedule.
+
+* ``client-ready`` -> ``bot-ready`` with the same ``id`` and ``data.version`` :data:`RTVI_VERSION`
+  (the version ``@pipecat-ai/client-js`` 1.13.1 speaks), ``data.about.session_id`` naming the session.
+* ``send-text`` -> the simulated user speaks now (:meth:`~pipesim.model.Simulation.speak_now`); its
+  ``content`` becomes that turn's transcript. Refused (``error-response``) while the bot prepares a reply.
+* ``client-message`` ``{t, d}`` -> ``server-response`` ``{t, d: {received, session_id, status, state}}``
+  with the same ``id`` (an echo with the session's state); no ``t`` -> ``error-response``.
+* ``disconnect-bot`` -> the session stops and the socket closes (1000).
+* Anything else, a malformed frame, or a message before ``client-ready`` -> ``error-response`` (with the
+  message's ``id``) or ``error`` (``fatal: false``, when there is no ``id``); the connection stays open.
+
+The model's events become RTVI messages by the one table :data:`MAPPING`, rendered in the README by
+:func:`mapping_markdown`. Every transition of the session is also sent as ``server-message`` whose
+``data`` is the seed's own message (``pipeline_state_update`` with buffer size, audio quality, Kafka
+timeouts and errors; ``session_created``; ``session_ended``). The user's transcripts and the LLM's text are
+**synthetic**: words drawn from the session's own random stream (``streams.generator(session_id,
+"rtvi-text")``), so the same seed gives the same words, and drawing them changes no other number. Only
+their timing and length come from the model. No bot audio is sent: every callback fires from messages.
+
+>>> [rule.rtvi for rule in MAPPING if rule.trigger == "speech_started"]
+[('user-started-speaking',)]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from pipesim import __version__ as pipesim_version
+from pipesim.errors import IllegalTransition, ProtocolError, UnknownSession
+from pipesim.live.rtvi_codec import decode_frame, encode_message
+from pipesim.live.server import RTVI_PATH, _Client
+from pipesim.protocol import MAX_MESSAGE_BYTES, wire_messages
+from pipesim.state import Transition
+from pipesim.vocabulary import RTVI_CLIENT_MESSAGE_TYPES
+
+if TYPE_CHECKING:
+    from pipesim.live.server import LiveServer
+
+__all__ = ["MAPPING", "RTVI_PATH", "RTVI_VERSION", "RtviConnection", "RtviDialect", "Rule", "mapping_markdown"]
+
+log = logging.getLogger("pipesim.live.rtvi")
+
+#: The RTVI protocol version pipesim announces in ``bot-ready``: the one the pinned client speaks
+#: (``RTVI_PROTOCOL_VERSION`` of ``@pipecat-ai/client-js`` 1.13.1; tests/test_rtvi.py checks it).
+RTVI_VERSION = "2.1.0"
+LABEL = "rtvi-ai"
+CLOSE_NORMAL = 1000
+#: Words of the synthetic transcripts and replies (what they say does not matter, only that it is text).
+_USER_WORDS = ("could", "you", "check", "my", "order", "status", "please", "and", "the", "delivery", "date",
+               "for", "tomorrow", "is", "it", "possible", "to", "change", "address", "thanks")
+_BOT_WORDS = ("sure", "your", "order", "ships", "today", "and", "should", "arrive", "by", "friday", "I", "can",
+              "update", "the", "address", "for", "you", "anything", "else", "today")
+_WORDS_PER_SECOND = 2.5  # of user speech
+_WORDS_PER_TOKEN = 0.75
+
+
+class Rule(NamedTuple):
+    """One row of :data:`MAPPING`: a model event (``service``: of that service; None: any) -> RTVI messages."""
+
+    trigger: str
+    service: str | None
+    rtvi: tuple[str, ...]
+    note: str
+
+
+#: The one table from the model's events to RTVI messages, in the order they are sent. Triggers are the
+#: state manager's transitions, except ``speech_ended``, ``first_response``, ``first_token`` and
+#: ``first_audio``, which are the model's own events (trace ``model_event`` rows). A ``...-stopped``
+#: message is sent only after its ``...-started`` (so barge-ins, failures and pauses close what is open).
+MAPPING: tuple[Rule, ...] = (
+    Rule("speech_started", None, ("user-started-speaking",), "the simulated user starts an utterance"),
+    Rule("speech_ended", None, ("user-stopped-speaking",), "the utterance's last audio chunk"),
+    Rule("first_response", None, ("metrics",), "`ttfb` of stt/llm/tts: request to first response "
+         "(Kafka, queue and retries included)"),
+    Rule("service_completed", "stt", ("user-transcription", "metrics"), "final transcript (synthetic, or "
+         "the `send-text` content); `processing` of stt"),
+    Rule("service_started", "llm", ("bot-llm-started",), "a worker takes the LLM request (once a turn)"),
+    Rule("first_token", "llm", ("bot-llm-text",), "the reply's first phrase (synthetic text)"),
+    Rule("service_completed", "llm", ("bot-llm-text", "bot-llm-stopped", "metrics"), "the rest of the reply; "
+         "`processing` of llm"),
+    Rule("service_started", "tts", ("bot-tts-started",), "a worker takes the TTS request (once a turn)"),
+    Rule("first_audio", "tts", ("bot-started-speaking", "bot-output"), "first audio; `bot-output` with the "
+         "whole reply, `spoken_status: new`"),
+    Rule("service_completed", "tts", ("bot-output", "bot-tts-stopped", "bot-stopped-speaking", "metrics"),
+         "playback done: `spoken_status: completed`; `processing` of tts"),
+    Rule("barge_in", None, ("bot-llm-stopped", "bot-tts-stopped", "bot-stopped-speaking"), "the user spoke "
+         "over the bot"),
+    Rule("turn_failed", None, ("bot-llm-stopped", "bot-tts-stopped", "bot-stopped-speaking", "error"),
+         "`error` with `fatal: false` and the reason (Kafka retries exhausted, a service error)"),
+    Rule("session_paused", None, ("user-stopped-speaking", "bot-llm-stopped", "bot-tts-stopped",
+                                  "bot-stopped-speaking"), "a seed client paused the session"),
+    Rule("session_stopped", None, ("user-stopped-speaking", "bot-llm-stopped", "bot-tts-stopped",
+                                   "bot-stopped-speaking"), "then the socket closes (1000)"),
+    Rule("*", None, ("server-message",), "every transition: `data` is the seed's message "
+         "(`pipeline_state_update`, `session_created`, `session_ended`)"),
+)
+
+_OPENERS = {"bot-llm-stopped": "bot-llm-started", "bot-tts-stopped": "bot-tts-started",
+            "bot-stopped-speaking": "bot-started-speaking", "user-stopped-speaking": "user-started-speaking"}
+
+
+def mapping_markdown() -> str:
+    """:data:`MAPPING` as the README's Markdown table.
+
+    >>> mapping_markdown().splitlines()[2]
+    '| `speech_started` |  | `user-started-speaking` | the simulated user starts an utterance |'
+    """
+    lines = ["| model event | service | RTVI messages | when |", "|---|---|---|---|"]
+    for rule in MAPPING:
+        lines.append(f"| `{rule.trigger}` | {rule.service or ''} | "
+                     f"{', '.join(f'`{m}`' for m in rule.rtvi)} | {rule.note} |")
+    return "\n".join(lines)
+
+
+class _Event(NamedTuple):
+    t: float
+    turn_id: int
+    event: str
+    service: str | None
+    error: str | None
+    value: float
+
+
+class _RtviClient(_Client):
+    """The server's view of an RTVI socket: closed by ``disconnect`` faults and shutdown like any other
+    client, but never sent the seed's broadcast (its messages come from :class:`RtviConnection`)."""
+
+    def wants(self, session_id: str | None) -> bool:
+        return False
+
+
+@dataclass(eq=False)
+class RtviConnection:
+    """One RTVI socket and its session: what has been opened, the turn's text, the audio received."""
+
+    client: _RtviClient
+    session_id: str | None = None
+    #: Microphone audio frames (and their bytes) received and dropped.
+    audio_frames: int = 0
+    audio_bytes: int = 0
+    #: ``error``/``error-response`` messages sent because of what the client sent.
+    errors: int = 0
+    opened: set[str] = field(default_factory=set)
+    requested: dict[str, float] = field(default_factory=dict)
+    utterance_s: float = 1.0
+    pending_text: str | None = None
+    reply: list[str] = field(default_factory=list)
+    first_phrase: int = 0
+    words: np.random.Generator | None = None  # the synthetic text's own stream
+
+
+class RtviDialect:
+    """The RTVI side of one :class:`~pipesim.live.server.LiveServer`: its sockets, by session."""
+
+    def __init__(self, server: LiveServer) -> None:
+        self.server = server
+        self.sim = server.sim
+        #: Every RTVI connection that has sent ``client-ready``, by session id (kept after it closes).
+        self.connections: dict[str, RtviConnection] = {}
+        self._next = 1
+        self.sim.manager.subscribe(self._on_transition)
+        self._observe_model_events()
+
+    def _observe_model_events(self) -> None:
+        # The trace records the model's own events (first audio, ...) but has no observers: watch what is
+        # appended to its event table (model events are its rows with seq -1) rather than change the
+        # trace, which offline runs share.
+        on_row = self._on_model_event
+
+        class ObservedRows(list[tuple[Any, ...]]):
+            __slots__ = ()
+
+            def append(self, row: tuple[Any, ...]) -> None:
+                super().append(row)
+                if row[3] == -1:
+                    on_row(row)
+
+        self.sim.trace.events = ObservedRows(self.sim.trace.events)
+
+    def _on_model_event(self, row: tuple[Any, ...]) -> None:
+        t, session_id, turn_id, _seq, event, service = row[:6]
+        conn = self.connections.get(session_id)
+        if conn is not None:
+            self._emit(conn, _Event(t, turn_id, event, service, row[13], row[14]), None)
+
+    # The socket ----------------------------------------------------------------------------------------
+    async def serve(self, ws: ServerConnection) -> None:
+        """Run one RTVI socket until it closes; its session (if any) is stopped then."""
+        server = self.server
+        client = _RtviClient(ws, watch_all=False, watched=set())
+        conn = RtviConnection(client)
+        server._limit_send_buffer(ws)
+        server._clients.add(client)  # so that shutdown and the ``disconnect`` fault reach it
+        client.writer = asyncio.ensure_future(server._writer(client))
+        log.info("RTVI client %s connected", client.name)
+        try:
+            while True:
+                raw = await ws.recv(decode=False)
+                try:
+                    self._on_frame(conn, raw)
+                except Exception as exc:  # a pipesim bug: say so, keep the connection and the server
+                    log.exception("RTVI: handling a frame failed")
+                    self._error(conn, None, f"internal error: {exc}")
+        except ConnectionClosed:
+            pass
+        finally:
+            server._detach(client)
+            self._end_session(conn)
+            log.info("RTVI client %s disconnected", client.name)
+
+    def _send(self, conn: RtviConnection, type_: str, data: Any = None, id_: str | None = None) -> None:
+        envelope: dict[str, Any] = {"label": LABEL, "type": type_}
+        if id_ is not None:
+            envelope["id"] = id_
+        if data is not None:
+            envelope["data"] = data
+        self.server._offer(conn.client, encode_message(envelope))  # type: ignore[arg-type]
+
+    def _error(self, conn: RtviConnection, id_: str | None, text: str) -> None:
+        conn.errors += 1
+        if id_ is None:
+            self._send(conn, "error", {"error": text, "fatal": False})
+        else:
+            self._send(conn, "error-response", {"error": text}, id_)
+
+    def _on_frame(self, conn: RtviConnection, raw: bytes) -> None:
+        if len(raw) > MAX_MESSAGE_BYTES:
+            self._error(conn, None, f"frame is {len(raw)} bytes, the limit is {MAX_MESSAGE_BYTES}")
+            return
+        try:
+            frame = decode_frame(raw)
+        except ProtocolError as exc:
+            self._error(conn, None, f"bad frame: {exc}")
+            return
+        if frame.kind == "audio":
+            conn.audio_frames += 1
+            conn.audio_bytes += frame.audio_bytes
+            return
+        message = frame.message
+        if message is None:
+            self._error(conn, None, f"pipecat.Frame {frame.kind} frames are not supported: send a message")
+            return
+        raw_id = message.get("id")
+        id_ = raw_id if isinstance(raw_id, str) and raw_id else None
+        type_ = message.get("type")
+        if message.get("label") != LABEL:
+            self._error(conn, id_, f"label must be {LABEL!r}, got {str(message.get('label'))[:80]!r}")
+        elif not isinstance(type_, str):
+            self._error(conn, id_, "message has no string type")
+        elif type_ == "client-ready":
+            self._on_client_ready(conn, id_)
+        elif conn.session_id is None:
+            self._error(conn, id_, f"{type_[:80]}: send client-ready first")
+        elif type_ == "disconnect-bot":
+            self._end_session(conn)
+        elif type_ == "send-text":
+            self._on_send_text(conn, id_, message.get("data"))
+        elif type_ == "client-message":
+            self._on_client_message(conn, id_, message.get("data"))
+        else:
+            self._error(conn, id_, f"{type_[:80]!r} is not supported by pipesim's mock bot (it understands "
+                        f"{', '.join(RTVI_CLIENT_MESSAGE_TYPES)})")
+
+    def _on_client_ready(self, conn: RtviConnection, id_: str | None) -> None:
+        if conn.session_id is not None:
+            self._error(conn, id_, f"client-ready: this connection's bot is already ready "
+                        f"(session {conn.session_id!r})")
+            return
+        sim, pacer = self.sim, self.server.pacer
+        while f"rtvi-{self._next}" in sim.manager:  # a seed client may have taken the name
+            self._next += 1
+        sid = f"rtvi-{self._next}"
+        self._next += 1
+        conn.session_id = sid
+        conn.client.watched.add(sid)
+        conn.client.owned.add(sid)
+        conn.words = sim.streams.generator(sid, "rtvi-text")
+        self._send(conn, "bot-ready", {"version": RTVI_VERSION, "about": {
+            "library": "pipesim", "library_version": pipesim_version, "session_id": sid}}, id_ or "")
+        self.connections[sid] = conn
+        pacer.catch_up()  # as a seed ``conversation_control start``: the session starts now
+        try:
+            sim.control(sid, "start")
+        except (IllegalTransition, UnknownSession) as exc:
+            self._error(conn, None, f"cannot create the session: {exc}")
+        pacer.wake()
+
+    def _on_send_text(self, conn: RtviConnection, id_: str | None, data: Any) -> None:
+        content = data.get("content") if isinstance(data, dict) else None
+        if not isinstance(content, str):
+            self._error(conn, id_, "send-text: data.content must be a string")
+            return
+        assert conn.session_id is not None
+        self.server.pacer.catch_up()
+        try:
+            self.sim.speak_now(conn.session_id)
+        except (IllegalTransition, UnknownSession) as exc:
+            self._error(conn, id_, f"send-text: {exc}")
+            return
+        conn.pending_text = content[:2000]
+        self.server.pacer.wake()
+
+    def _on_client_message(self, conn: RtviConnection, id_: str | None, data: Any) -> None:
+        t = data.get("t") if isinstance(data, dict) else None
+        if not isinstance(t, str):
+            self._error(conn, id_, "client-message: data.t must be a string")
+            return
+        assert conn.session_id is not None
+        mgr = self.sim.manager
+        snap = mgr.snapshot(conn.session_id, self.server.pacer.catch_up())
+        self._send(conn, "server-response", {"t": t, "d": {
+            "received": data.get("d"), "session_id": conn.session_id, "status": snap.status,
+            "state": snap.state}}, id_ or "")
+
+    def _end_session(self, conn: RtviConnection) -> None:
+        """Stop the connection's session (if it still runs) and close the socket once its queue drains."""
+        sid = conn.session_id
+        if sid is not None and sid in self.sim.manager and self.sim.manager.status(sid) != "stopped":
+            self.server.pacer.catch_up()
+            self.sim.control(sid, "stop")  # its transitions close the socket (session_stopped)
+            self.server.pacer.wake()
+        elif not conn.client.closing:
+            self._close_later(conn)
+
+    def _close_later(self, conn: RtviConnection) -> None:
+        async def close() -> None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await conn.client.queue.join()
+            self.server._drop(conn.client, CLOSE_NORMAL, "session ended")
+
+        task = asyncio.ensure_future(close())
+        self.server._tasks.add(task)
+        task.add_done_callback(self.server._tasks.discard)
+
+    # The model's events -> RTVI ---------------------------------------------------------------------
+    def _on_transition(self, tr: Transition) -> None:
+        conn = self.connections.get(tr.session_id)
+        if conn is not None:
+            self._emit(conn, _Event(tr.t, tr.turn_id, tr.event, tr.service, tr.error, tr.value), tr)
+
+    def _emit(self, conn: RtviConnection, ev: _Event, tr: Transition | None) -> None:
+        if ev.event == "utterance_ended":
+            conn.requested.clear()
+        elif ev.event == "service_requested" and ev.service is not None:
+            conn.requested.setdefault(ev.service, ev.t)
+        elif ev.event == "speech_ended":
+            conn.utterance_s = ev.value
+        for rule in MAPPING:
+            if rule.trigger not in (ev.event, "*") or rule.service not in (None, ev.service):
+                continue
+            if rule.trigger == "*" and tr is None:
+                continue  # model events are not transitions: the seed has no message for them
+            for type_ in rule.rtvi:
+                if type_ == "server-message":
+                    assert tr is not None
+                    for seed_message in wire_messages(tr):
+                        self._send(conn, type_, seed_message)
+                    continue
+                opener = _OPENERS.get(type_)
+                if opener is not None:
+                    if opener not in conn.opened:
+                        continue
+                    conn.opened.discard(opener)
+                elif type_ in _OPENERS.values():
+                    if type_ in conn.opened:
+                        continue  # once a turn (a retried request starts its service again)
+                    conn.opened.add(type_)
+                self._send(conn, type_, self._data(conn, type_, ev))
+        if ev.event == "session_stopped" and not conn.client.closing:
+            self._close_later(conn)
+
+    def _data(self, conn: RtviConnection, type_: str, ev: _Event) -> Any:
+        """The ``data`` of one RTVI message caused by ``ev`` (None: a message without data)."""
+        service = ev.service or ""
+        if type_ == "metrics":
+            if ev.event == "first_response":
+                return {"ttfb": [{"processor": service, "value": round(ev.value, 6)}]}
+            started = conn.requested.get(service, ev.t)
+            return {"processing": [{"processor": service, "value": round(ev.t - started, 6)}]}
+        if type_ == "user-transcription":
+            text, conn.pending_text = conn.pending_text, None
+            if text is None:
+                text = self._words(conn, _USER_WORDS, max(1, round(conn.utterance_s * _WORDS_PER_SECOND)))
+            return {"text": text, "user_id": conn.session_id, "final": True,
+                    "timestamp": datetime.fromtimestamp(ev.t, UTC).isoformat()}
+        if type_ == "bot-llm-text":
+            if ev.event == "first_token":
+                self._draft_reply(conn)
+                return {"text": " ".join(conn.reply[:conn.first_phrase])}
+            return {"text": " " + " ".join(conn.reply[conn.first_phrase:])}
+        if type_ == "bot-output":
+            reply = " ".join(conn.reply)
+            done = ev.event == "service_completed"
+            return {"text": reply, "aggregated_by": "sentence", "segment_id": ev.turn_id, "will_be_spoken": True,
+                    "spoken_status": "completed" if done else "new",
+                    "spoken_progress": {"accumulated_text": reply if done else "",
+                                        "remaining_text": "" if done else reply}}
+        if type_ == "error":
+            return {"error": f"turn {ev.turn_id} failed: {ev.error}", "fatal": False}
+        return None
+
+    def _draft_reply(self, conn: RtviConnection) -> None:
+        s = self.sim.sessions.get(conn.session_id or "")
+        tokens = s.turn.tokens if s is not None and s.turn is not None else 20
+        words = max(2, round(tokens * _WORDS_PER_TOKEN))
+        conn.reply = self._words(conn, _BOT_WORDS, words).split(" ")
+        phrase = self.sim.scenario.services.llm.first_sentence_tokens
+        conn.first_phrase = max(1, min(words - 1, round(phrase * _WORDS_PER_TOKEN)))
+
+    @staticmethod
+    def _words(conn: RtviConnection, words: tuple[str, ...], n: int) -> str:
+        assert conn.words is not None
+        picked = [words[i] for i in conn.words.integers(0, len(words), n)]
+        picked[0] = picked[0].capitalize()
+        return " ".join(picked) + "."

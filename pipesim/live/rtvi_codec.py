@@ -1,0 +1,158 @@
+"""The binary framing of Pipecat's WebSocket transport: a protobuf ``pipecat.Frame``, hand-written.
+
+``@pipecat-ai/websocket-transport`` (1.7.1) sends and expects binary WebSocket frames, each one protobuf
+message ``pipecat.Frame`` holding one of ``text`` (field 1), ``audio`` (2, an ``AudioRawFrame``:
+``id`` 1, ``name`` 2, ``audio`` 3, ``sample_rate`` 4, ``num_channels`` 5, ``pts`` 6), ``transcription``
+(3) or ``message`` (4, a ``MessageFrame`` whose field 1 ``data`` is the RTVI envelope as a JSON string).
+pipesim needs only two of them, so the codec is a few lines of varints and length-delimited fields rather
+than a protobuf runtime: :func:`encode_message` writes field 4 -> field 1, :func:`decode_frame` reads any
+frame (unknown fields are skipped, as protobuf requires) and returns the message's JSON object or, for
+microphone audio, how much audio arrived. Anything else raises :class:`~pipesim.errors.ProtocolError`
+with one line saying what is wrong.
+
+The golden bytes in ``tests/data/rtvi_frames.json`` come from the real transport's encoder
+(``tests/rtvi_e2e/golden.mjs``).
+
+>>> frame = encode_message({"label": "rtvi-ai", "type": "bot-ready", "id": "1", "data": {"version": "2.1.0"}})
+>>> frame[:2]
+b'"L'
+>>> decode_frame(frame).message["type"]
+'bot-ready'
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pipesim.errors import ProtocolError
+
+#: ``pipecat.Frame``'s fields (a oneof) and the ones pipesim reads inside them.
+FRAME_TEXT, FRAME_AUDIO, FRAME_TRANSCRIPTION, FRAME_MESSAGE = 1, 2, 3, 4
+MESSAGE_DATA = 1
+AUDIO_SAMPLES, AUDIO_SAMPLE_RATE, AUDIO_CHANNELS = 3, 4, 5
+_KINDS = {FRAME_TEXT: "text", FRAME_AUDIO: "audio", FRAME_TRANSCRIPTION: "transcription", FRAME_MESSAGE: "message"}
+_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """One inbound frame: its ``kind`` and, for ``message``, the JSON object; for ``audio``, its size."""
+
+    kind: str
+    message: dict[str, Any] | None = None
+    audio_bytes: int = 0
+    sample_rate: int = 0
+    num_channels: int = 0
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload
+
+
+def encode_message(envelope: dict[str, Any]) -> bytes:
+    """The binary frame carrying one RTVI message: ``Frame{message: MessageFrame{data: json}}``.
+
+    JSON as the JS transport writes it (``JSON.stringify``: compact, non-ASCII kept as UTF-8).
+
+    >>> encode_message({"type": "x"})
+    b'"\\x0e\\n\\x0c{"type":"x"}'
+    """
+    data = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _length_delimited(FRAME_MESSAGE, _length_delimited(MESSAGE_DATA, data))
+
+
+def _fields(data: bytes, where: str) -> dict[int, bytes | int]:
+    """The fields of one protobuf message (last occurrence wins); raises ProtocolError if malformed."""
+    fields: dict[int, bytes | int] = {}
+    pos, end = 0, len(data)
+
+    def varint() -> int:
+        nonlocal pos
+        value = shift = 0
+        while True:
+            if pos >= end:
+                raise ProtocolError(f"{where}: truncated varint at byte {pos}")
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+            if shift >= 64:
+                raise ProtocolError(f"{where}: varint longer than 10 bytes at byte {pos}")
+
+    while pos < end:
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if field == 0:
+            raise ProtocolError(f"{where}: field number 0 at byte {pos}")
+        if wire == _VARINT:
+            fields[field] = varint()
+        elif wire == _LENGTH_DELIMITED:
+            size = varint()
+            if size > end - pos:
+                raise ProtocolError(f"{where}: field {field} says {size} bytes, only {end - pos} left")
+            fields[field] = data[pos:pos + size]
+            pos += size
+        elif wire in (_FIXED64, _FIXED32):
+            size = 8 if wire == _FIXED64 else 4
+            if size > end - pos:
+                raise ProtocolError(f"{where}: field {field} truncated")
+            fields[field] = data[pos:pos + size]
+            pos += size
+        else:
+            raise ProtocolError(f"{where}: unsupported wire type {wire} for field {field}")
+    return fields
+
+
+def decode_frame(data: bytes) -> Decoded:
+    """Read one binary frame of the WebSocket transport (see the module's docstring).
+
+    >>> decode_frame(b"\\x12\\x04\\x1a\\x02\\x00\\x00").audio_bytes
+    2
+    >>> decode_frame(b"\\x22\\x03\\x0a\\x01x")
+    Traceback (most recent call last):
+    ...
+    pipesim.errors.ProtocolError: pipecat.Frame: message.data is not JSON (Expecting value at char 0)
+    """
+    frame = _fields(data, "pipecat.Frame")
+    kinds = [field for field in frame if field in _KINDS]
+    if not kinds:
+        raise ProtocolError("pipecat.Frame: no text, audio, transcription or message field")
+    field = kinds[-1]  # a oneof: the last one on the wire wins
+    payload = frame[field]
+    if not isinstance(payload, bytes):
+        raise ProtocolError(f"pipecat.Frame: field {field} ({_KINDS[field]}) is not length-delimited")
+    if field == FRAME_AUDIO:
+        audio = _fields(payload, "pipecat.AudioRawFrame")
+        samples = audio.get(AUDIO_SAMPLES, b"")
+        rate, channels = audio.get(AUDIO_SAMPLE_RATE, 0), audio.get(AUDIO_CHANNELS, 0)
+        return Decoded("audio", audio_bytes=len(samples) if isinstance(samples, bytes) else 0,
+                       sample_rate=rate if isinstance(rate, int) else 0,
+                       num_channels=channels if isinstance(channels, int) else 0)
+    if field != FRAME_MESSAGE:
+        return Decoded(_KINDS[field])
+    raw = _fields(payload, "pipecat.MessageFrame").get(MESSAGE_DATA, b"")
+    if not isinstance(raw, bytes):
+        raise ProtocolError("pipecat.Frame: message.data is not a string")
+    try:
+        message = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ProtocolError("pipecat.Frame: message.data is not UTF-8") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        reason = f"{exc.msg} at char {exc.pos}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise ProtocolError(f"pipecat.Frame: message.data is not JSON ({reason})") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"pipecat.Frame: message.data is JSON {type(message).__name__}, not an object")
+    return Decoded("message", message=message)

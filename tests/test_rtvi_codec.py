@@ -1,0 +1,77 @@
+"""The RTVI binary framing (``pipesim.live.rtvi_codec``) against bytes made by the real JS transport.
+
+``tests/data/rtvi_frames.json`` was written once by ``tests/rtvi_e2e/golden.mjs`` with the pinned
+``@pipecat-ai/websocket-transport`` 1.7.1's own ``ProtobufFrameSerializer``: pipesim must encode the same
+messages to the same bytes and decode them back, and refuse malformed frames with one clear message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipesim.errors import ProtocolError
+from pipesim.live.rtvi_codec import decode_frame, encode_message
+
+GOLDEN = json.loads((Path(__file__).parent / "data" / "rtvi_frames.json").read_text(encoding="utf-8"))["frames"]
+MESSAGES = [f for f in GOLDEN if f["kind"] == "message"]
+AUDIO = [f for f in GOLDEN if f["kind"] == "audio"]
+
+
+@pytest.mark.parametrize("frame", MESSAGES, ids=lambda f: json.loads(f["json"])["type"])
+def test_encodes_a_message_to_the_js_transports_bytes(frame: dict) -> None:
+    assert encode_message(json.loads(frame["json"])).hex() == frame["hex"]
+
+
+@pytest.mark.parametrize("frame", MESSAGES, ids=lambda f: json.loads(f["json"])["type"])
+def test_decodes_the_js_transports_message_frames(frame: dict) -> None:
+    decoded = decode_frame(bytes.fromhex(frame["hex"]))
+    assert decoded.kind == "message"
+    assert decoded.message == json.loads(frame["json"])
+
+
+def test_decodes_the_js_transports_audio_frame() -> None:
+    (frame,) = AUDIO
+    decoded = decode_frame(bytes.fromhex(frame["hex"]))
+    assert (decoded.kind, decoded.audio_bytes, decoded.sample_rate, decoded.num_channels) == (
+        "audio", frame["audio_bytes"], frame["sample_rate"], frame["num_channels"])
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.text(),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                     max_leaves=20)
+
+
+@given(st.dictionaries(st.text(), _JSON, max_size=6))
+def test_round_trip(envelope: dict) -> None:
+    assert decode_frame(encode_message(envelope)).message == envelope
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_or_raise_one_protocol_error(data: bytes) -> None:
+    try:
+        decoded = decode_frame(data)
+    except ProtocolError as exc:
+        assert str(exc).startswith("pipecat.") and "\n" not in str(exc)
+    else:
+        assert decoded.kind in ("text", "audio", "transcription", "message")
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b"", "no text, audio, transcription or message field"),
+    (b"\x22\x05\x0a\x03", "field 4 says 5 bytes, only 2 left"),  # 5 bytes promised, 2 there
+    (b"\x22\x03\x0a\x01[", "message.data is not JSON"),
+    (b"\x22\x04\x0a\x02[]", "JSON list, not an object"),
+    (b"\x22\x03\x0a\x01\xff", "not UTF-8"),
+    (b"\x20\x01", "field 4 (message) is not length-delimited"),
+    (b"\xff" * 11, "varint longer than 10 bytes"),
+    (b"\x23", "unsupported wire type 3"),
+])
+def test_malformed_frames_say_what_is_wrong(data: bytes, expected: str) -> None:
+    with pytest.raises(ProtocolError, match="^pipecat") as info:
+        decode_frame(data)
+    assert expected in str(info.value)

@@ -1,0 +1,177 @@
+"""End to end: the real published Pipecat client in headless Chromium against pipesim's ``/rtvi``.
+
+``tests/rtvi_e2e/`` pins ``@pipecat-ai/client-js`` 1.13.1, ``@pipecat-ai/websocket-transport`` 1.7.1 and
+esbuild (``package-lock.json``; ``npm ci`` here when ``node_modules`` is missing or stale). The test bundles
+``page.js`` (``PipecatClient`` + ``WebSocketTransport`` + ``WavMediaManager``) into a temp dir, serves it
+from a :class:`~pipesim.live.LiveServer` on port 0 (same origin: the access checks pass as they are) and
+opens it in Debian's Chromium with a fake microphone; every request not to localhost is aborted.
+
+It proves: ``connect()`` resolves with the RTVI version the client speaks; a whole turn's callbacks arrive
+in order; the microphone's audio frames reach pipesim with no error; a ``service_outage`` fault from a seed
+client makes ``onError`` fire (not fatal). Skipped when node/npm or Chromium is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from test_rtvi import TURN, turns_in_order
+from websockets.sync.client import connect
+
+from pipesim.live.rtvi import RTVI_VERSION
+from pipesim.scenario import Scenario
+
+HERE = Path(__file__).resolve().parent / "rtvi_e2e"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+TIMEOUT_S = 60.0  # generous: two cores shared by many processes
+#: Callback -> the RTVI message that fires it.
+CALLBACKS = {"onUserStartedSpeaking": "user-started-speaking", "onUserStoppedSpeaking": "user-stopped-speaking",
+             "onUserTranscript": "user-transcription", "onBotLlmStarted": "bot-llm-started",
+             "onBotLlmText": "bot-llm-text", "onBotLlmStopped": "bot-llm-stopped",
+             "onBotTtsStarted": "bot-tts-started", "onBotTtsStopped": "bot-tts-stopped",
+             "onBotStartedSpeaking": "bot-started-speaking", "onBotStoppedSpeaking": "bot-stopped-speaking",
+             "onBotOutput": "bot-output"}
+#: No background sessions; the RTVI session's user waits 2 s (the microphone streams meanwhile), then talks.
+SCENARIO = Scenario.model_validate({
+    "name": "rtvi_e2e", "seed": 3,
+    "sessions": {"arrivals": {"kind": "at_once", "count": 0}, "turns": 1000, "first_speech_delay_s": 2.0,
+                 "utterance_s": 1.0, "think_time_s": 1.0, "barge_in_probability": 0.0},
+})
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def node_modules() -> Path:
+    """``tests/rtvi_e2e/node_modules`` as its ``package-lock.json`` pins it (``npm ci`` when missing/stale)."""
+    if not (shutil.which("node") and shutil.which("npm")):
+        pytest.skip("Node.js/npm not installed: cannot bundle the Pipecat client")
+    modules = HERE / "node_modules"
+    stamp = modules / ".package-lock.json"  # npm writes it on every install
+    installed = (modules / ".bin" / "esbuild").exists() and stamp.exists()
+    if not installed or stamp.stat().st_mtime < (HERE / "package-lock.json").stat().st_mtime:
+        proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=HERE,
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"npm ci in tests/rtvi_e2e failed:\n{proc.stdout}\n{proc.stderr}")
+    return modules
+
+
+def test_the_pinned_client_speaks_the_rtvi_version_pipesim_announces(node_modules: Path) -> None:
+    proc = subprocess.run(["node", "--input-type=module", "-e", "import { RTVI_PROTOCOL_VERSION as v } from "
+                           "'@pipecat-ai/client-js'; console.log(v)"], cwd=HERE, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == RTVI_VERSION, "the pinned client changed its RTVI version: update RTVI_VERSION"
+
+
+@pytest.fixture(scope="module")
+def site(node_modules: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("rtvi-page")
+    proc = subprocess.run([str(node_modules / ".bin" / "esbuild"), "page.js", "--bundle", "--format=iife",
+                           f"--outfile={out / 'page.js'}", "--log-level=warning"], cwd=HERE,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (out / "index.html").write_text('<!doctype html><meta charset="utf-8"><title>rtvi</title>'
+                                    '<script src="/static/page.js"></script>', encoding="utf-8")
+    return out
+
+
+@pytest.fixture
+def page(site: Path) -> Iterator[tuple[Any, Any, list[str]]]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: run `make browser` (scripts/install-browser.sh, as root)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (a dev dependency) is not installed")
+    from pipesim.live import serve_in_background
+
+    bg = serve_in_background(SCENARIO, port=0, speed=2.0, static_dir=site)
+    problems: list[str] = []
+    blocked: list[str] = []
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            context = browser.new_context()
+
+            def local_only(route: Any) -> None:
+                if urlsplit(route.request.url).hostname in ("127.0.0.1", "localhost"):
+                    route.continue_()
+                else:
+                    blocked.append(route.request.url)
+                    route.abort()
+
+            context.route("**/*", local_only)
+            pg = context.new_page()
+            pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            pg.goto(f"http://127.0.0.1:{bg.port}/")
+            yield pg, bg, problems
+            context.close()
+            browser.close()
+    finally:
+        bg.stop()
+    assert not problems, "\n".join(problems)
+    assert not blocked, f"the page asked for non-local resources: {blocked}"
+
+
+def _events(pg: Any) -> list[dict[str, Any]]:
+    return pg.evaluate("() => JSON.parse(JSON.stringify(window.rtvi.events))")
+
+
+def _wait_for(pg: Any, name: str, count: int = 1) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        events = _events(pg)
+        if sum(1 for e in events if e["name"] == name) >= count:
+            return events
+        pg.wait_for_timeout(100)
+    raise AssertionError(f"no {name} (x{count}) within {TIMEOUT_S} s; got {[e['name'] for e in _events(pg)]}")
+
+
+def test_the_real_pipecat_client_connects_hears_a_turn_streams_audio_and_sees_a_fault(page: Any) -> None:
+    pg, bg, _problems = page
+    url = f"ws://127.0.0.1:{bg.port}/rtvi"
+    pg.evaluate("(url) => { window.rtvi.connect(url); }", url)
+    events = _wait_for(pg, "connect-resolved")
+    ready = next(e for e in events if e["name"] == "connect-resolved")["data"]
+    assert ready["version"] == RTVI_VERSION == pg.evaluate("() => window.rtvi.clientVersion")
+    assert ready["about"]["session_id"] == "rtvi-1"
+
+    # A whole turn, in order; the seed's state on the server-message channel alongside.
+    events = _wait_for(pg, "onBotStoppedSpeaking")
+    turn = [CALLBACKS[e["name"]] for e in events if e["name"] in CALLBACKS]
+    assert turns_in_order(turn[:len(TURN)], 1), turn
+    seed = [e["data"] for e in events if e["name"] == "onServerMessage"]
+    assert seed[0]["type"] == "session_created" and seed[0]["session_id"] == "rtvi-1"
+    assert any(e["name"] == "onMetrics" and "ttfb" in e["data"] for e in events)
+
+    # The microphone streams (about 31 frames/s) and pipesim takes it without a word of complaint.
+    conn = bg.call(lambda: bg.server.rtvi.connections["rtvi-1"])
+    frames, nbytes, errors = bg.call(lambda: (conn.audio_frames, conn.audio_bytes, conn.errors))
+    assert frames >= 31 and nbytes > 0 and errors == 0
+    assert not any(e["name"] in ("onError", "onMessageError") for e in events)
+
+    # The dashboard sees the session; a fault from a seed client makes onError fire, not fatally.
+    with connect(bg.url) as seed_client:
+        seed_client.send(json.dumps({"type": "fault_injection", "fault": "service_outage", "service": "stt",
+                                     "duration_s": 120}))
+    events = _wait_for(pg, "onError")
+    error = next(e for e in events if e["name"] == "onError")["data"]
+    assert error["type"] == "error" and error["data"]["fatal"] is False and "stt" in error["data"]["error"]
+    assert bg.call(lambda: bg.server.sim.manager.status("rtvi-1")) == "active"
+
+    pg.evaluate("() => window.rtvi.disconnect()")
+    _wait_for(pg, "onDisconnected")
+    deadline = time.monotonic() + 10
+    while bg.call(lambda: bg.server.sim.manager.status("rtvi-1")) != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert bg.call(lambda: bg.server.sim.manager.status("rtvi-1")) == "stopped"

@@ -86,6 +86,32 @@ class _Turn:
         return self.rec[_TURN_INDEX[column]]
 
 
+class _AudioReports:
+    """The running audio reports of one utterance, as a chain of timeout callbacks: the report at
+    ``t0 + k * interval`` tells the state manager how many bytes are buffered and the running quality,
+    then schedules the next report (no process step per report: they are about half of all transitions)."""
+
+    __slots__ = ("sim", "session", "epoch", "t0", "duration", "n_chunks", "running", "k")
+
+    def __init__(self, sim: Simulation, session: _Session, epoch: int, t0: float, duration: float,
+                 n_chunks: int, running: np.ndarray) -> None:
+        self.sim, self.session, self.epoch, self.t0 = sim, session, epoch, t0
+        self.duration, self.n_chunks, self.running, self.k = duration, n_chunks, running, 1
+
+    def __call__(self, _event: simpy.Event) -> None:
+        s, sim = self.session, self.sim
+        if s.epoch != self.epoch:  # paused, stopped or barged over: the utterance is gone
+            return
+        now, t0 = sim.env.now, self.t0
+        chunks = min(self.n_chunks, int((now - t0) / sim._chunk_s + 1e-9))
+        if chunks:
+            sim.manager.audio(s.id, now, chunks * sim._chunk_bytes, float(self.running[chunks - 1]))
+        self.k += 1
+        at = self.k * sim._interval
+        if at < self.duration:
+            sim.env.timeout(t0 + at - now).callbacks.append(self)
+
+
 class _Session:
     """The model's side of one session: its random streams, progress and the turn in flight."""
 
@@ -365,17 +391,18 @@ class Simulation:
             quality_of_chunk = 1.0 / (1.0 + np.exp(-(snr - q.midpoint_db) / q.scale_db))
         # Kept as an array (8 bytes a chunk), not a list of floats, while the user speaks.
         running = np.round(np.cumsum(quality_of_chunk) / np.arange(1, n_chunks + 1), 4)
-        if self._interval:
+        # The running reports are callbacks, not steps of this process (they are about half of all
+        # transitions): each report schedules the next, at the times and in the order that a loop of
+        # timeouts here would give; this process sleeps until the end of speech in one event.
+        now, interval = t0, self._interval
+        if interval and interval < duration:
+            env.timeout(t0 + interval - t0).callbacks.append(_AudioReports(self, s, epoch, t0, duration,
+                                                                           n_chunks, running))
             k = 1
-            while k * self._interval < duration:
-                yield env.timeout(t0 + k * self._interval - env.now)
-                if s.epoch != epoch:
-                    return None
-                chunks = min(n_chunks, int((env.now - t0) / self._chunk_s + 1e-9))
-                if chunks:
-                    mgr.audio(sid, env.now, chunks * self._chunk_bytes, float(running[chunks - 1]))
+            while k * interval < duration:  # the time of each report, with a timeout loop's float steps
+                now += t0 + k * interval - now
                 k += 1
-        yield env.timeout(t0 + duration - env.now)
+        yield self._timeout_at(now + (t0 + duration - now))
         if s.epoch != epoch:
             return None
         quality = float(running[-1])
@@ -441,6 +468,15 @@ class Simulation:
     def _barge_in(self, s: _Session) -> None:
         self.manager.barge_in(s.id, self.env.now)
         self._close_turn(s.turn, "barge_in")
+
+    def _timeout_at(self, t: float) -> simpy.Timeout:
+        """A timeout that fires at exactly ``t`` (SimPy adds a delay to now: the delay is chosen so that
+        the sum is ``t`` to the last bit, as if the time had been reached in several steps)."""
+        now = self.env.now
+        delay = t - now
+        while now + delay != t:  # at most a few ulps away: t and now are floats, and delay <= t
+            delay = math.nextafter(delay, math.inf if now + delay < t else -math.inf)
+        return self.env.timeout(delay)
 
     # The turn --------------------------------------------------------------------------------------
     def _pipeline(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, None]:

@@ -37,6 +37,24 @@ from pipesim.vocabulary import SERVICES
 
 _NAN = math.nan
 _TURN_INDEX = {name: i for i, name in enumerate(TURN_COLUMNS)}
+#: (kafka, queue, service, retry, timeouts) column indices of each service's stage in a turn's record.
+_STAGE_INDEX = {name: tuple(_TURN_INDEX[f"{name}_{part}"]
+                            for part in ("kafka", "queue", "service", "retry", "timeouts"))
+                for name in SERVICES}
+
+
+def _empty_turn() -> list[Any]:
+    """A turn's record before anything happened: NaN, no error, no timeouts, no bytes, no busy time."""
+    rec: list[Any] = [_NAN] * len(TURN_COLUMNS)
+    rec[_TURN_INDEX["error"]] = None
+    for name in ("stt_timeouts", "llm_timeouts", "tts_timeouts", "audio_bytes"):
+        rec[_TURN_INDEX[name]] = 0
+    for name in SERVICES:
+        rec[_TURN_INDEX[f"{name}_busy"]] = 0.0
+    return rec
+
+
+_EMPTY_TURN = _empty_turn()
 #: np.exp overflows a float64 above ~709.78; below this bound no chunk's quality needs np.errstate.
 _EXP_SAFE = 709.0
 
@@ -63,19 +81,18 @@ class _Job:
 class _Turn:
     """One user turn in flight: its record, its resource requests and the events that join its parts."""
 
-    __slots__ = ("turn_id", "rec", "requests", "first_sentence", "llm_done", "finished", "done", "tokens", "row")
+    __slots__ = ("turn_id", "rec", "requests", "first_sentence", "llm_done", "llm_finished", "finished", "done", "tokens", "row")
 
     def __init__(self, env: simpy.Environment, session_id: str, turn_id: int) -> None:
         self.turn_id = turn_id
-        self.rec: list[Any] = [_NAN] * len(TURN_COLUMNS)
-        self.rec[0], self.rec[1], self.rec[3] = session_id, turn_id, None
-        for name in ("stt_timeouts", "llm_timeouts", "tts_timeouts", "audio_bytes"):
-            self.rec[_TURN_INDEX[name]] = 0
-        for name in SERVICES:
-            self.rec[_TURN_INDEX[f"{name}_busy"]] = 0.0
+        self.rec: list[Any] = _EMPTY_TURN.copy()
+        self.rec[0], self.rec[1] = session_id, turn_id
         self.requests: list[_Job] = []  # the requests of the attempts in flight (cancelled with the turn)
         self.first_sentence = env.event()
-        self.llm_done = env.event()
+        # TTS waits for the LLM's last token only when the audio ends first: the event is made then (an
+        # event nobody waits for still costs a step of the event loop).
+        self.llm_done: simpy.Event | None = None
+        self.llm_finished = False
         self.finished = env.event()
         self.done = False
         self.tokens = 0
@@ -530,7 +547,8 @@ class Simulation:
         their workers' time and the backoffs), so that the four add up to the stage. Returns the successful
         attempt's work, or None when the turn ended meanwhile (failed here, or cancelled elsewhere).
         """
-        env, mgr, sid = self.env, self.manager, s.id
+        env, mgr, sid, rec = self.env, self.manager, s.id, turn.rec
+        i_kafka, i_queue, i_service, i_retry, i_timeouts = _STAGE_INDEX[name]
         timeout = self.scenario.kafka.request_timeout_s
         pool = self.pools[name]
         mgr.service_requested(sid, name, env.now)
@@ -575,11 +593,11 @@ class Simulation:
                         yield env.timeout(arrival - env.now)
                         if turn.done:
                             return None
-                        turn.set(f"{name}_kafka", d_req + d_resp)
-                        turn.set(f"{name}_queue", waited + started - queued)
-                        turn.set(f"{name}_service", work.first_response)
-                        turn.set(f"{name}_retry", sent - requested - waited)
-                        turn.set(f"{name}_timeouts", attempt)
+                        rec[i_kafka] = d_req + d_resp
+                        rec[i_queue] = waited + started - queued
+                        rec[i_service] = work.first_response
+                        rec[i_retry] = sent - requested - waited
+                        rec[i_timeouts] = attempt
                         self.trace.model_event(env.now, sid, turn.turn_id, "first_response", name,
                                                env.now - requested)
                         if work.error is not None:
@@ -596,8 +614,8 @@ class Simulation:
                     waited += deadline - queued
                     turn.requests.remove(job)
                     env.process(self._stale(s, turn, name, job, queued, deadline, plan))
-            turn.set(f"{name}_queue", waited)
-            turn.set(f"{name}_retry", env.now - requested - waited)
+            rec[i_queue] = waited
+            rec[i_retry] = env.now - requested - waited
             if not (yield from self._timed_out(s, turn, name, attempt)):
                 return None
             attempt += 1
@@ -626,7 +644,7 @@ class Simulation:
     def _timed_out(self, s: _Session, turn: _Turn, name: str, attempt: int) -> Generator[simpy.Event, Any, bool]:
         """A Kafka timeout: count it, fail the turn past the retry budget, else back off."""
         cfg = self.scenario.kafka
-        turn.set(f"{name}_timeouts", attempt + 1)
+        turn.rec[_STAGE_INDEX[name][4]] = attempt + 1
         tr = self.manager.kafka_timeout(s.id, name, self.env.now)
         if tr.event == "turn_failed":
             self._close_turn(turn, "failed", tr.error)
@@ -691,7 +709,9 @@ class Simulation:
         self.manager.service_completed(s.id, "llm", env.now)
         turn.set("llm_duration", env.now - start)
         turn.set("streaming_overlap", env.now - first_sentence_at)
-        turn.llm_done.succeed()
+        turn.llm_finished = True
+        if turn.llm_done is not None:
+            turn.llm_done.succeed()
 
     def _tts(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, None]:
         env, tts, sessions = self.env, self.scenario.services.tts, self.scenario.sessions
@@ -727,7 +747,8 @@ class Simulation:
         yield env.timeout(playback_end - env.now)
         if turn.done:
             return
-        if not turn.llm_done.triggered:
+        if not turn.llm_finished:
+            turn.llm_done = env.event()
             yield turn.llm_done
             if turn.done:
                 return

@@ -32,7 +32,6 @@ from pipesim.state.rules import (
     UnknownSession,
 )
 
-
 _NAN = math.nan
 
 

@@ -540,7 +540,9 @@ class Simulation:
         the sum is ``t`` to the last bit, as if the time had been reached in several steps)."""
         now = self.env.now
         delay = t - now
-        while now + delay != t:  # at most a few ulps away: t and now are floats, and delay <= t
+        for _ in range(64):  # t - now is at most a few ulps off: 0 <= now <= t, both floats
+            if now + delay == t:
+                break
             delay = math.nextafter(delay, math.inf if now + delay < t else -math.inf)
         return self.env.timeout(delay)
 

@@ -309,8 +309,11 @@ class PipelineStateManager:
         return target
 
     def _service(self, session_id: str, service: str, event: str) -> _Session:
-        s = self._active(session_id, event)
-        self._check_service_name(session_id, service, event)
+        s = self._sessions.get(session_id)
+        if s is None or s.status != ACTIVE:  # the common case checked inline (every service event comes here)
+            s = self._active(session_id, event)  # raises, naming what is wrong
+        if service not in SERVICES:
+            self._check_service_name(session_id, service, event)  # raises
         if s.state != PROCESSING:
             raise IllegalTransition(session_id, service, s.services[service], event,
                                     f"the pipeline is {s.state!r}, not 'processing'")

@@ -6,9 +6,6 @@ import warnings
 
 import pandas as pd
 import pytest
-import simpy
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import pipesim
 from pipesim.model import Simulation
@@ -62,17 +59,3 @@ def test_run_puts_the_garbage_collector_setting_back_even_when_it_fails():
     assert seen[-1] == RUN_GC_THRESHOLD != before
     assert gc.get_threshold() == before
 
-
-_BASELINE = pipesim.load_scenario("baseline")
-
-
-@settings(max_examples=200, deadline=None)
-@given(now=st.floats(0.0, 1e7), ahead=st.floats(0.0, 1e7))
-def test_timeout_at_fires_at_exactly_the_time_asked(now, ahead):
-    # The user's process sleeps to the end of speech in one timeout: at the very float a loop of
-    # smaller timeouts reached, or the trace would change in its last bits.
-    sim = Simulation(_BASELINE, env=simpy.Environment(initial_time=now))
-    t = now + ahead
-    sim._timeout_at(t)
-    sim.env.run()
-    assert sim.env.now == t

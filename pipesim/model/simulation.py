@@ -132,14 +132,21 @@ class _Turn:
 class _AudioReports:
     """The running audio reports of one utterance, as a chain of timeout callbacks: the report at
     ``t0 + k * interval`` tells the state manager how many bytes are buffered and the running quality,
-    then schedules the next report (no process step per report: they are about half of all transitions)."""
+    then schedules the next report (no process step per report: they are about half of all transitions).
 
-    __slots__ = ("sim", "session", "epoch", "t0", "duration", "n_chunks", "running", "k")
+    The last report schedules the end of speech and hands it the callbacks of ``spoken``, the event the
+    user's process waits on: the process wakes at that timeout, whose place among simultaneous events (a
+    scripted step at the same round time, say) is the one it had when the process scheduled it itself.
+    When the utterance is cancelled the chain stops and the process is never woken (nothing waits on it).
+    """
+
+    __slots__ = ("sim", "session", "epoch", "t0", "duration", "n_chunks", "running", "k", "spoken")
 
     def __init__(self, sim: Simulation, session: _Session, epoch: int, t0: float, duration: float,
-                 n_chunks: int, running: np.ndarray) -> None:
+                 n_chunks: int, running: np.ndarray, spoken: simpy.Event) -> None:
         self.sim, self.session, self.epoch, self.t0 = sim, session, epoch, t0
         self.duration, self.n_chunks, self.running, self.k = duration, n_chunks, running, 1
+        self.spoken = spoken
 
     def __call__(self, _event: simpy.Event) -> None:
         s, sim = self.session, self.sim
@@ -153,6 +160,10 @@ class _AudioReports:
         at = self.k * sim._interval
         if at < self.duration:
             sim.env.timeout(t0 + at - now).callbacks.append(self)
+        else:
+            end = sim.env.timeout(t0 + self.duration - now)
+            end.callbacks.extend(self.spoken.callbacks)  # the user's process, waiting on ``spoken``
+            self.spoken.callbacks.clear()
 
 
 class _Session:
@@ -452,17 +463,15 @@ class Simulation:
         running /= self._chunk_counts(n_chunks)
         np.round(running, 4, out=running)
         # The running reports are callbacks, not steps of this process (they are about half of all
-        # transitions): each report schedules the next, at the times and in the order that a loop of
-        # timeouts here would give; this process sleeps until the end of speech in one event.
-        now, interval = t0, self._interval
-        if interval and interval < duration:
-            env.timeout(t0 + interval - t0).callbacks.append(_AudioReports(self, s, epoch, t0, duration,
-                                                                           n_chunks, running))
-            k = 1
-            while k * interval < duration:  # the time of each report, with a timeout loop's float steps
-                now += t0 + k * interval - now
-                k += 1
-        yield self._timeout_at(now + (t0 + duration - now))
+        # transitions): each report schedules the next, and the last one the end of speech, which wakes
+        # this process; the same times, scheduled at the same moments, as a loop of timeouts here.
+        if self._interval and self._interval < duration:
+            spoken = env.event()
+            env.timeout(t0 + self._interval - env.now).callbacks.append(
+                _AudioReports(self, s, epoch, t0, duration, n_chunks, running, spoken))
+            yield spoken
+        else:
+            yield env.timeout(t0 + duration - env.now)
         if s.epoch != epoch:
             return None
         quality = float(running[-1])
@@ -534,17 +543,6 @@ class Simulation:
         if len(self._counts) < n:
             self._counts = np.arange(1, max(n, 2 * len(self._counts)) + 1, dtype=np.float64)
         return self._counts[:n]
-
-    def _timeout_at(self, t: float) -> simpy.Timeout:
-        """A timeout that fires at exactly ``t`` (SimPy adds a delay to now: the delay is chosen so that
-        the sum is ``t`` to the last bit, as if the time had been reached in several steps)."""
-        now = self.env.now
-        delay = t - now
-        for _ in range(64):  # t - now is at most a few ulps off: 0 <= now <= t, both floats
-            if now + delay == t:
-                break
-            delay = math.nextafter(delay, math.inf if now + delay < t else -math.inf)
-        return self.env.timeout(delay)
 
     # The turn --------------------------------------------------------------------------------------
     def _pipeline(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, None]:

@@ -32,6 +32,8 @@ from pipesim.state.rules import (
     UnknownSession,
 )
 
+_NAN = math.nan
+
 
 class Transition(NamedTuple):
     """One accepted change of a session, with the full state after it (what a wire update shows).
@@ -62,6 +64,10 @@ class Transition(NamedTuple):
 
 
 Observer = Callable[[Transition], None]
+#: The pipeline states that accept audio (the fast path of :meth:`PipelineStateManager.audio`).
+_TAKES_AUDIO = frozenset(state for state, events in PIPELINE.items() if "audio" in events)
+#: Builds a Transition from a full tuple of its fields, without the keyword handling of ``Transition(...)``.
+_new_transition = tuple.__new__
 
 
 class _Session:
@@ -199,8 +205,10 @@ class PipelineStateManager:
 
     def audio(self, session_id: str, t: float, buffer_size: int, audio_quality: float) -> Transition:
         """Audio arrived: ``buffer_size`` bytes are buffered, ``audio_quality`` is the running score."""
-        s = self._active(session_id, "audio")
-        self._pipeline(s, "audio")
+        s = self._sessions.get(session_id)
+        if s is None or s.status != ACTIVE or s.state not in _TAKES_AUDIO:
+            s = self._active(session_id, "audio")  # raises, naming what is wrong
+            self._pipeline(s, "audio")
         if buffer_size < 0 or not 0.0 <= audio_quality <= 1.0:
             raise ValueError(f"session {session_id!r}: audio needs buffer_size >= 0 and 0 <= quality <= 1, "
                              f"got {buffer_size}, {audio_quality}")
@@ -308,8 +316,11 @@ class PipelineStateManager:
         return target
 
     def _service(self, session_id: str, service: str, event: str) -> _Session:
-        s = self._active(session_id, event)
-        self._check_service_name(session_id, service, event)
+        s = self._sessions.get(session_id)
+        if s is None or s.status != ACTIVE:  # the common case checked inline (every service event comes here)
+            s = self._active(session_id, event)  # raises, naming what is wrong
+        if service not in SERVICES:
+            self._check_service_name(session_id, service, event)  # raises
         if s.state != PROCESSING:
             raise IllegalTransition(session_id, service, s.services[service], event,
                                     f"the pipeline is {s.state!r}, not 'processing'")
@@ -337,8 +348,18 @@ class PipelineStateManager:
 
     def _emit(self, s: _Session, t: float, event: str, service: str | None = None,
               error: str | None = None) -> Transition:
-        tr = self._record(s, t, event, service, error)
-        self._deliver((tr,))
+        # The model's hot path (one call per transition): the record is built and handed to the observers
+        # here, without the generic helpers (see :meth:`_record` and :meth:`_deliver` for what it does).
+        sv = s.services
+        tr = _new_transition(Transition, (float(t), s.session_id, s.turn_id, s.seq, event, service, s.status,
+                                          s.state, sv["stt"], sv["llm"], sv["tts"], s.buffer_size,
+                                          s.audio_quality, error, _NAN))
+        s.seq += 1
+        observers = self._observers
+        if len(observers) == 1:
+            observers[0](tr)  # the state has changed already: an observer's error is the caller's to see
+        else:
+            self._deliver((tr,))
         return tr
 
     def _deliver(self, records: list[Transition] | tuple[Transition, ...]) -> None:

@@ -8,7 +8,8 @@ time by a :class:`~pipesim.live.pacer.Pacer`; every state-manager transition bec
 Endpoints (HTTP and WebSocket share the port)
 ---------------------------------------------
 * ``ws://HOST:PORT/ws`` -- the protocol. ``GET /`` -- the dashboard page (``pipesim/live/static/``);
-  ``GET /static/NAME`` -- its files; ``GET /healthz`` -- ``200 ok``; anything else -- ``404``. Any
+  ``GET /static/NAME`` -- its files; ``GET /healthz`` -- ``200 ok``; ``GET /stats`` -- JSON counters (clients,
+  sessions, the clock's origin, the pacer's lag histogram); anything else -- ``404``. Any
   path is answered, whatever its length or characters (``NAME`` is looked up among the files that exist,
   never handed to the file system); a request line that is not ASCII is not HTTP, and the websockets
   library hangs up on it.
@@ -82,9 +83,11 @@ Limits
   pacer and the other clients never wait for a slow client.
 * :meth:`stop` (SIGINT/SIGTERM in ``pipesim serve``) stops the clock, gives queued messages up to 1 s to
   drain, closes every client with code 1001 (going away) and closes the recording.
-* Memory: the model's trace (``LiveServer.sim.trace``) and the state manager keep every event and every
-  session of a live run, so memory grows for as long as the server runs (about 300 bytes per event;
-  some 10 MB an hour for ``frontend_demo`` at 1x).
+* Memory: a stopped session is forgotten ``forget_after`` simulated seconds after it stopped
+  (``--forget-after``, default 60; None: never): the model and the state manager drop it, it no longer
+  gets snapshots, controls name it ``unknown_session``, and ``start`` is still refused (a stopped id is
+  never reused; the ids of forgotten client-created sessions are kept for that, a few dozen bytes each).
+  The model's trace (``LiveServer.sim.trace``) still keeps every event (about 300 bytes each).
 
 Replay
 ------
@@ -104,11 +107,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import mimetypes
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +205,10 @@ class _BaseServer:
         self.slow_disconnects = 0
         self.recorder: Recorder | None = None
         self._clients: set[_Client] = set()
+        # Who gets a message about a session: the unfiltered clients, and the watchers of that session
+        # (indexed, so a broadcast costs O(its recipients), not O(clients)).
+        self._watch_all: set[_Client] = set()
+        self._watchers: dict[str, set[_Client]] = {}
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -321,6 +330,10 @@ class _BaseServer:
     def _snapshot(self, client: _Client) -> list[dict[str, Any]]:
         return []
 
+    def _stats(self) -> dict[str, Any]:
+        """``GET /stats``: counters for load tests and monitoring."""
+        return {"clients": len(self._clients), "slow_disconnects": self.slow_disconnects, "refused": self.refused}
+
     def _on_control(self, client: _Client, msg: ConversationControl) -> None:
         raise NotImplementedError
 
@@ -336,9 +349,32 @@ class _BaseServer:
         if self.recorder is not None:
             assert self._loop is not None
             self.recorder.write(self._loop.time() - self._t0, t, text)
-        for client in list(self._clients):
-            if client.wants(session_id):
-                self._offer(client, text)
+        watchers = self._watchers.get(session_id) if session_id is not None else None
+        # Copies: an offer may drop a slow client, which changes these sets.
+        for client in (*self._watch_all, *watchers) if watchers else tuple(self._watch_all):
+            self._offer(client, text)
+
+    def _register(self, client: _Client) -> None:
+        """Into the broadcast: every message about what the client watches now reaches its queue."""
+        self._clients.add(client)
+        if client.watch_all:
+            self._watch_all.add(client)
+        for sid in client.watched:
+            self._watch(client, sid)
+
+    def _watch(self, client: _Client, session_id: str) -> None:
+        """``client`` watches ``session_id`` from now on (by its filter or by a control)."""
+        client.watched.add(session_id)
+        if not client.closing and not client.watch_all:  # (an unfiltered client gets it already)
+            self._watchers.setdefault(session_id, set()).add(client)
+
+    def _unwatch(self, client: _Client, session_id: str) -> None:
+        client.watched.discard(session_id)
+        watchers = self._watchers.get(session_id)
+        if watchers is not None:
+            watchers.discard(client)
+            if not watchers:
+                del self._watchers[session_id]
 
     def _send(self, client: _Client, message: dict[str, Any] | BaseModel) -> None:
         self._offer(client, dumps(message))
@@ -361,6 +397,13 @@ class _BaseServer:
         """No more messages for this client: out of the broadcast, its writer stopped."""
         client.closing = True
         self._clients.discard(client)
+        self._watch_all.discard(client)
+        for sid in client.watched:
+            watchers = self._watchers.get(sid)
+            if watchers is not None:
+                watchers.discard(client)
+                if not watchers:
+                    del self._watchers[sid]
         if client.writer is not None:
             client.writer.cancel()
 
@@ -416,6 +459,8 @@ class _BaseServer:
             return connection.respond(403, f"{refusal}\n")
         if path == "/healthz":
             return connection.respond(200, "ok\n")
+        if path == "/stats":
+            return self._text_response(connection, 200, json.dumps(self._stats()), "application/json")
         if path in ("/", "/index.html"):
             page = self.static_dir / "index.html"
             if page.is_file():
@@ -475,7 +520,7 @@ class _BaseServer:
         # Snapshot and registration with no await in between: no transition can fall between the two.
         for message in self._snapshot(client):
             client.queue.put_nowait(dumps(message))
-        self._clients.add(client)
+        self._register(client)
         client.writer = asyncio.ensure_future(self._writer(client))
         log.info("client %s connected (%s)", client.name, "all sessions" if client.watch_all else
                  ", ".join(repr(sid) for sid in sorted(client.watched)))  # repr: ids may hold newlines
@@ -567,12 +612,18 @@ class LiveServer(_BaseServer):
                  record: str | Path | None = None, client_queue: int = 1000, close_timeout: float = 2.0,
                  send_buffer: int | None = 128 * 1024, static_dir: str | Path | None = None,
                  allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = (), token: str | None = None,
-                 owner_only: bool = False) -> None:
+                 owner_only: bool = False, forget_after: float | None = 60.0) -> None:
         super().__init__(host=host, port=port, record=record, client_queue=client_queue,
                          close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
                          allow_origins=allow_origins, allow_hosts=allow_hosts, token=token)
         #: Clients may control only the sessions they started on the same connection.
         self.owner_only = owner_only
+        if forget_after is not None and not forget_after >= 0:
+            raise ValueError(f"forget_after must be >= 0 or None, got {forget_after}")
+        #: Simulated seconds after which a stopped session is forgotten (None: never); see "Memory".
+        self.forget_after = forget_after
+        #: Stopped sessions forgotten so far.
+        self.forgotten = 0
         self.scenario = as_scenario(scenario)
         #: The one model; its ``trace`` keeps everything that happened (it grows for as long as it runs).
         self.sim = Simulation(self.scenario, seed=seed, live=True)
@@ -603,6 +654,27 @@ class LiveServer(_BaseServer):
     def _on_transition(self, tr: Transition) -> None:
         for message in wire_messages(tr):
             self._broadcast(tr.session_id, message, tr.t)
+        if tr.event == "session_stopped" and self.forget_after is not None:
+            # A model event, so the grace period is simulated time, and the forgetting happens outside
+            # the state manager's delivery of this transition.
+            sid = tr.session_id
+            self.sim.env.timeout(self.forget_after).callbacks.append(lambda _: self._forget(sid))
+
+    def _forget(self, session_id: str) -> None:
+        if session_id in self.sim.manager and self.sim.manager.status(session_id) == "stopped":
+            self.sim.forget(session_id)
+            self.forgotten += 1
+
+    def _stats(self) -> dict[str, Any]:
+        pacer, loop = self.pacer, self._loop
+        origin = pacer._origin_wall
+        clock = {"speed": pacer.speed, "sim_now": self.sim.env.now, "origin_sim": pacer._origin_sim,
+                 # Simulated time t happens at wall time origin + (t - origin_sim) / speed; monotonic is
+                 # time.monotonic() of this machine (what the event loop uses), unix is time.time().
+                 "origin_monotonic": origin,
+                 "origin_unix": None if origin is None or loop is None else time.time() - (loop.time() - origin)}
+        return {**super()._stats(), "clock": clock, "pacer_lag": pacer.lag.as_dict(), "pacer_errors": pacer.errors,
+                "sessions": len(self.sim.sessions), "forgotten": self.forgotten}
 
     def _snapshot(self, client: _Client) -> list[dict[str, Any]]:
         mgr = self.sim.manager
@@ -623,7 +695,7 @@ class LiveServer(_BaseServer):
             return
         added = sid not in client.watched
         # Watch before applying, so that the control's own transitions reach this client.
-        client.watched.add(sid)
+        self._watch(client, sid)
         try:
             self.sim.control(sid, msg.action)
         except UnknownSession:
@@ -637,7 +709,7 @@ class LiveServer(_BaseServer):
                 client.owned.add(sid)
         finally:
             if added:
-                client.watched.discard(sid)
+                self._unwatch(client, sid)
         self.pacer.wake()  # the control may have scheduled events sooner than the pacer's next one
 
     def _on_fault(self, client: _Client, msg: FaultInjection) -> None:

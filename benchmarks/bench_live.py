@@ -65,10 +65,10 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, seconds (``/proc/PID/stat`` fields 14 and 15)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process, seconds (``/proc/PID/stat`` fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def rss_mb(pid: int) -> float:
@@ -119,7 +119,8 @@ def lag_p99_ms(before: dict[str, Any], after: dict[str, Any]) -> float:
 def _client_process(url: str, sids: list[str | None], clock: dict[str, float] | None, window: Any,
                     ready: Any, results: Any) -> None:
     raise_fd_limit()
-    results.put(asyncio.run(_clients(url, sids, clock, window, ready)))
+    tally = asyncio.run(_clients(url, sids, clock, window, ready))
+    results.put({**tally, "dashboards": sids[0] is None})
 
 
 async def _clients(url: str, sids: list[str | None], clock: dict[str, float] | None, window: Any,
@@ -223,7 +224,7 @@ def load(url: str, sessions: int, dashboards: int, seconds: float, warmup: float
         p.join(10)
     latency = np.concatenate([t["latency_ms"] for t in tallies]) if tallies else np.zeros(0)
     total = {k: sum(t[k] for t in tallies) for k in ("messages", "bytes", "lost", "slow", "broken")}
-    dash = tallies[-1] if dashboards else None
+    dash = next((t for t in tallies if t["dashboards"]), None)
     return {**total, "connected": connected, "seconds": seconds, "msgs_per_s": total["messages"] / seconds,
             "dashboard_msgs_per_s": dash["messages"] / seconds if dash else 0.0,
             "mean_bytes": total["bytes"] / max(total["messages"], 1),
@@ -282,7 +283,8 @@ def run_bare(sessions: int, dashboards: int, seconds: float, warmup: float, work
         proc.kill()
         proc.join()
     start, end = out.pop("window")
-    out["cpu_s"] = end - start
+    out["cpu_user_s"], out["cpu_sys_s"] = end[0] - start[0], end[1] - start[1]
+    out["cpu_s"] = out["cpu_user_s"] + out["cpu_sys_s"]
     out["cpu_per_msg_us"] = 1e6 * out["cpu_s"] / max(out["messages"], 1)
     return out
 
@@ -302,7 +304,8 @@ def run_pipesim(sessions: int, speed: float, dashboards: int, seconds: float, wa
             nonlocal spy
             point = sample()
             if profile is not None and spy is None:
-                spy = subprocess.Popen(["py-spy", "record", "-o", str(profile), "--pid", str(server.pid),
+                raw = ["--format", "raw"] if profile.suffix == ".txt" else []  # raw: collapsed stacks
+                spy = subprocess.Popen(["py-spy", "record", "-o", str(profile), *raw, "--pid", str(server.pid),
                                         "--duration", str(int(seconds)), "--rate", "50", "--nonblocking"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             return point
@@ -313,7 +316,8 @@ def run_pipesim(sessions: int, speed: float, dashboards: int, seconds: float, wa
             spy.wait(60)
         err = server.stop()
     start, end = out.pop("window")
-    out["cpu_s"] = end["cpu"] - start["cpu"]
+    out["cpu_user_s"], out["cpu_sys_s"] = end["cpu"][0] - start["cpu"][0], end["cpu"][1] - start["cpu"][1]
+    out["cpu_s"] = out["cpu_user_s"] + out["cpu_sys_s"]
     out["cpu_per_msg_us"] = 1e6 * out["cpu_s"] / max(out["messages"], 1)
     out["lag_p99_ms"] = lag_p99_ms(start["stats"]["pacer_lag"], end["stats"]["pacer_lag"])
     out["rss_mb"] = end["rss_mb"]
@@ -435,7 +439,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="client processes (plus one for dashboards)")
     parser.add_argument("--no-ramp", action="store_true", help="skip the speed ramp at the largest size")
     parser.add_argument("--max-speed", type=float, default=64.0)
-    parser.add_argument("--profile", type=Path, help="py-spy flame graph (SVG) of the server at the largest size")
+    parser.add_argument("--profile", type=Path, help="py-spy profile of the server at the largest size: a flame "
+                        "graph (.svg) or collapsed stacks (.txt)")
     parser.add_argument("--soak", action="store_true", help="the memory soak instead")
     parser.add_argument("--soak-speed", type=float, default=60.0)
     parser.add_argument("--soak-minutes", type=float, default=40.0, help="simulated minutes")

@@ -360,7 +360,10 @@ HEADER = (f"{'N':>6} {'speed':>6} {'msg/s':>9} {'bare/s':>9} {'bytes':>6} {'lost
 
 
 # The soak ------------------------------------------------------------------------------------------------
-_NO_TRACE = "import pipesim.trace as _t\n_t.Trace.on_transition = lambda self, tr: None\n"
+# The model's trace keeps every transition and model event; until it is bounded (a ring), the soak also
+# runs without it, to show what the rest of the server keeps.
+_NO_TRACE = ("import pipesim.trace as _t\n_t.Trace.on_transition = lambda self, tr: None\n"
+             "_t.Trace.model_event = lambda self, *a, **k: None\n")
 
 
 async def _churn(url: str, concurrent: int, lifetime_s: float, speed: float, until: float) -> int:

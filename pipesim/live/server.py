@@ -75,9 +75,10 @@ Limits
 * A message over :data:`~pipesim.protocol.MAX_MESSAGE_BYTES` (64 KiB) gets ``error`` ``too_large`` and
   the connection carries on. Above ``4 x MAX_MESSAGE_BYTES`` (256 KiB) the WebSocket library closes the
   connection with code 1009 (message too big) before pipesim sees the message.
-* Slow clients: each client has its own outbound queue (1000 messages by default), drained by its own
-  writer task, and a socket send buffer bounded to 128 KiB (the kernel may double it) so that the queue
-  measures how far behind the client really is. When a client falls that far behind, it is disconnected
+* Slow clients: a message goes straight to a client's socket while nothing of its is queued and the
+  socket keeps up; otherwise into the client's own outbound queue (1000 messages by default), drained by
+  its own writer task. Each socket has a send buffer bounded to 128 KiB (the kernel may double it), so
+  that the queue measures how far behind the client really is. When a client falls that far behind, it is disconnected
   with code 1013 (try again later) and reason ``"too slow: ..."``; if it does not complete the close
   handshake within 2 s, its TCP connection is aborted (what was still buffered for it is lost). The
   pacer and the other clients never wait for a slow client.

@@ -5,7 +5,7 @@ past the moment the first of them was due. ``GET /stats`` on the live server sho
 load test reads it before and after its measurement window and subtracts (:meth:`LagHistogram.since`).
 
 >>> lag = LagHistogram()
->>> for ms in (0.2, 0.3, 12.0):
+>>> for ms in (0.25, 0.35, 12.0):
 ...     lag.add(ms / 1000)
 >>> lag.count, round(lag.quantile(0.5) * 1000, 1), round(lag.max_s * 1000, 1)
 (3, 0.4, 12.0)

@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--owner-only", action="store_true",
                    help="a connection may pause, resume or stop only the sessions it started itself (default: "
                         "any client may control any session, the scenario's included)")
+    p.add_argument("--forget-after", type=_seconds, default=60.0, metavar="S",
+                   help="forget a stopped session S simulated seconds after it stopped, so that memory stays "
+                        "bounded (its id stays refused for start; default: 60)")
 
     p = _command(sub, "replay", "serve a recorded or simulated trace over the same protocol")
     p.add_argument("file", help="a recording (serve --record) or a trace.jsonl (run --out)")

@@ -329,6 +329,10 @@ def test_the_journal_records_a_websocket_pause_with_its_result_and_filters_and_c
             out = (await ok(await http.get("/journal", params={"direction": "out", "session_id": "sim-00001"})))
             assert all(e["connection"] is None and e["result"] is None for e in out["entries"])
             assert any(e["message"].get("status") == "paused" for e in out["entries"])
+            # Broadcasts are journaled as the text sent (the live fast path) yet filter by type like the rest.
+            updates = (await ok(await http.get("/journal", params={"type": "pipeline_state_update",
+                                                                   "session_id": "sim-00001"})))["entries"]
+            assert updates and all(e["message"]["type"] == "pipeline_state_update" for e in updates)
             errors = (await ok(await http.get("/journal", params={"type": "error"})))["entries"]
             assert {e["connection"] for e in errors} == {"c1"}
             assert len((await ok(await http.get("/journal", params={"limit": 2})))["entries"]) == 2

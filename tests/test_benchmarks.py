@@ -12,6 +12,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 #: (script, the JSON it writes under out/bench/). One line per benchmark.
 QUICK_RUNS = [
     ("bench_model.py", "model.json"),
+    ("bench_live.py", "live.json"),
 ]
 
 

@@ -20,6 +20,7 @@ the oldest entries go first. The admin API serves it (``GET /__admin/journal``).
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -53,6 +54,12 @@ class Journal:
         """Record a message sent to one connection, or broadcast (``connection`` None)."""
         return self._add("out", connection, message, t, result=None)
 
+    def outbound_text(self, session_id: str | None, text: str, t: float) -> None:
+        """Record a broadcast already serialised (the live fast path): parsed only when read."""
+        self._entries.append({"id": next(self._ids), "wall_time": time.time(), "t": t, "direction": "out",
+                              "connection": None, "session_id": session_id, "type": None, "message": None,
+                              "text": text, "result": None})
+
     def _add(self, direction: str, connection: str | None, message: dict[str, Any], t: float,
              result: Any) -> dict[str, Any]:
         session_id, type_name = message.get("session_id"), message.get("type")
@@ -68,6 +75,10 @@ class Journal:
                 direction: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """The entries that match every given filter, oldest first; ``limit`` keeps the newest ones.
         ``wall_time`` is an ISO 8601 string here."""
+        for e in self._entries:
+            if e["message"] is None:  # a broadcast kept as text: parse it once, now that it is read
+                e["message"] = json.loads(e.pop("text"))
+                e["type"] = e["message"].get("type")
         found = [e for e in self._entries
                  if (session_id is None or e["session_id"] == session_id)
                  and (type is None or e["type"] == type)

@@ -37,6 +37,8 @@ from collections.abc import Callable
 
 import simpy
 
+from pipesim.live.lag import LagHistogram
+
 log = logging.getLogger("pipesim.live")
 
 
@@ -55,6 +57,8 @@ class Pacer:
         self.batch = batch
         #: Model processes that raised (a pipesim bug): logged and counted, the run goes on.
         self.errors = 0
+        #: How late (wall seconds) due events were stepped: one count each time the pacer steps.
+        self.lag = LagHistogram()
         self._wake = asyncio.Event()
         self._origin_wall: float | None = None
         self._origin_sim = env.now
@@ -192,6 +196,7 @@ class Pacer:
                 except TimeoutError:
                     pass
                 continue  # re-peek: a control may have scheduled something sooner
+            self.lag.add(-delay)
             stepped = self._step_due(self.now(), limit=self.batch)
             if stepped >= self.batch:
                 await asyncio.sleep(0)  # behind schedule: let the writers and readers run

@@ -8,7 +8,8 @@ time by a :class:`~pipesim.live.pacer.Pacer`; every state-manager transition bec
 Endpoints (HTTP and WebSocket share the port)
 ---------------------------------------------
 * ``ws://HOST:PORT/ws`` -- the protocol. ``GET /`` -- the dashboard page (``pipesim/live/static/``);
-  ``GET /static/NAME`` -- its files; ``GET /healthz`` -- ``200 ok``; anything else -- ``404``. Any
+  ``GET /static/NAME`` -- its files; ``GET /healthz`` -- ``200 ok``; ``GET /stats`` -- JSON counters (clients,
+  sessions, the clock's origin, the pacer's lag histogram); anything else -- ``404``. Any
   path is answered, whatever its length or characters (``NAME`` is looked up among the files that exist,
   never handed to the file system); a request line that is not ASCII is not HTTP, and the websockets
   library hangs up on it.
@@ -84,17 +85,20 @@ Limits
 * A message over :data:`~pipesim.protocol.MAX_MESSAGE_BYTES` (64 KiB) gets ``error`` ``too_large`` and
   the connection carries on. Above ``4 x MAX_MESSAGE_BYTES`` (256 KiB) the WebSocket library closes the
   connection with code 1009 (message too big) before pipesim sees the message.
-* Slow clients: each client has its own outbound queue (1000 messages by default), drained by its own
-  writer task, and a socket send buffer bounded to 128 KiB (the kernel may double it) so that the queue
-  measures how far behind the client really is. When a client falls that far behind, it is disconnected
+* Slow clients: a message goes straight to a client's socket while nothing of its is queued and the
+  socket keeps up; otherwise into the client's own outbound queue (1000 messages by default), drained by
+  its own writer task. Each socket has a send buffer bounded to 128 KiB (the kernel may double it), so
+  that the queue measures how far behind the client really is. When a client falls that far behind, it is disconnected
   with code 1013 (try again later) and reason ``"too slow: ..."``; if it does not complete the close
   handshake within 2 s, its TCP connection is aborted (what was still buffered for it is lost). The
   pacer and the other clients never wait for a slow client.
 * :meth:`stop` (SIGINT/SIGTERM in ``pipesim serve``) stops the clock, gives queued messages up to 1 s to
   drain, closes every client with code 1001 (going away) and closes the recording.
-* Memory: the model's trace (``LiveServer.sim.trace``) and the state manager keep every event and every
-  session of a live run, so memory grows for as long as the server runs (about 300 bytes per event;
-  some 10 MB an hour for ``frontend_demo`` at 1x).
+* Memory: a stopped session is forgotten ``forget_after`` simulated seconds after it stopped
+  (``--forget-after``, default 60; None: never): the model and the state manager drop it, it no longer
+  gets snapshots, controls name it ``unknown_session``, and ``start`` is still refused (a stopped id is
+  never reused; the ids of forgotten client-created sessions are kept for that, a few dozen bytes each).
+  The model's trace (``LiveServer.sim.trace``) still keeps every event (about 300 bytes each).
 
 Replay
 ------
@@ -117,11 +121,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import mimetypes
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,10 +138,12 @@ from pydantic import BaseModel
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from pipesim import _jsonsafe
 from pipesim.errors import LiveError
 from pipesim.live.access import Access, RedactingLogger
+from pipesim.live.encode import encode_transition
 from pipesim.live.journal import DEFAULT_JOURNAL_SIZE, Journal
 from pipesim.live.pacer import Pacer
 from pipesim.live.playback import Playback
@@ -226,6 +234,13 @@ class _BaseServer:
         self.slow_disconnects = 0
         self.recorder: Recorder | None = None
         self._clients: set[_Client] = set()
+        # Who gets a message about a session: the unfiltered clients, and the watchers of that session
+        # (indexed, so a broadcast costs O(its recipients), not O(clients)).
+        self._watch_all: set[_Client] = set()
+        self._watchers: dict[str, set[_Client]] = {}
+        # Messages on their way straight to a socket, written at the end of the current step (_flush).
+        self._pending: dict[_Client, list[bytes]] = {}
+        self._flush_handle: asyncio.Handle | None = None
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -323,6 +338,7 @@ class _BaseServer:
             if self.admin is not None:
                 await self.admin.stop()
             await self._on_stop()
+            self._flush()
             clients = list(self._clients)
             # Let what is already queued reach the clients (bounded: a slow client must not hold us up).
             drains = [asyncio.ensure_future(c.queue.join()) for c in clients if not c.closing]
@@ -378,6 +394,10 @@ class _BaseServer:
         """The simulated time the journal gives an entry made now."""
         return 0.0
 
+    def _stats(self) -> dict[str, Any]:
+        """``GET /stats``: counters for load tests and monitoring."""
+        return {"clients": len(self._clients), "slow_disconnects": self.slow_disconnects, "refused": self.refused}
+
     def _on_control(self, client: _Client, msg: ConversationControl) -> None:
         raise NotImplementedError
 
@@ -395,15 +415,83 @@ class _BaseServer:
         """Send one message about ``session_id`` to every client watching it, and record it.
 
         (A message about no session, a recorded ``error`` in a replay, goes to the unfiltered clients.)"""
-        text = dumps(message)  # serialised once, whatever the number of clients
+        self._broadcast_text(session_id, dumps(message), t)  # serialised once, whatever the number of clients
+
+    def _broadcast_text(self, session_id: str | None, text: str, t: float) -> None:
+        """:meth:`_broadcast` of a message already serialised."""
         if self.journal is not None:
-            self.journal.outbound(None, message, t)
+            self.journal.outbound_text(session_id, text, t)
         if self.recorder is not None:
             assert self._loop is not None
             self.recorder.write(self._loop.time() - self._t0, t, text)
-        for client in list(self._clients):
-            if client.wants(session_id):
+        watchers = self._watchers.get(session_id) if session_id is not None else None
+        data: bytes | None = None
+        pending = self._pending
+        # Copies: an offer may drop a slow client, which changes these sets.
+        for client in (*self._watch_all, *watchers) if watchers else tuple(self._watch_all):
+            if client in pending or self._writable(client):
+                # Straight to the socket, without waking a writer task per client and message (what the
+                # profile showed to dominate): collected, then written with one system call per client
+                # at the end of this pacer step (see _flush).
+                if data is None:
+                    data = text.encode()
+                pending.setdefault(client, []).append(data)
+            else:
                 self._offer(client, text)
+        if pending and self._flush_handle is None and self._loop is not None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    @staticmethod
+    def _writable(client: _Client) -> bool:
+        """Whether a message may go straight to the socket: nothing queued before it (order), and the
+        transport below its high-water mark, where ``send`` would wait (else the message waits in the
+        queue, which measures how far behind the client is). The writer task writes a message the moment
+        it takes it from the queue, so an empty queue means that nothing of this client's is waiting."""
+        ws = client.ws
+        return (not client.closing and client.queue.empty() and ws.state is State.OPEN
+                and ws.transport.get_write_buffer_size() < ws.transport.get_write_buffer_limits()[1])
+
+    def _flush(self, only: _Client | None = None) -> None:
+        """Write the collected messages: all of them, or ``only`` that client's (before anything else of
+        its goes through the queue, to keep the order)."""
+        if only is not None:
+            batches = {only: self._pending.pop(only)} if only in self._pending else {}
+        else:
+            self._flush_handle = None
+            batches, self._pending = self._pending, {}
+        for client, frames in batches.items():
+            ws = client.ws
+            if client.closing or ws.state is not State.OPEN:
+                continue  # as a send would: nothing more reaches a closing connection
+            try:
+                for frame in frames:
+                    ws.protocol.send_text(frame)
+                # The frames, compressed for this connection, in one write (one system call).
+                ws.transport.writelines(ws.protocol.data_to_send())
+            except Exception as exc:  # a broken connection: its handler sees it close
+                log.debug("writing to %s failed: %s", client.name, exc)
+
+    def _register(self, client: _Client) -> None:
+        """Into the broadcast: every message about what the client watches now reaches its queue."""
+        self._clients.add(client)
+        if client.watch_all:
+            self._watch_all.add(client)
+        for sid in client.watched:
+            self._watch(client, sid)
+
+    def _watch(self, client: _Client, session_id: str) -> None:
+        """``client`` watches ``session_id`` from now on (by its filter or by a control)."""
+        client.watched.add(session_id)
+        if not client.closing and not client.watch_all:  # (an unfiltered client gets it already)
+            self._watchers.setdefault(session_id, set()).add(client)
+
+    def _unwatch(self, client: _Client, session_id: str) -> None:
+        client.watched.discard(session_id)
+        watchers = self._watchers.get(session_id)
+        if watchers is not None:
+            watchers.discard(client)
+            if not watchers:
+                del self._watchers[session_id]
 
     def _send(self, client: _Client, message: dict[str, Any] | BaseModel) -> None:
         if self.journal is not None:
@@ -419,6 +507,8 @@ class _BaseServer:
     def _offer(self, client: _Client, text: str) -> None:
         if client.closing:
             return
+        if client in self._pending:
+            self._flush(only=client)
         if client.queue.qsize() >= self.client_queue:
             self.slow_disconnects += 1
             log.warning("client %s is %d messages behind: disconnecting it", client.name,
@@ -430,7 +520,15 @@ class _BaseServer:
     def _detach(self, client: _Client) -> None:
         """No more messages for this client: out of the broadcast, its writer stopped."""
         client.closing = True
+        self._pending.pop(client, None)
         self._clients.discard(client)
+        self._watch_all.discard(client)
+        for sid in client.watched:
+            watchers = self._watchers.get(sid)
+            if watchers is not None:
+                watchers.discard(client)
+                if not watchers:
+                    del self._watchers[sid]
         if client.writer is not None:
             client.writer.cancel()
 
@@ -486,6 +584,8 @@ class _BaseServer:
             return connection.respond(403, f"{refusal}\n")
         if path == "/healthz":
             return connection.respond(200, "ok\n")
+        if path == "/stats":
+            return self._text_response(connection, 200, json.dumps(self._stats()), "application/json")
         if path in ("/", "/index.html"):
             page = self.static_dir / "index.html"
             if page.is_file():
@@ -548,7 +648,7 @@ class _BaseServer:
         # Snapshot and registration with no await in between: no transition can fall between the two.
         for message in self._snapshot(client):
             client.queue.put_nowait(dumps(message))
-        self._clients.add(client)
+        self._register(client)
         client.writer = asyncio.ensure_future(self._writer(client))
         log.info("client %s connected (%s)", client.name, "all sessions" if client.watch_all else
                  ", ".join(repr(sid) for sid in sorted(client.watched)))  # repr: ids may hold newlines
@@ -664,13 +764,19 @@ class LiveServer(_BaseServer):
                  send_buffer: int | None = 128 * 1024, static_dir: str | Path | None = None,
                  allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = (), token: str | None = None,
                  owner_only: bool = False, admin_port: int | None = None, admin_token: str | None = None,
-                 journal_size: int = DEFAULT_JOURNAL_SIZE) -> None:
+                 journal_size: int = DEFAULT_JOURNAL_SIZE, forget_after: float | None = 60.0) -> None:
         super().__init__(host=host, port=port, record=record, client_queue=client_queue,
                          close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
                          allow_origins=allow_origins, allow_hosts=allow_hosts, token=token,
                          admin_port=admin_port, admin_token=admin_token, journal_size=journal_size)
         #: Clients may control only the sessions they started on the same connection.
         self.owner_only = owner_only
+        if forget_after is not None and not forget_after >= 0:
+            raise ValueError(f"forget_after must be >= 0 or None, got {forget_after}")
+        #: Simulated seconds after which a stopped session is forgotten (None: never); see "Memory".
+        self.forget_after = forget_after
+        #: Stopped sessions forgotten so far.
+        self.forgotten = 0
         self.scenario = as_scenario(scenario)
         #: The one model; its ``trace`` keeps everything that happened (it grows for as long as it runs).
         self.sim = Simulation(self.scenario, seed=seed, live=True)
@@ -717,8 +823,29 @@ class LiveServer(_BaseServer):
             self._unsubscribe()
 
     def _on_transition(self, tr: Transition) -> None:
-        for message in wire_messages(tr):
-            self._broadcast(tr.session_id, message, tr.t)
+        for text in encode_transition(tr):
+            self._broadcast_text(tr.session_id, text, tr.t)
+        if tr.event == "session_stopped" and self.forget_after is not None:
+            # A model event, so the grace period is simulated time, and the forgetting happens outside
+            # the state manager's delivery of this transition.
+            sid = tr.session_id
+            self.sim.env.timeout(self.forget_after).callbacks.append(lambda _: self._forget(sid))
+
+    def _forget(self, session_id: str) -> None:
+        if session_id in self.sim.manager and self.sim.manager.status(session_id) == "stopped":
+            self.sim.forget(session_id)
+            self.forgotten += 1
+
+    def _stats(self) -> dict[str, Any]:
+        pacer, loop = self.pacer, self._loop
+        origin = pacer._origin_wall
+        clock = {"speed": pacer.speed, "sim_now": self.sim.env.now, "origin_sim": pacer._origin_sim,
+                 # Simulated time t happens at wall time origin + (t - origin_sim) / speed; monotonic is
+                 # time.monotonic() of this machine (what the event loop uses), unix is time.time().
+                 "origin_monotonic": origin,
+                 "origin_unix": None if origin is None or loop is None else time.time() - (loop.time() - origin)}
+        return {**super()._stats(), "clock": clock, "pacer_lag": pacer.lag.as_dict(), "pacer_errors": pacer.errors,
+                "sessions": len(self.sim.sessions), "forgotten": self.forgotten}
 
     def _snapshot(self, client: _Client) -> list[dict[str, Any]]:
         mgr = self.sim.manager
@@ -739,7 +866,7 @@ class LiveServer(_BaseServer):
             return
         added = sid not in client.watched
         # Watch before applying, so that the control's own transitions reach this client.
-        client.watched.add(sid)
+        self._watch(client, sid)
         try:
             self.sim.control(sid, msg.action)
         except UnknownSession:
@@ -753,7 +880,7 @@ class LiveServer(_BaseServer):
                 client.owned.add(sid)
         finally:
             if added:
-                client.watched.discard(sid)
+                self._unwatch(client, sid)
         self.pacer.wake()  # the control may have scheduled events sooner than the pacer's next one
 
     def _on_fault(self, client: _Client, msg: FaultInjection) -> None:

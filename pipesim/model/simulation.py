@@ -237,6 +237,7 @@ class Simulation:
         self._counts = np.arange(1, 1025, dtype=np.float64)  # see _chunk_counts
         self._started = False
         self._horizon = math.inf  # offline: where run() stops; arrivals are not drawn past it
+        self._forgotten: set[str] = set()  # client-created ids of forgotten sessions: never created again
 
     # Public API ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -277,6 +278,9 @@ class Simulation:
         """
         s = self.sessions.get(session_id)
         if s is None:
+            if action == "start" and session_id in self._forgotten:
+                raise IllegalTransition(session_id, "lifecycle", "stopped", "start",
+                                        "the session was stopped (and since forgotten); its id cannot be reused")
             if action == "start" and self.live:
                 reserved = self._reserved(session_id)
                 if reserved:  # creating it now would make the scenario's own spawn of that id fail later
@@ -363,6 +367,25 @@ class Simulation:
         s.epoch += 1  # the user's pending think time or utterance is superseded by this one
         s.n_turns = max(s.n_turns, s.turns_done + 1)
         self.env.process(self._user(s, s.epoch, fresh=False))
+
+    def forget(self, session_id: str) -> None:
+        """Drop everything kept about a stopped session (long live runs keep their memory bounded).
+
+        Afterwards the session is unknown (controls get :class:`~pipesim.state.UnknownSession`), except
+        that ``start`` is still refused: a stopped session's id is never created again. (The trace keeps
+        its events.) Raises :class:`~pipesim.state.IllegalTransition` if the session is not stopped.
+
+        >>> from pipesim.scenario import Scenario
+        >>> sim = Simulation(Scenario(), live=True)
+        >>> _ = sim.control("abc", "start"); _ = sim.control("abc", "stop")
+        >>> sim.forget("abc")
+        >>> "abc" in sim.sessions, "abc" in sim.manager
+        (False, False)
+        """
+        self.manager.forget(session_id)
+        del self.sessions[session_id]
+        if self._reserved(session_id) is None:  # the scenario's own ids are refused anyway
+            self._forgotten.add(session_id)
 
     def inject_fault(self, fault: str, service: str | None = None, duration_s: float = 5.0) -> None:
         """Live faults: a Kafka stall (all topics or ``service``'s) or a service outage, from now for

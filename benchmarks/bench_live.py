@@ -1,0 +1,493 @@
+"""The live server under load, beside a bare ``websockets`` server, in the same run (absolute figures on a
+shared machine are noise; the ratio is not).
+
+For each size N: ``pipesim serve benchmarks/live_bench.yaml`` in a subprocess on 127.0.0.1 port 0; N client
+connections in worker processes (asyncio + websockets each), every one starting and watching its own
+session; plus a few dashboard connections watching all. After a warm-up, a measurement window of fixed wall
+length. Then a bare ``websockets`` server (its own process) sends a pre-encoded message of the same size to
+as many clients at the same per-client rates as pipesim delivered, measured the same way.
+
+Figures: delivered messages/s; messages lost (``seq`` gaps) by clients that kept up (must be 0); clients
+disconnected as too slow; p50/p99 latency from the transition's simulated time, scaled to wall time by the
+clock origin ``GET /stats`` publishes, to receipt; the pacer's lag p99 (``/stats``); server CPU seconds per
+delivered message (``/proc/PID/stat``) and its ratio to the bare server's.
+
+Targets (``--speed 1``, 100 and 1,000 sessions): CPU/msg at most 3x bare, p99 latency < 50 ms, pacer lag
+p99 < 10 ms, 0 lost. ``--ramp`` then doubles the speed at the largest size until a target breaks.
+``--soak`` instead runs the memory soak (see :func:`soak`). ``--quick`` (CI): 10 sessions, a few seconds,
+asserts that messages flowed and none was lost, nothing about speed.
+
+    .venv/bin/python benchmarks/bench_live.py                 # 100 and 1,000 sessions, then the ramp
+    .venv/bin/python benchmarks/bench_live.py --sizes 1000 --no-ramp
+    .venv/bin/python benchmarks/bench_live.py --soak          # RSS over >= 30 min of simulated time
+    .venv/bin/python benchmarks/bench_live.py --quick
+
+Writes ``out/bench/live.json`` (``live_soak.json`` for ``--soak``) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import websockets
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import broadcast, serve
+
+HERE = Path(__file__).resolve().parent
+SCENARIO = HERE / "live_bench.yaml"
+OUT = Path("out/bench")
+TICKS = os.sysconf("SC_CLK_TCK")
+TARGETS = {"cpu_ratio": 3.0, "p99_ms": 50.0, "lag_p99_ms": 10.0}
+
+
+# The server and its numbers ----------------------------------------------------------------------------
+def raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one (children inherit it); returns the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process, seconds (``/proc/PID/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Serve:
+    """``pipesim serve`` in a subprocess on a free port; ``python_prelude`` runs before the CLI."""
+
+    def __init__(self, speed: float, extra: list[str] = (), python_prelude: str = "") -> None:
+        code = f"{python_prelude}\nimport sys\nfrom pipesim.cli import main\nsys.exit(main(sys.argv[1:]))"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, "serve", str(SCENARIO), "--port", "0", "--speed", f"{speed:g}", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        found = re.search(r"on (ws://\S+)", line)
+        if not found:
+            self.proc.kill()
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"pipesim serve did not start: {line}{err}")
+        self.url = found.group(1)
+        self.base = self.url.replace("ws://", "http://").removesuffix("/ws")
+        self.pid = self.proc.pid
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.base}/stats", timeout=60) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return err
+
+
+def lag_p99_ms(before: dict[str, Any], after: dict[str, Any]) -> float:
+    from pipesim.live.lag import LagHistogram
+    return LagHistogram.from_dict(after).since(before).quantile(0.99) * 1000
+
+
+# The clients ---------------------------------------------------------------------------------------------
+def _client_process(url: str, sids: list[str | None], clock: dict[str, float] | None, window: Any,
+                    ready: Any, results: Any) -> None:
+    raise_fd_limit()
+    tally = asyncio.run(_clients(url, sids, clock, window, ready))
+    results.put({**tally, "dashboards": sids[0] is None})
+
+
+async def _clients(url: str, sids: list[str | None], clock: dict[str, float] | None, window: Any,
+                   ready: Any) -> dict[str, Any]:
+    """Connect (50 at a time), start each session, then count what arrives in the window."""
+    tally: dict[str, Any] = {"messages": 0, "bytes": 0, "lost": 0, "slow": 0, "broken": 0, "latency_ms": []}
+    connected = asyncio.Event()
+    pending = [len(sids)]
+
+    async def one(sid: str | None) -> None:
+        target = url if sid is None else f"{url}?session_id={sid}"
+        try:
+            async with connect(target, max_size=None, open_timeout=60, ping_interval=None) as ws:
+                if sid is not None and clock is not None:
+                    await ws.send(json.dumps({"type": "conversation_control", "action": "start", "session_id": sid}))
+                pending[0] -= 1
+                if not pending[0]:
+                    connected.set()
+                await receive(ws)
+        except websockets.ConnectionClosed as exc:
+            if exc.rcvd is not None and exc.rcvd.code == 1013:
+                tally["slow"] += 1
+            elif window[1] == 0 or time.monotonic() < window[1]:
+                tally["broken"] += 1
+
+    async def receive(ws: Any) -> None:
+        last: dict[str, int] = {}
+        lat = tally["latency_ms"]
+        while True:
+            t1 = window[1]
+            now = time.monotonic()
+            if t1 and now > t1 + 0.3:
+                return
+            try:
+                async with asyncio.timeout(0.5):
+                    text = await ws.recv()
+            except TimeoutError:
+                continue
+            now = time.monotonic()
+            t0 = window[0]
+            inside = t0 and t0 <= now <= window[1]
+            if inside:
+                tally["messages"] += 1
+                tally["bytes"] += len(text)
+            if clock is None:  # the bare server's filler: nothing to check
+                continue
+            m = json.loads(text)
+            sid, seq = m.get("session_id"), m.get("seq")
+            if sid is None or seq is None:
+                continue
+            previous = last.get(sid)
+            if previous is None:  # a session's first message: its creation, or the snapshot on connect
+                opening = m["type"] == "session_created" or m.get("event") == "snapshot"
+                tally["lost"] += 0 if opening else seq
+            elif seq <= previous:
+                continue  # a snapshot repeats the last seq
+            else:
+                tally["lost"] += seq - previous - 1
+            last[sid] = seq
+            if inside and m.get("event") != "snapshot":
+                due = clock["origin_monotonic"] + (m["timestamp"] - clock["origin_sim"]) / clock["speed"]
+                lat.append((now - due) * 1000)
+
+    tasks = []
+    for i in range(0, len(sids), 50):
+        batch = [asyncio.ensure_future(one(sid)) for sid in sids[i:i + 50]]
+        tasks += batch
+        await asyncio.wait(batch, timeout=0.2)  # let the handshakes of this batch go through first
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(120):
+            await connected.wait()
+    ready.put(len(sids) - pending[0])
+    await asyncio.gather(*tasks, return_exceptions=True)
+    tally["latency_ms"] = np.asarray(tally["latency_ms"], dtype=np.float32)
+    return tally
+
+
+def load(url: str, sessions: int, dashboards: int, seconds: float, warmup: float, workers: int,
+         clock: dict[str, float] | None, on_window: Any = None) -> dict[str, Any]:
+    """N session clients and D dashboards in ``workers`` + 1 processes; the tallies of the window, summed."""
+    ctx = mp.get_context("fork")
+    window = ctx.Array("d", 2, lock=False)
+    ready, results = ctx.Queue(), ctx.Queue()
+    tag = "bare" if clock is None else "s"
+    sids: list[str | None] = [f"{tag}-{os.getpid()}-{i}" for i in range(sessions)]
+    # A process per dashboard: each receives every message, as much as all the session clients together.
+    groups = [sids[w::workers] for w in range(workers)] + [[None]] * dashboards
+    groups = [g for g in groups if g]
+    procs = [ctx.Process(target=_client_process, args=(url, g, clock, window, ready, results), daemon=True)
+             for g in groups]
+    for p in procs:
+        p.start()
+    connected = sum(ready.get(timeout=180) for _ in procs)
+    t0 = time.monotonic() + warmup
+    window[0], window[1] = t0, t0 + seconds
+    time.sleep(max(0.0, t0 - time.monotonic()))
+    start = on_window() if on_window else None
+    time.sleep(max(0.0, window[1] - time.monotonic()))
+    end = on_window() if on_window else None
+    tallies = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(10)
+    latency = np.concatenate([t["latency_ms"] for t in tallies]) if tallies else np.zeros(0)
+    total = {k: sum(t[k] for t in tallies) for k in ("messages", "bytes", "lost", "slow", "broken")}
+    dash_messages = sum(t["messages"] for t in tallies if t["dashboards"])
+    return {**total, "connected": connected, "seconds": seconds, "msgs_per_s": total["messages"] / seconds,
+            "dashboard_msgs_per_s": dash_messages / seconds,
+            "mean_bytes": total["bytes"] / max(total["messages"], 1),
+            "p50_ms": float(np.percentile(latency, 50)) if latency.size else float("nan"),
+            "p99_ms": float(np.percentile(latency, 99)) if latency.size else float("nan"),
+            "window": (start, end)}
+
+
+# The bare server -----------------------------------------------------------------------------------------
+def _bare_process(port: Any, size: int, session_rate: float) -> None:
+    # One real-looking message padded to the size pipesim's averaged, encoded once.
+    payload = json.dumps({"type": "pipeline_state_update", "pad": ""})
+    payload = payload.replace('""', '"' + "x" * max(0, size - len(payload)) + '"')
+
+    async def main() -> None:
+        groups: dict[str, set[Any]] = {"s": set(), "d": set()}
+
+        async def handler(ws: Any) -> None:
+            kind = "s" if "session_id" in (ws.request.path if ws.request else "") else "d"
+            groups[kind].add(ws)
+            try:
+                await ws.wait_closed()
+            finally:
+                groups[kind].discard(ws)
+
+        async with serve(handler, "127.0.0.1", 0, max_size=None) as server:
+            port.value = server.sockets[0].getsockname()[1]
+            loop = asyncio.get_running_loop()
+            credit, last, turn = 0.0, loop.time(), 0
+            while True:
+                # As pipesim sends: each "transition" goes to one session client (in turn) and to every
+                # dashboard, spread over time in 1 ms ticks rather than in bursts.
+                await asyncio.sleep(0.001)
+                now = loop.time()
+                clients = list(groups["s"])
+                credit += session_rate * len(clients) * (now - last)
+                last = now
+                while credit >= 1 and clients:
+                    credit -= 1
+                    turn = (turn + 1) % len(clients)
+                    broadcast([clients[turn], *groups["d"]], payload)
+
+    asyncio.run(main())
+
+
+def run_bare(sessions: int, dashboards: int, seconds: float, warmup: float, workers: int, size: int,
+             session_rate: float) -> dict[str, Any]:
+    ctx = mp.get_context("fork")
+    port = ctx.Value("i", 0)
+    proc = ctx.Process(target=_bare_process, args=(port, size, session_rate), daemon=True)
+    proc.start()
+    while not port.value:
+        time.sleep(0.05)
+    try:
+        out = load(f"ws://127.0.0.1:{port.value}/ws", sessions, dashboards, seconds, warmup, workers, None,
+                   on_window=lambda: cpu_seconds(proc.pid))
+    finally:
+        proc.kill()
+        proc.join()
+    start, end = out.pop("window")
+    out["cpu_user_s"], out["cpu_sys_s"] = end[0] - start[0], end[1] - start[1]
+    out["cpu_s"] = out["cpu_user_s"] + out["cpu_sys_s"]
+    out["cpu_per_msg_us"] = 1e6 * out["cpu_s"] / max(out["messages"], 1)
+    return out
+
+
+# One size ------------------------------------------------------------------------------------------------
+def run_pipesim(sessions: int, speed: float, dashboards: int, seconds: float, warmup: float,
+                workers: int, profile: Path | None = None) -> dict[str, Any]:
+    server = Serve(speed)
+    spy = None
+    try:
+        clock = server.stats()["clock"]
+
+        def sample() -> dict[str, Any]:
+            return {"cpu": cpu_seconds(server.pid), "stats": server.stats(), "rss_mb": rss_mb(server.pid)}
+
+        def on_window() -> dict[str, Any]:
+            nonlocal spy
+            point = sample()
+            if profile is not None and spy is None:
+                raw = ["--format", "raw"] if profile.suffix == ".txt" else []  # raw: collapsed stacks
+                spy = subprocess.Popen(["py-spy", "record", "-o", str(profile), *raw, "--pid", str(server.pid),
+                                        "--duration", str(int(seconds)), "--rate", "50", "--nonblocking"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return point
+
+        out = load(server.url, sessions, dashboards, seconds, warmup, workers, clock, on_window=on_window)
+    finally:
+        if spy is not None:
+            spy.wait(60)
+        err = server.stop()
+    start, end = out.pop("window")
+    out["cpu_user_s"], out["cpu_sys_s"] = end["cpu"][0] - start["cpu"][0], end["cpu"][1] - start["cpu"][1]
+    out["cpu_s"] = out["cpu_user_s"] + out["cpu_sys_s"]
+    out["cpu_per_msg_us"] = 1e6 * out["cpu_s"] / max(out["messages"], 1)
+    out["lag_p99_ms"] = lag_p99_ms(start["stats"]["pacer_lag"], end["stats"]["pacer_lag"])
+    out["rss_mb"] = end["rss_mb"]
+    out["server_slow_disconnects"] = end["stats"]["slow_disconnects"]
+    out["pacer_errors"] = end["stats"]["pacer_errors"]
+    if "Traceback" in err:
+        out["server_stderr"] = err[-2000:]
+    return out
+
+
+def measure(sessions: int, speed: float, dashboards: int, seconds: float, warmup: float, workers: int,
+            profile: Path | None = None) -> dict[str, Any]:
+    """pipesim, then the bare server at the per-client rates pipesim delivered."""
+    live = run_pipesim(sessions, speed, dashboards, seconds, warmup, workers, profile)
+    session_rate = (live["msgs_per_s"] - live["dashboard_msgs_per_s"]) / max(sessions, 1)
+    bare = run_bare(sessions, dashboards, seconds, min(warmup, 2.0), workers, round(live["mean_bytes"]),
+                    session_rate)
+    ratio = live["cpu_per_msg_us"] / max(bare["cpu_per_msg_us"], 1e-9)
+    met = {"cpu_ratio": ratio <= TARGETS["cpu_ratio"], "p99": live["p99_ms"] < TARGETS["p99_ms"],
+           "lag": live["lag_p99_ms"] < TARGETS["lag_p99_ms"],
+           "lost": live["lost"] == 0 and live["slow"] == 0 and live["server_slow_disconnects"] == 0}
+    return {"sessions": sessions, "dashboards": dashboards, "speed": speed, "pipesim": live, "bare": bare,
+            "cpu_ratio": ratio, "targets_met": met, "ok": all(met.values())}
+
+
+def row(r: dict[str, Any]) -> str:
+    p, b = r["pipesim"], r["bare"]
+    return (f"{r['sessions']:>6} {r['speed']:>6g} {p['msgs_per_s']:>9.0f} {b['msgs_per_s']:>9.0f} "
+            f"{p['mean_bytes']:>6.0f} "
+            f"{p['lost']:>5} {p['slow']:>5} {p['p50_ms']:>7.1f} {p['p99_ms']:>7.1f} {p['lag_p99_ms']:>7.1f} "
+            f"{p['cpu_per_msg_us']:>8.1f} {b['cpu_per_msg_us']:>8.1f} {r['cpu_ratio']:>6.2f}  "
+            f"{'ok' if r['ok'] else 'MISSED ' + ','.join(k for k, v in r['targets_met'].items() if not v)}")
+
+
+HEADER = (f"{'N':>6} {'speed':>6} {'msg/s':>9} {'bare/s':>9} {'bytes':>6} {'lost':>5} {'slow':>5} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'lag99':>7} {'us/msg':>8} {'bare us':>8} {'ratio':>6}")
+
+
+# The soak ------------------------------------------------------------------------------------------------
+# The model's trace keeps every transition and model event; until it is bounded (a ring), the soak also
+# runs without it, to show what the rest of the server keeps.
+_NO_TRACE = ("import pipesim.trace as _t\n_t.Trace.on_transition = lambda self, tr: None\n"
+             "_t.Trace.model_event = lambda self, *a, **k: None\n")
+
+
+async def _churn(url: str, concurrent: int, lifetime_s: float, speed: float, until: float) -> int:
+    """Keep ``concurrent`` sessions alive, each stopped ``lifetime_s`` simulated seconds after its start
+    and replaced by a new one; a connection per control (connection churn too). Returns sessions started."""
+    started = 0
+
+    async def control(sid: str, action: str) -> None:
+        async with connect(f"{url}?session_id={sid}", max_size=None, ping_interval=None) as ws:
+            await ws.send(json.dumps({"type": "conversation_control", "action": action, "session_id": sid}))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    async for _ in ws:
+                        pass
+
+    async def lane(k: int) -> None:
+        nonlocal started
+        await asyncio.sleep(k * lifetime_s / concurrent / speed)  # staggered
+        i = 0
+        while time.monotonic() < until:
+            sid = f"soak-{k}-{i}"
+            await control(sid, "start")
+            started += 1
+            await asyncio.sleep(lifetime_s / speed)
+            await control(sid, "stop")
+            i += 1
+
+    await asyncio.gather(*(lane(k) for k in range(concurrent)))
+    return started
+
+
+def soak(speed: float, sim_minutes: float, concurrent: int, lifetime_s: float, trace: bool,
+         forget_after: float | None) -> dict[str, Any]:
+    """Sessions starting and stopping at high speed for ``sim_minutes`` of simulated time; RSS sampled
+    every wall second against the server's simulated clock; the slope in MB per simulated hour over the
+    second half (the first is warm-up: the first sessions, allocator pools)."""
+    extra = ["--forget-after", str(forget_after if forget_after is not None else 1e12)]
+    server = Serve(speed, extra, python_prelude="" if trace else _NO_TRACE)
+    samples: list[tuple[float, float]] = []
+    until = time.monotonic() + sim_minutes * 60 / speed
+    try:
+        ctx = mp.get_context("fork")
+        churn = ctx.Process(target=lambda: asyncio.run(_churn(server.url, concurrent, lifetime_s, speed, until)),
+                            daemon=True)
+        churn.start()
+        while time.monotonic() < until + 1:
+            stats = server.stats()
+            samples.append((stats["clock"]["sim_now"], rss_mb(server.pid)))
+            time.sleep(1.0)
+        churn.join(30)
+        final = server.stats()
+    finally:
+        server.stop()
+    t, rss = np.array(samples).T
+    half = t >= t[-1] / 2
+    slope = float(np.polyfit(t[half] / 3600, rss[half], 1)[0]) if half.sum() >= 3 else float("nan")
+    return {"speed": speed, "sim_minutes": float(t[-1] / 60), "trace": trace, "forget_after": forget_after,
+            "concurrent": concurrent, "lifetime_s": lifetime_s, "sessions_kept": final["sessions"],
+            "forgotten": final["forgotten"], "rss_start_mb": float(rss[0]), "rss_end_mb": float(rss[-1]),
+            "slope_mb_per_sim_hour": slope, "samples": samples}
+
+
+# Main ------------------------------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1]
+    return {"nproc": os.cpu_count(), "mem_gb": round(int(mem) / 2**20, 1), "python": platform.python_version(),
+            "websockets": websockets.__version__, "fd_limit": raise_fd_limit()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 10 sessions, a few seconds")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--speed", type=float, default=1.0)
+    parser.add_argument("--dashboards", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=15.0, help="measurement window, wall seconds")
+    parser.add_argument("--warmup", type=float, default=5.0, help="wall seconds between connect and window")
+    parser.add_argument("--workers", type=int, default=4, help="session client processes (plus one per dashboard)")
+    parser.add_argument("--no-ramp", action="store_true", help="skip the speed ramp at the largest size")
+    parser.add_argument("--max-speed", type=float, default=64.0)
+    parser.add_argument("--profile", type=Path, help="py-spy profile of the server at the largest size: a flame "
+                        "graph (.svg) or collapsed stacks (.txt)")
+    parser.add_argument("--soak", action="store_true", help="the memory soak instead")
+    parser.add_argument("--soak-speed", type=float, default=60.0)
+    parser.add_argument("--soak-minutes", type=float, default=40.0, help="simulated minutes")
+    args = parser.parse_args()
+    info = machine()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.soak:
+        runs = [soak(args.soak_speed, args.soak_minutes, 20, 120.0, trace, forget)
+                for trace, forget in ((True, 60.0), (False, 60.0), (False, None))]
+        print(f"{'trace':>6} {'forget':>7} {'sim min':>8} {'kept':>5} {'forgot':>6} {'RSS0 MB':>8} {'RSS1 MB':>8} "
+              f"{'MB/sim h':>9}")
+        for r in runs:
+            print(f"{'on' if r['trace'] else 'off':>6} {r['forget_after'] or 'never'!s:>7} {r['sim_minutes']:>8.1f} "
+                  f"{r['sessions_kept']:>5} {r['forgotten']:>6} {r['rss_start_mb']:>8.1f} {r['rss_end_mb']:>8.1f} "
+                  f"{r['slope_mb_per_sim_hour']:>9.2f}")
+        (OUT / "live_soak.json").write_text(json.dumps({"machine": info, "runs": runs}, indent=1))
+        return
+    if args.quick:
+        args.sizes, args.seconds, args.warmup, args.workers, args.dashboards, args.no_ramp = [10], 3.0, 1.5, 1, 1, True
+    results, ramp = [], []
+    print(HEADER, flush=True)
+    for n in args.sizes:
+        profile = args.profile if n == max(args.sizes) else None
+        results.append(measure(n, args.speed, args.dashboards, args.seconds, args.warmup, args.workers, profile))
+        print(row(results[-1]), flush=True)
+    if not args.no_ramp:
+        speed = args.speed
+        while speed < args.max_speed:
+            speed *= 2
+            ramp.append(measure(max(args.sizes), speed, args.dashboards, args.seconds, args.warmup, args.workers))
+            print(row(ramp[-1]), flush=True)
+            if not ramp[-1]["ok"]:
+                break
+    sustained = max([args.speed] + [r["speed"] for r in ramp if r["ok"]]) if results and results[-1]["ok"] else None
+    print(f"highest speed sustained at {max(args.sizes)} sessions: {sustained}")
+    (OUT / "live.json").write_text(json.dumps({"machine": info, "targets": TARGETS, "results": results,
+                                               "ramp": ramp, "sustained_speed": sustained}, indent=1))
+    if args.quick:  # the smoke test: messages flowed, none lost; nothing about speed
+        live = results[0]["pipesim"]
+        assert live["messages"] > 0 and results[0]["bare"]["messages"] > 0, results[0]
+        assert live["lost"] == 0 and live["slow"] == 0, results[0]
+
+
+if __name__ == "__main__":
+    main()

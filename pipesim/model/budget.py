@@ -71,7 +71,7 @@ def _sessions(scenario: Scenario, horizon: float) -> float:
     return float(np.trapezoid(np.interp(grid, times, rates), grid))
 
 
-def estimate_run(scenario: Scenario, until: float | None = None) -> RunEstimate:
+def estimate_run(scenario: Scenario, until: float | None = None, streaming: bool = False) -> RunEstimate:
     """Estimate the sessions, turns, events and memory of running ``scenario`` offline until ``until``
     (default: its ``duration_s``, or until its sessions end), from the means of its distributions.
 
@@ -114,7 +114,8 @@ def default_memory_limit() -> int:
         return 4 * 2**30
 
 
-def check_budget(scenario: Scenario, until: float | None = None, memory_limit: int | None = None) -> RunEstimate:
+def check_budget(scenario: Scenario, until: float | None = None, memory_limit: int | None = None,
+                 streaming: bool = False) -> RunEstimate:
     """Raise :class:`~pipesim.scenario.ScenarioError` if running ``scenario`` until ``until`` would need
     more than ``memory_limit`` bytes (default: :func:`default_memory_limit`); return the estimate.
 
@@ -124,7 +125,7 @@ def check_budget(scenario: Scenario, until: float | None = None, memory_limit: i
     Traceback (most recent call last):
     pipesim.errors.ScenarioError: scenario 'unnamed': a run would need about 100.5 GB of memory ...
     """
-    est = estimate_run(scenario, until)
+    est = estimate_run(scenario, until, streaming)
     limit = default_memory_limit() if memory_limit is None else memory_limit
     if est.bytes > limit:
         raise ScenarioError([

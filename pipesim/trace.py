@@ -555,14 +555,16 @@ def _read_trace(path: str | Path) -> tuple[Trace, list[int]]:
             raise TraceError(f"{where}: turn_id, seq or buffer_size out of range")
         if record == "service" and not all(-2**31 <= obj.get(c, 0) < 2**31 for c in ("busy", "queued", "capacity")):
             raise TraceError(f"{where}: busy, queued or capacity out of range")
-        rows.append(tuple(obj.get(c, -1 if c == "seq" else None if c in _TEXT_COLUMNS else _NAN)
+        if record == "service" and not set(SERVICE_COLUMNS) <= set(obj):
+            raise TraceError(f"{where}: a service sample needs {', '.join(SERVICE_COLUMNS)}")
+        rows.append(tuple(obj.get(c, -1 if c == "seq" else None if c in _TEXT_COLUMNS or c in _INT_COLUMNS else _NAN)
                           for c in columns))
         if record == "event":
             event_lines.append(number)
     if not event_lines and not turns:
         raise TraceError(f"{path}: no events in this trace")
     for rec in turns:
-        trace.add_turn([0 if c in _TURN_INTS and v is _NAN else v for c, v in zip(TURN_COLUMNS, rec, strict=True)])
+        trace.add_turn([0 if c in _TURN_INTS and v is None else v for c, v in zip(TURN_COLUMNS, rec, strict=True)])
     return trace, event_lines
 
 

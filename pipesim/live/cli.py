@@ -24,10 +24,11 @@ from pipesim.scenario import load_scenario
 
 def serve(args: argparse.Namespace) -> int:
     """``pipesim serve [SCENARIO] [--host] [--port] [--speed] [--seed] [--record] [--owner-only]
-    [--allow-origin] [--allow-host] [--token]``."""
+    [--trace-limit] [--allow-origin] [--allow-host] [--token]``."""
     scenario = load_scenario(args.scenario)
     server = LiveServer(scenario, host=args.host, port=args.port, speed=args.speed, seed=args.seed,
-                        record=args.record, owner_only=args.owner_only, **_access(args))
+                        record=args.record, owner_only=args.owner_only, trace_limit=args.trace_limit or None,
+                        **_access(args))
     what = f"scenario {scenario.name} (seed {server.sim.seed})"
     return _run(server, what)
 

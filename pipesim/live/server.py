@@ -82,9 +82,9 @@ Limits
   pacer and the other clients never wait for a slow client.
 * :meth:`stop` (SIGINT/SIGTERM in ``pipesim serve``) stops the clock, gives queued messages up to 1 s to
   drain, closes every client with code 1001 (going away) and closes the recording.
-* Memory: the model's trace (``LiveServer.sim.trace``) and the state manager keep every event and every
-  session of a live run, so memory grows for as long as the server runs (about 300 bytes per event;
-  some 10 MB an hour for ``frontend_demo`` at 1x).
+* Memory: the model's trace (``LiveServer.sim.trace``) keeps the most recent ``trace_limit`` events,
+  turns and service samples (default 200,000, some 15 MB; ``None`` keeps everything; ``trace.dropped``
+  counts what it forgot), so it stays bounded however long the server runs.
 
 Replay
 ------
@@ -147,6 +147,9 @@ MAX_FRAME_BYTES = 4 * MAX_MESSAGE_BYTES
 CLOSE_SLOW = 1013
 CLOSE_GOING_AWAY = 1001
 CLOSE_FAULT = 4000
+#: Events (and turns, and service samples) a live server's trace keeps by default: a ring, so that memory stays
+#: bounded however long it runs (~60 bytes an event in the trace).
+DEFAULT_TRACE_LIMIT = 200_000
 _FALLBACK_PAGE = """<!doctype html><meta charset="utf-8"><title>pipesim</title>
 <h1>pipesim live server</h1>
 <p>The dashboard page is not installed (<code>pipesim/live/static/index.html</code>).
@@ -567,15 +570,15 @@ class LiveServer(_BaseServer):
                  record: str | Path | None = None, client_queue: int = 1000, close_timeout: float = 2.0,
                  send_buffer: int | None = 128 * 1024, static_dir: str | Path | None = None,
                  allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = (), token: str | None = None,
-                 owner_only: bool = False) -> None:
+                 owner_only: bool = False, trace_limit: int | None = DEFAULT_TRACE_LIMIT) -> None:
         super().__init__(host=host, port=port, record=record, client_queue=client_queue,
                          close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
                          allow_origins=allow_origins, allow_hosts=allow_hosts, token=token)
         #: Clients may control only the sessions they started on the same connection.
         self.owner_only = owner_only
         self.scenario = as_scenario(scenario)
-        #: The one model; its ``trace`` keeps everything that happened (it grows for as long as it runs).
-        self.sim = Simulation(self.scenario, seed=seed, live=True)
+        #: The one model; its ``trace`` keeps the most recent ``trace_limit`` events (None: everything).
+        self.sim = Simulation(self.scenario, seed=seed, live=True, trace_limit=trace_limit)
         self.pacer = Pacer(self.sim.env, speed)
         self._unsubscribe: Callable[[], None] | None = None
         self._pacer_task: asyncio.Task[None] | None = None

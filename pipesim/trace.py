@@ -149,9 +149,9 @@ class _Table:
         self._unwritten, self._unwritten_rows = [], 0
 
     def close(self) -> None:
-        """Write what is left and close the file (when streaming)."""
+        """Write what is left and close the file (when streaming; a table read from a file stays as it is)."""
         self.flush()
-        if self.sink is not None:
+        if self.sink is not None and (self._writer is not None or self._unwritten or not self.sink.exists()):
             self._write()
             assert self._writer is not None
             self._writer.close()
@@ -284,6 +284,8 @@ class Trace:
                                 else self.sink / "services.parquet")
         self._turns = _Turns(limit)
         self._windows: list[tuple[float, float, str, str]] = []
+        if self.sink is not None:  # the files' header, in place before their first row group is written
+            self._events.metadata = self._services.metadata = self._file_metadata()
         #: State-manager observer: record a transition (a Transition is an events row as it is). The list's
         #: own append, the cheapest call there is; the other appends flush it into columns (every utterance
         #: ends with a model event, so transitions alone never pile up for long).
@@ -385,9 +387,11 @@ class Trace:
         if self.sink is None:
             return
         for table in (self._events, self._services):
-            table.metadata = {b"pipesim": json.dumps(self.header, sort_keys=True).encode()}
             table.close()
         self._write_small(self.sink)
+
+    def _file_metadata(self) -> dict[bytes, bytes]:
+        return {b"pipesim": json.dumps(self.header, sort_keys=True).encode()}
 
     def _write_small(self, folder: Path) -> None:
         self.turns_frame().to_parquet(folder / "turns.parquet", index=False)
@@ -400,12 +404,11 @@ class Trace:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         names = [out / f"{n}.parquet" for n in ("events", "turns", "services", "kafka_windows")]
-        if self.sink is not None and self.sink.resolve() == out.resolve():
-            self.close()
-            return names
-        meta = {b"pipesim": json.dumps(self.header, sort_keys=True).encode()}
         for table, path in ((self._events, names[0]), (self._services, names[2])):
-            with pq.ParquetWriter(path, table.schema.with_metadata(meta)) as writer:
+            if table.sink is not None and table.sink.resolve() == path.resolve():
+                table.close()  # streamed there, or read from there: the file is this table already
+                continue
+            with pq.ParquetWriter(path, table.schema.with_metadata(self._file_metadata())) as writer:
                 for batch in table.batches_of(ROW_GROUP_ROWS):
                     writer.write_batch(batch)
         self._write_small(out)
@@ -441,16 +444,16 @@ class Trace:
             fh.write(json.dumps({"record": "header", **self.header}, sort_keys=True) + "\n")
             turns = self.turns_frame().astype(object)
             for record, columns, batches in (
-                    ("event", EVENT_COLUMNS, (b.to_pylist() for b in self._events.batches_of())),
-                    ("turn", TURN_COLUMNS, [turns.to_dict("records")]),
-                    ("service", SERVICE_COLUMNS, (b.to_pylist() for b in self._services.batches_of())),
-                    ("kafka_window", KAFKA_WINDOW_COLUMNS, [[dict(zip(KAFKA_WINDOW_COLUMNS, w, strict=True))
-                                                            for w in self._windows]])):
-                for rows in batches:
-                    for row in rows:
+                    ("event", EVENT_COLUMNS, ([c.to_pylist() for c in b.columns] for b in self._events.batches_of())),
+                    ("turn", TURN_COLUMNS, [[turns[c].tolist() for c in TURN_COLUMNS]]),
+                    ("service", SERVICE_COLUMNS, ([c.to_pylist() for c in b.columns]
+                                                  for b in self._services.batches_of())),
+                    ("kafka_window", KAFKA_WINDOW_COLUMNS, [list(zip(*self._windows, strict=True))])):
+                for batch in batches:
+                    for row in zip(*batch, strict=True):
                         obj = {"record": record}
-                        obj.update((k, _plain(row[k])) for k in columns
-                                   if row[k] is not None and not (isinstance(row[k], float) and math.isnan(row[k])))
+                        obj.update((k, _plain(v)) for k, v in zip(columns, row, strict=True)
+                                   if v is not None and not (isinstance(v, float) and math.isnan(v)))
                         fh.write(json.dumps(obj, separators=(",", ":")) + "\n")
 
     @classmethod

@@ -92,6 +92,9 @@ def test_save_and_load_give_back_every_frame_and_every_figure_input(runs, tmp_pa
     assert_same_run(res, rebuilt)
     # JSON Lines keeps everything too.
     assert_same_run(res, Results.load(tmp_path / "trace.jsonl"))
+    # A loaded run saved where it was read from (its events stay in the file they are read from).
+    loaded.save(tmp_path)
+    assert_same_run(res, Results.load(tmp_path))
     if name == "kafka_timeouts":
         assert len(loaded.kafka_windows) == 3  # the scenario's outage, on each topic
 

@@ -97,6 +97,8 @@ _TURN_INTS = ("turn_id", "stt_timeouts", "llm_timeouts", "tts_timeouts", "audio_
 #: when a trace streams to a folder.
 CHUNK_ROWS = 65_536
 ROW_GROUP_ROWS = 1_048_576
+#: Rows per chunk of a trace with a limit (the live server's): ~5 ms to turn into columns.
+LIVE_CHUNK_ROWS = 4_096
 
 
 class _Table:
@@ -275,8 +277,9 @@ class Trace:
                 raise ValueError("a trace streams to a folder or keeps a limit, not both")
             self.sink.mkdir(parents=True, exist_ok=True)
         chunk_rows = chunk_rows or CHUNK_ROWS
-        if limit is not None:  # chunks of a quarter of the limit: the ring holds at most 1.25 limits
-            chunk_rows = max(1, min(chunk_rows, limit // 4))
+        if limit is not None:  # the live server: small chunks, so that turning one into columns never holds
+            # its event loop up for more than a few milliseconds; the ring holds at most limit + a chunk.
+            chunk_rows = max(1, min(chunk_rows, limit // 4, LIVE_CHUNK_ROWS))
         self._chunk_rows = chunk_rows
         self._events = _Table(EVENT_SCHEMA, chunk_rows, limit, None if self.sink is None
                               else self.sink / "events.parquet")

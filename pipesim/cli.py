@@ -324,9 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a connection may pause, resume or stop only the sessions it started itself (default: "
                         "any client may control any session, the scenario's included)")
     p.add_argument("--trace-limit", type=_bounded(int, lambda v: v >= 0, ">= 0", "a whole number"),
-                   default=200_000, help="keep only this many of the most recent events, turns and service "
-                                         "samples in the server's trace, so that its memory stays bounded "
-                                         "(0: keep everything)")
+                   default=200_000, help="keep only this many of the most recent events and service samples "
+                                         "(and a sixteenth as many turns) in the server's trace, so that its "
+                                         "memory stays bounded (0: keep everything)")
 
     p = _command(sub, "replay", "serve a recorded or simulated trace over the same protocol")
     p.add_argument("file", help="a recording (serve --record), a trace.jsonl or a run --out folder")

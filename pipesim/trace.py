@@ -15,8 +15,8 @@ appended to with one call by the model; DataFrames are built once, at the end:
 Events and service samples are appended as rows to a short list and turned into Arrow columns every
 ``chunk_rows`` rows, so a run holds ~50-80 bytes per event instead of a Python tuple's ~400. With ``sink``
 (a folder) those chunks are written to Parquet as the run goes (``events.parquet``, ``services.parquet``)
-and memory stays bounded whatever the run's length; with ``limit`` only the most recent events, turns and
-samples are kept (a ring for the live server: :attr:`Trace.dropped` counts what it forgot).
+and memory stays bounded whatever the run's length; with ``limit`` only the most recent events, samples
+(and a sixteenth as many turns) are kept (a ring for the live server: :attr:`Trace.dropped` counts what it forgot).
 
 A trace saves to Parquet (:meth:`Trace.to_parquet`, lossless) or JSON Lines (one object per line,
 ``record`` says which table) and loads back from either.
@@ -97,6 +97,8 @@ _TURN_INTS = ("turn_id", "stt_timeouts", "llm_timeouts", "tts_timeouts", "audio_
 #: when a trace streams to a folder.
 CHUNK_ROWS = 65_536
 ROW_GROUP_ROWS = 1_048_576
+#: A trace with a limit of N events keeps N / this turns (a turn comes with ~30 events).
+EVENTS_PER_TURN_KEPT = 16
 #: Rows per chunk of a trace with a limit (the live server's): ~5 ms to turn into columns.
 LIVE_CHUNK_ROWS = 4_096
 
@@ -261,7 +263,8 @@ class Trace:
     """The record of one run. The model appends; :meth:`events_frame` and friends read.
 
     ``sink``: a folder to stream events and service samples to as Parquet (a run too big to hold);
-    ``limit``: keep only the most recent ``limit`` events, turns and service samples (the live server).
+    ``limit``: keep only the most recent ``limit`` events and service samples, and ``limit / 16`` turns (the
+    live server).
     """
 
     __slots__ = ("header", "_events", "_services", "_turns", "_windows", "sink", "on_transition", "_chunk_rows")
@@ -285,7 +288,7 @@ class Trace:
                               else self.sink / "events.parquet")
         self._services = _Table(SERVICE_SCHEMA, chunk_rows, limit, None if self.sink is None
                                 else self.sink / "services.parquet")
-        self._turns = _Turns(limit)
+        self._turns = _Turns(None if limit is None else max(1, limit // EVENTS_PER_TURN_KEPT))
         self._windows: list[tuple[float, float, str, str]] = []
         if self.sink is not None:  # the files' header, in place before their first row group is written
             self._events.metadata = self._services.metadata = self._file_metadata()

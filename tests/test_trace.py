@@ -164,20 +164,20 @@ def test_streaming_lets_the_budget_take_a_run_that_would_not_fit_in_memory():
 
 # A bounded trace (the live server) -------------------------------------------------------------------------
 def test_a_limited_trace_keeps_the_most_recent_rows_and_counts_the_rest():
-    t = Trace(limit=100)
-    for i in range(1_000):
+    t = Trace(limit=1_600)  # and 100 turns
+    for i in range(16_000):
         t.model_event(float(i), "s", i, "speech_ended", value=1.0)
         t.service_sample(float(i), "llm", 1, 0, 4)
     rows = [t.add_turn([f"s{i}", i, "complete", None, *[float(i)] * (len(TURN_COLUMNS) - 4)]) for i in range(1_000)]
-    assert t.events_frame()["t"].tolist() == [float(i) for i in range(900, 1_000)]
-    assert t.services_frame()["t"].tolist() == [float(i) for i in range(900, 1_000)]
+    assert t.events_frame()["t"].tolist() == [float(i) for i in range(14_400, 16_000)]
+    assert t.services_frame()["t"].tolist() == [float(i) for i in range(14_400, 16_000)]
     assert t.turns_frame()["turn_id"].tolist() == list(range(900, 1_000))
-    assert t.dropped == {"events": 900, "turns": 900, "services": 900}
-    assert t.n_events == 1_000 and t.n_turns == 1_000
+    assert t.dropped == {"events": 14_400, "turns": 900, "services": 14_400}
+    assert t.n_events == 16_000 and t.n_turns == 1_000
     t.update_turn(rows[0], [None] * len(TURN_COLUMNS))  # forgotten: nothing to patch, no error
     t.update_turn(rows[-1], ["s999", 999, "failed", "late", *[0.5] * (len(TURN_COLUMNS) - 4)])
     assert t.turns_frame().iloc[-1][["outcome", "error", "e2e_latency"]].tolist() == ["failed", "late", 0.5]
-    assert t.nbytes() < Trace().nbytes() + 100 * 400 * 3
+    assert t.nbytes() < 2 * 1_600 * 400
 
 
 def test_a_simulation_with_a_trace_limit_keeps_the_tail_of_the_same_run():

@@ -82,9 +82,9 @@ Limits
   pacer and the other clients never wait for a slow client.
 * :meth:`stop` (SIGINT/SIGTERM in ``pipesim serve``) stops the clock, gives queued messages up to 1 s to
   drain, closes every client with code 1001 (going away) and closes the recording.
-* Memory: the model's trace (``LiveServer.sim.trace``) keeps the most recent ``trace_limit`` events,
-  turns and service samples (default 200,000, some 15 MB; ``None`` keeps everything; ``trace.dropped``
-  counts what it forgot), so it stays bounded however long the server runs.
+* Memory: the model's trace (``LiveServer.sim.trace``) keeps the most recent ``trace_limit`` events and
+  service samples and a sixteenth as many turns (default 200,000, some 25 MB; ``None`` keeps everything;
+  ``trace.dropped`` counts what it forgot), so it stays bounded however long the server runs.
 
 Replay
 ------
@@ -147,8 +147,8 @@ MAX_FRAME_BYTES = 4 * MAX_MESSAGE_BYTES
 CLOSE_SLOW = 1013
 CLOSE_GOING_AWAY = 1001
 CLOSE_FAULT = 4000
-#: Events (and turns, and service samples) a live server's trace keeps by default: a ring, so that memory stays
-#: bounded however long it runs (~60 bytes an event in the trace).
+#: Events (and service samples; a sixteenth as many turns) a live server's trace keeps by default: a ring, so
+#: that memory stays bounded however long it runs (~60 bytes an event in the trace).
 DEFAULT_TRACE_LIMIT = 200_000
 _FALLBACK_PAGE = """<!doctype html><meta charset="utf-8"><title>pipesim</title>
 <h1>pipesim live server</h1>

@@ -116,6 +116,7 @@ def sessions_frame(events: pd.DataFrame, turns: pd.DataFrame) -> pd.DataFrame:
     out["turns"] = out["turns"].fillna(0).astype("int64") if "turns" in out else 0
     out["duration"] = out["ended"] - out["created"]
     out.index.name = "session_id"
+    out.columns.name = None  # the pivot's "event": a name Parquet would not keep
     return out.reset_index()
 
 

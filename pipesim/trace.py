@@ -135,7 +135,7 @@ class _Table:
             self._unwritten.append(batch)
             self._unwritten_rows += batch.num_rows
             if self._unwritten_rows >= ROW_GROUP_ROWS:
-                self._write()
+                self._write(final=False)
             return
         self.batches.append(batch)
         self.rows_in_batches += batch.num_rows
@@ -143,14 +143,17 @@ class _Table:
             self.rows_in_batches -= self.batches[0].num_rows
             self.dropped += self.batches.pop(0).num_rows
 
-    def _write(self) -> None:
+    def _write(self, final: bool = True) -> None:
+        """Write whole row groups of the unwritten rows (all of them if ``final``); keep the rest."""
         assert self.sink is not None
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.sink, self.schema.with_metadata(self.metadata))
-        if self._unwritten:
-            self._writer.write_table(pa.Table.from_batches(self._unwritten, schema=self.schema),
-                                     row_group_size=ROW_GROUP_ROWS)
-        self._unwritten, self._unwritten_rows = [], 0
+        table = pa.Table.from_batches(self._unwritten, schema=self.schema)
+        whole = table.num_rows if final else table.num_rows - table.num_rows % ROW_GROUP_ROWS
+        if whole:
+            self._writer.write_table(table.slice(0, whole), row_group_size=ROW_GROUP_ROWS)
+        rest = table.slice(whole)
+        self._unwritten, self._unwritten_rows = rest.to_batches(), rest.num_rows
 
     def close(self) -> None:
         """Write what is left and close the file (when streaming; a table read from a file stays as it is)."""

@@ -34,11 +34,11 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import re
 import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -79,20 +79,22 @@ def rss_mb(pid: int) -> float:
 
 
 class Serve:
-    """``pipesim serve`` in a subprocess on a free port; ``python_prelude`` runs before the CLI."""
+    """``pipesim serve`` in a subprocess on a free port."""
 
-    def __init__(self, speed: float, extra: list[str] = (), python_prelude: str = "") -> None:
-        code = f"{python_prelude}\nimport sys\nfrom pipesim.cli import main\nsys.exit(main(sys.argv[1:]))"
+    def __init__(self, speed: float, extra: list[str] = ()) -> None:
+        # Its log goes to a file: a pipe nobody reads would fill up and stall the server mid-run.
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by stop())
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "serve", str(SCENARIO), "--port", "0", "--speed", f"{speed:g}", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "pipesim", "serve", str(SCENARIO), "--port", "0", "--speed", f"{speed:g}",
+             *extra], stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
-        found = re.search(r"on (ws://\S+)", line)
-        if not found:
+        try:
+            self.url = json.loads(line)["ws"]  # the machine-readable first line of pipesim serve
+        except (ValueError, KeyError):
             self.proc.kill()
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise RuntimeError(f"pipesim serve did not start: {line}{err}")
-        self.url = found.group(1)
+            self.proc.wait()
+            self.log.seek(0)
+            raise RuntimeError(f"pipesim serve did not start: {line}{self.log.read()}") from None
         self.base = self.url.replace("ws://", "http://").removesuffix("/ws")
         self.pid = self.proc.pid
 
@@ -103,10 +105,13 @@ class Serve:
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGINT)
         try:
-            _, err = self.proc.communicate(timeout=20)
+            self.proc.communicate(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, err = self.proc.communicate()
+            self.proc.communicate()
+        self.log.seek(0)
+        err = self.log.read()
+        self.log.close()
         return err
 
 
@@ -360,12 +365,6 @@ HEADER = (f"{'N':>6} {'speed':>6} {'msg/s':>9} {'bare/s':>9} {'bytes':>6} {'lost
 
 
 # The soak ------------------------------------------------------------------------------------------------
-# The model's trace keeps every transition and model event; until it is bounded (a ring), the soak also
-# runs without it, to show what the rest of the server keeps.
-_NO_TRACE = ("import pipesim.trace as _t\n_t.Trace.on_transition = lambda self, tr: None\n"
-             "_t.Trace.model_event = lambda self, *a, **k: None\n")
-
-
 async def _churn(url: str, concurrent: int, lifetime_s: float, speed: float, until: float) -> int:
     """Keep ``concurrent`` sessions alive, each stopped ``lifetime_s`` simulated seconds after its start
     and replaced by a new one; a connection per control (connection churn too). Returns sessions started."""
@@ -395,13 +394,14 @@ async def _churn(url: str, concurrent: int, lifetime_s: float, speed: float, unt
     return started
 
 
-def soak(speed: float, sim_minutes: float, concurrent: int, lifetime_s: float, trace: bool,
+def soak(speed: float, sim_minutes: float, concurrent: int, lifetime_s: float, trace_limit: int,
          forget_after: float | None) -> dict[str, Any]:
     """Sessions starting and stopping at high speed for ``sim_minutes`` of simulated time; RSS sampled
     every wall second against the server's simulated clock; the slope in MB per simulated hour over the
     second half (the first is warm-up: the first sessions, allocator pools)."""
-    extra = ["--forget-after", str(forget_after if forget_after is not None else 1e12)]
-    server = Serve(speed, extra, python_prelude="" if trace else _NO_TRACE)
+    extra = ["--forget-after", str(forget_after if forget_after is not None else 1e12),
+             "--trace-limit", str(trace_limit)]
+    server = Serve(speed, extra)
     samples: list[tuple[float, float]] = []
     until = time.monotonic() + sim_minutes * 60 / speed
     try:
@@ -420,7 +420,7 @@ def soak(speed: float, sim_minutes: float, concurrent: int, lifetime_s: float, t
     t, rss = np.array(samples).T
     half = t >= t[-1] / 2
     slope = float(np.polyfit(t[half] / 3600, rss[half], 1)[0]) if half.sum() >= 3 else float("nan")
-    return {"speed": speed, "sim_minutes": float(t[-1] / 60), "trace": trace, "forget_after": forget_after,
+    return {"speed": speed, "sim_minutes": float(t[-1] / 60), "trace_limit": trace_limit, "forget_after": forget_after,
             "concurrent": concurrent, "lifetime_s": lifetime_s, "sessions_kept": final["sessions"],
             "forgotten": final["forgotten"], "rss_start_mb": float(rss[0]), "rss_end_mb": float(rss[-1]),
             "slope_mb_per_sim_hour": slope, "samples": samples}
@@ -453,15 +453,17 @@ def main() -> None:
     info = machine()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.soak:
-        runs = [soak(args.soak_speed, args.soak_minutes, 20, 120.0, trace, forget)
-                for trace, forget in ((True, 60.0), (False, 60.0), (False, None))]
-        print(f"{'trace':>6} {'forget':>7} {'sim min':>8} {'kept':>5} {'forgot':>6} {'RSS0 MB':>8} {'RSS1 MB':>8} "
+        # As served (a bounded trace, forgetting); then without each bound, to show what each one holds.
+        runs = [soak(args.soak_speed, args.soak_minutes, 20, 120.0, limit, forget)
+                for limit, forget in ((200_000, 60.0), (0, 60.0), (200_000, None))]
+        print(f"{'trace':>7} {'forget':>7} {'sim min':>8} {'kept':>5} {'forgot':>6} {'RSS0 MB':>8} {'RSS1 MB':>8} "
               f"{'MB/sim h':>9}")
         for r in runs:
-            print(f"{'on' if r['trace'] else 'off':>6} {r['forget_after'] or 'never'!s:>7} {r['sim_minutes']:>8.1f} "
+            print(f"{r['trace_limit'] or 'all'!s:>7} {r['forget_after'] or 'never'!s:>7} {r['sim_minutes']:>8.1f} "
                   f"{r['sessions_kept']:>5} {r['forgotten']:>6} {r['rss_start_mb']:>8.1f} {r['rss_end_mb']:>8.1f} "
                   f"{r['slope_mb_per_sim_hour']:>9.2f}")
-        (OUT / "live_soak.json").write_text(json.dumps({"machine": info, "runs": runs}, indent=1))
+        soaked = {"benchmark": "live_soak", "machine": info, "runs": runs}
+        (OUT / "live_soak.json").write_text(json.dumps(soaked, indent=1))
         return
     if args.quick:
         args.sizes, args.seconds, args.warmup, args.workers, args.dashboards, args.no_ramp = [10], 3.0, 1.5, 1, 1, True
@@ -481,8 +483,9 @@ def main() -> None:
                 break
     sustained = max([args.speed] + [r["speed"] for r in ramp if r["ok"]]) if results and results[-1]["ok"] else None
     print(f"highest speed sustained at {max(args.sizes)} sessions: {sustained}")
-    (OUT / "live.json").write_text(json.dumps({"machine": info, "targets": TARGETS, "results": results,
-                                               "ramp": ramp, "sustained_speed": sustained}, indent=1))
+    (OUT / "live.json").write_text(json.dumps({"benchmark": "live", "machine": info, "targets": TARGETS,
+                                               "results": results, "ramp": ramp, "sustained_speed": sustained},
+                                              indent=1))
     if args.quick:  # the smoke test: messages flowed, none lost; nothing about speed
         live = results[0]["pipesim"]
         assert live["messages"] > 0 and results[0]["bare"]["messages"] > 0, results[0]

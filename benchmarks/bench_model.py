@@ -161,7 +161,7 @@ def run_pipesim(scn: Scenario) -> dict[str, float]:
     sim = Simulation(scn)
     sim.run()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    turns = len(pipesim.Results(scn, sim.seed, sim.trace, list(sim.kafka.windows)).turns)
+    turns = len(pipesim.Results(scn, sim.seed, sim.trace).turns)
     return {"turns": turns, "events": next(sim.env._eid), "cpu_s": cpu, "wall_s": wall, "sim_s": sim.env.now}
 
 
@@ -251,7 +251,7 @@ def child(sessions: int) -> dict[str, Any]:
     run_cpu, run_wall = time.process_time() - cpu, time.perf_counter() - wall
     rss_run = _rss_bytes()
     cpu, wall = time.process_time(), time.perf_counter()
-    res = pipesim.Results(scn, sim.seed, sim.trace, list(sim.kafka.windows))
+    res = pipesim.Results(scn, sim.seed, sim.trace)
     turns, events, _, _ = res.turns, res.events, res.sessions, res.services
     frames_cpu, frames_wall = time.process_time() - cpu, time.perf_counter() - wall
     return {

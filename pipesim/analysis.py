@@ -11,15 +11,31 @@ turns loaded from Parquet or concatenated across runs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from typing import Any, get_args
+from typing import Any, Protocol, get_args
 
 import numpy as np
 import pandas as pd
 
-from pipesim.trace import Trace, sent_messages
 from pipesim.vocabulary import SERVICES, PipelineState, ServiceState, SessionStatus
+
+
+class Run(Protocol):
+    """What the tables and figures read of a run: a :class:`pipesim.Results` is one, and so is anything with
+    these DataFrames (the data flows one way: model -> trace -> DataFrames -> figures)."""
+
+    @property
+    def turns(self) -> pd.DataFrame: ...
+
+    @property
+    def events(self) -> pd.DataFrame: ...
+
+    @property
+    def services(self) -> pd.DataFrame: ...
+
+    @property
+    def kafka_windows(self) -> pd.DataFrame: ...
+
 
 #: The stages of voice-to-voice latency, in the order they happen; they add up to ``e2e_latency``.
 STAGES = ("end_of_utterance_delay", "stt_stage", "llm_stage", "tts_stage")
@@ -69,10 +85,15 @@ def percentiles(df: pd.DataFrame, columns: Sequence[str] = FIGURES, by: str | Se
     return out
 
 
-def sessions_frame(trace: Trace, turns: pd.DataFrame) -> pd.DataFrame:
-    """One row per session: when it was created and ended, its turns by outcome, timeouts, latency."""
-    ev = trace.events_frame()
-    life = ev[ev["event"].isin(["session_created", "session_stopped"])].pivot_table(
+def sessions_frame(events: pd.DataFrame, turns: pd.DataFrame) -> pd.DataFrame:
+    """One row per session: when it was created and ended, its turns by outcome, timeouts, latency.
+
+    ``events`` needs only the ``session_created`` and ``session_stopped`` rows (``t``, ``session_id``,
+    ``event``).
+    """
+    ev = events[events["event"].isin(["session_created", "session_stopped"])]
+    ev = ev.astype({"session_id": str, "event": str})  # codes (categoricals) would pivot to every category
+    life = ev.pivot_table(
         index="session_id", columns="event", values="t", aggfunc="first")
     life = life.reindex(columns=["session_created", "session_stopped"]).rename(
         columns={"session_created": "created", "session_stopped": "ended"})
@@ -95,14 +116,8 @@ def sessions_frame(trace: Trace, turns: pd.DataFrame) -> pd.DataFrame:
     out["turns"] = out["turns"].fillna(0).astype("int64") if "turns" in out else 0
     out["duration"] = out["ended"] - out["created"]
     out.index.name = "session_id"
+    out.columns.name = None  # the pivot's "event": a name Parquet would not keep
     return out.reset_index()
-
-
-def messages_frame(trace: Trace) -> pd.DataFrame:
-    """The wire messages a dashboard watching every session would have received, in order."""
-    rows = [(tr.t, tr.session_id, msg["seq"], msg["type"], json.dumps(msg, separators=(",", ":")))
-            for tr, msg in sent_messages(trace)]
-    return pd.DataFrame(rows, columns=["t", "session_id", "seq", "type", "message"])
 
 
 def summary_table(turns: pd.DataFrame) -> pd.DataFrame:
@@ -435,7 +450,7 @@ def utilisation(services: pd.DataFrame | Any, window: float = 10.0, start: float
     edges = np.append(edges, stop) if len(edges) and edges[-1] < stop else np.array([start, stop])
     lo, hi = edges[:-1], edges[1:]
     frames = []
-    for name, g in services.sort_values("t", kind="stable").groupby("service", sort=False):
+    for name, g in services.sort_values("t", kind="stable").groupby("service", sort=False, observed=True):
         t = g["t"].to_numpy(float)
         cap = g["capacity"].to_numpy(float)
         busy, queued = g["busy"].to_numpy(float), g["queued"].to_numpy(float)
@@ -489,7 +504,8 @@ def state_durations(events: pd.DataFrame | Any, column: str = "state", end: floa
     following = tr.groupby("session_id", sort=False)["t"].shift(-1)
     following = following.fillna(stop).where(tr["status"] != "stopped", tr["t"])
     tr = tr.assign(duration=(following - tr["t"]).clip(lower=0))
-    table = tr.pivot_table(index="session_id", columns=column, values="duration", aggfunc="sum", fill_value=0.0)
+    table = tr.pivot_table(index="session_id", columns=column, values="duration", aggfunc="sum", fill_value=0.0,
+                           observed=True)
     known = [v for v in _STATE_ORDER[column] if v in table.columns or column == "state"]
     order = [*known, *sorted(c for c in table.columns if c not in known)]
     table = table.reindex(columns=order, fill_value=0.0)

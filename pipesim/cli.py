@@ -171,14 +171,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.warmup is not None or args.workers is not None:
         raise UserError("--warmup and --workers go with --replications N")
     try:
-        res = pipesim.simulate(scn, seed=args.seed, until=args.until, progress=None if args.progress else False)
+        res = pipesim.simulate(scn, seed=args.seed, until=args.until, progress=None if args.progress else False,
+                               out=args.out)  # with --out, the trace streams to the folder as the run goes
     except ScenarioError as exc:  # e.g. a run that would not fit in memory
         raise UserError("\n".join(exc.problems)) from None
     _print_summary(res)
     if args.out:
-        written = res.save(args.out, csv=args.csv)
-        print(f"wrote {len(written)} files to {args.out}/ (turns, sessions, services, messages as Parquet; "
-              f"trace.jsonl)")
+        written = res.save(args.out, csv=args.csv, jsonl=args.jsonl)
+        print(f"wrote {len(written)} files to {args.out}/ (events, turns, sessions, services, messages, "
+              f"kafka_windows as Parquet" + ("; trace.jsonl)" if args.jsonl else ")"))
     if args.plots:
         from pipesim.plots import save_standard_figures
 
@@ -321,8 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", help="scenario file, or the name of a bundled one (baseline, load_spike, ...)")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
     p.add_argument("--until", type=_positive, help="stop at this simulated time, seconds")
-    p.add_argument("--out", help="write DataFrames (Parquet), trace.jsonl and the scenario to this folder")
+    p.add_argument("--out", help="stream the trace to this folder as the run goes, then write every table "
+                   "(Parquet) and the scenario there")
     p.add_argument("--csv", action="store_true", help="with --out: also write CSV files")
+    p.add_argument("--jsonl", action="store_true", help="with --out: also write the trace as trace.jsonl")
     p.add_argument("--plots", help="write the standard figures as PNG to this folder")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--set", action="append", type=_assignment, default=[], metavar="PATH=VALUE",
@@ -349,9 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-after", type=_seconds, default=60.0, metavar="S",
                    help="forget a stopped session S simulated seconds after it stopped, so that memory stays "
                         "bounded (its id stays refused for start; default: 60)")
+    p.add_argument("--trace-limit", type=_bounded(int, lambda v: v >= 0, ">= 0", "a whole number"),
+                   default=200_000, help="keep only this many of the most recent events and service samples "
+                                         "(and a sixteenth as many turns) in the server's trace, so that its "
+                                         "memory stays bounded (0: keep everything)")
 
     p = _command(sub, "replay", "serve a recorded or simulated trace over the same protocol")
-    p.add_argument("file", help="a recording (serve --record) or a trace.jsonl (run --out)")
+    p.add_argument("file", help="a recording (serve --record), a trace.jsonl or a run --out folder")
     _add_server_options(p)
     p.add_argument("--loop", action="store_true", help="start again at the end (default: play once)")
 

@@ -20,6 +20,8 @@ This module imports nothing but :mod:`pipesim.vocabulary`, so the clock-free sta
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pipesim.vocabulary import SERVICES
 
 
@@ -80,6 +82,10 @@ class IllegalTransition(StateError):
     then ``service`` is set too), the state it was in and the one the event requested.
     """
 
+    #: The state each event asks for: the rule tables (:data:`pipesim.state.rules.REQUESTED`) fill it in when
+    #: they load, so that this module imports nothing of pipesim's but the vocabulary (no import cycle).
+    requested_states: ClassVar[dict[str, str]] = {}
+
     def __init__(self, session_id: str, part: str, current: str, event: str, reason: str = "") -> None:
         super().__init__(session_id, part, current, event, reason)  # rebuildable from args (SimPy does that)
         self.session_id, self.part, self.current, self.event, self.reason = session_id, part, current, event, reason
@@ -88,9 +94,7 @@ class IllegalTransition(StateError):
     @property
     def requested(self) -> str:
         """The state the refused event asked for (the event's name where it names no state)."""
-        from pipesim.state.rules import REQUESTED  # the rules import this module, not the reverse
-
-        return REQUESTED.get(self.event, self.event)
+        return self.requested_states.get(self.event, self.event)
 
     def __str__(self) -> str:
         text = (f"session {self.session_id!r}: {self.part} cannot go from {self.current!r} to "

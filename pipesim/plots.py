@@ -32,7 +32,7 @@ from pipesim import analysis
 from pipesim.vocabulary import SERVICES
 
 if TYPE_CHECKING:
-    from pipesim.results import Results
+    from pipesim.analysis import Run
 
 MS = 1000.0
 #: One colour per service, used by every figure.
@@ -68,7 +68,7 @@ _HIST_COLUMNS = (*analysis.STAGES, "ttft", "e2e_latency")
 
 
 # Helpers ------------------------------------------------------------------------------------------------
-def _turns(data: Results | pd.DataFrame) -> pd.DataFrame:
+def _turns(data: Run | pd.DataFrame) -> pd.DataFrame:
     return data if isinstance(data, pd.DataFrame) else data.turns
 
 
@@ -115,7 +115,7 @@ def _windows(data: Any) -> pd.DataFrame:
             .reset_index())
 
 
-def shade_kafka_windows(ax: Axes, results: Results | pd.DataFrame, label: bool = True, alpha: float = 0.15,
+def shade_kafka_windows(ax: Axes, results: Run | pd.DataFrame, label: bool = True, alpha: float = 0.15,
                         zorder: float = 0.5) -> Axes:
     """Shade every Kafka stall or outage of ``results`` (``Results.kafka_windows``) on a time axis.
 
@@ -130,7 +130,7 @@ def shade_kafka_windows(ax: Axes, results: Results | pd.DataFrame, label: bool =
 
 
 # Latency distributions --------------------------------------------------------------------------------
-def latency_cdf(data: Results | pd.DataFrame, columns: Sequence[str] = _CDF_COLUMNS, ax: Axes | None = None,
+def latency_cdf(data: Run | pd.DataFrame, columns: Sequence[str] = _CDF_COLUMNS, ax: Axes | None = None,
                 label: str | None = None, linestyle: str = "-") -> Axes:
     """Cumulative distribution of each stage and of voice-to-voice latency (ms, log scale), with p50, p95
     and p99 marked on every curve (circle, square, diamond).
@@ -182,7 +182,7 @@ def latency_cdf(data: Results | pd.DataFrame, columns: Sequence[str] = _CDF_COLU
     return ax
 
 
-def latency_histogram(data: Results | pd.DataFrame, column: str = "e2e_latency", ax: Axes | None = None,
+def latency_histogram(data: Run | pd.DataFrame, column: str = "e2e_latency", ax: Axes | None = None,
                       bins: int = 50) -> Axes:
     """Histogram of one latency column (ms) with its p50, p95 and p99 as labelled vertical lines.
 
@@ -212,7 +212,7 @@ def latency_histogram(data: Results | pd.DataFrame, column: str = "e2e_latency",
     return ax
 
 
-def latency_histograms(data: Results | pd.DataFrame, columns: Sequence[str] = _HIST_COLUMNS,
+def latency_histograms(data: Run | pd.DataFrame, columns: Sequence[str] = _HIST_COLUMNS,
                        ax: Sequence[Axes] | None = None, bins: int = 50) -> Figure:
     """One :func:`latency_histogram` per column (default: the four stages, LLM TTFT, voice-to-voice).
 
@@ -234,7 +234,7 @@ def latency_histograms(data: Results | pd.DataFrame, columns: Sequence[str] = _H
     return fig
 
 
-def breakdown_bars(data: Results | pd.DataFrame, quantiles: Sequence[float] = (0.5, 0.95, 0.99),
+def breakdown_bars(data: Run | pd.DataFrame, quantiles: Sequence[float] = (0.5, 0.95, 0.99),
                    ax: Axes | None = None, band: float = 0.025, legend: bool = True) -> Axes:
     """Stacked bars: what the turns at p50, p95 and p99 of voice-to-voice latency spent their time on (ms).
 
@@ -277,7 +277,7 @@ def breakdown_bars(data: Results | pd.DataFrame, quantiles: Sequence[float] = (0
     return ax
 
 
-def latency_over_time(data: Results | pd.DataFrame, window: float = 10.0, ax: Axes | None = None,
+def latency_over_time(data: Run | pd.DataFrame, window: float = 10.0, ax: Axes | None = None,
                       column: str = "e2e_latency", shade: bool = True) -> Axes:
     """p50, p95 and p99 of ``column`` (ms) per ``window`` seconds of the run (by the turn's end of
     utterance), with the number of turns per window in grey and Kafka stalls shaded (if Results).
@@ -314,7 +314,7 @@ def latency_over_time(data: Results | pd.DataFrame, window: float = 10.0, ax: Ax
 
 
 # Services ---------------------------------------------------------------------------------------------
-def utilisation(results: Results | pd.DataFrame, window: float = 10.0, ax: Axes | None = None,
+def utilisation(results: Run | pd.DataFrame, window: float = 10.0, ax: Axes | None = None,
                 end: float | None = None) -> Axes:
     """Time-weighted utilisation (% of workers busy) of each service per ``window`` seconds
     (see :func:`pipesim.analysis.utilisation`).
@@ -342,7 +342,7 @@ def utilisation(results: Results | pd.DataFrame, window: float = 10.0, ax: Axes 
     return ax
 
 
-def queue_length(results: Results | pd.DataFrame, ax: Axes | None = None) -> Axes:
+def queue_length(results: Run | pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Requests waiting for a worker, per service, over time (every change, as steps; samples read as
     :func:`pipesim.analysis.settled_services`).
 
@@ -364,7 +364,7 @@ def queue_length(results: Results | pd.DataFrame, ax: Axes | None = None) -> Axe
     return ax
 
 
-def service_load(results: Results, window: float = 10.0, ax: Sequence[Axes] | None = None) -> Figure:
+def service_load(results: Run, window: float = 10.0, ax: Sequence[Axes] | None = None) -> Figure:
     """:func:`utilisation` above :func:`queue_length`, on a shared time axis, Kafka stalls shaded.
 
     >>> plots.service_load(res)   # doctest: +SKIP
@@ -383,7 +383,7 @@ def service_load(results: Results, window: float = 10.0, ax: Sequence[Axes] | No
 
 
 # Kafka and incidents ------------------------------------------------------------------------------------
-def kafka_timeouts(results: Results, window: float = 10.0, ax: Axes | None = None) -> Axes:
+def kafka_timeouts(results: Run, window: float = 10.0, ax: Axes | None = None) -> Axes:
     """Kafka timeouts per ``window`` seconds, stacked by service, with failed turns as a line and Kafka
     stalls / outages (``Results.kafka_windows``) shaded.
 
@@ -415,7 +415,7 @@ def kafka_timeouts(results: Results, window: float = 10.0, ax: Axes | None = Non
     return ax
 
 
-def over_time(results: Results, window: float = 10.0, ax: Sequence[Axes] | None = None) -> Figure:
+def over_time(results: Run, window: float = 10.0, ax: Sequence[Axes] | None = None) -> Figure:
     """:func:`latency_over_time` above :func:`kafka_timeouts`: how stalls show up in latency and failures.
 
     >>> plots.over_time(res)   # doctest: +SKIP
@@ -432,7 +432,7 @@ def over_time(results: Results, window: float = 10.0, ax: Sequence[Axes] | None 
 
 
 # One session ----------------------------------------------------------------------------------------------
-def interesting_session(results: Results) -> str:
+def interesting_session(results: Run) -> str:
     """The session to show by default: the one with the most kinds of incident (Kafka timeout, failed
     turn, barge-in), then the most incidents, then the first.
 
@@ -443,7 +443,7 @@ def interesting_session(results: Results) -> str:
     if inc.empty:
         ids = results.events["session_id"]
         return str(ids.iloc[0]) if len(ids) else ""
-    per = inc.groupby("session_id").agg(kinds=("event", "nunique"), n=("event", "size"))
+    per = inc.groupby("session_id", observed=True).agg(kinds=("event", "nunique"), n=("event", "size"))
     per = per.sort_values(["kinds", "n"], ascending=False, kind="stable")
     return str(per.index[0])
 
@@ -458,7 +458,7 @@ def _segments(t: np.ndarray, values: np.ndarray, end: float) -> dict[str, list[t
     return spans
 
 
-def session_timeline(results: Results, session_id: str | None = None,
+def session_timeline(results: Run, session_id: str | None = None,
                      ax: Sequence[Axes] | None = None, start: float | None = None,
                      end: float | None = None) -> Figure:
     """One session over time, like the dashboard: a lane for the session's status, the pipeline state
@@ -571,7 +571,7 @@ def session_timeline(results: Results, session_id: str | None = None,
 
 
 # Saving ------------------------------------------------------------------------------------------------
-def save_standard_figures(results: Results, out_dir: str | Path, dpi: int = 110,
+def save_standard_figures(results: Run, out_dir: str | Path, dpi: int = 110,
                           session_id: str | None = None, window: float | None = None) -> list[Path]:
     """Write the standard figures of a run as PNG into ``out_dir`` and return their paths:
     ``latency_cdf``, ``latency_histograms``, ``latency_breakdown``, ``service_load``, ``over_time``
@@ -625,7 +625,7 @@ class ResultsPlots:
     >>> res.plot.timeline("sim-00007")  # doctest: +SKIP
     """
 
-    def __init__(self, results: Results) -> None:
+    def __init__(self, results: Run) -> None:
         self._results = results
 
     def cdf(self, **kw: Any) -> Axes:

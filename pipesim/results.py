@@ -34,10 +34,14 @@ class Results:
     * ``kafka_windows``: every Kafka stall or outage in force during the run.
     """
 
-    def __init__(self, scenario: Scenario, seed: int, trace: Trace,
-                 kafka_windows: list[tuple[float, float, str, str]] | None = None) -> None:
+    def __init__(self, scenario: Scenario, seed: int, trace: Trace, folder: str | Path | None = None) -> None:
         self.scenario, self.seed, self.trace = scenario, seed, trace
-        self._windows = kafka_windows or []
+        #: A run folder the derived tables (``sessions``, ``messages``) may be read from instead of rebuilt.
+        self.folder = None if folder is None else Path(folder)
+
+    def _saved(self, name: str) -> pd.DataFrame | None:
+        path = None if self.folder is None else self.folder / f"{name}.parquet"
+        return pd.read_parquet(path) if path is not None and path.exists() else None
 
     @cached_property
     def turns(self) -> pd.DataFrame:
@@ -49,7 +53,8 @@ class Results:
 
     @cached_property
     def sessions(self) -> pd.DataFrame:
-        return analysis.sessions_frame(self.trace, self.turns)
+        saved = self._saved("sessions")
+        return analysis.sessions_frame(self.events, self.turns) if saved is None else saved
 
     @cached_property
     def services(self) -> pd.DataFrame:
@@ -57,11 +62,12 @@ class Results:
 
     @cached_property
     def messages(self) -> pd.DataFrame:
-        return analysis.messages_frame(self.trace)
+        saved = self._saved("messages")
+        return self.trace.messages_frame() if saved is None else saved
 
     @cached_property
     def kafka_windows(self) -> pd.DataFrame:
-        return pd.DataFrame(self._windows, columns=["start", "end", "topic", "cause"])
+        return self.trace.kafka_windows_frame()
 
     def summary(self) -> pd.DataFrame:
         """count and p50/p95/p99/max (ms) of every stage and of voice-to-voice latency."""
@@ -129,38 +135,46 @@ class Results:
         return session_timeline(self, session_id, **kw)
 
     # Files -----------------------------------------------------------------------------------------
-    def save(self, out_dir: str | Path, csv: bool = False) -> list[Path]:
-        """Write the DataFrames as Parquet (and CSV if asked), the trace as JSON Lines and the scenario.
+    def save(self, out_dir: str | Path, csv: bool = False, jsonl: bool = False) -> list[Path]:
+        """Write every table as Parquet (``events``, ``turns``, ``sessions``, ``services``, ``messages``,
+        ``kafka_windows``; the trace's header in ``events.parquet``), the scenario (``scenario.json``), and
+        if asked CSV copies of the tables besides events and the trace as JSON Lines (``trace.jsonl``).
+        :meth:`load` reads it back exactly.
 
         Returns the paths written. The same run writes the same bytes.
         """
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        written = []
-        for name in ("turns", "sessions", "services", "messages", "kafka_windows"):
+        written = self.trace.to_parquet(out)
+        for name in ("sessions", "messages"):
             df: pd.DataFrame = getattr(self, name)
-            path = out / f"{name}.parquet"
-            df.to_parquet(path, index=False)
-            written.append(path)
-            if csv:
-                df.to_csv(out / f"{name}.csv", index=False)
+            df.to_parquet(out / f"{name}.parquet", index=False)
+            written.append(out / f"{name}.parquet")
+        if csv:
+            for name in ("turns", "sessions", "services", "messages", "kafka_windows"):
+                getattr(self, name).to_csv(out / f"{name}.csv", index=False)
                 written.append(out / f"{name}.csv")
-        trace_path = out / "trace.jsonl"
-        self.trace.to_jsonl(trace_path)
+        if jsonl:
+            self.trace.to_jsonl(out / "trace.jsonl")
+            written.append(out / "trace.jsonl")
         scenario_path = out / "scenario.json"
         scenario_path.write_text(self.scenario.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        return [*written, trace_path, scenario_path]
+        return [*written, scenario_path]
 
     @classmethod
     def load(cls, path: str | Path) -> Results:
-        """Load results from a ``pipesim run --out`` folder or a ``trace.jsonl`` file."""
+        """Load results from a run folder (:meth:`save`, ``pipesim run --out``, ``simulate(out=...)``:
+        Parquet, or a ``trace.jsonl`` alone) or a ``trace.jsonl`` file."""
         path = Path(path)
-        trace_file = path / "trace.jsonl" if path.is_dir() else path
-        trace = Trace.from_jsonl(trace_file)
-        scenario_file = trace_file.parent / "scenario.json"
+        folder = path if path.is_dir() else path.parent
+        if path.is_dir() and (path / "events.parquet").exists():
+            trace = Trace.from_parquet(path)
+        else:
+            trace = Trace.from_jsonl(path / "trace.jsonl" if path.is_dir() else path)
+        scenario_file = folder / "scenario.json"
         scenario = (validate_scenario(json.loads(scenario_file.read_text()), source=str(scenario_file))
                     if scenario_file.exists() else Scenario(name=str(trace.header.get("scenario", "unknown"))))
-        return cls(scenario, int(trace.header.get("seed", scenario.seed)), trace)
+        return cls(scenario, int(trace.header.get("seed", scenario.seed)), trace,
+                   folder=path if path.is_dir() and (path / "events.parquet").exists() else None)
 
     # Display ---------------------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -203,12 +217,16 @@ def _progress_bar(sim: Simulation, enabled: bool | None) -> Any:
 
 def simulate(scenario: Scenario | str | Path | dict[str, Any], seed: int | None = None,
              until: float | None = None, progress: bool | None = None, memory_limit: int | None = None,
-             ) -> Results:
+             out: str | Path | None = None) -> Results:
     """Run a scenario offline, as fast as possible, and return its :class:`Results`.
 
     ``scenario`` is a :class:`~pipesim.scenario.Scenario`, a dict, a file path or a bundled scenario's
     name (``"baseline"``). ``seed`` overrides the scenario's seed; the same scenario and seed give the
     same results, byte for byte. ``progress``: None shows a bar only on a terminal or in Jupyter.
+
+    ``out``: a folder to stream the trace to as the run goes (``events.parquet`` and ``services.parquet`` in
+    row groups of a million rows, then ``turns.parquet``, ``kafka_windows.parquet`` and ``scenario.json``),
+    so that a run too big to hold in memory still completes; the Results read them back when asked.
 
     A scenario whose run would need more than ``memory_limit`` bytes (default: 80% of the memory
     available now, see :mod:`pipesim.model.budget`) is refused with a
@@ -218,11 +236,14 @@ def simulate(scenario: Scenario | str | Path | dict[str, Any], seed: int | None 
     >>> res.summary()                       # doctest: +SKIP
     """
     scn = as_scenario(scenario)
-    sim = Simulation(scn, seed=seed)
+    sim = Simulation(scn, seed=seed, trace_out=out)
     bar = _progress_bar(sim, progress)
     try:
         sim.run(until=until, memory_limit=memory_limit)
     finally:
         if bar is not None:
             bar.close()
-    return Results(scn, sim.seed, sim.trace, list(sim.kafka.windows))
+        sim.trace.close()
+    if out is not None:
+        (Path(out) / "scenario.json").write_text(scn.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return Results(scn, sim.seed, sim.trace)

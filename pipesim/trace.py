@@ -1,20 +1,29 @@
 """The trace: the one record of a run, shared by the model, the analysis, replay and the server.
 
-Three append-only tables of plain tuples (cheap to append in the model's inner loop; DataFrames are
-built once, at the end):
+Four tables, kept in columns (typed arrays, strings as small-integer codes against a dictionary), each
+appended to with one call by the model; DataFrames are built once, at the end:
 
 * ``events``: every state-manager transition (``seq >= 0``) and every model event (``seq == -1``),
   in the order they happened, with the session's full state after transitions. A turn's ``turn_id`` is
   assigned at the end of its utterance, so ``speech_started`` and ``audio`` transitions still carry the
   previous turn's id; the model's ``speech_ended`` event carries the id the turn will have.
-* ``turns``: one row per user turn, written by the model when the turn ends.
-* ``service_samples``: busy workers and queue length of a service after every change.
+* ``turns``: one row per user turn, written by the model when the turn ends (and patched while stale work
+  of the turn still finishes).
+* ``services``: busy workers and queue length of a service after every change.
+* ``kafka_windows``: every Kafka stall or outage in force during the run.
 
-A trace saves to JSON Lines (one object per line, ``record`` says which table) and loads back.
+Events and service samples are appended as rows to a short list and turned into Arrow columns every
+``chunk_rows`` rows, so a run holds ~50-80 bytes per event instead of a Python tuple's ~400. With ``sink``
+(a folder) those chunks are written to Parquet as the run goes (``events.parquet``, ``services.parquet``)
+and memory stays bounded whatever the run's length; with ``limit`` only the most recent events, samples
+(and a sixteenth as many turns) are kept (a ring for the live server: :attr:`Trace.dropped` counts what it forgot).
+
+A trace saves to Parquet (:meth:`Trace.to_parquet`, lossless) or JSON Lines (one object per line,
+``record`` says which table) and loads back from either.
 
 >>> t = Trace()
 >>> t.model_event(1.0, "s1", 1, "speech_ended", value=2.0)
->>> t.events_frame()[["t", "event", "value"]].to_dict("records")
+>>> t.events_frame()[["t", "event", "value"]].astype({"event": str}).to_dict("records")
 [{'t': 1.0, 'event': 'speech_ended', 'value': 2.0}]
 """
 
@@ -22,11 +31,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipesim import _jsonsafe
 from pipesim.errors import TraceError
@@ -62,65 +76,418 @@ TURN_COLUMNS = (
     "ttfb", "tts_audio_duration", "e2e_latency",
 )
 SERVICE_COLUMNS = ("t", "service", "busy", "queued", "capacity")
+KAFKA_WINDOW_COLUMNS = ("start", "end", "topic", "cause")
 _NAN = math.nan
 _TEXT_COLUMNS = frozenset({"session_id", "event", "service", "status", "state", "stt", "llm", "tts", "error",
                            "outcome"})
+_CODE = pa.dictionary(pa.int32(), pa.string())
+_SMALL_CODE = pa.dictionary(pa.int16(), pa.string())  # a column of few values: events, states, services, errors
+#: Arrow types of the columnar tables: strings are codes into a per-chunk dictionary (categoricals in the
+#: DataFrames); integers as narrow as their values allow (widened to int64 in the DataFrames).
+EVENT_SCHEMA = pa.schema([("t", pa.float64()), ("session_id", _CODE), ("turn_id", pa.int32()), ("seq", pa.int32()),
+                          *((c, _SMALL_CODE) for c in ("event", "service", "status", "state", "stt", "llm", "tts")),
+                          ("buffer_size", pa.int64()), ("audio_quality", pa.float64()), ("error", _SMALL_CODE),
+                          ("value", pa.float64())])
+SERVICE_SCHEMA = pa.schema([("t", pa.float64()), ("service", _SMALL_CODE), ("busy", pa.int32()), ("queued", pa.int32()),
+                            ("capacity", pa.int32())])
+_TURN_TEXT = ("session_id", "outcome", "error")
+_TURN_NUMBERS = tuple(c for c in TURN_COLUMNS if c not in _TURN_TEXT)
+_TURN_INTS = ("turn_id", "stt_timeouts", "llm_timeouts", "tts_timeouts", "audio_bytes")
+#: Rows of a table kept as Python tuples before they become Arrow columns, and rows per Parquet row group
+#: when a trace streams to a folder.
+CHUNK_ROWS = 65_536
+ROW_GROUP_ROWS = 1_048_576
+#: A trace with a limit of N events keeps N / this turns (a turn comes with ~30 events).
+EVENTS_PER_TURN_KEPT = 16
+#: Rows per chunk of a trace with a limit (the live server's): ~5 ms to turn into columns.
+LIVE_CHUNK_ROWS = 4_096
+
+
+class _Table:
+    """An append-only table: rows as tuples in ``pending``, every ``chunk_rows`` rows converted to an Arrow
+    record batch, kept in memory, dropped past ``limit`` (oldest chunk first) or written to ``sink``."""
+
+    __slots__ = ("schema", "pending", "batches", "chunk_rows", "limit", "rows_in_batches", "dropped", "sink",
+                 "_writer", "_unwritten", "_unwritten_rows", "metadata")
+
+    def __init__(self, schema: pa.Schema, chunk_rows: int, limit: int | None, sink: Path | None) -> None:
+        self.schema, self.chunk_rows, self.limit, self.sink = schema, chunk_rows, limit, sink
+        self.pending: list[tuple] = []
+        self.batches: list[pa.RecordBatch] = []
+        self.rows_in_batches = self.dropped = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._unwritten: list[pa.RecordBatch] = []
+        self._unwritten_rows = 0
+        self.metadata: dict[bytes, bytes] = {}
+
+    def __len__(self) -> int:
+        return self.rows_in_batches + len(self.pending)
+
+    def flush(self) -> None:
+        """Turn the pending rows into one record batch (and write it, when streaming)."""
+        if not self.pending:
+            return
+        # Column by column (zip(*rows) would make an iterator per row, and the garbage collector scan them).
+        arrays = [_array(list(map(itemgetter(i), self.pending)), field) for i, field in enumerate(self.schema)]
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        self.pending.clear()  # in place: the state manager appends to this very list (Trace.on_transition)
+        if self.sink is not None:
+            self._unwritten.append(batch)
+            self._unwritten_rows += batch.num_rows
+            if self._unwritten_rows >= ROW_GROUP_ROWS:
+                self._write(final=False)
+            return
+        self.batches.append(batch)
+        self.rows_in_batches += batch.num_rows
+        while self.limit is not None and self.rows_in_batches - self.batches[0].num_rows >= self.limit:
+            self.rows_in_batches -= self.batches[0].num_rows
+            self.dropped += self.batches.pop(0).num_rows
+
+    def _write(self, final: bool = True) -> None:
+        """Write whole row groups of the unwritten rows (all of them if ``final``); keep the rest."""
+        assert self.sink is not None
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.sink, self.schema.with_metadata(self.metadata))
+        table = pa.Table.from_batches(self._unwritten, schema=self.schema)
+        whole = table.num_rows if final else table.num_rows - table.num_rows % ROW_GROUP_ROWS
+        if whole:
+            self._writer.write_table(table.slice(0, whole), row_group_size=ROW_GROUP_ROWS)
+        rest = table.slice(whole)
+        self._unwritten, self._unwritten_rows = rest.to_batches(), rest.num_rows
+
+    def close(self) -> None:
+        """Write what is left and close the file (when streaming; a table read from a file stays as it is)."""
+        self.flush()
+        if self.sink is not None and (self._writer is not None or self._unwritten or not self.sink.exists()):
+            self._write()
+            assert self._writer is not None
+            self._writer.close()
+            self._writer = None
+
+    def table(self) -> pa.Table:
+        """Every row kept (the most recent ``limit`` with a limit), as one Arrow table."""
+        self.flush()
+        if self.sink is not None:
+            if self._writer is not None:
+                self.close()
+            return pq.read_table(self.sink) if self.sink.exists() else self.schema.empty_table()
+        table = pa.Table.from_batches(self.batches, schema=self.schema)
+        if self.limit is not None and table.num_rows > self.limit:
+            table = table.slice(table.num_rows - self.limit)
+        return table
+
+    def batches_of(self, size: int = CHUNK_ROWS) -> Iterator[pa.RecordBatch]:
+        """The rows in record batches, without holding them all (read from the file when streaming)."""
+        self.flush()
+        if self.sink is not None:
+            if self._writer is not None:
+                self.close()
+            if self.sink.exists():
+                yield from pq.ParquetFile(self.sink).iter_batches(batch_size=size)
+            return
+        yield from self.table().to_batches(max_chunksize=size)
+
+
+def _array(values: Sequence[Any], field: pa.Field) -> pa.Array:
+    """One column of a chunk as Arrow: strings dictionary-encoded with the field's index type."""
+    if not pa.types.is_dictionary(field.type):
+        return pa.array(values, type=field.type)
+    strings = pa.array(values)  # inferred: ~100x faster than type=pa.string() on Python strings (pyarrow 26)
+    if strings.type != pa.string():  # all None (null), or not strings at all
+        strings = pa.array(values, type=pa.string())
+    codes = strings.dictionary_encode()
+    if field.type.index_type != codes.type.index_type:
+        if len(codes.dictionary) > 2**15 - 1:
+            raise TraceError(f"{field.name}: more than {2**15 - 1:,} different values in {len(values):,} events")
+        codes = pa.DictionaryArray.from_arrays(codes.indices.cast(field.type.index_type), codes.dictionary)
+    return codes
+
+
+class _Turns:
+    """The turns table in columns: numbers in one float64 block, grown by doubling, so that a row can be
+    patched in place (stale work finishing after its turn); strings as Python strings (a few per turn)."""
+
+    __slots__ = ("numbers", "text", "rows", "offset", "limit")
+
+    def __init__(self, limit: int | None) -> None:
+        self.numbers = np.empty((64, len(_TURN_NUMBERS)))
+        self.text: list[tuple[str, str | None, str | None]] = []
+        self.rows = 0  # rows kept (the ones from ``offset`` on)
+        self.offset = 0  # row number of the first row kept (rows before it were forgotten, with a limit)
+        self.limit = limit
+
+    def add(self, rec: Sequence[Any]) -> int:
+        if self.rows == len(self.numbers):
+            if self.limit is not None and self.rows >= 2 * self.limit:  # forget the oldest half
+                drop = self.rows - self.limit
+                self.numbers[:self.limit] = self.numbers[drop:self.rows]
+                del self.text[:drop]
+                self.rows -= drop
+                self.offset += drop
+            else:
+                self.numbers = np.concatenate([self.numbers, np.empty_like(self.numbers)])
+        row = self.rows
+        self.set(self.offset + row, rec)
+        self.rows += 1
+        return self.offset + row
+
+    def set(self, row: int, rec: Sequence[Any]) -> None:
+        i = row - self.offset
+        if i < 0:
+            return  # forgotten already (a live trace with a limit)
+        self.numbers[i] = [rec[k] for k in _TURN_NUMBER_INDEX]
+        text = (rec[0], rec[2], rec[3])
+        if i == len(self.text):
+            self.text.append(text)
+        else:
+            self.text[i] = text
+
+    def frame(self) -> pd.DataFrame:
+        start = max(0, self.rows - self.limit) if self.limit is not None else 0
+        numbers = self.numbers[start:self.rows]
+        text = list(zip(*self.text[start:self.rows], strict=True)) or [(), (), ()]
+        # Strings as pandas infers them from Python strings and None (as from a list of rows).
+        data: dict[str, Any] = {name: pd.Series(list(values), dtype=None if values else object)
+                                for name, values in zip(_TURN_TEXT, text, strict=True)}
+        for j, name in enumerate(_TURN_NUMBERS):
+            data[name] = numbers[:, j]
+        df = pd.DataFrame(data, columns=list(TURN_COLUMNS))
+        ints = list(_TURN_INTS)
+        tokens = df["llm_tokens"]
+        if len(tokens) and not tokens.isna().any():  # as pandas infers it from Python ints: int64 if all are
+            ints.append("llm_tokens")
+        return df.astype(dict.fromkeys(ints, "int64"))
+
+
+_TURN_NUMBER_INDEX = tuple(TURN_COLUMNS.index(c) for c in _TURN_NUMBERS)
 
 
 class Trace:
-    """Append-only record of one run. The model appends; :meth:`events_frame` and friends read."""
+    """The record of one run. The model appends; :meth:`events_frame` and friends read.
 
-    __slots__ = ("events", "turns", "service_samples", "header")
+    ``sink``: a folder to stream events and service samples to as Parquet (a run too big to hold);
+    ``limit``: keep only the most recent ``limit`` events and service samples, and ``limit / 16`` turns (the
+    live server).
+    """
 
-    def __init__(self, header: dict[str, Any] | None = None) -> None:
-        self.events: list[tuple] = []
-        self.turns: list[tuple] = []
-        self.service_samples: list[tuple] = []
+    __slots__ = ("header", "_events", "_services", "_turns", "_windows", "sink", "on_transition", "_chunk_rows",
+                 "_model_observers")
+
+    def __init__(self, header: dict[str, Any] | None = None, sink: str | Path | None = None,
+                 limit: int | None = None, chunk_rows: int | None = None) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
         self.header: dict[str, Any] = dict(header or {})
+        self.sink = None if sink is None else Path(sink)
+        if self.sink is not None:
+            if limit is not None:
+                raise ValueError("a trace streams to a folder or keeps a limit, not both")
+            self.sink.mkdir(parents=True, exist_ok=True)
+        chunk_rows = chunk_rows or CHUNK_ROWS
+        if limit is not None:  # the live server: small chunks, so that turning one into columns never holds
+            # its event loop up for more than a few milliseconds; the ring holds at most limit + a chunk.
+            chunk_rows = max(1, min(chunk_rows, limit // 4, LIVE_CHUNK_ROWS))
+        self._chunk_rows = chunk_rows
+        self._events = _Table(EVENT_SCHEMA, chunk_rows, limit, None if self.sink is None
+                              else self.sink / "events.parquet")
+        self._services = _Table(SERVICE_SCHEMA, chunk_rows, limit, None if self.sink is None
+                                else self.sink / "services.parquet")
+        self._turns = _Turns(None if limit is None else max(1, limit // EVENTS_PER_TURN_KEPT))
+        self._windows: list[tuple[float, float, str, str]] = []
+        self._model_observers: list[Callable[[tuple[Any, ...]], None]] = []
+        if self.sink is not None:  # the files' header, in place before their first row group is written
+            self._events.metadata = self._services.metadata = self._file_metadata()
+        #: State-manager observer: record a transition (a Transition is an events row as it is). The list's
+        #: own append, the cheapest call there is; the other appends flush it into columns (every utterance
+        #: ends with a model event, so transitions alone never pile up for long).
+        self.on_transition = self._events.pending.append
 
     # Appending (hot path) --------------------------------------------------------------------------
-    def on_transition(self, tr: Transition) -> None:
-        """State-manager observer: record a transition (a Transition is an events row as it is)."""
-        self.events.append(tr)
+    def _append_event(self, row: tuple) -> None:
+        pending = self._events.pending
+        pending.append(row)
+        if len(pending) >= self._chunk_rows:
+            self._events.flush()
 
     def model_event(self, t: float, session_id: str, turn_id: int, event: str, service: str | None = None,
                     value: float = _NAN, detail: str | None = None) -> None:
         """Record something the model did that is not a state transition (e.g. ``first_audio``)."""
-        self.events.append((t, session_id, turn_id, -1, event, service, None, None, None, None, None,
-                            None, None, detail, value))
+        row = (t, session_id, turn_id, -1, event, service, None, None, None, None, None, None, None, detail, value)
+        self._append_event(row)
+        for observer in self._model_observers:
+            observer(row)
+
+    def subscribe_model_events(self, observer: Callable[[tuple[Any, ...]], None]) -> Callable[[], None]:
+        """Call ``observer(row)`` with every model event from now on (a row in :data:`EVENT_COLUMNS` order,
+        ``seq`` -1); returns the function that unsubscribes it. The live RTVI dialect uses it for what
+        the state manager does not see (first token, first audio).
+
+        >>> t, seen = Trace(), []
+        >>> stop = t.subscribe_model_events(seen.append)
+        >>> t.model_event(1.0, "s1", 1, "first_audio", "tts", value=0.4); stop()
+        >>> t.model_event(2.0, "s1", 1, "turn_ended")
+        >>> [(row[0], row[4]) for row in seen]
+        [(1.0, 'first_audio')]
+        """
+        self._model_observers.append(observer)
+        return lambda: self._model_observers.remove(observer)
+
+    def service_sample(self, t: float, service: str, busy: int, queued: int, capacity: int) -> None:
+        """Record a service's busy workers and queue length after a change."""
+        pending = self._services.pending
+        pending.append((t, service, busy, queued, capacity))
+        if len(pending) >= self._chunk_rows:
+            self._services.flush()
+
+    def add_turn(self, rec: Sequence[Any]) -> int:
+        """Record a turn (its values in :data:`TURN_COLUMNS` order); returns its row, for :meth:`update_turn`."""
+        return self._turns.add(rec)
+
+    def update_turn(self, row: int, rec: Sequence[Any]) -> None:
+        """Rewrite the turn at ``row`` (stale work of a turn that has ended still adds to its busy time)."""
+        self._turns.set(row, rec)
+
+    def kafka_window(self, start: float, end: float, topic: str, cause: str) -> None:
+        """Record a Kafka stall or outage (``topic`` is a service or ``all``; ``cause`` says why)."""
+        self._windows.append((start, end, topic, cause))
+        if self._events.limit is not None and len(self._windows) > self._events.limit:
+            del self._windows[0]
+
+    # Sizes -----------------------------------------------------------------------------------------
+    @property
+    def limit(self) -> int | None:
+        """How many of the most recent events the trace keeps (None: all of them)."""
+        return self._events.limit
+
+    @property
+    def n_events(self) -> int:
+        """Events recorded and kept (with ``sink``, written too)."""
+        return len(self._events) + self._events.dropped
+
+    @property
+    def n_turns(self) -> int:
+        """Turns recorded."""
+        return self._turns.offset + self._turns.rows
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Rows forgotten because of ``limit``: events, turns and service samples."""
+        def forgotten(rows: int, kept: int, limit: int | None) -> int:
+            return rows - min(kept, limit) if limit is not None else 0
+
+        return {"events": forgotten(self.n_events, len(self._events), self._events.limit),
+                "turns": forgotten(self.n_turns, self._turns.rows, self._turns.limit),
+                "services": forgotten(len(self._services) + self._services.dropped, len(self._services),
+                                      self._services.limit)}
+
+    def nbytes(self) -> int:
+        """Bytes the trace holds in memory (Arrow buffers, the turns block and pending rows; an estimate)."""
+        pending = sum(len(t.pending) for t in (self._events, self._services)) * 400
+        arrow = sum(b.nbytes for t in (self._events, self._services) for b in t.batches)
+        return arrow + pending + self._turns.numbers.nbytes + len(self._turns.text) * 80
 
     # Frames ----------------------------------------------------------------------------------------
+    def events_table(self) -> pa.Table:
+        """Every event kept, as an Arrow table (string columns dictionary-encoded)."""
+        return self._events.table()
+
     def events_frame(self) -> pd.DataFrame:
-        """Every event, one row each, in order."""
-        df = pd.DataFrame.from_records(self.events, columns=list(EVENT_COLUMNS))
-        return df.astype({"turn_id": "int64", "seq": "int64", "buffer_size": "Int64"})
+        """Every event, one row each, in order; string columns are categoricals."""
+        return _frame(self._events.table(), {"turn_id": "int64", "seq": "int64"})
 
     def turns_frame(self) -> pd.DataFrame:
         """One row per turn (see :data:`TURN_COLUMNS`)."""
-        df = pd.DataFrame.from_records(self.turns, columns=list(TURN_COLUMNS))
-        return df.astype({"turn_id": "int64", "stt_timeouts": "int64", "llm_timeouts": "int64",
-                          "tts_timeouts": "int64", "audio_bytes": "int64"})
+        return self._turns.frame()
 
     def services_frame(self) -> pd.DataFrame:
-        """Busy workers and queue length of each service after every change."""
-        return pd.DataFrame.from_records(self.service_samples, columns=list(SERVICE_COLUMNS))
+        """Busy workers and queue length of each service after every change (``service`` a categorical)."""
+        return _frame(self._services.table(), dict.fromkeys(("busy", "queued", "capacity"), "int64"))
+
+    def kafka_windows_frame(self) -> pd.DataFrame:
+        """Every Kafka stall or outage in force: start, end (s), topic (a service or ``all``), cause."""
+        return pd.DataFrame(self._windows, columns=list(KAFKA_WINDOW_COLUMNS))
+
+    def messages_frame(self) -> pd.DataFrame:
+        """The wire messages a dashboard watching every session would have received, in order."""
+        rows = [(tr.t, tr.session_id, msg["seq"], msg["type"], json.dumps(msg, separators=(",", ":")))
+                for tr, msg in sent_messages(self)]
+        return pd.DataFrame(rows, columns=["t", "session_id", "seq", "type", "message"])
 
     # Files -----------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Finish a streamed trace: write the rows still held and the turns and Kafka windows.
+        (Nothing to do without ``sink``.)"""
+        if self.sink is None:
+            return
+        for table in (self._events, self._services):
+            table.close()
+        self._write_small(self.sink)
+
+    def _file_metadata(self) -> dict[bytes, bytes]:
+        return {b"pipesim": json.dumps(self.header, sort_keys=True).encode()}
+
+    def _write_small(self, folder: Path) -> None:
+        self.turns_frame().to_parquet(folder / "turns.parquet", index=False)
+        self.kafka_windows_frame().to_parquet(folder / "kafka_windows.parquet", index=False)
+
+    def to_parquet(self, folder: str | Path) -> list[Path]:
+        """Write the four tables as Parquet into ``folder`` (``events``, ``turns``, ``services``,
+        ``kafka_windows``; the header in ``events.parquet``'s metadata). :meth:`from_parquet` reads them back
+        exactly. A streamed trace is already there; then only what is missing is written."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        names = [out / f"{n}.parquet" for n in ("events", "turns", "services", "kafka_windows")]
+        for table, path in ((self._events, names[0]), (self._services, names[2])):
+            if table.sink is not None and table.sink.resolve() == path.resolve():
+                table.close()  # streamed there, or read from there: the file is this table already
+                continue
+            with pq.ParquetWriter(path, table.schema.with_metadata(self._file_metadata())) as writer:
+                for batch in table.batches_of(ROW_GROUP_ROWS):
+                    writer.write_batch(batch)
+        self._write_small(out)
+        return names
+
+    @classmethod
+    def from_parquet(cls, folder: str | Path) -> Trace:
+        """Load a trace written by :meth:`to_parquet` (or streamed with ``sink``); the events and service
+        samples stay in their files until a frame is asked for."""
+        folder = Path(folder)
+        events = folder / "events.parquet"
+        try:
+            meta = pq.read_schema(events).metadata or {}
+            header = json.loads(meta.get(b"pipesim", b"{}"))
+            trace = cls(header)
+            turns = pd.read_parquet(folder / "turns.parquet")
+            windows = pd.read_parquet(folder / "kafka_windows.parquet")
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise TraceError(f"{folder}: not a pipesim run folder ({exc})") from None
+        trace._events.sink, trace._services.sink = events, folder / "services.parquet"
+        for rec in turns.itertuples(index=False, name=None):
+            trace._turns.add([None if isinstance(v, float) and c in _TURN_TEXT else v
+                              for c, v in zip(TURN_COLUMNS, rec, strict=True)])
+        trace._windows = list(windows.itertuples(index=False, name=None))
+        return trace
+
     def to_jsonl(self, path: str | Path) -> None:
-        """Write the trace as JSON Lines: a header, then events, turns and service samples.
+        """Write the trace as JSON Lines: a header, then events, turns, service samples and Kafka windows.
 
         Byte for byte the same for the same run: fixed key order, no NaN (missing values are left out).
         """
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(json.dumps({"record": "header", **self.header}, sort_keys=True) + "\n")
-            for record, columns, rows in (("event", EVENT_COLUMNS, self.events),
-                                          ("turn", TURN_COLUMNS, self.turns),
-                                          ("service", SERVICE_COLUMNS, self.service_samples)):
-                for row in rows:
-                    obj = {"record": record}
-                    obj.update((k, v) for k, v in zip(columns, row, strict=True)
-                               if v is not None and not (isinstance(v, float) and math.isnan(v)))
-                    fh.write(json.dumps(obj, separators=(",", ":")) + "\n")
+            turns = self.turns_frame().astype(object)
+            for record, columns, batches in (
+                    ("event", EVENT_COLUMNS, ([c.to_pylist() for c in b.columns] for b in self._events.batches_of())),
+                    ("turn", TURN_COLUMNS, [[turns[c].tolist() for c in TURN_COLUMNS]]),
+                    ("service", SERVICE_COLUMNS, ([c.to_pylist() for c in b.columns]
+                                                  for b in self._services.batches_of())),
+                    ("kafka_window", KAFKA_WINDOW_COLUMNS, [list(zip(*self._windows, strict=True))])):
+                for batch in batches:
+                    for row in zip(*batch, strict=True):
+                        obj = {"record": record}
+                        obj.update((k, _plain(v)) for k, v in zip(columns, row, strict=True)
+                                   if v is not None and not (isinstance(v, float) and math.isnan(v)))
+                        fh.write(json.dumps(obj, separators=(",", ":")) + "\n")
 
     @classmethod
     def from_jsonl(cls, path: str | Path) -> Trace:
@@ -130,6 +497,23 @@ class Trace:
         loads can be analysed and replayed.
         """
         return _read_trace(path)[0]
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready Python value (numpy scalars from a frame become int or float)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _frame(table: pa.Table, widen: dict[str, str]) -> pd.DataFrame:
+    """A DataFrame of an Arrow table: codes become categoricals (categories sorted, so the same rows give
+    the same frame whatever their chunks), narrow integers int64, nullable integers ``Int64``."""
+    table = table.unify_dictionaries()
+    df = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    for name in df.columns:
+        if isinstance(df[name].dtype, pd.CategoricalDtype):
+            categories = df[name].cat.categories
+            df[name] = df[name].cat.reorder_categories(sorted(categories))
+    return df.astype(widen)
 
 
 def json_lines(path: str | Path, not_json: str = "not JSON") -> Iterator[tuple[int, Any]]:
@@ -170,10 +554,12 @@ TRANSITION_COLUMNS = ("t", "session_id", "turn_id", "event", "status", "state", 
 
 def _expected_type(column: str) -> tuple[type, ...]:
     # Exact types: a bool is not a number here, a float not an integer.
-    return (str,) if column in _TEXT_COLUMNS else (int,) if column in _INT_COLUMNS else (int, float)
+    return ((str,) if column in _TEXT_COLUMNS or column in ("topic", "cause")
+            else (int,) if column in _INT_COLUMNS else (int, float))
 
 
-_COLUMN_TYPES = {c: _expected_type(c) for c in (*EVENT_COLUMNS, *TURN_COLUMNS, *SERVICE_COLUMNS)}
+_COLUMN_TYPES = {c: _expected_type(c) for c in (*EVENT_COLUMNS, *TURN_COLUMNS, *SERVICE_COLUMNS,
+                                                *KAFKA_WINDOW_COLUMNS)}
 _TYPE_NAMES = {(str,): "a string", (int,): "an integer", (int, float): "a number"}
 
 
@@ -181,8 +567,10 @@ def _read_trace(path: str | Path) -> tuple[Trace, list[int]]:
     """The trace, and the line of each of its events (so that replay can name a line)."""
     trace = Trace()
     event_lines: list[int] = []
-    tables = {"event": (EVENT_COLUMNS, trace.events), "turn": (TURN_COLUMNS, trace.turns),
-              "service": (SERVICE_COLUMNS, trace.service_samples)}
+    turns: list[tuple] = []
+    tables = {"event": (EVENT_COLUMNS, trace._events.pending), "turn": (TURN_COLUMNS, turns),
+              "service": (SERVICE_COLUMNS, trace._services.pending), "kafka_window": (KAFKA_WINDOW_COLUMNS,
+                                                                                     trace._windows)}
     for number, obj in json_lines(path, not_json="not a pipesim trace record"):
         where = f"{path}:{number}"
         record = obj.pop("record", None) if isinstance(obj, dict) else None
@@ -201,27 +589,48 @@ def _read_trace(path: str | Path) -> tuple[Trace, list[int]]:
             if type(value) not in _COLUMN_TYPES[column]:
                 raise TraceError(f"{where}: {column} must be {_TYPE_NAMES[_COLUMN_TYPES[column]]}, "
                                  f"got {json.dumps(value)[:40]}")
-        if not math.isfinite(obj.get("t", 0)):
-            raise TraceError(f"{where}: t must be a finite number, got {obj['t']}")
-        rows.append(tuple(obj.get(c, -1 if c == "seq" else None if c in _TEXT_COLUMNS else _NAN)
+        for column in ("t", "start", "end"):
+            if not math.isfinite(obj.get(column, 0)):
+                raise TraceError(f"{where}: {column} must be a finite number, got {obj[column]}")
+        if record == "kafka_window" and not {"start", "end", "topic", "cause"} <= set(obj):
+            raise TraceError(f"{where}: a Kafka window needs start, end, topic and cause")
+        if record == "event" and not (-2**31 <= obj.get("turn_id", 0) < 2**31 and -1 <= obj.get("seq", -1) < 2**31
+                                      and -2**63 <= obj.get("buffer_size", 0) < 2**63):
+            raise TraceError(f"{where}: turn_id, seq or buffer_size out of range")
+        if record == "service" and not all(-2**31 <= obj.get(c, 0) < 2**31 for c in ("busy", "queued", "capacity")):
+            raise TraceError(f"{where}: busy, queued or capacity out of range")
+        if record == "service" and not set(SERVICE_COLUMNS) <= set(obj):
+            raise TraceError(f"{where}: a service sample needs {', '.join(SERVICE_COLUMNS)}")
+        rows.append(tuple(obj.get(c, -1 if c == "seq" else None if c in _TEXT_COLUMNS or c in _INT_COLUMNS else _NAN)
                           for c in columns))
         if record == "event":
             event_lines.append(number)
-    if not trace.events and not trace.turns:
+    if not event_lines and not turns:
         raise TraceError(f"{path}: no events in this trace")
+    for rec in turns:
+        trace.add_turn([0 if c in _TURN_INTS and v is None else v for c, v in zip(TURN_COLUMNS, rec, strict=True)])
     return trace, event_lines
 
 
-def transition_from_row(row: tuple) -> Transition:
+def transition_from_row(row: Sequence[Any]) -> Transition:
     """Rebuild the state-manager transition of an ``events`` row (``seq >= 0``), e.g. one read from a file."""
     t, sid, turn_id, seq, event, service, status, state, stt, llm, tts, buf, quality, error, _ = row
     return Transition(float(t), sid, int(turn_id), int(seq), event, service, status, state, stt, llm, tts,
                       int(buf), float(quality), error)
 
 
+def event_rows(trace: Trace, transitions_only: bool = False) -> Iterator[tuple]:
+    """Every events row of a trace as a tuple in :data:`EVENT_COLUMNS` order, batch by batch (a streamed
+    trace is read from its file, never whole)."""
+    for batch in trace._events.batches_of():
+        if transitions_only:
+            batch = batch.filter(pc.greater_equal(batch.column("seq"), 0))
+        yield from zip(*(batch.column(i).to_pylist() for i in range(batch.num_columns)), strict=True)
+
+
 def transitions(trace: Trace) -> list[Transition]:
     """Every state-manager transition of a trace, in order."""
-    return [transition_from_row(row) for row in trace.events if row[3] is not None and row[3] >= 0]
+    return [transition_from_row(row) for row in event_rows(trace, transitions_only=True)]
 
 
 def sent_messages(trace: Trace) -> list[tuple[Transition, dict[str, Any]]]:

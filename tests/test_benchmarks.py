@@ -13,6 +13,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 QUICK_RUNS = [
     ("bench_model.py", "model.json"),
     ("bench_live.py", "live.json"),
+    ("bench_trace.py", "trace.json"),
 ]
 
 

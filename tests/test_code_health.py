@@ -114,3 +114,53 @@ def test_python_dash_m_pipesim_is_the_cli():
     bad = subprocess.run([sys.executable, "-m", "pipesim", "run", "no-such-scenario"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("pipesim: error: ") and "Traceback" not in bad.stderr
+
+
+# Data flows one way ----------------------------------------------------------------------------------
+def _imports_of_every_module() -> dict[str, set[str]]:
+    """For each pipesim module, the pipesim modules it imports anywhere: at the top, inside functions (a lazy
+    import hides a cycle, it does not remove it) and under ``TYPE_CHECKING``."""
+    def name_of(path: Path) -> str:
+        parts = ["pipesim", *path.relative_to(PACKAGE).with_suffix("").parts]
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name_of(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                             for a in node.names}
+        graph[name] = {m for m in imported if m in modules and m != name}
+    return graph
+
+
+def test_no_pipesim_module_imports_itself_through_others():
+    graph = _imports_of_every_module()
+    assert "pipesim.plots" in graph["pipesim.results"]  # imported inside a method: it counts
+
+    def cycle_from(start: str) -> list[str] | None:
+        path, seen = [start], set()
+
+        def visit(module: str) -> list[str] | None:
+            for nxt in sorted(graph[module]):
+                if nxt == start:
+                    return [*path, start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    path.append(nxt)
+                    found = visit(nxt)
+                    if found:
+                        return found
+                    path.pop()
+            return None
+
+        return visit(start)
+
+    cycles = [" -> ".join(c) for c in map(cycle_from, sorted(graph)) if c]
+    assert cycles == []
+    # model -> trace -> DataFrames -> figures: the read side never reaches back.
+    assert "pipesim.results" not in graph["pipesim.plots"] and "pipesim.trace" not in graph["pipesim.analysis"]

@@ -233,7 +233,7 @@ def test_kafka_stall_on_demand_makes_the_next_service_request_time_out() -> None
             assert timeout["state"] == "processing" and "waiting" in timeout["services"].values()
             failed = await client.expect(is_("k", event="turn_failed"))
             assert "Kafka timed out" in failed["error"]
-            assert any(w[3] == "injected" for w in server.sim.kafka.windows)
+            assert (server.sim.trace.kafka_windows_frame()["cause"] == "injected").any()
             # A fault that cannot be applied is answered, and nothing else changes.
             await client.fault("service_outage", duration_s=1.0)
             err = await client.expect(lambda m: m["type"] == "error")

@@ -46,6 +46,7 @@ import pipesim
 from pipesim.replications import confidence_intervals, queue_metrics, replicate
 from pipesim.results import Results
 from pipesim.theory import MMc, single_stage_scenario
+from pipesim.trace import event_rows
 
 BASE_SEED = 20240601
 SERVICE_MEAN = 0.25  # seconds: STT of a short utterance
@@ -140,7 +141,7 @@ def queue_visits(res: Results, service: str) -> pd.DataFrame:
     a stale one as ``stale_request_served`` or ``stale_request_dropped``, and this checks which it was."""
     queued: dict[str, list[list]] = {}  # session -> [arrived, stale?] in queue order
     rows = []
-    for t, sid, _turn_id, _seq, event, svc, *_rest, detail, _value in res.trace.events:
+    for t, sid, _turn_id, _seq, event, svc, *_rest, detail, _value in event_rows(res.trace):
         if svc != service and event != "turn_ended":
             continue
         mine = queued.setdefault(sid, [])

@@ -181,9 +181,9 @@ def clone_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     real = pipesim.results.simulate
 
     def simulate(scenario: Any, seed: int | None = None, until: float | None = None,
-                 progress: bool | None = None) -> Any:
+                 progress: bool | None = None, out: Any = None) -> Any:
         return real(scenario, seed=seed, until=HORIZON_S if until is None else min(until, HORIZON_S),
-                    progress=progress)
+                    progress=progress, out=out)
 
     monkeypatch.setattr(pipesim.results, "simulate", simulate)
     monkeypatch.setattr(pipesim, "simulate", simulate)

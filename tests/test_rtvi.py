@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -363,3 +364,41 @@ def test_whatever_a_client_sends_the_connection_and_the_bot_carry_on(sent: list[
     assert not [m for m in got if "internal error" in json.dumps(m)]
     probe = next(m for m in got if m.get("id") == "probe")
     assert probe["type"] == "server-response" and probe["data"]["t"] == "still-there"
+
+
+def test_an_admin_reset_closes_rtvi_sockets_and_the_next_one_runs_on_the_new_model() -> None:
+    async def main() -> tuple[int | None, list[dict[str, Any]], bool, int | None]:
+        async with LiveServer(scenario(turns=50), port=0, speed=5, admin_port=0, trace_limit=5_000,
+                              forget_after=None) as server:
+            async with connect(rtvi_url(server)) as ws:
+                await send(ws, "client-ready", {"version": "2.1.0"}, "r1")
+                await receive(ws, until="bot-ready")
+                async with httpx.AsyncClient() as http:
+                    assert (await http.post(f"{server.admin_url}/reset")).status_code == 200
+                await receive(ws)  # to the close
+                closed = ws.close_code
+            bounded = server.sim.trace.limit == 5_000  # the new model is as bounded as the first
+            async with connect(rtvi_url(server)) as ws:
+                await send(ws, "client-ready", {"version": "2.1.0"}, "r2")
+                again = await receive(ws, until="bot-ready")
+                sid = again[-1]["data"]["about"]["session_id"]
+                return closed, again, bounded and sid in server.sim.manager, None
+
+    closed, again, on_new_model, _ = run(main())
+    assert closed == 1000
+    assert again[-1]["id"] == "r2" and on_new_model
+
+
+def test_a_forgotten_rtvi_session_leaves_nothing_behind() -> None:
+    async def main() -> tuple[bool, bool]:
+        async with LiveServer(scenario(turns=1), port=0, speed=50, forget_after=1.0) as server:
+            async with connect(rtvi_url(server)) as ws:
+                await send(ws, "client-ready", {"version": "2.1.0"}, "r1")
+                await receive(ws)  # one turn, then the session stops and the socket closes
+            kept = "rtvi-1" in server.rtvi.connections
+            while "rtvi-1" in server.sim.manager:  # forgotten 1 simulated second after it stopped
+                await asyncio.sleep(0.05)
+            return kept, "rtvi-1" in server.rtvi.connections
+
+    kept_while_stopped, kept_after_forgotten = run(main())
+    assert kept_while_stopped and not kept_after_forgotten

@@ -103,11 +103,11 @@ def test_run_command_reports_a_bad_file_without_traceback(tmp_path, capsys):
 
 def test_run_command_writes_parquet_and_trace(tmp_path, capsys):
     (tmp_path / "s.yaml").write_text("name: small\nsessions: {arrivals: {kind: at_once, count: 10}}\n")
-    assert main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--csv"]) == 0
+    assert main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--csv", "--jsonl"]) == 0
     out = capsys.readouterr().out
     assert "e2e_latency" in out and "p95_ms" in out
-    for name in ("turns.parquet", "sessions.parquet", "services.parquet", "messages.parquet", "trace.jsonl",
-                 "turns.csv"):
+    for name in ("events.parquet", "turns.parquet", "sessions.parquet", "services.parquet", "messages.parquet",
+                 "kafka_windows.parquet", "trace.jsonl", "turns.csv"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     header = json.loads((tmp_path / "out" / "trace.jsonl").read_text().splitlines()[0])
     assert header == {"record": "header", "scenario": "small", "seed": 0}

@@ -46,7 +46,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipesim.errors import LiveError
 from pipesim.live.access import Access
 from pipesim.live.pacer import Pacer
-from pipesim.model import Simulation
 from pipesim.protocol import FaultInjection, ProtocolError, json_schemas, parse_message, wire_messages
 from pipesim.state import IllegalTransition, Transition, UnknownSession
 from pipesim.vocabulary import SERVER_MESSAGE_TYPES, FaultKind, PipelineState, ServiceName, ServiceState, SessionStatus
@@ -508,7 +507,8 @@ class _Ops:
         self.created_by_admin.clear()
         self._push_seq.clear()
         self._admin_ids = itertools.count(1)
-        server.sim = Simulation(server.scenario, seed=old.seed, live=True)
+        server.drop_rtvi("reset")
+        server.sim = server.new_model(old.seed)
         server.pacer = Pacer(server.sim.env, speed, batch=batch)
         server.pacer.paused = paused
         server._on_start()  # the scenario's own sessions at t = 0, broadcast as on a fresh start

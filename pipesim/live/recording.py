@@ -10,7 +10,8 @@ broadcast to clients, in the order it was sent::
 flushed as it is written, so the file is complete and valid up to the last message even if the server
 is killed. Messages sent to one client only (snapshots on connect, errors) are not recorded.
 
-:func:`load_replay` reads a recording or a trace (``pipesim run --out``'s ``trace.jsonl``) into the
+:func:`load_replay` reads a recording, a trace (``trace.jsonl``) or a run folder (``pipesim run --out``'s
+Parquet, or its ``trace.jsonl``) into the
 ``(t, message)`` pairs that :class:`~pipesim.live.ReplayServer` plays.
 
 >>> import tempfile, os
@@ -33,8 +34,10 @@ from pipesim.protocol import ProtocolError, dumps, parse_message, wire_messages
 from pipesim.trace import (
     EVENT_COLUMNS,
     TRANSITION_COLUMNS,
+    Trace,
     TraceError,
     _read_trace,
+    event_rows,
     json_lines,
     transition_from_row,
 )
@@ -87,13 +90,22 @@ def load_replay(path: str | Path) -> list[tuple[float, dict[str, Any]]]:
     """The ``(t, message)`` pairs of a recording or a trace, in the order they were sent.
 
     ``path`` is a recording (``pipesim serve --record``), a trace (``trace.jsonl`` from
-    ``pipesim run --out`` or :meth:`pipesim.Trace.to_jsonl`), or a ``run --out`` folder. Raises
-    :class:`ReplayError` (a :class:`~pipesim.trace.TraceError`) naming the file and line of the problem.
+    ``pipesim run --out --jsonl`` or :meth:`pipesim.Trace.to_jsonl`), or a run folder (its
+    ``events.parquet``, else its ``trace.jsonl``). Raises :class:`ReplayError` (a
+    :class:`~pipesim.trace.TraceError`) naming the file and line (or event) of the problem.
     """
     p = Path(path)
     if p.is_dir():
+        if (p / "events.parquet").exists():
+            try:
+                trace = Trace.from_parquet(p)
+            except TraceError as exc:
+                raise ReplayError(str(exc)) from None
+            where = f"{p / 'events.parquet'}: event"
+            return _trace_messages(p, ((row, f"{where} {i}") for i, row in enumerate(event_rows(trace), 1)))
         if not (p / "trace.jsonl").exists():
-            raise ReplayError(f"{p}: a folder without trace.jsonl (give a recording or a trace file)")
+            raise ReplayError(f"{p}: a folder without events.parquet or trace.jsonl (give a recording or a "
+                              f"trace file)")
         p = p / "trace.jsonl"
     lines = json_lines(p, not_json="not JSON, expected a pipesim recording or trace")
     first = next(lines, None)
@@ -118,24 +130,30 @@ def _server_message(message: dict[str, Any], where: str) -> None:
 
 def _load_trace(path: Path) -> list[tuple[float, dict[str, Any]]]:
     trace, event_lines = _read_trace(path)
+    return _trace_messages(path, ((row, f"{path}:{number}") for row, number in zip(event_rows(trace), event_lines,
+                                                                                    strict=True)))
+
+
+def _trace_messages(path: Path, rows: Any) -> list[tuple[float, dict[str, Any]]]:
+    """The messages of a trace's events, given as ``(row, where)`` pairs (``where`` names the row)."""
     out = []
     required = [EVENT_COLUMNS.index(c) for c in TRANSITION_COLUMNS]
     # Validating each of ~10^5 messages with pydantic would triple the load time. The reader has checked
     # every field's type; what else the protocol constrains takes few values, so one message per
     # combination of those is validated.
     validated: set[tuple[Any, ...]] = set()
-    for row, number in zip(trace.events, event_lines, strict=True):
+    for row, where in rows:
         if row[3] < 0:  # a model event, not a transition: nothing was sent
             continue
         missing = [EVENT_COLUMNS[i] for i in required if row[i] is None]
         if missing:
-            raise ReplayError(f"{path}:{number}: a state transition (seq >= 0) needs {', '.join(missing)}")
+            raise ReplayError(f"{where}: a state transition (seq >= 0) needs {', '.join(missing)}")
         tr = transition_from_row(row)
         for message in wire_messages(tr):
             kind = (message["type"], tr.state, tr.status, tr.stt, tr.llm, tr.tts, tr.turn_id >= 0,
                     tr.buffer_size >= 0, 0 <= tr.audio_quality <= 1, tr.error is None)
             if kind not in validated:
-                _server_message(message, f"{path}:{number}")
+                _server_message(message, where)
                 validated.add(kind)
             out.append((tr.t, message))
     if not out:

@@ -178,23 +178,7 @@ class RtviDialect:
         self.connections: dict[str, RtviConnection] = {}
         self._next = 1
         self.sim.manager.subscribe(self._on_transition)
-        self._observe_model_events()
-
-    def _observe_model_events(self) -> None:
-        # The trace records the model's own events (first audio, ...) but has no observers: watch what is
-        # appended to its event table (model events are its rows with seq -1) rather than change the
-        # trace, which offline runs share.
-        on_row = self._on_model_event
-
-        class ObservedRows(list[tuple[Any, ...]]):
-            __slots__ = ()
-
-            def append(self, row: tuple[Any, ...]) -> None:
-                super().append(row)
-                if row[3] == -1:
-                    on_row(row)
-
-        self.sim.trace.events = ObservedRows(self.sim.trace.events)
+        self.sim.trace.subscribe_model_events(self._on_model_event)
 
     def _on_model_event(self, row: tuple[Any, ...]) -> None:
         t, session_id, turn_id, _seq, event, service = row[:6]

@@ -98,7 +98,9 @@ Limits
   (``--forget-after``, default 60; None: never): the model and the state manager drop it, it no longer
   gets snapshots, controls name it ``unknown_session``, and ``start`` is still refused (a stopped id is
   never reused; the ids of forgotten client-created sessions are kept for that, a few dozen bytes each).
-  The model's trace (``LiveServer.sim.trace``) still keeps every event (about 300 bytes each).
+* Memory: the model's trace (``LiveServer.sim.trace``) keeps the most recent ``trace_limit`` events and
+  service samples and a sixteenth as many turns (default 200,000, some 25 MB; ``None`` keeps everything;
+  ``trace.dropped`` counts what it forgot), so it stays bounded however long the server runs.
 
 Replay
 ------
@@ -176,6 +178,9 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_FAULT = 4000
 #: Pipecat's RTVI dialect (``pipesim/live/rtvi.py``), served by :class:`LiveServer` beside ``/ws``.
 RTVI_PATH = "/rtvi"
+#: Events (and service samples; a sixteenth as many turns) a live server's trace keeps by default: a ring, so
+#: that memory stays bounded however long it runs (~60 bytes an event in the trace).
+DEFAULT_TRACE_LIMIT = 200_000
 _FALLBACK_PAGE = """<!doctype html><meta charset="utf-8"><title>pipesim</title>
 <h1>pipesim live server</h1>
 <p>The dashboard page is not installed (<code>pipesim/live/static/index.html</code>).
@@ -764,7 +769,8 @@ class LiveServer(_BaseServer):
                  send_buffer: int | None = 128 * 1024, static_dir: str | Path | None = None,
                  allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = (), token: str | None = None,
                  owner_only: bool = False, admin_port: int | None = None, admin_token: str | None = None,
-                 journal_size: int = DEFAULT_JOURNAL_SIZE, forget_after: float | None = 60.0) -> None:
+                 journal_size: int = DEFAULT_JOURNAL_SIZE, forget_after: float | None = 60.0,
+                 trace_limit: int | None = DEFAULT_TRACE_LIMIT) -> None:
         super().__init__(host=host, port=port, record=record, client_queue=client_queue,
                          close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
                          allow_origins=allow_origins, allow_hosts=allow_hosts, token=token,
@@ -778,14 +784,27 @@ class LiveServer(_BaseServer):
         #: Stopped sessions forgotten so far.
         self.forgotten = 0
         self.scenario = as_scenario(scenario)
-        #: The one model; its ``trace`` keeps everything that happened (it grows for as long as it runs).
-        self.sim = Simulation(self.scenario, seed=seed, live=True)
+        self.trace_limit = trace_limit
+        #: The one model; its ``trace`` keeps the most recent ``trace_limit`` events (None: everything).
+        self.sim = self.new_model(seed)
         self.pacer = Pacer(self.sim.env, speed)
         self._unsubscribe: Callable[[], None] | None = None
         self._pacer_task: asyncio.Task[None] | None = None
         self._rtvi: Any = None  # pipesim.live.rtvi.RtviDialect, made by the first /rtvi connection
 
     _serves_rtvi = True
+
+    def new_model(self, seed: int | None) -> Simulation:
+        """The live model of this server's scenario (at start, and again on an admin reset)."""
+        return Simulation(self.scenario, seed=seed, live=True, trace_limit=self.trace_limit)
+
+    def drop_rtvi(self, reason: str) -> None:
+        """Close every RTVI socket (their sessions are gone, e.g. on a reset); the next one starts afresh."""
+        if self._rtvi is not None:
+            for conn in list(self._rtvi.connections.values()):
+                if not conn.client.closing:
+                    self._drop(conn.client, 1000, reason)
+            self._rtvi = None
 
     @property
     def rtvi(self) -> Any:
@@ -835,6 +854,8 @@ class LiveServer(_BaseServer):
         if session_id in self.sim.manager and self.sim.manager.status(session_id) == "stopped":
             self.sim.forget(session_id)
             self.forgotten += 1
+            if self._rtvi is not None:
+                self._rtvi.connections.pop(session_id, None)
 
     def _stats(self) -> dict[str, Any]:
         pacer, loop = self.pacer, self._loop

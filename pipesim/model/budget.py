@@ -2,8 +2,10 @@
 
 A run keeps every event in its trace (see :mod:`pipesim.trace`), so its memory grows with
 sessions x turns x events per turn, and every user utterance adds one ``audio`` report per
-``audio.metadata_interval_s``. A scenario that asks for millions of sessions or turns is refused up front
-with a message that says so, rather than filling the machine's memory and being killed.
+``audio.metadata_interval_s``. A run that streams its trace to Parquet (``simulate(..., out=DIR)``,
+``pipesim run --out``) holds at most a row group of events at a time, and its turn rows. A scenario that
+asks for millions of sessions or turns is refused up front with a message that says so, rather than
+filling the machine's memory and being killed.
 
 >>> from pipesim.scenario import Scenario
 >>> est = estimate_run(Scenario.model_validate({"sessions": {"arrivals": {"kind": "at_once", "count": 100}}}))
@@ -23,12 +25,19 @@ import numpy as np
 
 from pipesim.distributions import MAX_DRAW
 from pipesim.scenario import MAX_UTTERANCE_S, AtOnce, Poisson, Scenario, ScenarioError
+from pipesim.trace import CHUNK_ROWS, ROW_GROUP_ROWS
 
-#: Measured on ``baseline`` (1,000 and 10,000 sessions, CPython 3.11): a trace event (a transition or
-#: model event, with its share of turn rows and service samples) takes ~500 bytes while the run goes
-#: on, and a session (its random streams and samplers) ~20 KB.
-BYTES_PER_EVENT = 500
+#: Measured on ``baseline`` (10,000 sessions, CPython 3.11, tracemalloc; docs/performance.md): the columnar
+#: trace holds ~70 bytes per event (a transition or model event, with its share of turn rows and service
+#: samples); the model's own live objects add about as much again while the run goes on. A session (its
+#: random streams and samplers) takes ~20 KB.
+BYTES_PER_EVENT = 150
 BYTES_PER_SESSION = 20_000
+#: Streaming: the events held before a row group is written (a row group and a chunk of pending rows, at
+#: ~400 bytes each as Python tuples), and a turn row, which stays in memory until the end of the run.
+STREAMED_EVENTS = ROW_GROUP_ROWS + CHUNK_ROWS
+BYTES_PER_PENDING_EVENT = 400
+BYTES_PER_TURN = 400
 #: Events of one turn besides its audio reports (~21 in ``baseline``), and of one session besides its turns.
 EVENTS_PER_TURN = 22
 EVENTS_PER_SESSION = 4
@@ -71,12 +80,13 @@ def _sessions(scenario: Scenario, horizon: float) -> float:
     return float(np.trapezoid(np.interp(grid, times, rates), grid))
 
 
-def estimate_run(scenario: Scenario, until: float | None = None) -> RunEstimate:
+def estimate_run(scenario: Scenario, until: float | None = None, streaming: bool = False) -> RunEstimate:
     """Estimate the sessions, turns, events and memory of running ``scenario`` offline until ``until``
     (default: its ``duration_s``, or until its sessions end), from the means of its distributions.
 
     With a horizon, a session has at most as many turns as fit in it (each at least an utterance, the
-    end-of-utterance delay and the user's think time).
+    end-of-utterance delay and the user's think time). ``streaming``: the trace goes to Parquet as the run
+    goes, so only its turn rows and one row group of events count.
     """
     horizon = until if until is not None else (scenario.duration_s or math.inf)
     s, audio = scenario.sessions, scenario.audio
@@ -91,11 +101,15 @@ def estimate_run(scenario: Scenario, until: float | None = None) -> RunEstimate:
     per_turn = EVENTS_PER_TURN + reports(utterance)
     sessions = _sessions(scenario, horizon)
     events = sessions * (EVENTS_PER_SESSION + turns * per_turn)
+    all_turns = sessions * turns
     for script in s.scripted:
         sessions += 1
         events += EVENTS_PER_SESSION + sum(EVENTS_PER_TURN + reports(min(step.speak or 0.0, MAX_UTTERANCE_S))
                                            for step in script.timeline)
-    return RunEstimate(sessions, turns, per_turn, events, sessions * BYTES_PER_SESSION + events * BYTES_PER_EVENT)
+        all_turns += len(script.timeline)
+    trace = (all_turns * BYTES_PER_TURN + min(events, STREAMED_EVENTS) * BYTES_PER_PENDING_EVENT if streaming
+             else events * BYTES_PER_EVENT)
+    return RunEstimate(sessions, turns, per_turn, events, sessions * BYTES_PER_SESSION + trace)
 
 
 def default_memory_limit() -> int:
@@ -114,7 +128,8 @@ def default_memory_limit() -> int:
         return 4 * 2**30
 
 
-def check_budget(scenario: Scenario, until: float | None = None, memory_limit: int | None = None) -> RunEstimate:
+def check_budget(scenario: Scenario, until: float | None = None, memory_limit: int | None = None,
+                 streaming: bool = False) -> RunEstimate:
     """Raise :class:`~pipesim.scenario.ScenarioError` if running ``scenario`` until ``until`` would need
     more than ``memory_limit`` bytes (default: :func:`default_memory_limit`); return the estimate.
 
@@ -122,9 +137,9 @@ def check_budget(scenario: Scenario, until: float | None = None, memory_limit: i
     >>> check_budget(Scenario.model_validate({"sessions": {"arrivals": {"kind": "at_once", "count": 1_000_000}}}),
     ...              memory_limit=2**30)
     Traceback (most recent call last):
-    pipesim.errors.ScenarioError: scenario 'unnamed': a run would need about 100.5 GB of memory ...
+    pipesim.errors.ScenarioError: scenario 'unnamed': a run would need about 44.2 GB of memory ...
     """
-    est = estimate_run(scenario, until)
+    est = estimate_run(scenario, until, streaming)
     limit = default_memory_limit() if memory_limit is None else memory_limit
     if est.bytes > limit:
         raise ScenarioError([
@@ -132,5 +147,6 @@ def check_budget(scenario: Scenario, until: float | None = None, memory_limit: i
             f"(~{est.sessions:,.0f} sessions x {est.turns_per_session:,.1f} turns x {est.events_per_turn:,.0f} "
             f"events), more than the {limit / 1e9:,.1f} GB it may take (memory_limit); lower "
             f"sessions.arrivals (count, rate_per_s, duration_s or points), sessions.turns, or the audio "
-            f"reports per utterance (audio.metadata_interval_s), or stop it sooner (duration_s, --until)"])
+            f"reports per utterance (audio.metadata_interval_s), or stop it sooner (duration_s, --until)"
+            + ("" if streaming else "; or stream the trace to Parquet (simulate(..., out=DIR), pipesim run --out)")])
     return est

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -30,8 +31,14 @@ class KafkaBroker:
     8.004
     """
 
-    def __init__(self, scenario: Scenario, rng: np.random.Generator) -> None:
+    def __init__(self, scenario: Scenario, rng: np.random.Generator,
+                 record_window: Callable[[float, float, str, str], None] | None = None) -> None:
         cfg = scenario.kafka
+        #: Every window that has been in force goes here, for analysis: (start, end, topic or "all", cause).
+        #: The simulation passes its trace's recorder (so that a saved run keeps them); by default they are
+        #: kept in :attr:`windows`.
+        self.windows: list[tuple[float, float, str, str]] = []
+        self._record = record_window or (lambda *window: self.windows.append(window))
         self._windows: dict[str, list[tuple[float, float]]] = {t: [] for t in SERVICES}
         self._longest = 0.0
         #: Random stalls are drawn up to here at most (an offline run's horizon): nothing after it can
@@ -47,9 +54,9 @@ class KafkaBroker:
         self._stall_duration = cfg.stalls.duration_s.sampler(rng)
         self._rng = rng
         self._next_stall = self._draw_gap(0.0)
-        #: Every window that has been in force, for analysis: (start, end, topic or "all", cause).
-        self.windows: list[tuple[float, float, str, str]] = [
-            (s, e, topic, "scheduled") for topic in SERVICES for s, e in self._windows[topic]]
+        for topic in SERVICES:
+            for start, end in self._windows[topic]:
+                self._record(start, end, topic, "scheduled")
 
     def _draw_gap(self, t: float) -> float:
         return t + self._rng.exponential(1.0 / self._stall_rate) if self._stall_rate > 0 else float("inf")
@@ -60,7 +67,7 @@ class KafkaBroker:
             bisect.insort(self._windows[name], (start, end))
         self._longest = max(self._longest, end - start)
         if cause != "scheduled":
-            self.windows.append((start, end, topic or "all", cause))
+            self._record(start, end, topic or "all", cause)
 
     def _extend_stalls(self, until: float) -> None:
         until = min(until, self.horizon)

@@ -12,7 +12,7 @@ requests of a cancelled turn are withdrawn and its workers released at once.
 >>> from pipesim.scenario import Scenario
 >>> sim = Simulation(Scenario.model_validate({"sessions": {"arrivals": {"kind": "at_once", "count": 3}}}))
 >>> sim.run()
->>> len(sim.trace.turns) >= 15
+>>> sim.trace.n_turns >= 15
 True
 """
 
@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -217,16 +218,17 @@ class Simulation:
     """
 
     def __init__(self, scenario: Scenario, seed: int | None = None, env: simpy.Environment | None = None,
-                 live: bool = False) -> None:
+                 live: bool = False, trace_limit: int | None = None, trace_out: str | Path | None = None) -> None:
         self.scenario = scenario
         self.seed = scenario.seed if seed is None else int(seed)
         self.env = env or simpy.Environment()
         self.live = live
         self.streams = Streams(self.seed)
         self.manager = PipelineStateManager(max_retries=scenario.kafka.max_retries)
-        self.trace = Trace({"scenario": scenario.name, "seed": self.seed})
+        # trace_limit: keep only the most recent events (the live server); trace_out: stream it to Parquet.
+        self.trace = Trace({"scenario": scenario.name, "seed": self.seed}, sink=trace_out, limit=trace_limit)
         self.manager.subscribe(self.trace.on_transition)
-        self.kafka = KafkaBroker(scenario, self.streams.generator("kafka-broker"))
+        self.kafka = KafkaBroker(scenario, self.streams.generator("kafka-broker"), self.trace.kafka_window)
         self.pools = {name: simpy.Resource(self.env, getattr(scenario.services, name).capacity)
                       for name in SERVICES}
         self.sessions: dict[str, _Session] = {}
@@ -264,7 +266,7 @@ class Simulation:
         """
         horizon = until if until is not None else self.scenario.duration_s
         if not self._started:
-            check_budget(self.scenario, horizon, memory_limit)
+            check_budget(self.scenario, horizon, memory_limit, streaming=self.trace.sink is not None)
         self._horizon = self.kafka.horizon = math.inf if horizon is None else horizon
         self.start()
         with _rare_garbage_collection():
@@ -346,7 +348,7 @@ class Simulation:
         >>> sim = Simulation(Scenario(), live=True)
         >>> _ = sim.control("abc", "start")
         >>> sim.speak_now("abc"); sim.env.run(until=sim.env.now + 0.01)
-        >>> sim.trace.events[-1][4]
+        >>> sim.trace.events_frame()["event"].iloc[-1]
         'speech_started'
         """
         s = self.sessions.get(session_id)
@@ -876,7 +878,7 @@ class Simulation:
         column = _TURN_INDEX[f"{name}_busy"]
         turn.rec[column] += seconds
         if turn.row is not None:  # stale work finishing after the turn: keep its row whole
-            self.trace.turns[turn.row] = tuple(turn.rec)
+            self.trace.update_turn(turn.row, turn.rec)
 
     def _release(self, job: _Job) -> None:
         pool = self.pools[job.name]
@@ -886,7 +888,7 @@ class Simulation:
 
     def _sample(self, name: str) -> None:
         pool = self.pools[name]
-        self.trace.service_samples.append((self.env.now, name, pool.count, len(pool.queue), pool.capacity))
+        self.trace.service_sample(self.env.now, name, pool.count, len(pool.queue), pool.capacity)
 
     def _close_turn(self, turn: _Turn | None, outcome: str, error: str | None = None) -> None:
         """End a turn once: withdraw its queued requests, free its workers, write its row."""
@@ -906,8 +908,7 @@ class Simulation:
         turn.set("outcome", outcome)
         turn.set("error", error)
         turn.set("turn_end", now)
-        turn.row = len(self.trace.turns)
-        self.trace.turns.append(tuple(turn.rec))
+        turn.row = self.trace.add_turn(turn.rec)
         self.trace.model_event(self.env.now, turn.rec[0], turn.turn_id, "turn_ended", detail=outcome)
         turn.finished.succeed(outcome)
 

@@ -100,4 +100,5 @@ REQUESTED: dict[str, str] = {
     "service_requested": WAITING, "service_started": EXECUTING, "service_completed": COMPLETE,
     "kafka_timeout": WAITING, "service_failed": IDLE,
 }
+IllegalTransition.requested_states.update(REQUESTED)
 

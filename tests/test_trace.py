@@ -1,0 +1,216 @@
+"""The trace is the one complete record of a run: columnar, the same frames as before it was, saved and
+loaded without loss (Parquet or JSON Lines), streamed to Parquet, bounded for the live server."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import trace_reference
+
+import pipesim
+from pipesim import analysis, plots, trace
+from pipesim.cli import main as cli_main
+from pipesim.live import load_replay
+from pipesim.model import Simulation
+from pipesim.model.budget import check_budget, estimate_run
+from pipesim.results import Results
+from pipesim.scenario import Scenario
+from pipesim.trace import TURN_COLUMNS, Trace
+
+#: Where the columnar trace changed a dtype on purpose: codes (categoricals) instead of strings.
+CATEGORICAL = {"events": {"session_id", "event", "service", "status", "state", "stt", "llm", "tts", "error"},
+               "services": {"service"}}
+EMPTY = {"name": "empty", "sessions": {"arrivals": {"kind": "at_once", "count": 0}}}
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[str, Results]:
+    return {name: pipesim.simulate(name, seed=seed, progress=False) for name, seed in trace_reference.RUNS.items()}
+
+
+@pytest.mark.parametrize("name", trace_reference.RUNS)
+def test_every_frame_holds_the_values_it_held_before_the_trace_was_columnar(runs, name):
+    """tests/data/trace_reference.json was written by tests/trace_reference.py from the list-of-tuples
+    trace (commit 9061704); the same runs must give the same values, and the same dtypes but for codes."""
+    reference = json.loads(trace_reference.REFERENCE.read_text())[name]
+    got = trace_reference.digests(runs[name])
+    for frame, ref in reference.items():
+        assert got[frame]["rows"] == ref["rows"], frame
+        assert got[frame]["values"] == ref["values"], frame
+        changed = {c for c, t in got[frame]["dtypes"].items() if t != ref["dtypes"][c]}
+        assert changed <= CATEGORICAL.get(frame, set()), (frame, changed)
+        assert all(got[frame]["dtypes"][c] == "category" for c in changed)
+    assert sorted(got) == sorted(reference)
+
+
+def figure_inputs(res: Results) -> dict[str, Any]:
+    """The DataFrames (and values) pipesim.plots draws from, as it computes them."""
+    end = res.end_time
+    return {
+        "breakdown": analysis.breakdown(res.turns),
+        "percentile_breakdown": analysis.percentile_breakdown(res.turns),
+        "latency_over_time": analysis.latency_over_time(res.turns, 10.0),
+        "utilisation": analysis.utilisation(res.services, 10.0, end=end),
+        "settled_services": analysis.settled_services(res.services),
+        "incident_counts": analysis.incident_counts(res.events, 10.0),
+        "incidents": analysis.incidents(res.events),
+        "state_durations": analysis.state_durations(res.events, end=end),
+        "windows": plots._windows(res),
+        "summary": res.summary(),
+        "interesting_session": plots.interesting_session(res),
+        "end_time": end,
+    }
+
+
+def assert_same_run(a: Results, b: Results, frames: tuple[str, ...] = trace_reference.FRAMES[:-1]) -> None:
+    for name in frames:
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True, obj=name)
+    for name, value in figure_inputs(a).items():
+        other = figure_inputs(b)[name]
+        if isinstance(value, pd.DataFrame):
+            pd.testing.assert_frame_equal(value, other, check_exact=True, obj=name)
+        else:
+            assert value == other, name
+
+
+@pytest.mark.parametrize("name", ["baseline", "kafka_timeouts", "empty"])
+def test_save_and_load_give_back_every_frame_and_every_figure_input(runs, tmp_path, name):
+    res = runs[name] if name in runs else pipesim.simulate(EMPTY, progress=False)
+    written = {p.name for p in res.save(tmp_path, jsonl=True)}
+    assert {"events.parquet", "turns.parquet", "sessions.parquet", "services.parquet", "messages.parquet",
+            "kafka_windows.parquet", "scenario.json", "trace.jsonl"} <= written
+    loaded = Results.load(tmp_path)
+    assert (loaded.scenario, loaded.seed) == (res.scenario, res.seed)
+    assert_same_run(res, loaded)
+    # The derived tables are rebuilt from the trace alone the same (not only read back from their files).
+    rebuilt = Results(loaded.scenario, loaded.seed, Trace.from_parquet(tmp_path))
+    assert_same_run(res, rebuilt)
+    # JSON Lines keeps everything too (a trace without a single event is refused, as replay would).
+    if name == "empty":
+        with pytest.raises(trace.TraceError, match="no events in this trace"):
+            Results.load(tmp_path / "trace.jsonl")
+    else:
+        assert_same_run(res, Results.load(tmp_path / "trace.jsonl"))
+    # A loaded run saved where it was read from (its events stay in the file they are read from).
+    loaded.save(tmp_path)
+    assert_same_run(res, Results.load(tmp_path))
+    if name == "kafka_timeouts":
+        assert len(loaded.kafka_windows) == 3  # the scenario's outage, on each topic
+
+
+def test_a_run_streamed_to_parquet_in_chunks_is_the_run_held_in_memory(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(trace, "CHUNK_ROWS", 1_000)
+    monkeypatch.setattr(trace, "ROW_GROUP_ROWS", 5_000)
+    held = []
+
+    def spy(self: trace._Table) -> None:
+        held.append(len(self.pending) + sum(b.num_rows for b in self.batches) + self._unwritten_rows)
+        flush(self)
+
+    flush = trace._Table.flush
+    monkeypatch.setattr(trace._Table, "flush", spy)
+    streamed = pipesim.simulate("kafka_timeouts", seed=42, progress=False, out=tmp_path)
+    monkeypatch.undo()
+    events = pq.ParquetFile(tmp_path / "events.parquet")
+    assert events.metadata.num_rows == len(runs["kafka_timeouts"].events)
+    assert events.metadata.num_row_groups == math.ceil(events.metadata.num_rows / 5_000)
+    assert max(held) <= 5_000 + 1_000  # never more than a row group and a chunk in memory
+    assert_same_run(runs["kafka_timeouts"], streamed)
+    assert_same_run(runs["kafka_timeouts"], Results.load(tmp_path))
+
+
+def test_replay_reads_a_run_folder_from_parquet_or_json_lines(tmp_path):
+    res = pipesim.simulate({"sessions": {"arrivals": {"kind": "at_once", "count": 3}, "turns": 2}}, progress=False)
+    res.save(tmp_path / "parquet")
+    res.save(tmp_path / "jsonl", jsonl=True)
+    (tmp_path / "jsonl" / "events.parquet").unlink()
+    expected = [(t, json.loads(m)) for t, m in zip(res.messages["t"], res.messages["message"], strict=True)]
+    assert load_replay(tmp_path / "parquet") == expected
+    assert load_replay(tmp_path / "jsonl") == expected
+
+
+def test_pipesim_run_out_writes_parquet_and_json_lines_on_request(tmp_path, capsys):
+    scenario = tmp_path / "s.json"
+    scenario.write_text(json.dumps({"sessions": {"arrivals": {"kind": "at_once", "count": 2}, "turns": 1}}))
+    assert cli_main(["run", str(scenario), "--out", str(tmp_path / "a")]) == 0
+    assert cli_main(["run", str(scenario), "--out", str(tmp_path / "b"), "--jsonl"]) == 0
+    assert not (tmp_path / "a" / "trace.jsonl").exists() and (tmp_path / "b" / "trace.jsonl").exists()
+    assert_same_run(Results.load(tmp_path / "a"), Results.load(tmp_path / "b"))
+    assert (tmp_path / "a" / "turns.parquet").read_bytes() == (tmp_path / "b" / "turns.parquet").read_bytes()
+    assert "trace.jsonl" in capsys.readouterr().out
+
+
+# Memory --------------------------------------------------------------------------------------------------
+def test_a_trace_event_costs_well_under_200_bytes():
+    sim = Simulation(Scenario.model_validate({"sessions": {"arrivals": {"kind": "at_once", "count": 300}}}),
+                     seed=1)
+    sim.run()
+    sim.trace._events.flush()
+    sim.trace._services.flush()
+    assert sim.trace.n_events > 40_000
+    assert sim.trace.nbytes() / sim.trace.n_events < 100
+
+
+def test_streaming_lets_the_budget_take_a_run_that_would_not_fit_in_memory():
+    big = Scenario.model_validate({"sessions": {"arrivals": {"kind": "at_once", "count": 100_000}}})
+    held, streamed = estimate_run(big), estimate_run(big, streaming=True)
+    assert streamed.events == held.events and streamed.bytes < held.bytes
+    limit = (held.bytes + streamed.bytes) / 2
+    check_budget(big, memory_limit=limit, streaming=True)
+    with pytest.raises(pipesim.ScenarioError, match="would need about"):
+        check_budget(big, memory_limit=limit)
+
+
+# A bounded trace (the live server) -------------------------------------------------------------------------
+def test_a_limited_trace_keeps_the_most_recent_rows_and_counts_the_rest():
+    t = Trace(limit=1_600)  # and 100 turns
+    for i in range(16_000):
+        t.model_event(float(i), "s", i, "speech_ended", value=1.0)
+        t.service_sample(float(i), "llm", 1, 0, 4)
+    rows = [t.add_turn([f"s{i}", i, "complete", None, *[float(i)] * (len(TURN_COLUMNS) - 4)]) for i in range(1_000)]
+    assert t.events_frame()["t"].tolist() == [float(i) for i in range(14_400, 16_000)]
+    assert t.services_frame()["t"].tolist() == [float(i) for i in range(14_400, 16_000)]
+    assert t.turns_frame()["turn_id"].tolist() == list(range(900, 1_000))
+    assert t.dropped == {"events": 14_400, "turns": 900, "services": 14_400}
+    assert t.n_events == 16_000 and t.n_turns == 1_000
+    t.update_turn(rows[0], [None] * len(TURN_COLUMNS))  # forgotten: nothing to patch, no error
+    t.update_turn(rows[-1], ["s999", 999, "failed", "late", *[0.5] * (len(TURN_COLUMNS) - 4)])
+    assert t.turns_frame().iloc[-1][["outcome", "error", "e2e_latency"]].tolist() == ["failed", "late", 0.5]
+    assert t.nbytes() < 2 * 1_600 * 400
+
+
+def test_a_simulation_with_a_trace_limit_keeps_the_tail_of_the_same_run():
+    scn = Scenario.model_validate({"sessions": {"arrivals": {"kind": "at_once", "count": 30}}})
+    whole, bounded = Simulation(scn, seed=2), Simulation(scn, seed=2, trace_limit=1_000)
+    whole.run()
+    bounded.run()
+    events = whole.trace.events_frame()
+    assert bounded.trace.dropped["events"] == len(events) - 1_000 > 0
+    pd.testing.assert_frame_equal(bounded.trace.events_frame().astype({c: str for c in CATEGORICAL["events"]}),
+                                  events.tail(1_000).reset_index(drop=True).astype(
+                                      {c: str for c in CATEGORICAL["events"]}))
+    turns = whole.trace.turns_frame()
+    pd.testing.assert_frame_equal(bounded.trace.turns_frame(), turns.tail(len(bounded.trace.turns_frame()))
+                                  .reset_index(drop=True))
+
+
+def test_a_bad_run_folder_is_one_clear_error(tmp_path):
+    (tmp_path / "events.parquet").write_text("not parquet")
+    with pytest.raises(trace.TraceError, match="not a pipesim run folder"):
+        Results.load(tmp_path)
+
+
+def test_the_live_server_keeps_a_bounded_trace_by_default():
+    from pipesim.cli import build_parser
+    from pipesim.live import LiveServer
+    from pipesim.live.server import DEFAULT_TRACE_LIMIT
+
+    assert LiveServer("frontend_demo", port=0).sim.trace._events.limit == DEFAULT_TRACE_LIMIT
+    assert LiveServer("frontend_demo", port=0, trace_limit=None).sim.trace._events.limit is None
+    assert build_parser().parse_args(["serve"]).trace_limit == DEFAULT_TRACE_LIMIT
+    assert build_parser().parse_args(["serve", "--trace-limit", "500"]).trace_limit == 500

@@ -118,8 +118,9 @@ def test_python_dash_m_pipesim_is_the_cli():
 
 # Data flows one way ----------------------------------------------------------------------------------
 def _imports_of_every_module() -> dict[str, set[str]]:
-    """For each pipesim module, the pipesim modules it imports anywhere: at the top, inside functions (a lazy
-    import hides a cycle, it does not remove it) and under ``TYPE_CHECKING``."""
+    """For each pipesim module, the pipesim modules it imports when it runs: at the top and inside functions
+    (a lazy import hides a cycle, it does not remove it). Imports under ``if TYPE_CHECKING:`` are left out:
+    they name the type of an object a module is handed (the admin API's server, say) and never run."""
     def name_of(path: Path) -> str:
         parts = ["pipesim", *path.relative_to(PACKAGE).with_suffix("").parts]
         return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -128,7 +129,13 @@ def _imports_of_every_module() -> dict[str, set[str]]:
     graph = {}
     for name, path in modules.items():
         imported = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                     and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+                     for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
             if isinstance(node, ast.Import):
                 imported |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module:

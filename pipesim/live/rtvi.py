@@ -46,8 +46,8 @@ from websockets.exceptions import ConnectionClosed
 
 from pipesim import __version__ as pipesim_version
 from pipesim.errors import IllegalTransition, ProtocolError, UnknownSession
+from pipesim.live.connection import RTVI_PATH, Client
 from pipesim.live.rtvi_codec import decode_frame, encode_message
-from pipesim.live.server import RTVI_PATH, _Client
 from pipesim.protocol import MAX_MESSAGE_BYTES, wire_messages
 from pipesim.state import Transition
 from pipesim.vocabulary import RTVI_CLIENT_MESSAGE_TYPES
@@ -140,7 +140,7 @@ class _Event(NamedTuple):
     value: float
 
 
-class _RtviClient(_Client):
+class _RtviClient(Client):
     """The server's view of an RTVI socket: closed by ``disconnect`` faults and shutdown like any other
     client, but never sent the seed's broadcast (its messages come from :class:`RtviConnection`)."""
 

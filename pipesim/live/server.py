@@ -131,7 +131,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -145,6 +144,7 @@ from websockets.protocol import State
 from pipesim import _jsonsafe
 from pipesim.errors import LiveError
 from pipesim.live.access import Access, RedactingLogger
+from pipesim.live.connection import RTVI_PATH, Client
 from pipesim.live.encode import encode_transition
 from pipesim.live.journal import DEFAULT_JOURNAL_SIZE, Journal
 from pipesim.live.pacer import Pacer
@@ -176,8 +176,6 @@ MAX_FRAME_BYTES = 4 * MAX_MESSAGE_BYTES
 CLOSE_SLOW = 1013
 CLOSE_GOING_AWAY = 1001
 CLOSE_FAULT = 4000
-#: Pipecat's RTVI dialect (``pipesim/live/rtvi.py``), served by :class:`LiveServer` beside ``/ws``.
-RTVI_PATH = "/rtvi"
 #: Events (and service samples; a sixteenth as many turns) a live server's trace keeps by default: a ring, so
 #: that memory stays bounded however long it runs (~60 bytes an event in the trace).
 DEFAULT_TRACE_LIMIT = 200_000
@@ -186,33 +184,6 @@ _FALLBACK_PAGE = """<!doctype html><meta charset="utf-8"><title>pipesim</title>
 <p>The dashboard page is not installed (<code>pipesim/live/static/index.html</code>).
 Connect a WebSocket client to <code>/ws</code> (all sessions) or <code>/ws?session_id=ID</code>.</p>
 """
-
-
-@dataclass(eq=False)
-class _Client:
-    """One WebSocket connection: what it watches and its outbound queue."""
-
-    ws: ServerConnection
-    watch_all: bool
-    #: Sessions named by the ``session_id`` filter or by a successful control.
-    watched: set[str]
-    #: Sessions this connection created with ``start`` (what it may control under ``owner_only``).
-    owned: set[str] = field(default_factory=set)
-    queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
-    writer: asyncio.Task[None] | None = None
-    closing: bool = False
-    #: The connection's id in the journal (``c1``, ``c2``, ... in order of connection).
-    id: str = ""
-    #: The journal entry of the inbound message being handled (its result is filled in by _send).
-    inbound: dict[str, Any] | None = None
-
-    def wants(self, session_id: str | None) -> bool:
-        return self.watch_all or session_id in self.watched
-
-    @property
-    def name(self) -> str:
-        host, port = (self.ws.remote_address or ("?", 0))[:2]
-        return f"{host}:{port}"
 
 
 class _BaseServer:
@@ -238,13 +209,13 @@ class _BaseServer:
         #: Clients disconnected for being too slow, since the start.
         self.slow_disconnects = 0
         self.recorder: Recorder | None = None
-        self._clients: set[_Client] = set()
+        self._clients: set[Client] = set()
         # Who gets a message about a session: the unfiltered clients, and the watchers of that session
         # (indexed, so a broadcast costs O(its recipients), not O(clients)).
-        self._watch_all: set[_Client] = set()
-        self._watchers: dict[str, set[_Client]] = {}
+        self._watch_all: set[Client] = set()
+        self._watchers: dict[str, set[Client]] = {}
         # Messages on their way straight to a socket, written at the end of the current step (_flush).
-        self._pending: dict[_Client, list[bytes]] = {}
+        self._pending: dict[Client, list[bytes]] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -389,10 +360,10 @@ class _BaseServer:
     async def _on_stop(self) -> None:
         pass
 
-    def _on_connect(self, client: _Client) -> None:
+    def _on_connect(self, client: Client) -> None:
         pass
 
-    def _snapshot(self, client: _Client) -> list[dict[str, Any]]:
+    def _snapshot(self, client: Client) -> list[dict[str, Any]]:
         return []
 
     def _journal_t(self) -> float:
@@ -403,10 +374,10 @@ class _BaseServer:
         """``GET /stats``: counters for load tests and monitoring."""
         return {"clients": len(self._clients), "slow_disconnects": self.slow_disconnects, "refused": self.refused}
 
-    def _on_control(self, client: _Client, msg: ConversationControl) -> None:
+    def _on_control(self, client: Client, msg: ConversationControl) -> None:
         raise NotImplementedError
 
-    def _on_fault(self, client: _Client, msg: FaultInjection) -> None:
+    def _on_fault(self, client: Client, msg: FaultInjection) -> None:
         raise NotImplementedError
 
     #: Whether ``/rtvi`` is served (its handshake passes the same access checks as ``/ws``).
@@ -447,7 +418,7 @@ class _BaseServer:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     @staticmethod
-    def _writable(client: _Client) -> bool:
+    def _writable(client: Client) -> bool:
         """Whether a message may go straight to the socket: nothing queued before it (order), and the
         transport below its high-water mark, where ``send`` would wait (else the message waits in the
         queue, which measures how far behind the client is). The writer task writes a message the moment
@@ -456,7 +427,7 @@ class _BaseServer:
         return (not client.closing and client.queue.empty() and ws.state is State.OPEN
                 and ws.transport.get_write_buffer_size() < ws.transport.get_write_buffer_limits()[1])
 
-    def _flush(self, only: _Client | None = None) -> None:
+    def _flush(self, only: Client | None = None) -> None:
         """Write the collected messages: all of them, or ``only`` that client's (before anything else of
         its goes through the queue, to keep the order)."""
         if only is not None:
@@ -476,7 +447,7 @@ class _BaseServer:
             except Exception as exc:  # a broken connection: its handler sees it close
                 log.debug("writing to %s failed: %s", client.name, exc)
 
-    def _register(self, client: _Client) -> None:
+    def _register(self, client: Client) -> None:
         """Into the broadcast: every message about what the client watches now reaches its queue."""
         self._clients.add(client)
         if client.watch_all:
@@ -484,13 +455,13 @@ class _BaseServer:
         for sid in client.watched:
             self._watch(client, sid)
 
-    def _watch(self, client: _Client, session_id: str) -> None:
+    def _watch(self, client: Client, session_id: str) -> None:
         """``client`` watches ``session_id`` from now on (by its filter or by a control)."""
         client.watched.add(session_id)
         if not client.closing and not client.watch_all:  # (an unfiltered client gets it already)
             self._watchers.setdefault(session_id, set()).add(client)
 
-    def _unwatch(self, client: _Client, session_id: str) -> None:
+    def _unwatch(self, client: Client, session_id: str) -> None:
         client.watched.discard(session_id)
         watchers = self._watchers.get(session_id)
         if watchers is not None:
@@ -498,7 +469,7 @@ class _BaseServer:
             if not watchers:
                 del self._watchers[session_id]
 
-    def _send(self, client: _Client, message: dict[str, Any] | BaseModel) -> None:
+    def _send(self, client: Client, message: dict[str, Any] | BaseModel) -> None:
         if self.journal is not None:
             data = message.model_dump(mode="json") if isinstance(message, BaseModel) else message
             self.journal.outbound(client.id, data, self._journal_t())
@@ -506,10 +477,10 @@ class _BaseServer:
                 client.inbound["result"] = {"error": {"code": data["code"], "message": data["message"]}}
         self._offer(client, dumps(message))
 
-    def _error(self, client: _Client, code: str, message: str, session_id: str | None = None) -> None:
+    def _error(self, client: Client, code: str, message: str, session_id: str | None = None) -> None:
         self._send(client, {"type": "error", "code": code, "message": message, "session_id": session_id})
 
-    def _offer(self, client: _Client, text: str) -> None:
+    def _offer(self, client: Client, text: str) -> None:
         if client.closing:
             return
         if client in self._pending:
@@ -522,7 +493,7 @@ class _BaseServer:
             return
         client.queue.put_nowait(text)
 
-    def _detach(self, client: _Client) -> None:
+    def _detach(self, client: Client) -> None:
         """No more messages for this client: out of the broadcast, its writer stopped."""
         client.closing = True
         self._pending.pop(client, None)
@@ -537,7 +508,7 @@ class _BaseServer:
         if client.writer is not None:
             client.writer.cancel()
 
-    def _drop(self, client: _Client, code: int, reason: str) -> None:
+    def _drop(self, client: Client, code: int, reason: str) -> None:
         """Disconnect a client without waiting for it (callable from the pacer's callbacks)."""
         if client.closing:
             return
@@ -546,7 +517,7 @@ class _BaseServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _close(self, client: _Client, code: int, reason: str) -> None:
+    async def _close(self, client: Client, code: int, reason: str) -> None:
         self._detach(client)
         try:
             # close() waits for the peer's close frame, and first for room in the write buffer, which a
@@ -558,7 +529,7 @@ class _BaseServer:
         except Exception:  # a connection that breaks while closing is closed all the same
             client.ws.transport.abort()
 
-    async def _writer(self, client: _Client) -> None:
+    async def _writer(self, client: Client) -> None:
         ws, queue = client.ws, client.queue
         try:
             while True:
@@ -648,7 +619,7 @@ class _BaseServer:
             await self._serve_rtvi(ws)
             return
         wanted = [sid for sid in parse_qs(urlsplit(ws.request.path).query).get("session_id", []) if sid]
-        client = _Client(ws, watch_all=not wanted, watched=set(wanted), id=f"c{next(self._connections)}")
+        client = Client(ws, watch_all=not wanted, watched=set(wanted), id=f"c{next(self._connections)}")
         self._limit_send_buffer(ws)
         # Snapshot and registration with no await in between: no transition can fall between the two.
         for message in self._snapshot(client):
@@ -677,7 +648,7 @@ class _BaseServer:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
 
-    def _on_message(self, client: _Client, raw: bytes) -> None:
+    def _on_message(self, client: Client, raw: bytes) -> None:
         if self.journal is None:
             self._handle_message(client, raw)
             return
@@ -690,7 +661,7 @@ class _BaseServer:
                 client.inbound["result"] = "applied"
             client.inbound = None
 
-    def _handle_message(self, client: _Client, raw: bytes) -> None:
+    def _handle_message(self, client: Client, raw: bytes) -> None:
         if len(raw) > MAX_MESSAGE_BYTES:
             self._error(client, "too_large", f"message is {len(raw)} bytes, the limit is {MAX_MESSAGE_BYTES}")
             return
@@ -708,7 +679,7 @@ class _BaseServer:
             log.exception("handling %r failed", msg)
             self._error(client, "unsupported", f"internal error handling {getattr(msg, 'type', msg)}: {exc}")
 
-    def _disconnect(self, client: _Client, msg: FaultInjection, known: Callable[[str], bool]) -> None:
+    def _disconnect(self, client: Client, msg: FaultInjection, known: Callable[[str], bool]) -> None:
         """The ``disconnect`` fault: close the connections that watch ``msg.session_id`` by name."""
         sid = msg.session_id
         if sid is not None and not known(sid):
@@ -868,7 +839,7 @@ class LiveServer(_BaseServer):
         return {**super()._stats(), "clock": clock, "pacer_lag": pacer.lag.as_dict(), "pacer_errors": pacer.errors,
                 "sessions": len(self.sim.sessions), "forgotten": self.forgotten}
 
-    def _snapshot(self, client: _Client) -> list[dict[str, Any]]:
+    def _snapshot(self, client: Client) -> list[dict[str, Any]]:
         mgr = self.sim.manager
         now = self.pacer.catch_up()
         out = []
@@ -877,7 +848,7 @@ class LiveServer(_BaseServer):
                 out.append(wire_messages(mgr.snapshot(sid, now))[0])
         return out
 
-    def _on_control(self, client: _Client, msg: ConversationControl) -> None:
+    def _on_control(self, client: Client, msg: ConversationControl) -> None:
         self.pacer.catch_up()
         sid = msg.session_id
         exists = sid in self.sim.manager
@@ -904,7 +875,7 @@ class LiveServer(_BaseServer):
                 self._unwatch(client, sid)
         self.pacer.wake()  # the control may have scheduled events sooner than the pacer's next one
 
-    def _on_fault(self, client: _Client, msg: FaultInjection) -> None:
+    def _on_fault(self, client: Client, msg: FaultInjection) -> None:
         if msg.fault == "disconnect":
             self._disconnect(client, msg, lambda sid: sid in self.sim.manager)
             return
@@ -1048,13 +1019,13 @@ class ReplayServer(_BaseServer):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._player
 
-    def _on_connect(self, client: _Client) -> None:
+    def _on_connect(self, client: Client) -> None:
         if self._player is None:
             if not self._moved:
                 self.playback.restart()  # from the first message, now: nobody misses the beginning
             self._player = asyncio.ensure_future(self._play())
 
-    def _snapshot(self, client: _Client) -> list[dict[str, Any]]:
+    def _snapshot(self, client: Client) -> list[dict[str, Any]]:
         return [{**m, "event": "snapshot", "timestamp": self._position}
                 for sid, m in self._latest.items() if client.wants(sid)]
 
@@ -1093,12 +1064,12 @@ class ReplayServer(_BaseServer):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
 
-    def _on_control(self, client: _Client, msg: ConversationControl) -> None:
+    def _on_control(self, client: Client, msg: ConversationControl) -> None:
         self._error(client, "unsupported",
                     f"{msg.action}: this server replays {self.source}; controls cannot change it",
                     msg.session_id)
 
-    def _on_fault(self, client: _Client, msg: FaultInjection) -> None:
+    def _on_fault(self, client: Client, msg: FaultInjection) -> None:
         if msg.fault == "disconnect":
             known = {m[1].get("session_id") for m in self._items}
             self._disconnect(client, msg, lambda sid: sid in known)

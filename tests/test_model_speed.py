@@ -59,3 +59,12 @@ def test_run_puts_the_garbage_collector_setting_back_even_when_it_fails():
     assert seen[-1] == RUN_GC_THRESHOLD != before
     assert gc.get_threshold() == before
 
+
+
+def test_an_offline_run_lets_ended_sessions_go_and_keeps_every_result():
+    # Memory follows the sessions in flight: 100,000 sessions must not hold 100,000 sets of random streams.
+    scenario = pipesim.load_scenario("baseline").override({"sessions.arrivals.count": 60})
+    sim = Simulation(scenario, seed=3)
+    sim.run()
+    assert sim.sessions == {}
+    assert sim.trace.turns_frame()["session_id"].nunique() == 60

@@ -30,7 +30,8 @@ from pipesim.trace import CHUNK_ROWS, ROW_GROUP_ROWS
 #: Measured on ``baseline`` (10,000 sessions, CPython 3.11, tracemalloc; docs/performance.md): the columnar
 #: trace holds ~70 bytes per event (a transition or model event, with its share of turn rows and service
 #: samples); the model's own live objects add about as much again while the run goes on. A session (its
-#: random streams and samplers) takes ~20 KB.
+#: random streams and samplers) takes ~20 KB while it runs (an upper bound: offline, an ended session's
+#: memory is released, so only the sessions in flight hold it).
 BYTES_PER_EVENT = 150
 BYTES_PER_SESSION = 20_000
 #: Streaming: the events held before a row group is written (a row group and a chunk of pending rows, at

@@ -482,6 +482,10 @@ class Simulation:
     def _ended(self, s: _Session) -> None:
         s.ended = True
         s.epoch += 1
+        if not self.live:
+            # Offline, nothing asks for an ended session by id again (its late work holds it itself): let its
+            # streams and state go, so that memory follows the sessions in flight, not every session so far.
+            del self.sessions[s.id]
         if self.on_session_end is not None:
             self.on_session_end(s.id)
 

@@ -449,13 +449,15 @@ def main() -> None:
     parser.add_argument("--soak", action="store_true", help="the memory soak instead")
     parser.add_argument("--soak-speed", type=float, default=60.0)
     parser.add_argument("--soak-minutes", type=float, default=40.0, help="simulated minutes")
+    parser.add_argument("--soak-trace-limit", type=int, default=200_000,
+                        help="the server's --trace-limit in the soak (smaller: the ring fills sooner)")
     args = parser.parse_args()
     info = machine()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.soak:
         # As served (a bounded trace, forgetting); then without each bound, to show what each one holds.
         runs = [soak(args.soak_speed, args.soak_minutes, 20, 120.0, limit, forget)
-                for limit, forget in ((200_000, 60.0), (0, 60.0), (200_000, None))]
+                for limit, forget in ((args.soak_trace_limit, 60.0), (0, 60.0), (args.soak_trace_limit, None))]
         print(f"{'trace':>7} {'forget':>7} {'sim min':>8} {'kept':>5} {'forgot':>6} {'RSS0 MB':>8} {'RSS1 MB':>8} "
               f"{'MB/sim h':>9}")
         for r in runs:

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 
 from pipesim import _jsonsafe
 from pipesim.errors import TraceError
-from pipesim.protocol import wire_messages
+from pipesim.protocol import CREATED_TEMPLATE, ENDED_TEMPLATE, UPDATE_TEMPLATE, json_string, wire_messages
 from pipesim.state import Transition
 
 EVENT_COLUMNS = ("t", "session_id", "turn_id", "seq", "event", "service", "status", "state", "stt", "llm",
@@ -75,6 +75,8 @@ TURN_COLUMNS = (
     "tts_kafka", "tts_queue", "tts_service", "tts_retry", "tts_timeouts", "tts_stage", "tts_busy",
     "ttfb", "tts_audio_duration", "e2e_latency",
 )
+#: Columns of ``Results.messages``: ``message`` is the JSON text sent, ``t`` the time of its transition.
+MESSAGE_COLUMNS = ("t", "session_id", "seq", "type", "message")
 SERVICE_COLUMNS = ("t", "service", "busy", "queued", "capacity")
 KAFKA_WINDOW_COLUMNS = ("start", "end", "topic", "cause")
 _NAN = math.nan
@@ -409,9 +411,13 @@ class Trace:
 
     def messages_frame(self) -> pd.DataFrame:
         """The wire messages a dashboard watching every session would have received, in order."""
-        rows = [(tr.t, tr.session_id, msg["seq"], msg["type"], json.dumps(msg, separators=(",", ":")))
-                for tr, msg in sent_messages(self)]
-        return pd.DataFrame(rows, columns=["t", "session_id", "seq", "type", "message"])
+        parts = [_batch_messages(batch.filter(pc.greater_equal(batch.column("seq"), 0)))
+                 for batch in self._events.batches_of()]
+        if not any(len(part["t"]) for part in parts):
+            return pd.DataFrame([], columns=list(MESSAGE_COLUMNS))  # as from no rows: every column object
+        # Numbers as numpy arrays, text as lists of str (so that pandas makes them its string columns).
+        return pd.DataFrame({name: np.concatenate([part[name] for part in parts]) if name in ("t", "seq")
+                             else [x for part in parts for x in part[name]] for name in MESSAGE_COLUMNS})
 
     # Files -----------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -514,6 +520,72 @@ def _frame(table: pa.Table, widen: dict[str, str]) -> pd.DataFrame:
             categories = df[name].cat.categories
             df[name] = df[name].cat.reorder_categories(sorted(categories))
     return df.astype(widen)
+
+
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # as json.dumps writes them
+
+
+def _texts(column: pa.Array, missing: Any = None) -> tuple[list[Any], np.ndarray]:
+    """The distinct values of a string column (``missing`` last, for nulls) and each row's index into them."""
+    if not pa.types.is_dictionary(column.type):
+        column = column.dictionary_encode()
+    values = column.dictionary.to_pylist()
+    codes = column.indices.cast(pa.int64()).fill_null(len(values)).to_numpy()
+    return [*values, missing], codes
+
+
+def _json_strings(column: pa.Array, when: Callable[[Any], Any] = lambda v: v) -> np.ndarray:
+    """Each row's value of a string column as JSON (``null`` for a null), escaped once per distinct value;
+    ``when`` maps a value first."""
+    values, codes = _texts(column)
+    mapped = map(when, values)
+    return np.array(["null" if v is None else json_string(v) for v in mapped], dtype=object)[codes]
+
+
+def _json_numbers(column: pa.Array) -> list[str]:
+    """Each row's number as ``json.dumps`` writes it (``repr``; NaN and infinities as ``NaN``, ``Infinity``)."""
+    if pa.types.is_integer(column.type):
+        return column.cast(pa.string()).fill_null("null").to_pylist()
+    values = column.to_numpy(zero_copy_only=False)
+    text = list(map(float.__repr__, values.tolist()))
+    return text if np.isfinite(values).all() else [_NON_FINITE.get(x, x) for x in text]
+
+
+def _batch_messages(rows: pa.RecordBatch) -> dict[str, Any]:
+    """The wire messages of a batch of transitions (events rows with ``seq >= 0``) as columns, in order:
+    ``wire_messages`` and ``dumps`` for a whole batch at once, through the live server's templates."""
+    col = rows.column
+    events, event_codes = _texts(col("event"))
+    created = np.isin(event_codes, [i for i, e in enumerate(events) if e == "session_created"])
+    stopped = np.isin(event_codes, [i for i, e in enumerate(events) if e == "session_stopped"])
+    sids, sid_codes = _texts(col("session_id"))
+    session_id = np.array(sids, dtype=object)[sid_codes]
+    qsid = _json_strings(col("session_id"))
+    t, seq = _json_numbers(col("t")), _json_numbers(col("seq"))
+    update = zip(qsid, *(_json_strings(col(c)) for c in ("state", "stt", "llm", "tts")),
+                 _json_numbers(col("buffer_size")), _json_numbers(col("audio_quality")), t, seq,
+                 _json_numbers(col("turn_id")), *(_json_strings(col(c)) for c in ("event", "status", "error")),
+                 strict=True)
+    message = np.array([CREATED_TEMPLATE % (fields[0], fields[7], fields[8]) if is_created else UPDATE_TEMPLATE % fields
+                        for fields, is_created in zip(update, created.tolist(), strict=True)], dtype=object)
+    kind = np.where(created, "session_created", "pipeline_state_update").astype(object)
+    ended = rows.filter(pa.array(stopped))
+    seq_after = pc.add(ended.column("seq").cast(pa.int64()), 1)
+    ended_text = [ENDED_TEMPLATE % fields for fields in zip(
+        _json_strings(ended.column("session_id")), _json_numbers(ended.column("t")), _json_numbers(seq_after),
+        _json_strings(ended.column("error"), when=lambda e: e or "stopped"), strict=True)]
+    # Each stopped transition's session_ended right after its update: rows move down by the ends before them.
+    position = np.arange(len(created)) + np.cumsum(stopped) - stopped
+    order = np.empty(len(created) + len(ended_text), dtype=np.int64)
+    order[position] = np.arange(len(created))
+    order[position[stopped] + 1] = len(created) + np.arange(len(ended_text))
+    times = col("t").to_numpy(zero_copy_only=False)
+    seqs = col("seq").to_numpy(zero_copy_only=False).astype(np.int64)
+    return {"t": np.concatenate([times, times[stopped]])[order],
+            "session_id": np.concatenate([session_id, session_id[stopped]])[order].tolist(),
+            "seq": np.concatenate([seqs, seqs[stopped] + 1])[order],
+            "type": np.concatenate([kind, np.full(len(ended_text), "session_ended", dtype=object)])[order].tolist(),
+            "message": np.concatenate([message, np.array(ended_text, dtype=object)])[order].tolist()}
 
 
 def json_lines(path: str | Path, not_json: str = "not JSON") -> Iterator[tuple[int, Any]]:

@@ -32,7 +32,7 @@ message that says exactly what is wrong.
 from __future__ import annotations
 
 import json
-from json.encoder import encode_basestring_ascii as json_string  # the C escaper json.dumps uses
+from json.encoder import encode_basestring_ascii
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -269,6 +269,9 @@ def wire_messages(tr: Any) -> list[dict[str, Any]]:
                          "seq": tr.seq + 1, "reason": tr.error or "stopped"}]
     return [update]
 
+
+#: A string as JSON text, as ``dumps`` writes it (the JSON module's own C escaper, ASCII only).
+json_string = encode_basestring_ascii
 
 #: The wire text of :func:`wire_messages`' three shapes as ``%`` templates, in ``dumps``' key order: fill
 #: the slots with JSON values (strings through :func:`json_string`) to get what ``dumps`` would write.

@@ -410,14 +410,23 @@ class Trace:
         return pd.DataFrame(self._windows, columns=list(KAFKA_WINDOW_COLUMNS))
 
     def messages_frame(self) -> pd.DataFrame:
-        """The wire messages a dashboard watching every session would have received, in order."""
+        """The wire messages a dashboard watching every session would have received, in order: ``message``
+        is the JSON text, byte for byte what ``json.dumps`` writes of each of :func:`sent_messages`.
+        Built column by column (a million messages in seconds), never one message at a time.
+
+        >>> from pipesim.state import Transition
+        >>> t = Trace()
+        >>> t.on_transition(Transition(0.5, "s1", 0, 0, "session_created", None, "created", "idle", "idle",
+        ...                            "idle", "idle", 0, 0.0, None))
+        >>> t.messages_frame()["message"].tolist()
+        ['{"type":"session_created","session_id":"s1","timestamp":0.5,"seq":0}']
+        """
         parts = [_batch_messages(batch.filter(pc.greater_equal(batch.column("seq"), 0)))
                  for batch in self._events.batches_of()]
         if not any(len(part["t"]) for part in parts):
             return pd.DataFrame([], columns=list(MESSAGE_COLUMNS))  # as from no rows: every column object
-        # Numbers as numpy arrays, text as lists of str (so that pandas makes them its string columns).
-        return pd.DataFrame({name: np.concatenate([part[name] for part in parts]) if name in ("t", "seq")
-                             else [x for part in parts for x in part[name]] for name in MESSAGE_COLUMNS})
+        table = pa.table({name: pa.chunked_array([part[name] for part in parts]) for name in MESSAGE_COLUMNS})
+        return table.to_pandas()
 
     # Files -----------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -525,67 +534,75 @@ def _frame(table: pa.Table, widen: dict[str, str]) -> pd.DataFrame:
 _NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # as json.dumps writes them
 
 
-def _texts(column: pa.Array, missing: Any = None) -> tuple[list[Any], np.ndarray]:
-    """The distinct values of a string column (``missing`` last, for nulls) and each row's index into them."""
+def _texts(column: pa.Array) -> tuple[list[str | None], np.ndarray]:
+    """The distinct values of a string column (then None, for nulls) and each row's index into them."""
     if not pa.types.is_dictionary(column.type):
         column = column.dictionary_encode()
     values = column.dictionary.to_pylist()
-    codes = column.indices.cast(pa.int64()).fill_null(len(values)).to_numpy()
-    return [*values, missing], codes
+    return [*values, None], column.indices.cast(pa.int64()).fill_null(len(values)).to_numpy()
 
 
-def _json_strings(column: pa.Array, when: Callable[[Any], Any] = lambda v: v) -> np.ndarray:
-    """Each row's value of a string column as JSON (``null`` for a null), escaped once per distinct value;
-    ``when`` maps a value first."""
+def _json_strings(column: pa.Array, replace: Callable[[str | None], str | None] | None = None) -> pa.Array:
+    """Each row's value of a string column (``replace``\\ d first) as JSON, ``null`` for None; every
+    distinct value escaped once."""
     values, codes = _texts(column)
-    mapped = map(when, values)
-    return np.array(["null" if v is None else json_string(v) for v in mapped], dtype=object)[codes]
+    if replace is not None:
+        values = list(map(replace, values))
+    return pa.array(["null" if v is None else json_string(v) for v in values], pa.string()).take(codes)
 
 
-def _json_numbers(column: pa.Array) -> list[str]:
-    """Each row's number as ``json.dumps`` writes it (``repr``; NaN and infinities as ``NaN``, ``Infinity``)."""
+def _json_numbers(column: pa.Array) -> pa.Array:
+    """Each row's number as ``json.dumps`` writes it: an int's digits, a float's ``repr`` (NaN and
+    infinities as ``NaN``, ``Infinity``); every distinct float (bit for bit: 0.0 is not -0.0) formatted once."""
     if pa.types.is_integer(column.type):
-        return column.cast(pa.string()).fill_null("null").to_pylist()
-    values = column.to_numpy(zero_copy_only=False)
+        return column.cast(pa.string()).fill_null("null")
+    bits = pa.array(column.to_numpy(zero_copy_only=False).view(np.int64)).dictionary_encode()
+    values = bits.dictionary.to_numpy().view(np.float64)
     text = list(map(float.__repr__, values.tolist()))
-    return text if np.isfinite(values).all() else [_NON_FINITE.get(x, x) for x in text]
+    if not np.isfinite(values).all():
+        text = [_NON_FINITE.get(x, x) for x in text]
+    return pa.array(text, pa.string()).take(bits.indices)
+
+
+def _fill(template: str, *values: pa.Array) -> pa.Array:
+    """``template % row`` for every row of the ``values`` columns (JSON text), joined in Arrow.
+    (The templates hold no ``%`` but their ``%s`` slots.)"""
+    literals = template.split("%s")
+    parts: list[Any] = [literals[0]]
+    for value, literal in zip(values, literals[1:], strict=True):
+        parts += [value, literal]
+    return pc.binary_join_element_wise(*parts, "")
 
 
 def _batch_messages(rows: pa.RecordBatch) -> dict[str, Any]:
     """The wire messages of a batch of transitions (events rows with ``seq >= 0``) as columns, in order:
-    ``wire_messages`` and ``dumps`` for a whole batch at once, through the live server's templates."""
+    what ``wire_messages`` and ``dumps`` give one by one, through the live server's templates."""
     col = rows.column
     events, event_codes = _texts(col("event"))
-    created = np.isin(event_codes, [i for i, e in enumerate(events) if e == "session_created"])
-    stopped = np.isin(event_codes, [i for i, e in enumerate(events) if e == "session_stopped"])
-    sids, sid_codes = _texts(col("session_id"))
-    session_id = np.array(sids, dtype=object)[sid_codes]
-    qsid = _json_strings(col("session_id"))
-    t, seq = _json_numbers(col("t")), _json_numbers(col("seq"))
-    update = zip(qsid, *(_json_strings(col(c)) for c in ("state", "stt", "llm", "tts")),
-                 _json_numbers(col("buffer_size")), _json_numbers(col("audio_quality")), t, seq,
-                 _json_numbers(col("turn_id")), *(_json_strings(col(c)) for c in ("event", "status", "error")),
-                 strict=True)
-    message = np.array([CREATED_TEMPLATE % (fields[0], fields[7], fields[8]) if is_created else UPDATE_TEMPLATE % fields
-                        for fields, is_created in zip(update, created.tolist(), strict=True)], dtype=object)
-    kind = np.where(created, "session_created", "pipeline_state_update").astype(object)
-    ended = rows.filter(pa.array(stopped))
-    seq_after = pc.add(ended.column("seq").cast(pa.int64()), 1)
-    ended_text = [ENDED_TEMPLATE % fields for fields in zip(
-        _json_strings(ended.column("session_id")), _json_numbers(ended.column("t")), _json_numbers(seq_after),
-        _json_strings(ended.column("error"), when=lambda e: e or "stopped"), strict=True)]
+    created = pa.array(event_codes == (events.index("session_created") if "session_created" in events else -1))
+    stopped = event_codes == (events.index("session_stopped") if "session_stopped" in events else -1)
+    session_id = pc.cast(col("session_id"), pa.string())
+    sid, t, seq = _json_strings(col("session_id")), _json_numbers(col("t")), _json_numbers(col("seq"))
+    update = _fill(UPDATE_TEMPLATE, sid, *(_json_strings(col(c)) for c in ("state", "stt", "llm", "tts")),
+                   _json_numbers(col("buffer_size")), _json_numbers(col("audio_quality")), t, seq,
+                   _json_numbers(col("turn_id")), *(_json_strings(col(c)) for c in ("event", "status", "error")))
+    message = pc.if_else(created, _fill(CREATED_TEMPLATE, sid, t, seq), update)
+    kind = pc.if_else(created, "session_created", "pipeline_state_update")
+    ends = pa.array(stopped)
+    seq_after = pc.add(col("seq").filter(ends).cast(pa.int64()), 1)
+    ended = _fill(ENDED_TEMPLATE, sid.filter(ends), t.filter(ends), seq_after.cast(pa.string()),
+                  _json_strings(col("error"), replace=lambda e: e or "stopped").filter(ends))
     # Each stopped transition's session_ended right after its update: rows move down by the ends before them.
-    position = np.arange(len(created)) + np.cumsum(stopped) - stopped
-    order = np.empty(len(created) + len(ended_text), dtype=np.int64)
-    order[position] = np.arange(len(created))
-    order[position[stopped] + 1] = len(created) + np.arange(len(ended_text))
-    times = col("t").to_numpy(zero_copy_only=False)
-    seqs = col("seq").to_numpy(zero_copy_only=False).astype(np.int64)
-    return {"t": np.concatenate([times, times[stopped]])[order],
-            "session_id": np.concatenate([session_id, session_id[stopped]])[order].tolist(),
-            "seq": np.concatenate([seqs, seqs[stopped] + 1])[order],
-            "type": np.concatenate([kind, np.full(len(ended_text), "session_ended", dtype=object)])[order].tolist(),
-            "message": np.concatenate([message, np.array(ended_text, dtype=object)])[order].tolist()}
+    n, n_ended = rows.num_rows, len(ended)
+    position = np.arange(n) + np.cumsum(stopped) - stopped
+    order = np.empty(n + n_ended, dtype=np.int64)
+    order[position] = np.arange(n)
+    order[position[stopped] + 1] = n + np.arange(n_ended)
+    return {"t": pa.concat_arrays([col("t"), col("t").filter(ends)]).take(order),
+            "session_id": pa.concat_arrays([session_id, session_id.filter(ends)]).take(order),
+            "seq": pa.concat_arrays([col("seq").cast(pa.int64()), seq_after]).take(order),
+            "type": pa.concat_arrays([kind, pa.array(["session_ended"] * n_ended, pa.string())]).take(order),
+            "message": pa.concat_arrays([message, ended]).take(order)}
 
 
 def json_lines(path: str | Path, not_json: str = "not JSON") -> Iterator[tuple[int, Any]]:

@@ -543,7 +543,7 @@ def _texts(column: pa.Array) -> tuple[list[str | None], np.ndarray]:
 
 
 def _json_strings(column: pa.Array, replace: Callable[[str | None], str | None] | None = None) -> pa.Array:
-    """Each row's value of a string column (``replace``\\ d first) as JSON, ``null`` for None; every
+    """Each row's value of a string column as JSON (after ``replace``, if given), ``null`` for None; every
     distinct value escaped once."""
     values, codes = _texts(column)
     if replace is not None:
@@ -579,8 +579,8 @@ def _batch_messages(rows: pa.RecordBatch) -> dict[str, Any]:
     what ``wire_messages`` and ``dumps`` give one by one, through the live server's templates."""
     col = rows.column
     events, event_codes = _texts(col("event"))
-    created = pa.array(event_codes == (events.index("session_created") if "session_created" in events else -1))
-    stopped = event_codes == (events.index("session_stopped") if "session_stopped" in events else -1)
+    created = pa.array(np.isin(event_codes, [i for i, e in enumerate(events) if e == "session_created"]))
+    stopped = np.isin(event_codes, [i for i, e in enumerate(events) if e == "session_stopped"])
     session_id = pc.cast(col("session_id"), pa.string())
     sid, t, seq = _json_strings(col("session_id")), _json_numbers(col("t")), _json_numbers(col("seq"))
     update = _fill(UPDATE_TEMPLATE, sid, *(_json_strings(col(c)) for c in ("state", "stt", "llm", "tts")),

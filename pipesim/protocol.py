@@ -32,6 +32,7 @@ message that says exactly what is wrong.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -267,3 +268,16 @@ def wire_messages(tr: Any) -> list[dict[str, Any]]:
         return [update, {"type": "session_ended", "session_id": tr.session_id, "timestamp": tr.t,
                          "seq": tr.seq + 1, "reason": tr.error or "stopped"}]
     return [update]
+
+
+#: A string as JSON text, as ``dumps`` writes it (the JSON module's own C escaper, ASCII only).
+json_string = encode_basestring_ascii
+
+#: The wire text of :func:`wire_messages`' three shapes as ``%`` templates, in ``dumps``' key order: fill
+#: the slots with JSON values (strings through :func:`json_string`) to get what ``dumps`` would write.
+#: The live server encodes one transition with them, ``Results.messages`` a whole trace's column by column.
+UPDATE_TEMPLATE = ('{"type":"pipeline_state_update","session_id":%s,"state":%s,"services":{"stt":%s,"llm":%s,'
+                   '"tts":%s},"metadata":{"buffer_size":%s,"audio_quality":%s},"timestamp":%s,"seq":%s,"turn_id":%s,'
+                   '"event":%s,"status":%s,"error":%s}')
+CREATED_TEMPLATE = '{"type":"session_created","session_id":%s,"timestamp":%s,"seq":%s}'
+ENDED_TEMPLATE = '{"type":"session_ended","session_id":%s,"timestamp":%s,"seq":%s,"reason":%s}'

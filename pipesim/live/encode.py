@@ -17,16 +17,13 @@ True
 from __future__ import annotations
 
 import math
-from json.encoder import encode_basestring_ascii as _quote  # the C escaper json.dumps uses
 from typing import Any
 
+from pipesim.protocol import CREATED_TEMPLATE as _CREATED
+from pipesim.protocol import ENDED_TEMPLATE as _ENDED
+from pipesim.protocol import UPDATE_TEMPLATE as _UPDATE
 from pipesim.protocol import dumps, wire_messages
-
-_UPDATE = ('{"type":"pipeline_state_update","session_id":%s,"state":%s,"services":{"stt":%s,"llm":%s,"tts":%s},'
-           '"metadata":{"buffer_size":%s,"audio_quality":%s},"timestamp":%s,"seq":%s,"turn_id":%s,"event":%s,'
-           '"status":%s,"error":%s}')
-_CREATED = '{"type":"session_created","session_id":%s,"timestamp":%s,"seq":%s}'
-_ENDED = '{"type":"session_ended","session_id":%s,"timestamp":%s,"seq":%s,"reason":%s}'
+from pipesim.protocol import json_string as _quote
 
 
 def _number(x: Any) -> str | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from conftest import frontend_node_modules
 
 import pipesim
 from pipesim.cli import main as cli_main
@@ -193,17 +193,7 @@ def test_cli_writes_the_document(tmp_path: Path, doc: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def node_modules() -> Path:
     """``frontend/node_modules`` as ``frontend/package-lock.json`` pins it (``npm ci`` when missing/stale)."""
-    if not (shutil.which("node") and shutil.which("npm")):
-        pytest.skip("Node.js/npm not installed: cannot check the AsyncAPI schema or regenerate TypeScript types")
-    modules = FRONTEND / "node_modules"
-    stamp = modules / ".package-lock.json"  # npm writes it on every install
-    installed = (modules / ".bin" / "json2ts").exists() and ASYNCAPI_SPEC.exists() and stamp.exists()
-    if not installed or stamp.stat().st_mtime < (FRONTEND / "package-lock.json").stat().st_mtime:
-        proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=FRONTEND,
-                              capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            pytest.fail(f"npm ci in frontend/ failed:\n{proc.stdout}\n{proc.stderr}")
-    return modules
+    return frontend_node_modules(".bin/json2ts", str(ASYNCAPI_SPEC.relative_to(FRONTEND / "node_modules")))
 
 
 def test_document_validates_against_the_official_asyncapi_schema(node_modules: Path, doc: dict[str, Any]) -> None:

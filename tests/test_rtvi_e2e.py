@@ -14,7 +14,6 @@ client makes ``onError`` fire (not fatal). Skipped when node/npm or Chromium is 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import npm_modules
 from test_rtvi import TURN, turns_in_order
 from websockets.sync.client import connect
 
@@ -55,17 +55,7 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def node_modules() -> Path:
     """``tests/rtvi_e2e/node_modules`` as its ``package-lock.json`` pins it (``npm ci`` when missing/stale)."""
-    if not (shutil.which("node") and shutil.which("npm")):
-        pytest.skip("Node.js/npm not installed: cannot bundle the Pipecat client")
-    modules = HERE / "node_modules"
-    stamp = modules / ".package-lock.json"  # npm writes it on every install
-    installed = (modules / ".bin" / "esbuild").exists() and stamp.exists()
-    if not installed or stamp.stat().st_mtime < (HERE / "package-lock.json").stat().st_mtime:
-        proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=HERE,
-                              capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            pytest.fail(f"npm ci in tests/rtvi_e2e failed:\n{proc.stdout}\n{proc.stderr}")
-    return modules
+    return npm_modules(HERE, ".bin/esbuild")
 
 
 def test_the_pinned_client_speaks_the_rtvi_version_pipesim_announces(node_modules: Path) -> None:

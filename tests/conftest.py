@@ -1,9 +1,14 @@
+import asyncio
 import shutil
 import subprocess
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import pytest
+
+from pipesim.scenario import Scenario
 
 matplotlib.use("Agg")  # tests never open windows
 
@@ -27,3 +32,24 @@ def npm_modules(folder: Path, *needed: str) -> Path:
 def frontend_node_modules(*needed: str) -> Path:
     """``frontend/node_modules`` (see :func:`npm_modules`)."""
     return npm_modules(Path(__file__).resolve().parent.parent / "frontend", *needed)
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
+    """``asyncio.run(coro)``, failing the test (TimeoutError) if it takes more than ``timeout`` seconds:
+    a live test that hangs must fail, not stall CI."""
+
+    async def bounded() -> Any:
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+def talking_scenario(background: int = 0, name: str = "live-test", seed: int = 5, **extra: Any) -> Scenario:
+    """Sessions that keep talking (1,000 turns, no barge-in), ``background`` of them started by the scenario
+    at t = 0; ``extra`` replaces top-level sections."""
+    data: dict[str, Any] = {"name": name, "seed": seed,
+                            "sessions": {"arrivals": {"kind": "at_once", "count": background}, "turns": 1000,
+                                         "barge_in_probability": 0.0}}
+    data.update(extra)
+    return Scenario.model_validate(data)

@@ -7,6 +7,7 @@ to the admin API over real HTTP (httpx) from the server's own event loop, and st
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import os
@@ -14,13 +15,14 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from conftest import run, talking_scenario
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -35,27 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 JSON = {"Content-Type": "application/json"}
 
 
-def scenario(background: int = 0, **extra: Any) -> Scenario:
-    """Sessions that keep talking (many turns), ``background`` of them started by the scenario at t = 0."""
-    data: dict[str, Any] = {"name": "admin-test", "seed": 5,
-                            "sessions": {"arrivals": {"kind": "at_once", "count": background}, "turns": 1000,
-                                         "barge_in_probability": 0.0}}
-    data.update(extra)
-    return Scenario.model_validate(data)
+scenario = functools.partial(talking_scenario, name="admin-test")  # sessions that keep talking
 
 
 def arrivals_scenario() -> Scenario:
     """Sessions arriving over time (Poisson): nothing exists at t = 0, so two runs compare frame by frame."""
     return Scenario.model_validate({"name": "admin-arrivals", "seed": 11, "sessions": {
         "arrivals": {"kind": "poisson", "rate_per_s": 0.5, "count": 6}, "turns": 3}})
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 @asynccontextmanager

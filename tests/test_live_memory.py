@@ -10,6 +10,7 @@ import urllib.request
 from typing import Any
 
 import pytest
+from conftest import run
 
 from pipesim.live import LiveClient, LiveServer
 from pipesim.model import Simulation
@@ -18,14 +19,6 @@ from pipesim.state import IllegalTransition
 
 SCENARIO = Scenario.model_validate({"name": "memory-test", "seed": 3, "sessions": {
     "arrivals": {"kind": "at_once", "count": 0}, "turns": 1000, "barge_in_probability": 0.0}})
-
-
-def run(coro: Any, timeout: float = 30.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 def about(session_id: str, **fields: Any) -> Any:

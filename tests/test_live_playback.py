@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,14 +19,6 @@ from pipesim.live.playback import Playback
 
 SMALL = {"name": "playback-test", "seed": 3,
          "sessions": {"arrivals": {"kind": "poisson", "rate_per_s": 0.5, "count": 6}, "turns": 2}}
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run
 
 from pipesim.cli import main as cli_main
 from pipesim.errors import RecordError
@@ -25,14 +25,6 @@ from pipesim.scenario import Scenario
 TALKER = Scenario.model_validate({"name": "record-test", "seed": 4,
                                   "sessions": {"arrivals": {"kind": "at_once", "count": 1}, "turns": 8,
                                                "barge_in_probability": 0.0}})
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 async def _until(condition: Any, what: str, timeout: float = 20.0) -> None:

@@ -7,11 +7,11 @@ import json
 import re
 import signal
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run
 
 import pipesim
 from pipesim.cli import main as cli_main
@@ -22,14 +22,6 @@ from pipesim.scenario import Scenario
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"name": "replay-test", "seed": 3,
          "sessions": {"arrivals": {"kind": "at_once", "count": 3}, "turns": 2}}
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,12 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,14 +34,6 @@ TOKEN = "s3cret-Token-42"
 QUIET = Scenario.model_validate({"name": "security", "seed": 2,
                                  "sessions": {"arrivals": {"kind": "at_once", "count": 1}, "turns": 1000,
                                               "barge_in_probability": 0.0}})
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 def handshake(port: int, headers: dict[str, str] | None = None, target: str = "/ws") -> tuple[int, str]:

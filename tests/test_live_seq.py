@@ -7,11 +7,11 @@ on what a replay of each sends.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
+
+from conftest import run
 
 import pipesim
 from pipesim.live import LiveClient, LiveServer, ReplayServer, load_replay
@@ -26,14 +26,6 @@ BUSY = {"name": "seq-test", "seed": 8,
                          {"at": 0.0, "action": "start"}, {"at": 1.0, "speak": 2.0}, {"at": 4.0, "action": "pause"},
                          {"at": 6.0, "action": "start"}, {"at": 7.0, "speak": 1.0}, {"at": 12.0, "action": "stop"}]}]},
         "kafka": {"outages": [{"start_s": 5.0, "end_s": 9.0}], "request_timeout_s": 0.5, "max_retries": 1}}
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 40.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 def assert_seq_rule(messages: list[dict[str, Any]], *, from_start: bool = True) -> dict[str, list[int]]:

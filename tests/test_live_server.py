@@ -7,37 +7,23 @@ unless it needs some, and stops it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine
 from typing import Any
 
 import jsonschema
 import pytest
+from conftest import run, talking_scenario
 
 from pipesim.cli import build_parser
 from pipesim.live import LiveClient, LiveServer, serve_in_background
 from pipesim.protocol import json_schemas
-from pipesim.scenario import Scenario
 
 VALIDATORS = {name: jsonschema.Draft202012Validator(schema) for name, schema in json_schemas().items()}
 
 
-def scenario(background: int = 0, **extra: Any) -> Scenario:
-    """Sessions that keep talking (many turns), ``background`` of them started by the scenario."""
-    data: dict[str, Any] = {"name": "live-test", "seed": 5,
-                            "sessions": {"arrivals": {"kind": "at_once", "count": background}, "turns": 1000,
-                                         "barge_in_probability": 0.0}}
-    data.update(extra)
-    return Scenario.model_validate(data)
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
+scenario = functools.partial(talking_scenario, name="live-test")  # sessions that keep talking
 
 
 def validate(messages: list[dict[str, Any]]) -> None:

@@ -12,32 +12,20 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+from conftest import run, talking_scenario
 
 from pipesim.live import LiveClient, LiveServer
 from pipesim.protocol import MAX_MESSAGE_BYTES, json_schemas
-from pipesim.scenario import Scenario
 
 VALIDATORS = {name: jsonschema.Draft202012Validator(schema) for name, schema in json_schemas().items()}
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def scenario(background: int = 0) -> dict[str, Any]:
-    return {"name": "trouble", "seed": 11,
-            "sessions": {"arrivals": {"kind": "at_once", "count": background}, "turns": 1000,
-                         "barge_in_probability": 0.0}}
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 40.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
+TROUBLE = {"name": "trouble", "seed": 11}
 
 
 def is_(session_id: str, **fields: Any) -> Any:
@@ -64,7 +52,7 @@ def test_bad_messages_get_an_error_and_the_connection_and_other_sessions_carry_o
     ]
 
     async def main() -> None:
-        async with LiveServer(Scenario.model_validate(scenario()), port=0, speed=20) as server, \
+        async with LiveServer(talking_scenario(**TROUBLE), port=0, speed=20) as server, \
                 LiveClient(server.url, session_id="good") as other, LiveClient(server.url) as client:
             await other.control("start", "good")
             await other.expect(is_("good", event="audio"))
@@ -88,7 +76,7 @@ def test_bad_messages_get_an_error_and_the_connection_and_other_sessions_carry_o
 
 def test_a_message_above_the_frame_limit_closes_only_that_connection_with_1009() -> None:
     async def main() -> None:
-        async with LiveServer(Scenario.model_validate(scenario(background=1)), port=0, speed=20) as server, \
+        async with LiveServer(talking_scenario(1, **TROUBLE), port=0, speed=20) as server, \
                 LiveClient(server.url) as other, LiveClient(server.url, compression=None) as client:
             await client.send("x" * (4 * MAX_MESSAGE_BYTES + 1))
             code, _ = await client.wait_closed()
@@ -102,7 +90,7 @@ def test_a_message_above_the_frame_limit_closes_only_that_connection_with_1009()
 
 def test_a_client_that_vanishes_mid_session_disturbs_nobody() -> None:
     async def main() -> None:
-        async with LiveServer(Scenario.model_validate(scenario()), port=0, speed=20) as server, \
+        async with LiveServer(talking_scenario(**TROUBLE), port=0, speed=20) as server, \
                 LiveClient(server.url) as dashboard, LiveClient(server.url, session_id="b") as b:
             a = await LiveClient(server.url, session_id="a").connect()
             await a.control("start", "a")
@@ -139,7 +127,7 @@ async def _raw_websocket(port: int) -> socket.socket:
 def test_a_client_that_never_reads_is_disconnected_and_the_others_keep_up() -> None:
     async def main() -> None:
         # 20 talking sessions at 50x: ~1700 messages a second; the slow limit is 200 messages.
-        scn = Scenario.model_validate(scenario(background=20))
+        scn = talking_scenario(20, **TROUBLE)
         async with LiveServer(scn, port=0, speed=50, client_queue=200) as server, \
                 LiveClient(server.url) as fast:
             loop = asyncio.get_running_loop()
@@ -172,7 +160,7 @@ def test_a_client_that_never_reads_is_disconnected_and_the_others_keep_up() -> N
 
 def test_sigterm_closes_clients_with_1001_and_leaves_a_complete_recording(tmp_path: Path) -> None:
     scn_file = tmp_path / "scn.json"
-    scn_file.write_text(json.dumps(scenario(background=2)))
+    scn_file.write_text(talking_scenario(2, **TROUBLE).model_dump_json())
     recording = tmp_path / "rec.jsonl"
 
     async def main() -> None:

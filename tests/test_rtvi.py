@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from conftest import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
@@ -65,14 +65,6 @@ def scenario(turns: int = 2, **extra: Any) -> Scenario:
         "utterance_s": 1.0, "think_time_s": 0.5, "barge_in_probability": 0.0}}
     data.update(extra)
     return Scenario.model_validate(data)
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 def rtvi_url(server: LiveServer) -> str:

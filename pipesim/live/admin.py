@@ -253,16 +253,14 @@ class _Ops:
     # Shared helpers
     @property
     def live(self) -> LiveServer:
-        # A live server has a pacer (a model's clock); a replay has a playback. (Asked, not isinstance: the
-        # server module imports this one, so this one does not import it back.)
-        if not hasattr(self.server, "pacer"):
+        if self.server.kind != "live":
             raise AdminError(409, "unsupported", f"this server replays {getattr(self.server, 'source', '?')}; "
                              "only the clock, seek, the journal and health are available")
         return self.server
 
     def clock(self) -> Clock:
         s = self.server
-        if hasattr(s, "pacer"):
+        if s.kind == "live":
             return Clock(t=s.pacer.now(), paused=s.pacer.paused, speed=s.pacer.speed,
                          next_event_t=s.pacer.next_event_t)
         return Clock(**s.clock())
@@ -320,7 +318,7 @@ class _Ops:
     # Clock
     def pause(self) -> Clock:
         s = self.server
-        if hasattr(s, "pacer"):
+        if s.kind == "live":
             s.pacer.pause()
         else:
             self._replay_call("pause")
@@ -328,7 +326,7 @@ class _Ops:
 
     def resume(self) -> Clock:
         s = self.server
-        if hasattr(s, "pacer"):
+        if s.kind == "live":
             s.pacer.resume()
         else:
             self._replay_call("resume")
@@ -336,14 +334,14 @@ class _Ops:
 
     def set_speed(self, speed: float) -> Clock:
         s = self.server
-        if hasattr(s, "pacer"):
+        if s.kind == "live":
             s.pacer.set_speed(speed)
         else:
             self._replay_call("set_speed", speed)
         return self.clock()
 
     def seek(self, t: float) -> Clock:
-        if hasattr(self.server, "pacer"):
+        if self.server.kind == "live":
             raise AdminError(409, "unsupported", "seek: only a replay can seek; a live model moves forward "
                              "(use clock/advance or reset)")
         self._replay_call("seek", t)
@@ -583,7 +581,7 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
         s = get_ops().server
         scenario = getattr(s, "scenario", None)
         sim = getattr(s, "sim", None)
-        return Health(kind="live" if sim is not None else "replay",
+        return Health(kind=s.kind,
                       scenario=scenario.name if scenario is not None else getattr(s, "source", None),
                       seed=sim.seed if sim is not None else None)
 

@@ -132,7 +132,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel
@@ -188,6 +188,9 @@ Connect a WebSocket client to <code>/ws</code> (all sessions) or <code>/ws?sessi
 
 class _BaseServer:
     """Connections, routing, broadcast, recording and shutdown; the subclasses bring the messages."""
+
+    #: What serves the messages: a model in real time, or a replay of a recording (the admin API asks).
+    kind: ClassVar[Literal["live", "replay"]]
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 8001, record: str | Path | None = None,
                  client_queue: int = 1000, close_timeout: float = 2.0, send_buffer: int | None = 128 * 1024,
@@ -734,6 +737,8 @@ class LiveServer(_BaseServer):
     True
     """
 
+    kind = "live"
+
     def __init__(self, scenario: Scenario | str | Path | dict[str, Any], *, seed: int | None = None,
                  speed: float = 1.0, host: str = "127.0.0.1", port: int = 8001,
                  record: str | Path | None = None, client_queue: int = 1000, close_timeout: float = 2.0,
@@ -903,6 +908,8 @@ class ReplayServer(_BaseServer):
     >>> server.messages
     1
     """
+
+    kind = "replay"
 
     def __init__(self, source: str | Path | Iterable[tuple[float, dict[str, Any]]], *, speed: float = 1.0,
                  loop: bool = False, host: str = "127.0.0.1", port: int = 8001,

@@ -1,7 +1,7 @@
 """The admin API (``/__admin``): sessions, the virtual clock, faults, push, the journal, reset, access.
 
 Every test starts its own server on 127.0.0.1 with the WebSocket and the admin API on free ports, talks
-to the admin API over real HTTP (httpx) from the server's own event loop, and stops it.
+to the admin API over real HTTP (httpx2) from the server's own event loop, and stops it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2 as httpx  # the successor of httpx (Starlette's TestClient uses it too)
 import pytest
 from conftest import run, talking_scenario
 from fastapi.testclient import TestClient

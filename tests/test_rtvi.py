@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2 as httpx  # the successor of httpx (Starlette's TestClient uses it too)
 import pytest
 from conftest import run
 from hypothesis import HealthCheck, given, settings

@@ -238,6 +238,26 @@ def test_page_reconnects_and_picks_up_its_sessions(page: Any, server: Any) -> No
     expect(_field(pg, "e2e-reconnect", "status")).to_have_text("stopped")
 
 
+def test_page_shows_when_the_server_clock_is_paused_or_not_real_time(page: Any, server: Any) -> None:
+    """A person watching by hand must see why nothing moves: the clock was paused (admin API, replay)."""
+    badge = page.locator("#clock")
+    expect(badge).to_have_text(f"clock ×{SPEED:g}")  # the fixture's server runs at SPEED, not real time
+    pacer = server.server.pacer
+    server.call(pacer.pause)
+    try:
+        expect(badge).to_have_text("clock paused")
+        expect(badge).to_have_attribute("data-paused", "true")
+        expect(badge).to_be_visible()
+    finally:
+        server.call(pacer.resume)
+    expect(badge).to_have_text(f"clock ×{SPEED:g}")
+    server.call(lambda: pacer.set_speed(1.0))
+    try:
+        expect(badge).to_be_hidden()  # real time: nothing to say
+    finally:
+        server.call(lambda: pacer.set_speed(SPEED))
+
+
 def test_page_passes_the_token_from_its_own_url_to_a_server_that_requires_one(browser: Any) -> None:
     from pipesim.live import serve_in_background
 

@@ -120,7 +120,8 @@ def test_stats_publish_the_clock_that_maps_simulated_time_to_wall_time() -> None
             stats = await loop.run_in_executor(
                 None, lambda: json.loads(urllib.request.urlopen(f"{base}/stats", timeout=10).read()))
             clock = stats["clock"]
-            assert clock["speed"] == 20 and stats["clients"] == 1 and stats["sessions"] == 1
+            assert clock["speed"] == 20 and clock["paused"] is False
+            assert stats["clients"] == 1 and stats["sessions"] == 1
             due = clock["origin_monotonic"] + (message["timestamp"] - clock["origin_sim"]) / clock["speed"]
             assert 0 <= received - due < 1.0  # delivered after it was due, and promptly
             assert abs(clock["origin_unix"] - (time.time() - (time.monotonic() - clock["origin_monotonic"]))) < 0.5

@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,10 @@ def test_replay_in_background_for_notebooks(simulated: tuple[Path, list[dict[str
     with replay_in_background(path.parent, port=0, speed=200) as bg:  # a `run --out` folder works too
         assert bg.port > 0
         assert run(watch(bg.url)) == expected
+        # /stats carries the replay's clock as /stats of a live server does (the dashboard's badge reads it).
+        bg.call(bg.server.pause)
+        stats = json.loads(urllib.request.urlopen(f"{bg.http_url.rstrip('/')}/stats", timeout=10).read())
+        assert stats["clock"]["paused"] is True and stats["clock"]["speed"] == 200
     assert not bg.running
 
 

@@ -836,7 +836,8 @@ class LiveServer(_BaseServer):
     def _stats(self) -> dict[str, Any]:
         pacer, loop = self.pacer, self._loop
         origin = pacer._origin_wall
-        clock = {"speed": pacer.speed, "sim_now": self.sim.env.now, "origin_sim": pacer._origin_sim,
+        clock = {"speed": pacer.speed, "paused": pacer.paused, "sim_now": self.sim.env.now,
+                 "origin_sim": pacer._origin_sim,
                  # Simulated time t happens at wall time origin + (t - origin_sim) / speed; monotonic is
                  # time.monotonic() of this machine (what the event loop uses), unix is time.time().
                  "origin_monotonic": origin,
@@ -1016,6 +1017,9 @@ class ReplayServer(_BaseServer):
 
     def _journal_t(self) -> float:
         return self.playback.position
+
+    def _stats(self) -> dict[str, Any]:
+        return {**super()._stats(), "clock": self.clock()}
 
     def _on_start(self) -> None:
         self._finished = asyncio.Event()

@@ -113,11 +113,14 @@ class AdminClient:
     def speed(self, speed: float) -> dict[str, Any]:
         return self.request("POST", "/clock/speed", {"speed": speed})
 
-    def step(self, count: int = 1) -> dict[str, Any]:
-        return self.request("POST", "/clock/step", {"count": count})
+    def step(self, count: int = 1, limit: int = 1000) -> dict[str, Any]:
+        """The next ``count`` transitions, then paused; the answer lists the first ``limit`` of them."""
+        return self.request("POST", "/clock/step", {"count": count, "limit": limit})
 
-    def advance(self, seconds: float) -> dict[str, Any]:
-        return self.request("POST", "/clock/advance", {"seconds": seconds})
+    def advance(self, seconds: float, limit: int = 1000) -> dict[str, Any]:
+        """Exactly ``seconds`` simulated seconds, then paused; the answer lists the first ``limit`` transitions
+        (``transitions_total`` counts them all)."""
+        return self.request("POST", "/clock/advance", {"seconds": seconds, "limit": limit})
 
     def run_until(self, session_id: str, until: dict[str, str], timeout_s: float = 60.0,
                   wall_timeout_s: float = 10.0) -> dict[str, Any]:

@@ -242,6 +242,30 @@ def test_faults_are_acknowledged_with_their_window_and_disconnect_closes_watcher
     run(main())
 
 
+def test_a_long_advance_answers_with_a_bounded_list_and_counts_every_transition() -> None:
+    """An advance over a busy hour passes millions of transitions: the answer lists the first ``limit``
+    (1,000 by default) and counts them all, instead of holding and sending every one."""
+    async def main() -> None:
+        async with admin_server(scenario(background=20)) as (server, http):
+            await ok(await http.post("/clock/pause"))
+            counted: list[int] = [0]
+            server.sim.manager.subscribe(lambda tr: counted.__setitem__(0, counted[0] + 1))
+            moved = await ok(await http.post("/clock/advance", json={"seconds": 60, "limit": 50}))
+            assert moved["transitions_total"] == counted[0] > 50 and moved["truncated"] is True
+            assert len({(m["session_id"], m["seq"]) for m in moved["transitions"]}) == len(moved["transitions"])
+            assert 50 <= len(moved["transitions"]) <= 100  # 50 transitions (a session's end is two messages)
+            stamps = [m["timestamp"] for m in moved["transitions"]]
+            assert stamps == sorted(stamps)  # the first ones, in order
+            default = await ok(await http.post("/clock/advance", json={"seconds": 600}))
+            assert default["transitions_total"] > 1000 and default["truncated"] is True
+            assert len([m for m in default["transitions"] if m["type"] != "session_ended"]) <= 1000
+            small = await ok(await http.post("/clock/step", json={"count": 2}))
+            assert small["truncated"] is False and small["transitions_total"] >= 2
+            error_of(await http.post("/clock/advance", json={"seconds": 1, "limit": -1}), 422, "bad_request")
+
+    run(main())
+
+
 def test_push_validates_against_the_protocol_fills_seq_and_a_paused_clock_holds_timed_ones() -> None:
     async def main() -> None:
         async with admin_server(scenario(background=1)) as (server, http):

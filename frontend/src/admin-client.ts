@@ -80,10 +80,14 @@ export interface RunUntilOptions {
   wallTimeoutS?: number;
 }
 
-/** The wire messages of the transitions a clock move went through. */
+/** The wire messages of the transitions a clock move went through (the first `limit` of them). */
 export interface ClockMove {
   clock: Clock;
   transitions: ServerMessage[];
+  /** How many transitions the clock passed. */
+  transitions_total: number;
+  /** True when `transitions` lists fewer than `transitions_total`. */
+  truncated: boolean;
 }
 
 export interface RunUntilResult {
@@ -253,14 +257,15 @@ export class AdminClient {
     return this.request("POST", "/__admin/clock/speed", { speed });
   }
 
-  /** Advance to the next `count` transitions; the clock stays paused. */
-  step(count = 1): Promise<ClockMove> {
-    return this.request("POST", "/__admin/clock/step", { count });
+  /** Advance to the next `count` transitions; the clock stays paused. The answer lists at most `limit`. */
+  step(count = 1, limit = 1000): Promise<ClockMove> {
+    return this.request("POST", "/__admin/clock/step", { count, limit });
   }
 
-  /** Move simulated time by exactly `seconds`, as fast as possible; the clock stays paused. */
-  advance(seconds: number): Promise<ClockMove> {
-    return this.request("POST", "/__admin/clock/advance", { seconds });
+  /** Move simulated time by exactly `seconds`, as fast as possible; the clock stays paused. The answer lists
+   * the first `limit` transitions passed. */
+  advance(seconds: number, limit = 1000): Promise<ClockMove> {
+    return this.request("POST", "/__admin/clock/advance", { seconds, limit });
   }
 
   /**

@@ -125,17 +125,28 @@ class SpeedBody(_Body):
     speed: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
 
 
+#: Most transitions a clock move's answer lists by default (an hour of a busy model is millions of them).
+LISTED_TRANSITIONS = 1_000
+_Listed = Annotated[int, Field(ge=0, le=100_000, description="Most transitions the answer lists (the first ones); "
+                               "transitions_total counts them all.")]
+
+
 class StepBody(_Body):
     count: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    limit: _Listed = LISTED_TRANSITIONS
 
 
 class AdvanceBody(_Body):
     seconds: Annotated[float, Field(ge=0, le=1e7, allow_inf_nan=False)]
+    limit: _Listed = LISTED_TRANSITIONS
 
 
 class ClockMoved(BaseModel):
     clock: Clock
-    transitions: list[dict[str, Any]] = Field(description="The wire messages of the transitions passed.")
+    transitions: list[dict[str, Any]] = Field(description="The wire messages of the first `limit` transitions "
+                                              "passed, in order.")
+    transitions_total: int = Field(description="How many transitions the clock passed.")
+    truncated: bool = Field(description="True when transitions lists fewer than transitions_total.")
 
 
 class Until(_Body):
@@ -239,6 +250,21 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 
 # The operations ----------------------------------------------------------------------------------------
+class _Passed:
+    """The transitions a clock move passes: counted, the first ``limit`` kept (the answer stays bounded)."""
+
+    __slots__ = ("limit", "kept", "total")
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.total = limit, 0
+        self.kept: list[Transition] = []
+
+    def add(self, tr: Transition) -> None:
+        self.total += 1
+        if len(self.kept) < self.limit:
+            self.kept.append(tr)
+
+
 class _Ops:
     """What the endpoints do to a server (the one place that knows the server's insides)."""
 
@@ -351,28 +377,32 @@ class _Ops:
         getattr(self.server, name)(*args)
 
     @contextlib.contextmanager
-    def _watching(self) -> Generator[list[Transition], None, None]:
-        """The transitions that happen inside the block."""
-        seen: list[Transition] = []
-        unsubscribe = self.live.sim.manager.subscribe(seen.append)
+    def _watching(self, limit: int) -> Generator[_Passed, None, None]:
+        """The transitions that happen inside the block: all counted, the first ``limit`` kept."""
+        passed = _Passed(limit)
+        unsubscribe = self.live.sim.manager.subscribe(passed.add)
         try:
-            yield seen
+            yield passed
         finally:
             unsubscribe()
 
-    async def step(self, count: int, wall_timeout: float = 10.0) -> ClockMoved:
+    async def step(self, count: int, limit: int = LISTED_TRANSITIONS, wall_timeout: float = 10.0) -> ClockMoved:
         pacer = self.live.pacer
         async with self._moving:
-            with self._watching() as seen:
-                await pacer.run_until(lambda: len(seen) >= count, wall_timeout=wall_timeout)
-        return ClockMoved(clock=self.clock(), transitions=[m for tr in seen for m in wire_messages(tr)])
+            with self._watching(limit) as passed:
+                await pacer.run_until(lambda: passed.total >= count, wall_timeout=wall_timeout)
+        return self._moved(passed)
 
-    async def advance(self, seconds: float) -> ClockMoved:
+    async def advance(self, seconds: float, limit: int = LISTED_TRANSITIONS) -> ClockMoved:
         pacer = self.live.pacer
         async with self._moving:
-            with self._watching() as seen:
+            with self._watching(limit) as passed:
                 await pacer.advance(seconds)
-        return ClockMoved(clock=self.clock(), transitions=[m for tr in seen for m in wire_messages(tr)])
+        return self._moved(passed)
+
+    def _moved(self, passed: _Passed) -> ClockMoved:
+        return ClockMoved(clock=self.clock(), transitions=[m for tr in passed.kept for m in wire_messages(tr)],
+                          transitions_total=passed.total, truncated=passed.total > len(passed.kept))
 
     async def run_until(self, body: RunUntilBody) -> RunUntilResult:
         server = self.live
@@ -629,11 +659,12 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
 
     @app.post(f"{PREFIX}/clock/step", response_model=ClockMoved)
     async def step(body: Annotated[StepBody | None, Body()] = None) -> ClockMoved:
-        return await get_ops().step((body or StepBody()).count)
+        body = body or StepBody()
+        return await get_ops().step(body.count, body.limit)
 
     @app.post(f"{PREFIX}/clock/advance", response_model=ClockMoved)
     async def advance(body: AdvanceBody) -> ClockMoved:
-        return await get_ops().advance(body.seconds)
+        return await get_ops().advance(body.seconds, body.limit)
 
     @app.post(f"{PREFIX}/clock/run-until", response_model=RunUntilResult, responses={408: {"model": ErrorBody}})
     async def run_until(body: RunUntilBody) -> RunUntilResult:

@@ -99,3 +99,24 @@ def test_an_offline_run_lets_ended_sessions_go_and_keeps_every_result():
     sim.run()
     assert sim.sessions == {}
     assert sim.trace.turns_frame()["session_id"].nunique() == 60
+
+
+def test_the_audio_fast_path_records_what_the_general_one_does():
+    # With one observer (offline: the trace) PipelineStateManager.audio builds its transition inline; with two,
+    # every transition goes through _emit. Both runs must record the same transitions and the same trace.
+    scenario = pipesim.load_scenario("baseline").override({"sessions.arrivals.count": 20})
+    alone, seen_alone = Simulation(scenario), []
+    record = alone.manager._observers[0]
+
+    def record_and_keep(tr):  # still one observer: the fast path
+        record(tr)
+        seen_alone.append(tr)
+
+    alone.manager._observers = (record_and_keep,)
+    alone.run()
+    watched, seen_watched = Simulation(scenario), []
+    watched.manager.subscribe(seen_watched.append)  # a second observer: the general path
+    watched.run()
+    assert sum(tr.event == "audio" for tr in seen_alone) > 100
+    assert list(map(repr, seen_watched)) == list(map(repr, seen_alone))
+    pd.testing.assert_frame_equal(watched.trace.events_frame(), alone.trace.events_frame())

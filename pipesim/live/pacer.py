@@ -97,10 +97,13 @@ class Pacer:
         >>> pacer.catch_up(), env.peek()   # 100 stepped: the control lands at the 100th, the rest wait
         (0.099, 0.1)
         """
+        return self._catch_up(self.batch)
+
+    def _catch_up(self, limit: int | None) -> float:
         if self.paused:
             return self.env.now
         target = self.now()
-        if self._step_due(target, limit=self.batch) >= self.batch and self.env.peek() <= target:
+        if self._step_due(target, limit) == limit and self.env.peek() <= target:
             return self.env.now  # still behind: the pacer loop steps the rest
         if target > self.env.now:
             # Nothing is due before target any more, so run() only processes its own stop event: it is
@@ -115,10 +118,11 @@ class Pacer:
         return None if t_next == math.inf else t_next
 
     def pause(self) -> float:
-        """Freeze simulated time where the wall clock says it is now (where the model is, if it is
-        behind by more than ``batch`` events: see :meth:`catch_up`); returns it."""
+        """Freeze simulated time where the wall clock says it is now; returns it."""
         if not self.paused:
-            self.catch_up()
+            # Every due event, however many: an operator's pause (admin API) is rare, and where it
+            # lands must not depend on how far behind the server happened to be.
+            self._catch_up(None)
             self.paused = True
         return self.env.now
 
@@ -131,11 +135,10 @@ class Pacer:
         return self.env.now
 
     def set_speed(self, speed: float) -> None:
-        """Change the speed from now on (simulated time does not jump; if the model is behind, the new
-        speed counts from where it is)."""
+        """Change the speed from now on (simulated time does not jump)."""
         if not speed > 0 or speed == math.inf:
             raise ValueError(f"speed must be > 0 and finite, got {speed}")
-        self.catch_up()
+        self._catch_up(None)  # as pause(): rare, and exact
         self.speed = float(speed)
         self._anchor()
         self.wake()

@@ -125,11 +125,13 @@ async def _clients(url: str, sids: list[str | None], clock: dict[str, float] | N
             tally["refusal"] = tally["refusal"] or f"{type(exc).__name__}: {exc}"
             settled()
             return
+        started = False
         try:
             async with ws:
                 control = {"type": "conversation_control", "session_id": sid}
                 if sid is not None and clock is not None:
                     await ws.send(json.dumps({**control, "action": "start"}))
+                started = True
                 settled()
                 await receive(ws)
                 if sid is not None and clock is not None:  # leave the server as we found it
@@ -139,6 +141,9 @@ async def _clients(url: str, sids: list[str | None], clock: dict[str, float] | N
                 tally["slow"] += 1
             elif window[1] == 0 or time.monotonic() < window[1]:
                 tally["broken"] += 1
+        finally:
+            if not started:  # closed before its start went out: do not keep the others waiting for it
+                settled()
 
     async def receive(ws: Any) -> None:
         last: dict[str, int] = {}

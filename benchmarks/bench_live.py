@@ -3,7 +3,8 @@ shared machine are noise; the ratio is not).
 
 For each size N: ``pipesim serve benchmarks/live_bench.yaml`` in a subprocess on 127.0.0.1 port 0; N client
 connections in worker processes (asyncio + websockets each), every one starting and watching its own
-session; plus a few dashboard connections watching all. After a warm-up, a measurement window of fixed wall
+session; plus a few dashboard connections watching all: the load generator of ``pipesim load``
+(:mod:`pipesim.live.load`). After a warm-up, a measurement window of fixed wall
 length. Then a bare ``websockets`` server (its own process) sends a pre-encoded message of the same size to
 as many clients at the same per-client rates as pipesim delivered, measured the same way.
 
@@ -34,7 +35,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import signal
 import subprocess
 import sys
@@ -49,6 +49,8 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import broadcast, serve
 
+from pipesim.live.load import raise_fd_limit, run_clients, run_load
+
 HERE = Path(__file__).resolve().parent
 SCENARIO = HERE / "live_bench.yaml"
 OUT = Path("out/bench")
@@ -57,14 +59,6 @@ TARGETS = {"cpu_ratio": 3.0, "p99_ms": 50.0, "lag_p99_ms": 10.0}
 
 
 # The server and its numbers ----------------------------------------------------------------------------
-def raise_fd_limit() -> int:
-    """Raise the soft open-file limit to the hard one (children inherit it); returns the new limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """(utime, stime) of a process, seconds (``/proc/PID/stat`` fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -115,130 +109,6 @@ class Serve:
         return err
 
 
-def lag_p99_ms(before: dict[str, Any], after: dict[str, Any]) -> float:
-    from pipesim.live.lag import LagHistogram
-    return LagHistogram.from_dict(after).since(before).quantile(0.99) * 1000
-
-
-# The clients ---------------------------------------------------------------------------------------------
-def _client_process(url: str, sids: list[str | None], clock: dict[str, float] | None, window: Any,
-                    ready: Any, results: Any) -> None:
-    raise_fd_limit()
-    tally = asyncio.run(_clients(url, sids, clock, window, ready))
-    results.put({**tally, "dashboards": sids[0] is None})
-
-
-async def _clients(url: str, sids: list[str | None], clock: dict[str, float] | None, window: Any,
-                   ready: Any) -> dict[str, Any]:
-    """Connect (50 at a time), start each session, then count what arrives in the window."""
-    tally: dict[str, Any] = {"messages": 0, "bytes": 0, "lost": 0, "slow": 0, "broken": 0, "latency_ms": []}
-    connected = asyncio.Event()
-    pending = [len(sids)]
-
-    async def one(sid: str | None) -> None:
-        target = url if sid is None else f"{url}?session_id={sid}"
-        try:
-            async with connect(target, max_size=None, open_timeout=60, ping_interval=None) as ws:
-                if sid is not None and clock is not None:
-                    await ws.send(json.dumps({"type": "conversation_control", "action": "start", "session_id": sid}))
-                pending[0] -= 1
-                if not pending[0]:
-                    connected.set()
-                await receive(ws)
-        except websockets.ConnectionClosed as exc:
-            if exc.rcvd is not None and exc.rcvd.code == 1013:
-                tally["slow"] += 1
-            elif window[1] == 0 or time.monotonic() < window[1]:
-                tally["broken"] += 1
-
-    async def receive(ws: Any) -> None:
-        last: dict[str, int] = {}
-        lat = tally["latency_ms"]
-        while True:
-            t1 = window[1]
-            now = time.monotonic()
-            if t1 and now > t1 + 0.3:
-                return
-            try:
-                async with asyncio.timeout(0.5):
-                    text = await ws.recv()
-            except TimeoutError:
-                continue
-            now = time.monotonic()
-            t0 = window[0]
-            inside = t0 and t0 <= now <= window[1]
-            if inside:
-                tally["messages"] += 1
-                tally["bytes"] += len(text)
-            if clock is None:  # the bare server's filler: nothing to check
-                continue
-            m = json.loads(text)
-            sid, seq = m.get("session_id"), m.get("seq")
-            if sid is None or seq is None:
-                continue
-            previous = last.get(sid)
-            if previous is None:  # a session's first message: its creation, or the snapshot on connect
-                opening = m["type"] == "session_created" or m.get("event") == "snapshot"
-                tally["lost"] += 0 if opening else seq
-            elif seq <= previous:
-                continue  # a snapshot repeats the last seq
-            else:
-                tally["lost"] += seq - previous - 1
-            last[sid] = seq
-            if inside and m.get("event") != "snapshot":
-                due = clock["origin_monotonic"] + (m["timestamp"] - clock["origin_sim"]) / clock["speed"]
-                lat.append((now - due) * 1000)
-
-    tasks = []
-    for i in range(0, len(sids), 50):
-        batch = [asyncio.ensure_future(one(sid)) for sid in sids[i:i + 50]]
-        tasks += batch
-        await asyncio.wait(batch, timeout=0.2)  # let the handshakes of this batch go through first
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(120):
-            await connected.wait()
-    ready.put(len(sids) - pending[0])
-    await asyncio.gather(*tasks, return_exceptions=True)
-    tally["latency_ms"] = np.asarray(tally["latency_ms"], dtype=np.float32)
-    return tally
-
-
-def load(url: str, sessions: int, dashboards: int, seconds: float, warmup: float, workers: int,
-         clock: dict[str, float] | None, on_window: Any = None) -> dict[str, Any]:
-    """N session clients and D dashboards in ``workers`` + 1 processes; the tallies of the window, summed."""
-    ctx = mp.get_context("fork")
-    window = ctx.Array("d", 2, lock=False)
-    ready, results = ctx.Queue(), ctx.Queue()
-    tag = "bare" if clock is None else "s"
-    sids: list[str | None] = [f"{tag}-{os.getpid()}-{i}" for i in range(sessions)]
-    # A process per dashboard: each receives every message, as much as all the session clients together.
-    groups = [sids[w::workers] for w in range(workers)] + [[None]] * dashboards
-    groups = [g for g in groups if g]
-    procs = [ctx.Process(target=_client_process, args=(url, g, clock, window, ready, results), daemon=True)
-             for g in groups]
-    for p in procs:
-        p.start()
-    connected = sum(ready.get(timeout=180) for _ in procs)
-    t0 = time.monotonic() + warmup
-    window[0], window[1] = t0, t0 + seconds
-    time.sleep(max(0.0, t0 - time.monotonic()))
-    start = on_window() if on_window else None
-    time.sleep(max(0.0, window[1] - time.monotonic()))
-    end = on_window() if on_window else None
-    tallies = [results.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(10)
-    latency = np.concatenate([t["latency_ms"] for t in tallies]) if tallies else np.zeros(0)
-    total = {k: sum(t[k] for t in tallies) for k in ("messages", "bytes", "lost", "slow", "broken")}
-    dash_messages = sum(t["messages"] for t in tallies if t["dashboards"])
-    return {**total, "connected": connected, "seconds": seconds, "msgs_per_s": total["messages"] / seconds,
-            "dashboard_msgs_per_s": dash_messages / seconds,
-            "mean_bytes": total["bytes"] / max(total["messages"], 1),
-            "p50_ms": float(np.percentile(latency, 50)) if latency.size else float("nan"),
-            "p99_ms": float(np.percentile(latency, 99)) if latency.size else float("nan"),
-            "window": (start, end)}
-
-
 # The bare server -----------------------------------------------------------------------------------------
 def _bare_process(port: Any, size: int, session_rate: float) -> None:
     # One real-looking message padded to the size pipesim's averaged, encoded once.
@@ -285,8 +155,8 @@ def run_bare(sessions: int, dashboards: int, seconds: float, warmup: float, work
     while not port.value:
         time.sleep(0.05)
     try:
-        out = load(f"ws://127.0.0.1:{port.value}/ws", sessions, dashboards, seconds, warmup, workers, None,
-                   on_window=lambda: cpu_seconds(proc.pid))
+        out = run_clients(f"ws://127.0.0.1:{port.value}/ws", sessions, dashboards, seconds, warmup, workers, None,
+                          on_window=lambda: cpu_seconds(proc.pid))
     finally:
         proc.kill()
         proc.join()
@@ -303,14 +173,9 @@ def run_pipesim(sessions: int, speed: float, dashboards: int, seconds: float, wa
     server = Serve(speed)
     spy = None
     try:
-        clock = server.stats()["clock"]
-
-        def sample() -> dict[str, Any]:
-            return {"cpu": cpu_seconds(server.pid), "stats": server.stats(), "rss_mb": rss_mb(server.pid)}
-
         def on_window() -> dict[str, Any]:
             nonlocal spy
-            point = sample()
+            point = {"cpu": cpu_seconds(server.pid), "rss_mb": rss_mb(server.pid)}
             if profile is not None and spy is None:
                 raw = ["--format", "raw"] if profile.suffix == ".txt" else []  # raw: collapsed stacks
                 spy = subprocess.Popen(["py-spy", "record", "-o", str(profile), *raw, "--pid", str(server.pid),
@@ -318,7 +183,7 @@ def run_pipesim(sessions: int, speed: float, dashboards: int, seconds: float, wa
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             return point
 
-        out = load(server.url, sessions, dashboards, seconds, warmup, workers, clock, on_window=on_window)
+        out = run_load(server.url, sessions, dashboards, seconds, warmup, workers, on_window=on_window)
     finally:
         if spy is not None:
             spy.wait(60)
@@ -327,10 +192,7 @@ def run_pipesim(sessions: int, speed: float, dashboards: int, seconds: float, wa
     out["cpu_user_s"], out["cpu_sys_s"] = end["cpu"][0] - start["cpu"][0], end["cpu"][1] - start["cpu"][1]
     out["cpu_s"] = out["cpu_user_s"] + out["cpu_sys_s"]
     out["cpu_per_msg_us"] = 1e6 * out["cpu_s"] / max(out["messages"], 1)
-    out["lag_p99_ms"] = lag_p99_ms(start["stats"]["pacer_lag"], end["stats"]["pacer_lag"])
     out["rss_mb"] = end["rss_mb"]
-    out["server_slow_disconnects"] = end["stats"]["slow_disconnects"]
-    out["pacer_errors"] = end["stats"]["pacer_errors"]
     if "Traceback" in err:
         out["server_stderr"] = err[-2000:]
     return out

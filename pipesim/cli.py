@@ -1,4 +1,4 @@
-"""The ``pipesim`` command line: run | serve | replay | validate | schema | sweep | fit | record.
+"""The ``pipesim`` command line: run | serve | replay | validate | schema | sweep | fit | record | load.
 
 A user's mistake (a bad file, a bad flag: any :class:`~pipesim.errors.PipesimError`) prints one clear
 ``pipesim: error: ...`` message and exits 2; tracebacks are for pipesim's own bugs.
@@ -262,9 +262,16 @@ def _cmd_record(args: argparse.Namespace) -> int:
     return record(args)
 
 
+def _cmd_load(args: argparse.Namespace) -> int:
+    from pipesim.live.load import load_command
+
+    return load_command(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run, "serve": _cmd_serve, "replay": _cmd_replay, "validate": _cmd_validate,
     "schema": _cmd_schema, "sweep": _cmd_sweep, "fit": _cmd_fit, "record": _cmd_record,
+    "load": _cmd_load,
 }
 
 
@@ -376,6 +383,22 @@ def build_parser() -> argparse.ArgumentParser:
                    default=10.0, metavar="S", help="longest wait between reconnection attempts, seconds (they "
                                                    "start at up to 0.5 s and double, with jitter)")
     p.add_argument("--token", help="send 'Authorization: Bearer TOKEN' (default: $PIPESIM_TOKEN if set)")
+
+    p = _command(sub, "load", "load-test a pipesim serve: session clients each starting and watching its own "
+                              "session, plus dashboards; prints messages/s, lost, latency, pacer lag")
+    p.add_argument("url", nargs="?", default="ws://127.0.0.1:8001/ws",
+                   help="the server's WebSocket URL (default: ws://127.0.0.1:8001/ws)")
+    p.add_argument("--sessions", type=_bounded(int, lambda v: 1 <= v <= 10_000, "1..10000", "a whole number"),
+                   default=100, metavar="N", help="session clients, each starting and watching its own session")
+    p.add_argument("--dashboards", type=_bounded(int, lambda v: 0 <= v <= 50, "0..50", "a whole number"),
+                   default=2, metavar="D", help="dashboard clients watching every session (a process each)")
+    p.add_argument("--duration", type=_bounded(float, lambda v: 1 <= v <= 3600, "1..3600 seconds"), default=10.0,
+                   metavar="S", help="measurement window, wall seconds")
+    p.add_argument("--warmup", type=_bounded(float, lambda v: 0 <= v <= 600, "0..600 seconds"), default=2.0,
+                   metavar="S", help="wall seconds between the last connection and the window")
+    p.add_argument("--workers", type=_bounded(int, lambda v: 1 <= v <= 64, "1..64", "a whole number"), default=4,
+                   metavar="W", help="processes the session clients are spread over")
+    p.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
 
     p = _command(sub, "validate", "check scenario files; exit 1 on any problem")
     p.add_argument("files", nargs="+", metavar="SCENARIO",

@@ -78,15 +78,33 @@ class Pacer:
         self._wake.set()
 
     def catch_up(self) -> float:
-        """Step every event due by now and move ``env.now`` to now; returns the new ``env.now``.
+        """Step the events due by now and move ``env.now`` to now; returns the new ``env.now``.
 
         Call it before applying a control or a fault, so that it happens at the current time and not
         at the time of the last event. While paused it does nothing: the control lands at the paused time.
+
+        It steps at most ``batch`` events: when the server has fallen further behind than that (starved
+        of CPU), the control lands at the model's time (``env.now``, after the events stepped so far)
+        and :meth:`run` works off the rest in batches, yielding between them. Stepping the whole backlog
+        here would hold the event loop for as long as the backlog takes, once per handshake or control
+        (1,000 clients connecting to a server that is behind: /stats silent for 10 s).
+
+        >>> import simpy
+        >>> env = simpy.Environment()
+        >>> for t in range(500): _ = env.timeout(t / 1000)
+        >>> pacer = Pacer(env, batch=100)
+        >>> pacer.now = lambda: 1.0        # as if the wall clock said t = 1 s: all 500 events are due
+        >>> pacer.catch_up(), env.peek()   # 100 stepped: the control lands at the 100th, the rest wait
+        (0.099, 0.1)
         """
+        return self._catch_up(self.batch)
+
+    def _catch_up(self, limit: int | None) -> float:
         if self.paused:
             return self.env.now
         target = self.now()
-        self._step_due(target, limit=None)
+        if self._step_due(target, limit) == limit and self.env.peek() <= target:
+            return self.env.now  # still behind: the pacer loop steps the rest
         if target > self.env.now:
             # Nothing is due before target any more, so run() only processes its own stop event: it is
             # the one public way to move SimPy's clock forward without an event of the model.
@@ -102,7 +120,9 @@ class Pacer:
     def pause(self) -> float:
         """Freeze simulated time where the wall clock says it is now; returns it."""
         if not self.paused:
-            self.catch_up()
+            # Every due event, however many: an operator's pause (admin API) is rare, and where it
+            # lands must not depend on how far behind the server happened to be.
+            self._catch_up(None)
             self.paused = True
         return self.env.now
 
@@ -118,7 +138,7 @@ class Pacer:
         """Change the speed from now on (simulated time does not jump)."""
         if not speed > 0 or speed == math.inf:
             raise ValueError(f"speed must be > 0 and finite, got {speed}")
-        self.catch_up()
+        self._catch_up(None)  # as pause(): rare, and exact
         self.speed = float(speed)
         self._anchor()
         self.wake()

@@ -1,0 +1,82 @@
+"""``pipesim load`` against a real ``pipesim serve`` (port 0): figures present, nothing lost, the sessions it
+started stopped again; a bad URL, a refused connection or a bad flag is one line and exit code 2."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO = ROOT / "benchmarks" / "live_bench.yaml"  # no sessions of its own: only the load's
+
+
+def pipesim(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipesim", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "pipesim", "serve", str(SCENARIO), "--port", "0", "--no-admin"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        yield json.loads(proc.stdout.readline())["ws"]
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_load_reports_every_figure_and_loses_nothing(server: str, tmp_path: Path) -> None:
+    out = tmp_path / "load.json"
+    run = pipesim("load", server, "--sessions", "12", "--dashboards", "1", "--duration", "3", "--warmup", "1",
+                  "--workers", "2", "--json", str(out))
+    assert run.returncode == 0, run.stdout + run.stderr
+    for line in ("delivered", "lost", "latency", "pacer lag"):
+        assert line in run.stdout
+    figures = json.loads(out.read_text())
+    assert figures["connected"] == figures["clients"] == 13
+    assert figures["lost"] == figures["slow"] == figures["broken"] == figures["refused"] == 0
+    assert figures["messages"] > 0 and figures["dashboard_msgs_per_s"] > 0
+    assert figures["msgs_per_s"] == figures["messages"] / 3
+    for key in ("p50_ms", "p99_ms", "lag_p99_ms"):
+        assert math.isfinite(figures[key]) and figures[key] >= 0, key
+    assert figures["p50_ms"] <= figures["p99_ms"]
+    # It leaves the server as it found it: a dashboard connecting now gets no snapshot of a running session.
+    with connect(server, open_timeout=30) as ws:
+        snapshots, until = [], time.monotonic() + 1.0  # snapshots come first, at once: 1 s is plenty
+        with contextlib.suppress(TimeoutError):
+            while (left := until - time.monotonic()) > 0:
+                snapshots.append(json.loads(ws.recv(timeout=left)))
+    assert [m["session_id"] for m in snapshots if m.get("event") == "snapshot"] == []
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("ws://127.0.0.1:1/ws", "cannot connect to ws://127.0.0.1:1/ws: Connection refused"),
+    ("http://127.0.0.1:8001/ws", "not a WebSocket URL"),
+    ("ws://127.0.0.1:80x/ws", "not a valid URL"),
+])
+def test_a_bad_url_is_one_line(url: str, says: str) -> None:
+    run = pipesim("load", url, "--duration", "1")
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()] and says in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and run.stdout == ""
+
+
+@pytest.mark.parametrize(("flag", "says"), [
+    (["--sessions", "0"], "--sessions: must be 1..10000, got 0"),
+    (["--duration", "1e9"], "--duration: must be 1..3600 seconds, got 1e9"),
+    (["--workers", "two"], "--workers: not a whole number: 'two'"),
+])
+def test_a_bad_flag_is_one_line(flag: list[str], says: str) -> None:
+    run = pipesim("load", *flag)
+    assert run.returncode == 2 and says in run.stderr and "Traceback" not in run.stderr, run.stderr

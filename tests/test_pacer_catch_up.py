@@ -1,0 +1,96 @@
+"""``Pacer.catch_up`` is bounded: a control or a handshake never steps more than ``batch`` events, so a
+server that has fallen behind (starved of CPU) still answers while the pacer loop works off the backlog.
+When it keeps up (fewer than ``batch`` events due), catch-up is what it always was: every due event
+stepped, the clock moved to the wall clock's time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import simpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipesim.live import LiveClient, LiveServer
+from pipesim.live.pacer import Pacer
+from pipesim.scenario import Scenario
+
+
+class FixedClock(Pacer):
+    """A pacer whose wall clock says it is simulated time ``t``."""
+
+    t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+
+@settings(max_examples=200, deadline=None)
+@given(times=st.lists(st.integers(0, 1000), max_size=300), target=st.integers(0, 1000), batch=st.integers(1, 120))
+def test_catch_up_steps_the_due_events_in_order_at_most_a_batch(times: list[int], target: int, batch: int) -> None:
+    env = simpy.Environment()
+    stepped: list[float] = []
+    for t in times:
+        env.timeout(t / 8).callbacks.append(lambda e: stepped.append(e.env.now))
+    pacer = FixedClock(env, batch=batch)
+    pacer.t = target / 8  # eighths: exact in binary, so the clock can be compared with ==
+    now = pacer.catch_up()
+    due = sorted(t / 8 for t in times if t <= target)
+    assert stepped == due[:batch]  # in time order, never more than a batch
+    if len(due) <= batch:  # keeping up: as before, every due event and the clock at the wall's time
+        assert now == env.now == target / 8
+    else:  # behind: the control lands at the model's time, after the last event stepped
+        assert now == env.now == due[batch - 1]
+        assert env.peek() == due[batch]
+
+
+def test_a_server_that_fell_behind_still_answers_controls_and_handshakes() -> None:
+    """A model made slow (1 ms per transition) at a speed it cannot keep up with: the pacer falls further
+    and further behind. A new connection and its ``start`` are answered within a bound, and the event loop
+    never stalls for long; before, each handshake's snapshot and each control stepped the whole backlog
+    (seconds of it) in one go, and the start was not answered within 5 s."""
+    quiet = Scenario.model_validate({"sessions": {"arrivals": {"kind": "at_once", "count": 0}}})
+
+    async def main() -> tuple[float, float, float]:
+        async with LiveServer(quiet, port=0, speed=20, forget_after=None) as server:
+            server.sim.manager.subscribe(lambda tr: time.sleep(0.001))  # the artificially slow model
+            server.pacer.batch = 20
+            stalls = [0.0]
+
+            async def heartbeat() -> None:
+                loop = asyncio.get_running_loop()
+                while True:
+                    before = loop.time()
+                    await asyncio.sleep(0.005)
+                    stalls[0] = max(stalls[0], loop.time() - before - 0.005)
+
+            beat = asyncio.ensure_future(heartbeat())
+            async with LiveClient(server.url, [f"s{i}" for i in range(40)]) as starter:
+                for i in range(40):
+                    await starter.control("start", f"s{i}")
+                pacer = server.pacer
+
+                def behind_s() -> float:  # wall seconds between the wall clock and the model's next event
+                    return (pacer.now() - server.sim.env.peek()) / pacer.speed
+
+                async with asyncio.timeout(30):
+                    while behind_s() < 2.0:
+                        await asyncio.sleep(0.05)
+                stalls[0] = 0.0
+                backlog = behind_s()
+                asked = time.monotonic()
+                async with LiveClient(server.url, "late") as late:
+                    await late.control("start", "late")
+                    await late.expect(lambda m: m["type"] == "session_created", timeout=5)
+                answered = time.monotonic() - asked
+                beat.cancel()
+                return backlog, answered, stalls[0]
+
+    backlog, answered, stall = asyncio.run(main())
+    assert backlog >= 2.0
+    # A handshake and a control take a dozen turns of the event loop, each one behind a pacer batch
+    # (20 events, 20 ms here); before, they took the backlog twice over, and it grew meanwhile.
+    assert answered < 1.0, f"a start took {answered:.2f} s to answer with the pacer {backlog:.1f} s behind"
+    assert stall < 0.3, f"the event loop stalled {stall:.2f} s with the pacer {backlog:.1f} s behind"

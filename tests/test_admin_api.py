@@ -290,7 +290,12 @@ def test_push_validates_against_the_protocol_fills_seq_and_a_paused_clock_holds_
                 assert server.journal is not None
                 sent_at = [e["t"] for e in server.journal.entries(type="error")]
                 assert sent_at == [snap["timestamp"] + 2.0]
-                # The model's own messages keep counting after the pushed ones.
+                # The model's own messages keep counting after the pushed ones. (The session may be quiet for
+                # those 2 s, wherever the pause landed: one more step is one of its transitions, the only
+                # session.)
+                await ok(await http.post("/clock/step", json={"count": 1}))
+                await watcher.expect(lambda m: m["type"] == "pipeline_state_update"
+                                     and m["timestamp"] > snap["timestamp"] and m.get("error") != "LLM stalled")
                 after = [m for m in watcher.messages if m["type"] == "pipeline_state_update"
                          and m["timestamp"] > snap["timestamp"] and m.get("error") != "LLM stalled"]
                 assert after and all(m["seq"] > got["seq"] for m in after)

@@ -485,6 +485,7 @@ class Trace:
         for table in (self._events, self._services):
             table.close()
         self._write_small(self.sink)
+        pa.default_memory_pool().release_unused()  # the chunks' memory back to the system, for the DataFrames
 
     def _file_metadata(self) -> dict[bytes, bytes]:
         return {b"pipesim": json.dumps(self.header, sort_keys=True).encode()}
@@ -585,6 +586,7 @@ def _frame(columns: Iterator[tuple[str, pa.ChunkedArray]], widen: dict[str, str]
         if isinstance(series.dtype, pd.CategoricalDtype):
             series = series.cat.reorder_categories(sorted(series.cat.categories))
         data[name] = series.astype(widen[name]) if name in widen else series
+    pa.default_memory_pool().release_unused()  # the columns read, back to the system for the next frame
     return pd.DataFrame(data, copy=False)
 
 

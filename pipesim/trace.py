@@ -265,6 +265,17 @@ class _Turns:
         else:
             self.text[i] = text
 
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame) -> _Turns:
+        """The rows of a turns frame (e.g. read from ``turns.parquet``): ``frame()`` gives it back."""
+        turns = cls(None)
+        turns.numbers = df[list(_TURN_NUMBERS)].to_numpy(dtype=np.float64)
+        turns.rows = len(df)
+        # A missing string reads back as NaN (pandas' str dtype) or None: None, as the model records it.
+        text = [[v if isinstance(v, str) else None for v in df[name].tolist()] for name in _TURN_TEXT]
+        turns.text = list(zip(*text, strict=True))
+        return turns
+
     def frame(self) -> pd.DataFrame:
         start = max(0, self.rows - self.limit) if self.limit is not None else 0
         numbers = self.numbers[start:self.rows]
@@ -294,7 +305,7 @@ class Trace:
     """
 
     __slots__ = ("header", "_events", "_services", "_turns", "_windows", "sink", "on_transition", "_chunk_rows",
-                 "_model_observers")
+                 "_model_observers", "_turns_file", "_turns_in_file")
 
     def __init__(self, header: dict[str, Any] | None = None, sink: str | Path | None = None,
                  limit: int | None = None, chunk_rows: int | None = None) -> None:
@@ -316,6 +327,10 @@ class Trace:
         self._services = _Table(SERVICE_SCHEMA, chunk_rows, limit, None if self.sink is None
                                 else self.sink / "services.parquet")
         self._turns = _Turns(None if limit is None else max(1, limit // EVENTS_PER_TURN_KEPT))
+        #: Once a streamed trace is closed (or one is loaded from a folder), its turns are read from this
+        #: file when asked for, rather than held (~300 bytes a turn: 150 MB for 500,000 turns).
+        self._turns_file: Path | None = None
+        self._turns_in_file = 0
         self._windows: list[tuple[float, float, str, str]] = []
         self._model_observers: list[Callable[[tuple[Any, ...]], None]] = []
         if self.sink is not None:  # the files' header, in place before their first row group is written
@@ -390,7 +405,7 @@ class Trace:
     @property
     def n_turns(self) -> int:
         """Turns recorded."""
-        return self._turns.offset + self._turns.rows
+        return self._turns.offset + self._turns.rows + self._turns_in_file
 
     @property
     def dropped(self) -> dict[str, int]:
@@ -447,6 +462,8 @@ class Trace:
 
     def turns_frame(self) -> pd.DataFrame:
         """One row per turn (see :data:`TURN_COLUMNS`)."""
+        if self._turns_file is not None:
+            return _Turns.from_frame(pd.read_parquet(self._turns_file)).frame()
         return self._turns.frame()
 
     def services_frame(self) -> pd.DataFrame:
@@ -484,8 +501,14 @@ class Trace:
             return
         for table in (self._events, self._services):
             table.close()
-        self._write_small(self.sink)
+        if self._turns_file is None:  # not closed yet: the turns are still held
+            self._write_small(self.sink)
+            self._spill_turns(self.sink / "turns.parquet", self.n_turns)
         pa.default_memory_pool().release_unused()  # the chunks' memory back to the system, for the DataFrames
+
+    def _spill_turns(self, path: Path, rows: int) -> None:
+        """Let go of the turns held: they are in ``path`` (``rows`` of them), read from there when asked."""
+        self._turns, self._turns_file, self._turns_in_file = _Turns(None), path, rows
 
     def _file_metadata(self) -> dict[bytes, bytes]:
         return {b"pipesim": json.dumps(self.header, sort_keys=True).encode()}
@@ -521,16 +544,13 @@ class Trace:
             meta = pq.read_schema(events).metadata or {}
             header = json.loads(meta.get(b"pipesim", b"{}"))
             trace = cls(header)
-            turns = pd.read_parquet(folder / "turns.parquet")
             windows = pd.read_parquet(folder / "kafka_windows.parquet")
             trace._events.sink, trace._services.sink = events, folder / "services.parquet"
             for table in (trace._events, trace._services):
                 table.rows_in_batches = pq.read_metadata(table.sink).num_rows if table.sink.exists() else 0
+            trace._spill_turns(folder / "turns.parquet", pq.read_metadata(folder / "turns.parquet").num_rows)
         except (OSError, ValueError, pa.ArrowException) as exc:
             raise TraceError(f"{folder}: not a pipesim run folder ({exc})") from None
-        for rec in turns.itertuples(index=False, name=None):
-            trace._turns.add([None if isinstance(v, float) and c in _TURN_TEXT else v
-                              for c, v in zip(TURN_COLUMNS, rec, strict=True)])
         trace._windows = list(windows.itertuples(index=False, name=None))
         return trace
 

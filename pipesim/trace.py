@@ -15,7 +15,8 @@ appended to with one call by the model; DataFrames are built once, at the end:
 Events and service samples are appended as rows to a short list and turned into Arrow columns every
 ``chunk_rows`` rows, so a run holds ~50-80 bytes per event instead of a Python tuple's ~400. With ``sink``
 (a folder) those chunks are written to Parquet as the run goes (``events.parquet``, ``services.parquet``)
-and memory stays bounded whatever the run's length; with ``limit`` only the most recent events, samples
+and memory stays bounded whatever the run's length (once closed, the turns are read from ``turns.parquet``
+too); DataFrames are built one Arrow column at a time. With ``limit`` only the most recent events, samples
 (and a sixteenth as many turns) are kept (a ring for the live server: :attr:`Trace.dropped` counts what it forgot).
 
 A trace saves to Parquet (:meth:`Trace.to_parquet`, lossless) or JSON Lines (one object per line,

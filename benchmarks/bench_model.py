@@ -9,9 +9,11 @@ Three parts:
    ratio pipesim / skeleton (target >= 0.5).
 2. **events**: SimPy events per second of pipesim against a bare ``env.timeout`` loop with as many live
    processes as pipesim had on average (target >= 30%).
-3. **sizes**: ``baseline`` with 1,000 / 10,000 / 100,000 sessions, each in a fresh subprocess: turns/s,
-   simulated seconds per wall second, peak RSS of the child, bytes of memory per trace event, DataFrame build
-   time against run time, and how flat the per-turn cost stays from the smallest size to the largest.
+3. **sizes**: ``baseline`` with 1,000 / 10,000 / 100,000 sessions, each in a fresh subprocess, run as
+   the README tells users to run a big study (the trace streamed to a run folder): turns/s, simulated
+   seconds per wall second, the run's peak RSS and, apart, the peak while the DataFrames are built, bytes
+   of memory per trace event, DataFrame build time against run time, and how flat the per-turn cost stays
+   from the smallest size to the largest.
 
 Rates are per CPU second of this process (``time.process_time``): on a machine shared with other jobs that
 is steadier than wall time; wall times are reported beside them.
@@ -33,6 +35,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -238,30 +241,62 @@ def _rss_bytes() -> int:
         return 0
 
 
-def child(sessions: int) -> dict[str, Any]:
-    """One size, in this (fresh) process: run, then build the DataFrames; what the table shows."""
-    scn = pipesim.load_scenario(SCENARIO).override({"sessions.arrivals.count": sessions})
-    rss_before = _rss_bytes()
-    cpu, wall = time.process_time(), time.perf_counter()
-    sim = Simulation(scn)
+def _peak_rss_bytes() -> int:
+    """The peak resident set size of this process since it started or since :func:`_reset_peak_rss`."""
     try:
-        sim.run()
-    except PipesimError as exc:  # the memory budget refuses the size: say so, plainly
-        return {"sessions": sessions, "refused": str(exc)}
-    run_cpu, run_wall = time.process_time() - cpu, time.perf_counter() - wall
-    rss_run = _rss_bytes()
-    cpu, wall = time.process_time(), time.perf_counter()
-    res = pipesim.Results(scn, sim.seed, sim.trace)
-    turns, events, _, _ = res.turns, res.events, res.sessions, res.services
-    frames_cpu, frames_wall = time.process_time() - cpu, time.perf_counter() - wall
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Start measuring the peak RSS afresh (Linux >= 4.0: ``/proc/self/clear_refs``); False if it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def child(sessions: int) -> dict[str, Any]:
+    """One size, in this (fresh) process, run the way the README tells users to run a big study: the trace
+    streamed to a run folder as it goes (``simulate(out=DIR)``, ``pipesim run --out DIR``), then the
+    DataFrames built from it. The run's peak RSS and the DataFrames' peak (what the process holds while
+    building them, the run's leftovers included) are measured apart."""
+    scn = pipesim.load_scenario(SCENARIO).override({"sessions.arrivals.count": sessions})
+    with tempfile.TemporaryDirectory(prefix="bench_model_") as folder:
+        rss_before = _rss_bytes()
+        cpu, wall = time.process_time(), time.perf_counter()
+        sim = Simulation(scn, trace_out=folder)
+        try:
+            sim.run()
+        except PipesimError as exc:  # the memory budget refuses the size: say so, plainly
+            return {"sessions": sessions, "refused": str(exc)}
+        sim.trace.close()  # what simulate(out=...) does: the rest of the trace written
+        run_cpu, run_wall = time.process_time() - cpu, time.perf_counter() - wall
+        run_peak = _peak_rss_bytes()
+        sim_s, simpy_events, seed, trace = sim.env.now, next(sim.env._eid), sim.seed, sim.trace
+        del sim  # as simulate() lets the model go: the Results keep only the trace
+        res = pipesim.Results(scn, seed, trace)
+        separate = _reset_peak_rss()
+        cpu, wall = time.process_time(), time.perf_counter()
+        turns, events, _, _ = res.turns, res.events, res.sessions, res.services
+        frames_cpu, frames_wall = time.process_time() - cpu, time.perf_counter() - wall
+        frames_peak = _peak_rss_bytes()
+        n_turns, n_events = len(turns), len(events)
     return {
-        "sessions": sessions, "turns": len(turns), "trace_events": len(events), "simpy_events": next(sim.env._eid),
-        "sim_s": sim.env.now, "run_cpu_s": run_cpu, "run_wall_s": run_wall,
+        "sessions": sessions, "turns": n_turns, "trace_events": n_events, "simpy_events": simpy_events,
+        "sim_s": sim_s, "run_cpu_s": run_cpu, "run_wall_s": run_wall,
         "frames_cpu_s": frames_cpu, "frames_wall_s": frames_wall,
-        "turns_per_s": len(turns) / run_cpu, "us_per_turn": 1e6 * run_cpu / len(turns),
-        "sim_s_per_wall_s": sim.env.now / run_wall, "frames_over_run": frames_cpu / run_cpu,
-        "bytes_per_trace_event": (rss_run - rss_before) / max(1, len(events)),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "turns_per_s": n_turns / run_cpu, "us_per_turn": 1e6 * run_cpu / n_turns,
+        "sim_s_per_wall_s": sim_s / run_wall, "frames_over_run": frames_cpu / run_cpu,
+        # What the run took over the imported libraries, per event of its trace (streamed: not held).
+        "bytes_per_trace_event": (run_peak - rss_before) / max(1, n_events),
+        "run_peak_rss_mib": run_peak / 2**20,
+        "frames_peak_rss_mib": frames_peak / 2**20 if separate else None,
+        "peak_rss_mib": max(run_peak, frames_peak) / 2**20,
     }
 
 
@@ -291,8 +326,8 @@ def report(result: dict[str, Any]) -> str:
         f"  ratio turns/s pipesim/skeleton {f['turns_ratio']:.2f} (target >= 0.5); "
         f"events/s pipesim/bare {f['events_ratio']:.0%} (target >= 30%)",
         "",
-        f"  {'sessions':>9}{'turns':>9}{'turns/s':>9}{'us/turn':>9}{'sim s/s':>9}{'peak MiB':>10}"
-        f"{'B/event':>9}{'frames/run':>11}",
+        f"  {'sessions':>9}{'turns':>9}{'turns/s':>9}{'us/turn':>9}{'sim s/s':>9}{'run MiB':>9}"
+        f"{'frames MiB':>11}{'B/event':>9}{'frames/run':>11}",
     ]
     for row in result["sizes"]:
         if "turns" not in row:
@@ -300,7 +335,8 @@ def report(result: dict[str, Any]) -> str:
             lines.append(f"  {row['sessions']:9,}  not run: {why}")
             continue
         lines.append(f"  {row['sessions']:9,}{row['turns']:9,}{row['turns_per_s']:9,.0f}{row['us_per_turn']:9.0f}"
-                     f"{row['sim_s_per_wall_s']:9,.0f}{row['peak_rss_mib']:10,.0f}{row['bytes_per_trace_event']:9,.0f}"
+                     f"{row['sim_s_per_wall_s']:9,.0f}{row['run_peak_rss_mib']:9,.0f}"
+                     f"{row['frames_peak_rss_mib'] or row['peak_rss_mib']:11,.0f}{row['bytes_per_trace_event']:9,.0f}"
                      f"{row['frames_over_run']:11.2f}")
     if result.get("per_turn_flatness") is not None:
         lines.append(f"  per-turn cost, largest / smallest size: {result['per_turn_flatness']:.2f} "

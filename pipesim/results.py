@@ -54,7 +54,8 @@ class Results:
     @cached_property
     def sessions(self) -> pd.DataFrame:
         saved = self._saved("sessions")
-        return analysis.sessions_frame(self.events, self.turns) if saved is None else saved
+        # From the session_created / session_stopped rows alone: no need for the whole events frame.
+        return analysis.sessions_frame(self.trace.lifecycle_frame(), self.turns) if saved is None else saved
 
     @cached_property
     def services(self) -> pd.DataFrame:
@@ -81,7 +82,7 @@ class Results:
     @property
     def end_time(self) -> float:
         """The last moment of the run that left a trace (seconds)."""
-        return float(self.events["t"].max()) if len(self.events) else 0.0
+        return self.trace.end_time()
 
     def percentiles(self, columns: Sequence[str] = analysis.FIGURES, by: str | Sequence[str] | None = None,
                     ) -> pd.DataFrame:

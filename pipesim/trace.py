@@ -15,7 +15,8 @@ appended to with one call by the model; DataFrames are built once, at the end:
 Events and service samples are appended as rows to a short list and turned into Arrow columns every
 ``chunk_rows`` rows, so a run holds ~50-80 bytes per event instead of a Python tuple's ~400. With ``sink``
 (a folder) those chunks are written to Parquet as the run goes (``events.parquet``, ``services.parquet``)
-and memory stays bounded whatever the run's length; with ``limit`` only the most recent events, samples
+and memory stays bounded whatever the run's length (once closed, the turns are read from ``turns.parquet``
+too); DataFrames are built one Arrow column at a time. With ``limit`` only the most recent events, samples
 (and a sixteenth as many turns) are kept (a ring for the live server: :attr:`Trace.dropped` counts what it forgot).
 
 A trace saves to Parquet (:meth:`Trace.to_parquet`, lossless) or JSON Lines (one object per line,
@@ -134,6 +135,7 @@ class _Table:
         batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
         self.pending.clear()  # in place: the state manager appends to this very list (Trace.on_transition)
         if self.sink is not None:
+            self.rows_in_batches += batch.num_rows  # rows in the file count as kept: n_events counts them
             self._unwritten.append(batch)
             self._unwritten_rows += batch.num_rows
             if self._unwritten_rows >= ROW_GROUP_ROWS:
@@ -178,16 +180,36 @@ class _Table:
             table = table.slice(table.num_rows - self.limit)
         return table
 
-    def batches_of(self, size: int = CHUNK_ROWS) -> Iterator[pa.RecordBatch]:
-        """The rows in record batches, without holding them all (read from the file when streaming)."""
+    def columns(self, names: Sequence[str] | None = None) -> Iterator[tuple[str, pa.ChunkedArray]]:
+        """The kept rows' ``names`` columns (default: all) one at a time; a streamed table reads each from its
+        file only when asked for it, so that a caller converting them holds one column of Arrow at a time."""
+        names = self.schema.names if names is None else names
+        self.flush()
+        if self.sink is not None and self._writer is not None:
+            self.close()
+        if self.sink is not None and self.sink.exists():
+            file = pq.ParquetFile(self.sink)
+            for name in names:  # row group by row group: reading a column whole decodes it twice over
+                yield name, pa.chunked_array([chunk for i in range(file.num_row_groups)
+                                              for chunk in file.read_row_group(i, columns=[name]).column(0).chunks],
+                                             type=file.schema_arrow.field(name).type)
+            return
+        table = self.table() if self.sink is None else self.schema.empty_table()
+        for name in names:
+            yield name, table.column(name)
+
+    def batches_of(self, size: int = CHUNK_ROWS, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """The rows in record batches (only ``columns``, if given), without holding them all (read from the
+        file when streaming)."""
         self.flush()
         if self.sink is not None:
             if self._writer is not None:
                 self.close()
             if self.sink.exists():
-                yield from pq.ParquetFile(self.sink).iter_batches(batch_size=size)
+                yield from pq.ParquetFile(self.sink).iter_batches(batch_size=size, columns=columns)
             return
-        yield from self.table().to_batches(max_chunksize=size)
+        table = self.table()
+        yield from (table if columns is None else table.select(columns)).to_batches(max_chunksize=size)
 
 
 def _array(values: Sequence[Any], field: pa.Field) -> pa.Array:
@@ -244,6 +266,17 @@ class _Turns:
         else:
             self.text[i] = text
 
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame) -> _Turns:
+        """The rows of a turns frame (e.g. read from ``turns.parquet``): ``frame()`` gives it back."""
+        turns = cls(None)
+        turns.numbers = df[list(_TURN_NUMBERS)].to_numpy(dtype=np.float64)
+        turns.rows = len(df)
+        # A missing string reads back as NaN (pandas' str dtype) or None: None, as the model records it.
+        text = [[v if isinstance(v, str) else None for v in df[name].tolist()] for name in _TURN_TEXT]
+        turns.text = list(zip(*text, strict=True))
+        return turns
+
     def frame(self) -> pd.DataFrame:
         start = max(0, self.rows - self.limit) if self.limit is not None else 0
         numbers = self.numbers[start:self.rows]
@@ -273,7 +306,7 @@ class Trace:
     """
 
     __slots__ = ("header", "_events", "_services", "_turns", "_windows", "sink", "on_transition", "_chunk_rows",
-                 "_model_observers")
+                 "_model_observers", "_turns_file", "_turns_in_file")
 
     def __init__(self, header: dict[str, Any] | None = None, sink: str | Path | None = None,
                  limit: int | None = None, chunk_rows: int | None = None) -> None:
@@ -295,6 +328,10 @@ class Trace:
         self._services = _Table(SERVICE_SCHEMA, chunk_rows, limit, None if self.sink is None
                                 else self.sink / "services.parquet")
         self._turns = _Turns(None if limit is None else max(1, limit // EVENTS_PER_TURN_KEPT))
+        #: Once a streamed trace is closed (or one is loaded from a folder), its turns are read from this
+        #: file when asked for, rather than held (~300 bytes a turn: 150 MB for 500,000 turns).
+        self._turns_file: Path | None = None
+        self._turns_in_file = 0
         self._windows: list[tuple[float, float, str, str]] = []
         self._model_observers: list[Callable[[tuple[Any, ...]], None]] = []
         if self.sink is not None:  # the files' header, in place before their first row group is written
@@ -369,7 +406,7 @@ class Trace:
     @property
     def n_turns(self) -> int:
         """Turns recorded."""
-        return self._turns.offset + self._turns.rows
+        return self._turns.offset + self._turns.rows + self._turns_in_file
 
     @property
     def dropped(self) -> dict[str, int]:
@@ -395,15 +432,44 @@ class Trace:
 
     def events_frame(self) -> pd.DataFrame:
         """Every event, one row each, in order; string columns are categoricals."""
-        return _frame(self._events.table(), {"turn_id": "int64", "seq": "int64"})
+        return _frame(self._events.columns(), {"turn_id": "int64", "seq": "int64"})
+
+    def lifecycle_frame(self) -> pd.DataFrame:
+        """``t``, ``session_id`` and ``event`` of the ``session_created`` and ``session_stopped`` events, in
+        order: what the ``sessions`` table needs of the events, read without building the events frame.
+
+        >>> t = Trace()
+        >>> t.model_event(1.0, "s1", 1, "speech_ended"); t.model_event(2.0, "s1", 1, "session_stopped")
+        >>> t.lifecycle_frame().astype(str).values.tolist()
+        [['2.0', 's1', 'session_stopped']]
+        """
+        names = ["t", "session_id", "event"]
+        kept = [batch.filter(pc.is_in(pc.cast(batch.column("event"), pa.string()),
+                                      pa.array(["session_created", "session_stopped"])))
+                for batch in self._events.batches_of(ROW_GROUP_ROWS, names)]
+        table = pa.Table.from_batches(kept, schema=pa.schema([self._events.schema.field(n) for n in names]))
+        return _frame(((name, table.column(name)) for name in names), {})
+
+    def end_time(self) -> float:
+        """The time of the last event kept (0.0 without any), read without building the events frame.
+
+        >>> t = Trace()
+        >>> t.model_event(1.5, "s1", 1, "speech_ended"); t.model_event(0.5, "s2", 1, "speech_ended")
+        >>> t.end_time()
+        1.5
+        """
+        ends = [pc.max(batch.column(0)).as_py() for batch in self._events.batches_of(ROW_GROUP_ROWS, ["t"])]
+        return float(max((e for e in ends if e is not None), default=0.0))
 
     def turns_frame(self) -> pd.DataFrame:
         """One row per turn (see :data:`TURN_COLUMNS`)."""
+        if self._turns_file is not None:
+            return _Turns.from_frame(pd.read_parquet(self._turns_file)).frame()
         return self._turns.frame()
 
     def services_frame(self) -> pd.DataFrame:
         """Busy workers and queue length of each service after every change (``service`` a categorical)."""
-        return _frame(self._services.table(), dict.fromkeys(("busy", "queued", "capacity"), "int64"))
+        return _frame(self._services.columns(), dict.fromkeys(("busy", "queued", "capacity"), "int64"))
 
     def kafka_windows_frame(self) -> pd.DataFrame:
         """Every Kafka stall or outage in force: start, end (s), topic (a service or ``all``), cause."""
@@ -436,7 +502,14 @@ class Trace:
             return
         for table in (self._events, self._services):
             table.close()
-        self._write_small(self.sink)
+        if self._turns_file is None:  # not closed yet: the turns are still held
+            self._write_small(self.sink)
+            self._spill_turns(self.sink / "turns.parquet", self.n_turns)
+        pa.default_memory_pool().release_unused()  # the chunks' memory back to the system, for the DataFrames
+
+    def _spill_turns(self, path: Path, rows: int) -> None:
+        """Let go of the turns held: they are in ``path`` (``rows`` of them), read from there when asked."""
+        self._turns, self._turns_file, self._turns_in_file = _Turns(None), path, rows
 
     def _file_metadata(self) -> dict[bytes, bytes]:
         return {b"pipesim": json.dumps(self.header, sort_keys=True).encode()}
@@ -472,14 +545,13 @@ class Trace:
             meta = pq.read_schema(events).metadata or {}
             header = json.loads(meta.get(b"pipesim", b"{}"))
             trace = cls(header)
-            turns = pd.read_parquet(folder / "turns.parquet")
             windows = pd.read_parquet(folder / "kafka_windows.parquet")
+            trace._events.sink, trace._services.sink = events, folder / "services.parquet"
+            for table in (trace._events, trace._services):
+                table.rows_in_batches = pq.read_metadata(table.sink).num_rows if table.sink.exists() else 0
+            trace._spill_turns(folder / "turns.parquet", pq.read_metadata(folder / "turns.parquet").num_rows)
         except (OSError, ValueError, pa.ArrowException) as exc:
             raise TraceError(f"{folder}: not a pipesim run folder ({exc})") from None
-        trace._events.sink, trace._services.sink = events, folder / "services.parquet"
-        for rec in turns.itertuples(index=False, name=None):
-            trace._turns.add([None if isinstance(v, float) and c in _TURN_TEXT else v
-                              for c, v in zip(TURN_COLUMNS, rec, strict=True)])
         trace._windows = list(windows.itertuples(index=False, name=None))
         return trace
 
@@ -519,16 +591,27 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _frame(table: pa.Table, widen: dict[str, str]) -> pd.DataFrame:
-    """A DataFrame of an Arrow table: codes become categoricals (categories sorted, so the same rows give
-    the same frame whatever their chunks), narrow integers int64, nullable integers ``Int64``."""
-    table = table.unify_dictionaries()
-    df = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
-    for name in df.columns:
-        if isinstance(df[name].dtype, pd.CategoricalDtype):
-            categories = df[name].cat.categories
-            df[name] = df[name].cat.reorder_categories(sorted(categories))
-    return df.astype(widen)
+def _frame(columns: Iterator[tuple[str, pa.ChunkedArray]], widen: dict[str, str]) -> pd.DataFrame:
+    """A DataFrame of Arrow columns: codes become categoricals (categories sorted, so the same rows give
+    the same frame whatever their chunks), narrow integers int64, nullable integers ``Int64``.
+
+    Column by column, each Arrow column let go once converted: a frame of 15 million events is built
+    holding the frame and one column, not the frame and a whole Arrow table (twice the memory).
+    """
+    data: dict[str, pd.Series] = {}
+    for name, column in columns:
+        if pa.types.is_dictionary(column.type):
+            column = column.unify_dictionaries()
+        series = column.to_pandas(types_mapper=_NULLABLE_INT.get)
+        del column
+        if isinstance(series.dtype, pd.CategoricalDtype):
+            series = series.cat.reorder_categories(sorted(series.cat.categories))
+        data[name] = series.astype(widen[name]) if name in widen else series
+    pa.default_memory_pool().release_unused()  # the columns read, back to the system for the next frame
+    return pd.DataFrame(data, copy=False)
+
+
+_NULLABLE_INT = {pa.int64(): pd.Int64Dtype()}
 
 
 _NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # as json.dumps writes them

@@ -19,7 +19,7 @@ from pipesim.live import load_replay
 from pipesim.model import Simulation
 from pipesim.model.budget import check_budget, estimate_run
 from pipesim.results import Results
-from pipesim.scenario import Scenario
+from pipesim.scenario import Scenario, bundled_scenarios
 from pipesim.trace import TURN_COLUMNS, Trace
 
 #: Where the columnar trace changed a dtype on purpose: codes (categoricals) instead of strings.
@@ -46,6 +46,10 @@ def test_every_frame_holds_the_values_it_held_before_the_trace_was_columnar(runs
         assert changed <= CATEGORICAL.get(frame, set()), (frame, changed)
         assert all(got[frame]["dtypes"][c] == "category" for c in changed)
     assert sorted(got) == sorted(reference)
+
+
+def test_the_reference_covers_every_bundled_scenario():
+    assert sorted(trace_reference.RUNS) == bundled_scenarios()
 
 
 def figure_inputs(res: Results) -> dict[str, Any]:

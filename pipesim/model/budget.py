@@ -30,10 +30,15 @@ from pipesim.trace import CHUNK_ROWS, ROW_GROUP_ROWS
 #: Measured on ``baseline`` (10,000 sessions, CPython 3.11, tracemalloc; docs/performance.md): the columnar
 #: trace holds ~70 bytes per event (a transition or model event, with its share of turn rows and service
 #: samples); the model's own live objects add about as much again while the run goes on. A session (its
-#: random streams and samplers) takes ~20 KB while it runs (an upper bound: offline, an ended session's
-#: memory is released, so only the sessions in flight hold it).
+#: random streams and samplers) takes ~20 KB while it runs; offline, an ended session's memory is released
+#: but for its state-manager record and the like (~300 bytes measured; counted generously).
 BYTES_PER_EVENT = 150
 BYTES_PER_SESSION = 20_000
+BYTES_PER_ENDED_SESSION = 1_000
+#: How long a session lasts, per turn, beyond the user's own speech and thinking: the bot's reply (the
+#: pipeline's latency and the reply's audio; ~9 s a turn in ``baseline``), counted generously, so that
+#: the sessions in flight (arrival rate x session length) are not underestimated.
+REPLY_ALLOWANCE_S = 15.0
 #: Streaming: the events held before a row group is written (a row group and a chunk of pending rows, at
 #: ~400 bytes each as Python tuples), and a turn row, which stays in memory until the end of the run.
 STREAMED_EVENTS = ROW_GROUP_ROWS + CHUNK_ROWS
@@ -101,16 +106,29 @@ def estimate_run(scenario: Scenario, until: float | None = None, streaming: bool
 
     per_turn = EVENTS_PER_TURN + reports(utterance)
     sessions = _sessions(scenario, horizon)
+    in_flight = _in_flight(scenario, sessions, turns * (cycle + REPLY_ALLOWANCE_S))
     events = sessions * (EVENTS_PER_SESSION + turns * per_turn)
     all_turns = sessions * turns
     for script in s.scripted:
         sessions += 1
+        in_flight += 1  # a scripted session lasts as long as its timeline: count it as in flight throughout
         events += EVENTS_PER_SESSION + sum(EVENTS_PER_TURN + reports(min(step.speak or 0.0, MAX_UTTERANCE_S))
                                            for step in script.timeline)
         all_turns += len(script.timeline)
     trace = (all_turns * BYTES_PER_TURN + min(events, STREAMED_EVENTS) * BYTES_PER_PENDING_EVENT if streaming
              else events * BYTES_PER_EVENT)
-    return RunEstimate(sessions, turns, per_turn, events, sessions * BYTES_PER_SESSION + trace)
+    model = in_flight * BYTES_PER_SESSION + (sessions - in_flight) * BYTES_PER_ENDED_SESSION
+    return RunEstimate(sessions, turns, per_turn, events, model + trace)
+
+
+def _in_flight(scenario: Scenario, sessions: float, session_s: float) -> float:
+    """The most sessions running at once (Little's law at the peak arrival rate: rate x session length),
+    at most all of them; an offline run releases a session's streams and samplers when it ends."""
+    arrivals = scenario.sessions.arrivals
+    if isinstance(arrivals, AtOnce):
+        return sessions
+    rate = arrivals.rate_per_s if isinstance(arrivals, Poisson) else max(p[1] for p in arrivals.points)
+    return min(sessions, rate * session_s)
 
 
 def default_memory_limit() -> int:

@@ -15,12 +15,35 @@ import asyncio
 import json
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import SplitResult, urlencode, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from pipesim.errors import LiveError
+
 Predicate = Callable[[dict[str, Any]], bool]
+
+
+def split_websocket_url(url: str, error: type[LiveError] = LiveError) -> SplitResult:
+    """``url``'s parts, or ``error`` (a :class:`~pipesim.errors.LiveError`) naming what is wrong with it: a
+    user's URL for a command that connects (``pipesim record``, ``pipesim load``).
+
+    >>> split_websocket_url("ws://127.0.0.1:8001/ws").port
+    8001
+    >>> split_websocket_url("http://127.0.0.1:8001/ws")
+    Traceback (most recent call last):
+    ...
+    pipesim.errors.LiveError: http://127.0.0.1:8001/ws: not a WebSocket URL (expected ws://HOST:PORT/ws or wss://...)
+    """
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a port that is not a number
+    except ValueError as exc:
+        raise error(f"{url}: not a valid URL ({exc})") from None
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise error(f"{url}: not a WebSocket URL (expected ws://HOST:PORT/ws or wss://...)")
+    return parts
 
 
 class LiveClient:

@@ -16,7 +16,7 @@ from each transition's simulated time, mapped to wall time by the clock origin t
 >>> http_base("http://127.0.0.1:8001/ws")
 Traceback (most recent call last):
 ...
-pipesim.errors.LiveError: http://127.0.0.1:8001/ws: not a WebSocket URL (expected ws://HOST:PORT/ws)
+pipesim.errors.LiveError: http://127.0.0.1:8001/ws: not a WebSocket URL (expected ws://HOST:PORT/ws or wss://...)
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from pipesim.errors import LiveError
+from pipesim.live.client import split_websocket_url
 from pipesim.live.lag import LagHistogram
 
 #: Handshakes started at once in each worker (a burst of thousands would be refused by the backlog).
@@ -58,13 +59,7 @@ def raise_fd_limit() -> int:
 
 def http_base(url: str) -> str:
     """The HTTP address of the server of WebSocket ``url`` (where ``/stats`` is)."""
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises on a port that is not a number
-    except ValueError as exc:
-        raise LiveError(f"{url}: not a valid URL ({exc})") from None
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise LiveError(f"{url}: not a WebSocket URL (expected ws://HOST:PORT/ws)")
+    parts = split_websocket_url(url)
     return f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
 
 

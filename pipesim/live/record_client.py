@@ -46,12 +46,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from pipesim.errors import ProtocolError, RecordError
+from pipesim.live.client import split_websocket_url
 from pipesim.live.recording import Recorder
 from pipesim.protocol import parse_message
 from pipesim.vocabulary import SERVER_MESSAGE_TYPES
@@ -84,13 +85,7 @@ class RecordingClient:
                  retries: int = 10, backoff_s: float = 0.5, max_backoff_s: float = 10.0,
                  open_timeout_s: float = 10.0, say: Callable[[str], None] | None = None,
                  rng: random.Random | None = None) -> None:
-        try:
-            parts = urlsplit(url)
-            _ = parts.port  # raises on a port that is not a number
-        except ValueError as exc:
-            raise RecordError(f"{url}: not a valid URL ({exc})") from None
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise RecordError(f"{url}: not a WebSocket URL (expected ws://HOST:PORT/ws or wss://...)")
+        parts = split_websocket_url(url, RecordError)
         if retries < 0 or not backoff_s > 0 or not max_backoff_s >= backoff_s:
             raise ValueError("need retries >= 0 and 0 < backoff_s <= max_backoff_s")
         self.source = url

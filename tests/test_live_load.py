@@ -43,6 +43,7 @@ def test_load_reports_every_figure_and_loses_nothing(server: str, tmp_path: Path
     assert run.returncode == 0, run.stdout + run.stderr
     for line in ("delivered", "lost", "latency", "pacer lag"):
         assert line in run.stdout
+    assert "12 sessions + 1 dashboard on" in run.stdout and "(12 sessions, 1 dashboard)" in run.stdout
     figures = json.loads(out.read_text())
     assert figures["connected"] == figures["clients"] == 13
     assert figures["lost"] == figures["slow"] == figures["broken"] == figures["refused"] == 0

@@ -279,11 +279,15 @@ def run_load(url: str, sessions: int = 100, dashboards: int = 2, seconds: float 
 
 
 # The command ----------------------------------------------------------------------------------------------
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 def report(out: dict[str, Any]) -> str:
     """The figures of :func:`run_load`, for people."""
     return "\n".join([
         f"connected    {out['connected']} of {out['clients']} clients ({out['sessions']} sessions, "
-        f"{out['dashboards']} dashboards), server at {out['speed']:g}x",
+        f"{_count(out['dashboards'], 'dashboard')}), server at {out['speed']:g}x",
         f"delivered    {out['msgs_per_s']:,.0f} messages/s over {out['seconds']:g} s "
         f"(dashboards {out['dashboard_msgs_per_s']:,.0f}/s), {out['mean_bytes']:.0f} bytes each",
         f"lost         {out['lost']} (seq gaps seen by clients that kept up)",
@@ -301,8 +305,9 @@ def load_command(args: argparse.Namespace) -> int:
                         f"(open-file limit {limit}; raise it with ulimit -n)")
     workers = max(1, min(args.workers, args.sessions))
     server_stats(args.url)  # a bad URL or no server: one line, before anything starts
-    print(f"pipesim load: {args.sessions} sessions + {args.dashboards} dashboards on {args.url} "
-          f"({workers} worker processes), {args.warmup:g} s warm-up, {args.duration:g} s window", flush=True)
+    print(f"pipesim load: {_count(args.sessions, 'session')} + {_count(args.dashboards, 'dashboard')} on {args.url} "
+          f"({_count(workers, 'worker process', 'worker processes')}), {args.warmup:g} s warm-up, "
+          f"{args.duration:g} s window", flush=True)
     out = run_load(args.url, args.sessions, args.dashboards, args.duration, args.warmup, workers)
     out.pop("window")
     print(report(out), flush=True)

@@ -317,13 +317,12 @@ class _Ops:
         sid = body.session_id
         while sid is None or (body.session_id is None and sid in server.sim.manager):
             sid = f"admin-{next(self._admin_ids):04d}"
-        server.pacer.catch_up()
-        try:
-            server.sim.add_session(sid, turns=body.turns, audio_quality=body.audio_quality, start=body.start)
-        except IllegalTransition as exc:
-            raise AdminError(409, "illegal_control", f"create: {exc}") from None
+        with server.pacer.applying():
+            try:
+                server.sim.add_session(sid, turns=body.turns, audio_quality=body.audio_quality, start=body.start)
+            except IllegalTransition as exc:
+                raise AdminError(409, "illegal_control", f"create: {exc}") from None
         self.created_by_admin.add(sid)
-        server.pacer.wake()
         return self.session(sid)
 
     def control(self, sid: str, action: str) -> Session:
@@ -331,14 +330,13 @@ class _Ops:
         if sid not in server.sim.manager:
             raise AdminError(404, "unknown_session", f"{action}: unknown session {sid!r} "
                              "(create it with POST /__admin/sessions)")
-        server.pacer.catch_up()
-        try:
-            server.sim.control(sid, action)
-        except UnknownSession:
-            raise AdminError(404, "unknown_session", f"{action}: unknown session {sid!r}") from None
-        except IllegalTransition as exc:
-            raise AdminError(409, "illegal_control", f"{action}: {exc}") from None
-        server.pacer.wake()
+        with server.pacer.applying():
+            try:
+                server.sim.control(sid, action)
+            except UnknownSession:
+                raise AdminError(404, "unknown_session", f"{action}: unknown session {sid!r}") from None
+            except IllegalTransition as exc:
+                raise AdminError(409, "illegal_control", f"{action}: {exc}") from None
         return self.session(sid)
 
     # Clock
@@ -447,23 +445,22 @@ class _Ops:
         server = self.live
         # The same validation as the WebSocket fault_injection (one source of truth for the fields).
         msg = FaultInjection.model_validate({"type": "fault_injection", **body.model_dump(exclude_none=True)})
-        now = server.pacer.catch_up()
-        applied: dict[str, Any] = {"fault": msg.fault, "session_id": msg.session_id, "from_t": now}
-        if msg.fault == "disconnect":
-            sid = msg.session_id
-            if sid is not None and sid not in server.sim.manager:
-                raise AdminError(404, "unknown_session", f"disconnect: unknown session {sid!r}")
-            targets = [c for c in list(server._clients) if sid is None or sid in c.watched]
-            for target in targets:
-                server._drop(target, 4000, "fault injection: disconnect")
-            return FaultApplied(applied={**applied, "until_t": now, "disconnected": len(targets)})
-        try:
-            server.sim.inject_fault(msg.fault, msg.service, msg.duration_s)
-        except ValueError as exc:
-            raise AdminError(422, "bad_request", f"body: {exc}") from None
-        server.pacer.wake()
-        return FaultApplied(applied={**applied, "service": msg.service, "duration_s": msg.duration_s,
-                                     "until_t": now + msg.duration_s})
+        with server.pacer.applying() as now:
+            applied: dict[str, Any] = {"fault": msg.fault, "session_id": msg.session_id, "from_t": now}
+            if msg.fault == "disconnect":
+                sid = msg.session_id
+                if sid is not None and sid not in server.sim.manager:
+                    raise AdminError(404, "unknown_session", f"disconnect: unknown session {sid!r}")
+                targets = [c for c in list(server._clients) if sid is None or sid in c.watched]
+                for target in targets:
+                    server._drop(target, 4000, "fault injection: disconnect")
+                return FaultApplied(applied={**applied, "until_t": now, "disconnected": len(targets)})
+            try:
+                server.sim.inject_fault(msg.fault, msg.service, msg.duration_s)
+            except ValueError as exc:
+                raise AdminError(422, "bad_request", f"body: {exc}") from None
+            return FaultApplied(applied={**applied, "service": msg.service, "duration_s": msg.duration_s,
+                                         "until_t": now + msg.duration_s})
 
     def push(self, sid: str, body: PushBody) -> Scheduled:
         server = self.live

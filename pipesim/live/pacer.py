@@ -31,9 +31,10 @@ get their messages meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import simpy
 
@@ -76,6 +77,25 @@ class Pacer:
     def wake(self) -> None:
         """Make the pacer re-read the schedule now (call after anything that schedules events)."""
         self._wake.set()
+
+    @contextlib.contextmanager
+    def applying(self) -> Iterator[float]:
+        """Around a control, a fault or a new session applied to the model: first :meth:`catch_up` (it
+        happens now; the block gets the time), then :meth:`wake` (what was applied may have scheduled an
+        event sooner than the one the pacer sleeps until), also when the block raises.
+
+        >>> import simpy
+        >>> pacer = Pacer(simpy.Environment())
+        >>> pacer.now = lambda: 2.5        # as if the wall clock said t = 2.5 s
+        >>> with pacer.applying() as now:  # e.g. sim.control(...) here: it happens at t = 2.5
+        ...     now, pacer.env.now
+        (2.5, 2.5)
+        """
+        now = self.catch_up()
+        try:
+            yield now
+        finally:
+            self.wake()
 
     def catch_up(self) -> float:
         """Step the events due by now and move ``env.now`` to now; returns the new ``env.now``.

@@ -281,12 +281,11 @@ class RtviDialect:
         self._send(conn, "bot-ready", {"version": RTVI_VERSION, "about": {
             "library": "pipesim", "library_version": pipesim_version, "session_id": sid}}, id_ or "")
         self.connections[sid] = conn
-        pacer.catch_up()  # as a seed ``conversation_control start``: the session starts now
-        try:
-            sim.control(sid, "start")
-        except (IllegalTransition, UnknownSession) as exc:
-            self._error(conn, None, f"cannot create the session: {exc}")
-        pacer.wake()
+        with pacer.applying():  # as a seed ``conversation_control start``: the session starts now
+            try:
+                sim.control(sid, "start")
+            except (IllegalTransition, UnknownSession) as exc:
+                self._error(conn, None, f"cannot create the session: {exc}")
 
     def _on_send_text(self, conn: RtviConnection, id_: str | None, data: Any) -> None:
         content = data.get("content") if isinstance(data, dict) else None
@@ -294,14 +293,13 @@ class RtviDialect:
             self._error(conn, id_, "send-text: data.content must be a string")
             return
         assert conn.session_id is not None
-        self.server.pacer.catch_up()
-        try:
-            self.sim.speak_now(conn.session_id)
-        except (IllegalTransition, UnknownSession) as exc:
-            self._error(conn, id_, f"send-text: {exc}")
-            return
-        conn.pending_text = content[:2000]
-        self.server.pacer.wake()
+        with self.server.pacer.applying():
+            try:
+                self.sim.speak_now(conn.session_id)
+            except (IllegalTransition, UnknownSession) as exc:
+                self._error(conn, id_, f"send-text: {exc}")
+                return
+            conn.pending_text = content[:2000]
 
     def _on_client_message(self, conn: RtviConnection, id_: str | None, data: Any) -> None:
         t = data.get("t") if isinstance(data, dict) else None
@@ -319,9 +317,8 @@ class RtviDialect:
         """Stop the connection's session (if it still runs) and close the socket once its queue drains."""
         sid = conn.session_id
         if sid is not None and sid in self.sim.manager and self.sim.manager.status(sid) != "stopped":
-            self.server.pacer.catch_up()
-            self.sim.control(sid, "stop")  # its transitions close the socket (session_stopped)
-            self.server.pacer.wake()
+            with self.server.pacer.applying():
+                self.sim.control(sid, "stop")  # its transitions close the socket (session_stopped)
         elif not conn.client.closing:
             self._close_later(conn)
 

@@ -855,45 +855,43 @@ class LiveServer(_BaseServer):
         return out
 
     def _on_control(self, client: Client, msg: ConversationControl) -> None:
-        self.pacer.catch_up()
-        sid = msg.session_id
-        exists = sid in self.sim.manager
-        if self.owner_only and exists and sid not in client.owned:
-            self._error(client, "forbidden", f"{msg.action}: session {sid!r} was not started by this "
-                        "connection (the server lets a connection control only the sessions it started)", sid)
-            return
-        added = sid not in client.watched
-        # Watch before applying, so that the control's own transitions reach this client.
-        self._watch(client, sid)
-        try:
-            self.sim.control(sid, msg.action)
-        except UnknownSession:
-            self._error(client, "unknown_session",
-                        f"{msg.action}: unknown session {sid!r} (send start to create it)", sid)
-        except IllegalTransition as exc:
-            self._error(client, "illegal_control", f"{msg.action}: {exc}", sid)
-        else:
-            added = False
-            if not exists:
-                client.owned.add(sid)
-        finally:
-            if added:
-                self._unwatch(client, sid)
-        self.pacer.wake()  # the control may have scheduled events sooner than the pacer's next one
+        with self.pacer.applying():
+            sid = msg.session_id
+            exists = sid in self.sim.manager
+            if self.owner_only and exists and sid not in client.owned:
+                self._error(client, "forbidden", f"{msg.action}: session {sid!r} was not started by this "
+                            "connection (the server lets a connection control only the sessions it started)", sid)
+                return
+            added = sid not in client.watched
+            # Watch before applying, so that the control's own transitions reach this client.
+            self._watch(client, sid)
+            try:
+                self.sim.control(sid, msg.action)
+            except UnknownSession:
+                self._error(client, "unknown_session",
+                            f"{msg.action}: unknown session {sid!r} (send start to create it)", sid)
+            except IllegalTransition as exc:
+                self._error(client, "illegal_control", f"{msg.action}: {exc}", sid)
+            else:
+                added = False
+                if not exists:
+                    client.owned.add(sid)
+            finally:
+                if added:
+                    self._unwatch(client, sid)
 
     def _on_fault(self, client: Client, msg: FaultInjection) -> None:
         if msg.fault == "disconnect":
             self._disconnect(client, msg, lambda sid: sid in self.sim.manager)
             return
-        self.pacer.catch_up()
-        try:
-            self.sim.inject_fault(msg.fault, msg.service, msg.duration_s)
-        except ValueError as exc:
-            self._error(client, "bad_message", f"fault_injection: {exc}", msg.session_id)
-            return
+        with self.pacer.applying() as now:
+            try:
+                self.sim.inject_fault(msg.fault, msg.service, msg.duration_s)
+            except ValueError as exc:
+                self._error(client, "bad_message", f"fault_injection: {exc}", msg.session_id)
+                return
         log.info("fault injection: %s %s for %.1f s at t=%.3f", msg.fault, msg.service or "all topics",
-                 msg.duration_s, self.sim.env.now)
-        self.pacer.wake()
+                 msg.duration_s, now)
 
 
 class ReplayServer(_BaseServer):

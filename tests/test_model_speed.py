@@ -1,6 +1,6 @@
 """What the model's speed-ups promise besides speed: thinned audio reports change no latency figure, an
 utterance whose quality overflows exp stays quiet, the run's garbage-collector setting is put back, and the
-audio fast path records what the general one does. (That every bundled scenario's results stay the same,
+state manager records the same with one observer as with several. (That every bundled scenario's results stay the same,
 frame by frame, is tests/test_trace.py's reference test.)"""
 
 import gc
@@ -72,14 +72,14 @@ def test_an_offline_run_lets_ended_sessions_go_and_keeps_every_result():
     assert sim.trace.turns_frame()["session_id"].nunique() == 60
 
 
-def test_the_audio_fast_path_records_what_the_general_one_does():
-    # With one observer (offline: the trace) PipelineStateManager.audio builds its transition inline; with two,
-    # every transition goes through _emit. Both runs must record the same transitions and the same trace.
+def test_one_observer_records_what_several_do():
+    # With one observer (offline: the trace) the state manager hands each transition straight to it; with two,
+    # through _deliver. Both runs must record the same transitions (audio reports included) and the same trace.
     scenario = pipesim.load_scenario("baseline").override({"sessions.arrivals.count": 20})
     alone, seen_alone = Simulation(scenario), []
     record = alone.manager._observers[0]
 
-    def record_and_keep(tr):  # still one observer: the fast path
+    def record_and_keep(tr):  # still one observer: the direct path
         record(tr)
         seen_alone.append(tr)
 

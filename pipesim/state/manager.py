@@ -213,16 +213,7 @@ class PipelineStateManager:
             raise ValueError(f"session {session_id!r}: audio needs buffer_size >= 0 and 0 <= quality <= 1, "
                              f"got {buffer_size}, {audio_quality}")
         s.buffer_size, s.audio_quality = int(buffer_size), float(audio_quality)
-        observers = self._observers
-        if len(observers) != 1:
-            return self._emit(s, t, "audio")
-        # About half of all transitions are audio reports: this is :meth:`_emit` for one observer, inline.
-        sv = s.services
-        tr = _new_transition(Transition, (float(t), s.session_id, s.turn_id, s.seq, "audio", None, ACTIVE, s.state,
-                                          sv["stt"], sv["llm"], sv["tts"], s.buffer_size, s.audio_quality, None, _NAN))
-        s.seq += 1
-        observers[0](tr)
-        return tr
+        return self._emit(s, t, "audio")
 
     def utterance_ended(self, session_id: str, t: float) -> Transition:
         """End of utterance (VAD silence timeout): a new turn starts processing."""

@@ -52,6 +52,8 @@ def test_load_reports_every_figure_and_loses_nothing(server: str, tmp_path: Path
     for key in ("p50_ms", "p99_ms", "lag_p99_ms"):
         assert math.isfinite(figures[key]) and figures[key] >= 0, key
     assert figures["p50_ms"] <= figures["p99_ms"]
+    # pipesim serve owns its process's garbage collector (pipesim.live.collector) and says what it did
+    assert figures["server_gc"]["ticks"] >= 1 and "server gc" in run.stdout
     # It leaves the server as it found it: a dashboard connecting now gets no snapshot of a running session.
     with connect(server, open_timeout=30) as ws:
         snapshots, until = [], time.monotonic() + 1.0  # snapshots come first, at once: 1 s is plenty

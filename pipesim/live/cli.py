@@ -26,6 +26,7 @@ import signal
 import sys
 from typing import Any
 
+from pipesim.live.collector import ServingCollector
 from pipesim.live.recording import load_replay
 from pipesim.live.server import LiveServer, ReplayServer, _BaseServer
 from pipesim.scenario import load_scenario
@@ -86,6 +87,8 @@ def _run(server: _BaseServer, what: str) -> int:
 
 async def _main(server: _BaseServer, what: str, speed: float) -> None:
     await server.start()
+    server.collector = ServingCollector()  # this process serves: no full collection in a burst
+    server.collector.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -101,6 +104,7 @@ async def _main(server: _BaseServer, what: str, speed: float) -> None:
     try:
         await stop.wait()
     finally:
+        server.collector.stop()
         await server.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

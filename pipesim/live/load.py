@@ -43,6 +43,7 @@ from websockets.asyncio.client import connect
 
 from pipesim.errors import LiveError
 from pipesim.live.client import split_websocket_url
+from pipesim.live.collector import ServingCollector
 from pipesim.live.lag import LagHistogram
 
 #: Handshakes started at once in each worker (a burst of thousands would be refused by the backlog).
@@ -189,8 +190,11 @@ async def _clients(url: str, sids: list[str | None], clock: dict[str, float] | N
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(120):
             await connected.wait()
+    collector = ServingCollector()  # this worker process is ours: its own full collections would read as latency
+    collector.start()
     ready.put(len(sids) - pending[0] - tally["refused"])
     await asyncio.gather(*tasks, return_exceptions=True)
+    collector.stop()
     tally["latency_ms"] = np.asarray(tally["latency_ms"], dtype=np.float32)
     return tally
 
@@ -273,6 +277,11 @@ def run_load(url: str, sessions: int = 100, dashboards: int = 2, seconds: float 
     out["lag_p99_ms"] = lag_p99_ms(start["stats"]["pacer_lag"], end["stats"]["pacer_lag"])
     out["server_slow_disconnects"] = end["stats"]["slow_disconnects"] - start["stats"]["slow_disconnects"]
     out["pacer_errors"] = end["stats"]["pacer_errors"]
+    before, after = start["stats"].get("gc"), end["stats"].get("gc")  # None: the server's host owns its collector
+    out["server_gc"] = None if before is None or after is None else {
+        "full_collections": after["full_collections"] - before["full_collections"],
+        "ticks": after["ticks"] - before["ticks"], "max_full_ms": after["max_full_ms"],
+        "max_tick_ms": after["max_tick_ms"]}
     out.update(url=url, sessions=sessions, dashboards=dashboards, workers=workers, warmup=warmup,
                speed=end["stats"]["clock"]["speed"])
     return out
@@ -285,7 +294,7 @@ def _count(n: int, one: str, many: str | None = None) -> str:
 
 def report(out: dict[str, Any]) -> str:
     """The figures of :func:`run_load`, for people."""
-    return "\n".join([
+    lines = [
         f"connected    {out['connected']} of {out['clients']} clients ({out['sessions']} sessions, "
         f"{_count(out['dashboards'], 'dashboard')}), server at {out['speed']:g}x",
         f"delivered    {out['msgs_per_s']:,.0f} messages/s over {out['seconds']:g} s "
@@ -293,7 +302,12 @@ def report(out: dict[str, Any]) -> str:
         f"lost         {out['lost']} (seq gaps seen by clients that kept up)",
         f"disconnected {out['slow']} as too slow, {out['broken']} otherwise",
         f"latency      p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms (transition to receipt)",
-        f"pacer lag    p99 {out['lag_p99_ms']:.1f} ms"])
+        f"pacer lag    p99 {out['lag_p99_ms']:.1f} ms"]
+    gc = out.get("server_gc")
+    if gc is not None:
+        lines.append(f"server gc    {_count(gc['full_collections'], 'full collection')} in the window; longest "
+                     f"pause so far {gc['max_full_ms']:.0f} ms (full), {gc['max_tick_ms']:.0f} ms (short)")
+    return "\n".join(lines)
 
 
 def load_command(args: argparse.Namespace) -> int:

@@ -144,6 +144,7 @@ from websockets.protocol import State
 from pipesim import _jsonsafe
 from pipesim.errors import LiveError
 from pipesim.live.access import Access, RedactingLogger
+from pipesim.live.collector import ServingCollector
 from pipesim.live.connection import RTVI_PATH, Client
 from pipesim.live.encode import encode_transition
 from pipesim.live.journal import DEFAULT_JOURNAL_SIZE, Journal
@@ -212,6 +213,8 @@ class _BaseServer:
         #: Clients disconnected for being too slow, since the start.
         self.slow_disconnects = 0
         self.recorder: Recorder | None = None
+        #: The process's garbage collector when this server's process owns it (``pipesim serve``): in /stats.
+        self.collector: ServingCollector | None = None
         self._clients: set[Client] = set()
         # Who gets a message about a session: the unfiltered clients, and the watchers of that session
         # (indexed, so a broadcast costs O(its recipients), not O(clients)).
@@ -375,7 +378,9 @@ class _BaseServer:
 
     def _stats(self) -> dict[str, Any]:
         """``GET /stats``: counters for load tests and monitoring."""
-        return {"clients": len(self._clients), "slow_disconnects": self.slow_disconnects, "refused": self.refused}
+        gc = self.collector.as_dict() if self.collector is not None and self.collector.running else None
+        return {"clients": len(self._clients), "slow_disconnects": self.slow_disconnects, "refused": self.refused,
+                "gc": gc}
 
     def _on_control(self, client: Client, msg: ConversationControl) -> None:
         raise NotImplementedError

@@ -1,0 +1,102 @@
+"""The serving process's garbage collector (pipesim.live.collector): short pauses, nothing kept for ever."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+
+import pytest
+
+from pipesim.live.collector import ServingCollector
+
+
+class _Node:
+    """An object in a reference cycle: only a collection (not reference counting) frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture
+def collector():
+    clock = [0.0]
+    c = ServingCollector(tick_s=10.0, full_every_s=600.0, growth=2.0, clock=lambda: clock[0])
+    c.clock_value = clock  # the test moves the clock by hand
+    yield c
+    c.stop()
+    assert gc.get_freeze_count() == 0  # the test process's collector is as it was
+
+
+def test_start_freezes_what_exists_and_stops_python_s_own_full_collections(collector):
+    before = gc.get_threshold()
+    collector.start(schedule=False)
+    assert gc.get_freeze_count() > 0
+    assert gc.get_threshold()[:2] == before[:2] and gc.get_threshold()[2] > 1_000_000
+    collector.stop()
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def test_a_tick_frees_a_cycle_that_became_garbage_since_the_last_tick(collector):
+    collector.start(schedule=False)
+    node = _Node()
+    alive = weakref.ref(node)
+    del node
+    collector.tick()
+    assert alive() is None
+    assert collector.full_collections == 0 and collector.ticks == 1
+
+
+def test_a_frozen_cycle_is_freed_by_the_next_collection_of_everything(collector):
+    collector.start(schedule=False)
+    node = _Node()
+    alive = weakref.ref(node)
+    collector.tick()  # the node is alive at this tick: frozen with what survived
+    del node
+    collector.tick()  # a short collection does not walk frozen objects
+    assert alive() is not None and collector.full_collections == 0
+    collector.clock_value[0] = 600.0  # full_every_s later
+    collector.tick()
+    assert alive() is None and collector.full_collections == 1
+
+
+def test_growth_of_the_frozen_objects_brings_the_collection_of_everything_forward(collector):
+    collector.start(schedule=False)
+    held = [[i] for i in range(gc.get_freeze_count() + 1000)]  # more than doubles what is tracked
+    collector.tick()
+    assert collector.full_collections == 1
+    assert collector.as_dict()["frozen_objects"] >= len(held)
+
+
+def test_the_schedule_ticks_on_the_running_loop_and_stops():
+    async def main() -> ServingCollector:
+        c = ServingCollector(tick_s=0.01)
+        c.start()
+        try:
+            await asyncio.sleep(0.1)
+        finally:
+            c.stop()
+        ticks = c.ticks
+        await asyncio.sleep(0.05)
+        assert c.ticks == ticks  # nothing after stop
+        return c
+
+    c = asyncio.run(main())
+    assert c.ticks >= 3
+    assert gc.get_freeze_count() == 0
+
+
+def test_bad_settings_and_misuse_are_refused():
+    with pytest.raises(ValueError, match="growth"):
+        ServingCollector(growth=1.0)
+    with pytest.raises(ValueError, match="positive"):
+        ServingCollector(tick_s=0)
+    c = ServingCollector()
+    with pytest.raises(RuntimeError, match="not started"):
+        c.tick()
+    c.start(schedule=False)
+    try:
+        with pytest.raises(RuntimeError, match="already started"):
+            c.start(schedule=False)
+    finally:
+        c.stop()

@@ -284,7 +284,8 @@ def soak(speed: float, sim_minutes: float, concurrent: int, lifetime_s: float, t
     slope = float(np.polyfit(t[half] / 3600, rss[half], 1)[0]) if half.sum() >= 3 else float("nan")
     return {"speed": speed, "sim_minutes": float(t[-1] / 60), "trace_limit": trace_limit, "forget_after": forget_after,
             "concurrent": concurrent, "lifetime_s": lifetime_s, "sessions_kept": final["sessions"],
-            "forgotten": final["forgotten"], "rss_start_mb": float(rss[0]), "rss_end_mb": float(rss[-1]),
+            "forgotten": final["forgotten"], "server_gc": final.get("gc"),
+            "rss_start_mb": float(rss[0]), "rss_end_mb": float(rss[-1]),
             "slope_mb_per_sim_hour": slope, "samples": samples}
 
 

@@ -398,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="S", help="wall seconds between the last connection and the window")
     p.add_argument("--workers", type=_bounded(int, lambda v: 1 <= v <= 64, "1..64", "a whole number"), default=4,
                    metavar="W", help="processes the session clients are spread over")
+    p.add_argument("--token", help="send 'Authorization: Bearer TOKEN' (default: $PIPESIM_TOKEN if set)")
     p.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
 
     p = _command(sub, "validate", "check scenario files; exit 1 on any problem")

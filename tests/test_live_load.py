@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -61,6 +62,28 @@ def test_load_reports_every_figure_and_loses_nothing(server: str, tmp_path: Path
             while (left := until - time.monotonic()) > 0:
                 snapshots.append(json.loads(ws.recv(timeout=left)))
     assert [m["session_id"] for m in snapshots if m.get("event") == "snapshot"] == []
+
+
+def test_a_server_with_a_token_is_load_tested_with_it_and_refuses_without(tmp_path: Path) -> None:
+    env = {**os.environ, "PIPESIM_TOKEN": "s3cret"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipesim", "serve", str(SCENARIO), "--port", "0", "--no-admin"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
+    try:
+        assert proc.stdout is not None
+        url = json.loads(proc.stdout.readline())["ws"]
+        args = ("load", url, "--sessions", "2", "--dashboards", "1", "--duration", "1", "--warmup", "0",
+                "--workers", "1")
+        without = pipesim(*args)
+        assert without.returncode == 2 and without.stderr.count("\n") == 1, without.stdout + without.stderr
+        assert "no client could connect (HTTP 403: a token is required" in without.stderr
+        wrong = pipesim(*args, "--token", "guess")
+        assert wrong.returncode == 2 and "HTTP 403: wrong token" in wrong.stderr
+        right = pipesim(*args, "--token", "s3cret")
+        assert right.returncode == 0, right.stdout + right.stderr
+        assert "connected    3 of 3 clients" in right.stdout
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 @pytest.mark.parametrize(("url", "says"), [

@@ -93,14 +93,14 @@ def lag_p99_ms(before: dict[str, Any], after: dict[str, Any]) -> float:
 
 # The clients (in worker processes) -----------------------------------------------------------------------
 def _client_process(url: str, sids: list[str | None], clock: dict[str, float] | None, window: Any,
-                    ready: Any, results: Any) -> None:
+                    ready: Any, results: Any, token: str | None) -> None:
     raise_fd_limit()
-    tally = asyncio.run(_clients(url, sids, clock, window, ready))
+    tally = asyncio.run(_clients(url, sids, clock, window, ready, token))
     results.put({**tally, "dashboards": sids[0] is None})
 
 
 async def _clients(url: str, sids: list[str | None], clock: dict[str, float] | None, window: Any,
-                   ready: Any) -> dict[str, Any]:
+                   ready: Any, token: str | None) -> dict[str, Any]:
     """Connect (a batch at a time), start each session, count what arrives in the window; then stop."""
     tally: dict[str, Any] = {"messages": 0, "bytes": 0, "lost": 0, "slow": 0, "broken": 0, "refused": 0,
                              "refusal": None, "latency_ms": []}
@@ -112,13 +112,15 @@ async def _clients(url: str, sids: list[str | None], clock: dict[str, float] | N
         if not pending[0]:
             connected.set()
 
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+
     async def one(sid: str | None) -> None:
         target = url if sid is None else f"{url}?session_id={sid}"
         try:
-            ws = await connect(target, max_size=None, open_timeout=60, ping_interval=None)
+            ws = await connect(target, max_size=None, open_timeout=60, ping_interval=None, additional_headers=headers)
         except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
             tally["refused"] += 1
-            tally["refusal"] = tally["refusal"] or f"{type(exc).__name__}: {exc}"
+            tally["refusal"] = tally["refusal"] or _refusal(exc)
             settled()
             return
         started = False
@@ -200,7 +202,8 @@ async def _clients(url: str, sids: list[str | None], clock: dict[str, float] | N
 
 
 def run_clients(url: str, sessions: int, dashboards: int, seconds: float, warmup: float, workers: int,
-                clock: dict[str, float] | None, on_window: Callable[[], Any] | None = None) -> dict[str, Any]:
+                clock: dict[str, float] | None, on_window: Callable[[], Any] | None = None,
+                token: str | None = None) -> dict[str, Any]:
     """N session clients and D dashboards in ``workers`` + D processes; the tallies of the window, summed.
 
     ``clock`` is ``/stats``'s ``clock`` (None for a server that is not pipesim: then nothing but counts);
@@ -216,7 +219,8 @@ def run_clients(url: str, sessions: int, dashboards: int, seconds: float, warmup
         clock = {k: v for k, v in clock.items() if k != "origin_monotonic"}
     groups = [sids[w::workers] for w in range(workers)] + [[None]] * dashboards
     groups = [g for g in groups if g]
-    procs = [ctx.Process(target=_client_process, args=(url, g, clock, window, ready, results), daemon=True)
+    procs = [ctx.Process(target=_client_process, args=(url, g, clock, window, ready, results, token),
+                         daemon=True)
              for g in groups]
     for p in procs:
         p.start()
@@ -248,6 +252,14 @@ def run_clients(url: str, sessions: int, dashboards: int, seconds: float, warmup
             "window": (start, end)}
 
 
+def _refusal(exc: Exception) -> str:
+    """Why a connection failed, in the server's words where it gave any (a 403's body: "wrong token")."""
+    if isinstance(exc, websockets.InvalidStatus):
+        body = exc.response.body.decode("utf-8", "replace").strip()
+        return f"HTTP {exc.response.status_code}" + (f": {body}" if body else "")
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     try:
@@ -257,8 +269,10 @@ def _loopback(url: str) -> bool:
 
 
 def run_load(url: str, sessions: int = 100, dashboards: int = 2, seconds: float = 10.0, warmup: float = 2.0,
-             workers: int = 4, on_window: Callable[[], Any] | None = None) -> dict[str, Any]:
+             workers: int = 4, on_window: Callable[[], Any] | None = None, token: str | None = None) -> dict[str, Any]:
     """Load-test the ``pipesim serve`` at ``url`` (see the module docstring); the figures of the window.
+
+    ``token``: sent as ``Authorization: Bearer TOKEN`` (a server started with ``--token``).
 
     ``on_window`` (the benchmark's CPU readings) is called at the window's start and end, its results are
     returned under ``window``. Raises :class:`~pipesim.errors.LiveError` when the server cannot be reached
@@ -269,7 +283,8 @@ def run_load(url: str, sessions: int = 100, dashboards: int = 2, seconds: float 
     def reading() -> dict[str, Any]:
         return {"stats": server_stats(url), "extra": on_window() if on_window else None}
 
-    out = run_clients(url, sessions, dashboards, seconds, warmup, workers, stats["clock"], on_window=reading)
+    out = run_clients(url, sessions, dashboards, seconds, warmup, workers, stats["clock"], on_window=reading,
+                      token=token)
     if out["connected"] == 0:
         raise LiveError(f"{url}: no client could connect ({out['refusal']})")
     start, end = out.pop("window")
@@ -311,7 +326,7 @@ def report(out: dict[str, Any]) -> str:
 
 
 def load_command(args: argparse.Namespace) -> int:
-    """``pipesim load [URL] [--sessions] [--dashboards] [--duration] [--warmup] [--workers] [--json FILE]``:
+    """``pipesim load [URL] [--sessions] [--dashboards] [--duration] [--warmup] [--workers] [--token] [--json FILE]``:
     exit 0, or 1 when messages were lost or clients were disconnected."""
     limit = raise_fd_limit()
     if args.sessions + args.dashboards + 64 > limit:
@@ -322,7 +337,8 @@ def load_command(args: argparse.Namespace) -> int:
     print(f"pipesim load: {_count(args.sessions, 'session')} + {_count(args.dashboards, 'dashboard')} on {args.url} "
           f"({_count(workers, 'worker process', 'worker processes')}), {args.warmup:g} s warm-up, "
           f"{args.duration:g} s window", flush=True)
-    out = run_load(args.url, args.sessions, args.dashboards, args.duration, args.warmup, workers)
+    out = run_load(args.url, args.sessions, args.dashboards, args.duration, args.warmup, workers,
+                   token=args.token or os.environ.get("PIPESIM_TOKEN") or None)
     out.pop("window")
     print(report(out), flush=True)
     if args.json:

@@ -854,8 +854,11 @@ class LiveServer(_BaseServer):
         mgr = self.sim.manager
         now = self.pacer.catch_up()
         out = []
-        for sid in mgr.session_ids:
-            if client.wants(sid) and mgr.status(sid) != "stopped":
+        # A client of one session (?session_id=X, the usual) looks at that one, not at every session: a
+        # thousand handshakes would otherwise cost a million look-ups. Several: in the order they were created.
+        ids = client.watched if len(client.watched) == 1 and not client.watch_all else mgr.session_ids
+        for sid in ids:
+            if sid in mgr and client.wants(sid) and mgr.status(sid) != "stopped":
                 out.append(wire_messages(mgr.snapshot(sid, now))[0])
         return out
 

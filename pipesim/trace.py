@@ -306,7 +306,7 @@ class Trace:
     """
 
     __slots__ = ("header", "_events", "_services", "_turns", "_windows", "sink", "on_transition", "_chunk_rows",
-                 "_model_observers", "_turns_file", "_turns_in_file")
+                 "_model_observers", "_turns_file", "_turns_in_file", "__weakref__")
 
     def __init__(self, header: dict[str, Any] | None = None, sink: str | Path | None = None,
                  limit: int | None = None, chunk_rows: int | None = None) -> None:

@@ -3,6 +3,7 @@ time, and the ``sessions`` table and the run's end time come without building th
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -84,3 +85,18 @@ def test_the_budget_counts_only_the_sessions_in_flight_at_full_size():
     # A streamed 100,000-session run peaked at 694 MiB, 571 MiB (0.6 GB) over the interpreter and libraries
     # (docs/performance.md): estimated a little above that, not at the 2.6 GB of every session kept.
     assert 0.6e9 < streamed.bytes < 1.2e9
+
+
+def test_a_run_too_big_to_hold_streams_to_a_folder_of_its_own_deleted_with_it(monkeypatch):
+    from test_trace import assert_same_run
+
+    held = pipesim.simulate("barge_in", seed=5, progress=False)
+    assert held.trace._events.sink is None  # a small run stays in memory
+    monkeypatch.setattr(pipesim.results, "HOLD_LIMIT", 1)  # every run is "too big"
+    spilled = pipesim.simulate("barge_in", seed=5, progress=False)
+    folder = spilled.trace._events.sink.parent
+    assert folder.name.startswith("pipesim-run-") and (folder / "turns.parquet").exists()
+    assert_same_run(held, spilled)
+    del spilled
+    gc.collect()
+    assert not folder.exists()

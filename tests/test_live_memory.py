@@ -4,9 +4,11 @@ connected clients, and ``/stats`` publishes the clock that maps simulated time t
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 import urllib.request
+import weakref
 from typing import Any
 
 import pytest
@@ -127,5 +129,29 @@ def test_stats_publish_the_clock_that_maps_simulated_time_to_wall_time() -> None
             assert abs(clock["origin_unix"] - (time.time() - (time.monotonic() - clock["origin_monotonic"]))) < 0.5
             lag = stats["pacer_lag"]
             assert lag["count"] > 0 and lag["p99_ms"] >= lag["p50_ms"] >= 0
+
+    run(main())
+
+
+def test_a_closed_connection_is_freed_by_reference_counting_alone() -> None:
+    # pipesim serve collects long-lived objects rarely (pipesim.live.collector): a connection left in a
+    # reference cycle (its writer task's frame holding it) would keep its compression buffers until then.
+    async def main() -> None:
+        async with LiveServer(SCENARIO, port=0, speed=40) as server:
+            gc.collect()
+            gc.disable()
+            try:
+                async with LiveClient(server.url, session_id="x") as watcher:
+                    await watcher.control("start", "x")
+                    await watcher.expect(about("x", event="audio"))
+                    (client,) = server._clients
+                    freed = weakref.ref(client), weakref.ref(client.ws)
+                    del client
+                while server.clients:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.1)  # the handler's and the writer's tasks end
+                assert [ref() for ref in freed] == [None, None]
+            finally:
+                gc.enable()
 
     run(main())

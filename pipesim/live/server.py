@@ -515,6 +515,7 @@ class _BaseServer:
                     del self._watchers[sid]
         if client.writer is not None:
             client.writer.cancel()
+            client.writer = None  # the task's frame holds the client: no cycle left for the collector
 
     def _drop(self, client: Client, code: int, reason: str) -> None:
         """Disconnect a client without waiting for it (callable from the pacer's callbacks)."""

@@ -13,9 +13,11 @@ are arriving, exactly when a load test measures.
   once and frozen (``gc.freeze``): no later collection walks it again;
 * every ``tick_s`` (2 s) a full collection walks only what was not frozen, what survived since the last
   tick, and freezes what is left: a pause in proportion to what arrived since, not to what the server holds;
-* every ``full_every_s`` (10 minutes), or at the tick where the frozen objects have grown ``growth`` times (2)
-  since the last such collection, everything is unfrozen, collected and frozen again. That is the one long pause, and what
-  bounds memory: a reference cycle that became garbage after it was frozen is freed then, not before.
+* every ``full_every_s`` (10 minutes), or at the tick where the frozen objects have grown by a quarter
+  (``growth``, Python's own ratio) since the last such collection, everything is unfrozen, collected and
+  frozen again. That is the long pause, and what bounds memory: a reference cycle that became garbage after
+  it was frozen (a closed connection's transport, a stopped session's last process) is freed then. A server
+  at a steady load (its sessions and connections neither growing nor churning) has one every 10 minutes.
 
 It is the process's collector, so only the process's owner starts it (``pipesim serve`` and ``pipesim
 replay`` do, and ``pipesim load``'s client processes); a server run inside a notebook or a test leaves the
@@ -49,7 +51,7 @@ class ServingCollector:
     were after the last such collection. ``clock`` is for tests.
     """
 
-    def __init__(self, tick_s: float = 2.0, full_every_s: float = 600.0, growth: float = 2.0,
+    def __init__(self, tick_s: float = 2.0, full_every_s: float = 600.0, growth: float = 1.25,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if tick_s <= 0 or full_every_s <= 0 or growth <= 1:
             raise ValueError("tick_s and full_every_s must be positive and growth above 1")

@@ -82,9 +82,15 @@ def assert_same_run(a: Results, b: Results, frames: tuple[str, ...] = trace_refe
             assert value == other, name
 
 
-@pytest.mark.parametrize("name", ["baseline", "kafka_timeouts", "empty"])
-def test_save_and_load_give_back_every_frame_and_every_figure_input(runs, tmp_path, name):
-    res = runs[name] if name in runs else pipesim.simulate(EMPTY, progress=False)
+@pytest.mark.parametrize("name", ["kafka_timeouts", "many_chunks", "empty"])
+def test_save_and_load_give_back_every_frame_and_every_figure_input(runs, tmp_path, monkeypatch, name):
+    if name == "many_chunks":  # each chunk has its own string dictionaries: they must meet again on load
+        monkeypatch.setattr(trace, "CHUNK_ROWS", 4_096)
+        res = pipesim.simulate("barge_in", seed=5, progress=False)
+        monkeypatch.undo()
+        assert len(res.trace._events.batches) > 5
+    else:
+        res = runs[name] if name in runs else pipesim.simulate(EMPTY, progress=False)
     written = {p.name for p in res.save(tmp_path, jsonl=True)}
     assert {"events.parquet", "turns.parquet", "sessions.parquet", "services.parquet", "messages.parquet",
             "kafka_windows.parquet", "scenario.json", "trace.jsonl"} <= written

@@ -20,9 +20,9 @@ class _Node:
 
 @pytest.fixture
 def collector():
-    clock = [0.0]
-    c = ServingCollector(tick_s=10.0, full_every_s=600.0, growth=1.25, clock=lambda: clock[0])
-    c.clock_value = clock  # the test moves the clock by hand
+    clock, heap = [0.0], [1_000_000]
+    c = ServingCollector(tick_s=10.0, full_every_s=600.0, growth=1.25, clock=lambda: clock[0], heap=lambda: heap[0])
+    c.clock_value, c.heap_value = clock, heap  # the test moves them by hand
     yield c
     c.stop()
     assert gc.get_freeze_count() == 0  # the test process's collector is as it was
@@ -37,13 +37,12 @@ def test_start_freezes_what_exists_and_stops_python_s_own_full_collections(colle
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
 
 
-def test_a_tick_frees_a_cycle_that_became_garbage_since_the_last_tick(collector):
+def test_a_tick_freezes_what_survived_without_walking_it(collector):
     collector.start(schedule=False)
-    node = _Node()
-    alive = weakref.ref(node)
-    del node
+    frozen = gc.get_freeze_count()
+    held = [[i] for i in range(1000)]
     collector.tick()
-    assert alive() is None
+    assert gc.get_freeze_count() >= frozen + len(held)
     assert collector.full_collections == 0 and collector.ticks == 1
 
 
@@ -53,19 +52,25 @@ def test_a_frozen_cycle_is_freed_by_the_next_collection_of_everything(collector)
     alive = weakref.ref(node)
     collector.tick()  # the node is alive at this tick: frozen with what survived
     del node
-    collector.tick()  # a short collection does not walk frozen objects
+    gc.collect()  # Python's own collections do not walk frozen objects
+    collector.tick()
     assert alive() is not None and collector.full_collections == 0
     collector.clock_value[0] = 600.0  # full_every_s later
     collector.tick()
     assert alive() is None and collector.full_collections == 1
 
 
-def test_growth_of_the_frozen_objects_brings_the_collection_of_everything_forward(collector):
+def test_heap_growth_brings_the_collection_of_everything_forward(collector):
     collector.start(schedule=False)
-    held = [[i] for i in range(gc.get_freeze_count() // 4 + 1000)]  # a quarter more than what is tracked
+    collector.heap_value[0] = 1_200_000
+    collector.tick()
+    assert collector.full_collections == 0
+    collector.heap_value[0] = 1_250_000  # a quarter more than after the last collection of everything
     collector.tick()
     assert collector.full_collections == 1
-    assert collector.as_dict()["frozen_objects"] >= len(held)
+    collector.tick()  # measured from there again
+    assert collector.full_collections == 1
+    assert collector.as_dict()["heap_blocks_after_full"] == 1_250_000
 
 
 def test_the_schedule_ticks_on_the_running_loop_and_stops():

@@ -14,7 +14,7 @@ are arriving, exactly when a load test measures.
 * every ``tick_s`` (2 s) what survived the young collections since the last tick is frozen too (a list
   splice: no object is walked), so young collections stay as short as in a process that holds nothing;
 * every ``full_every_s`` (10 minutes), or at the tick where Python's heap (``sys.getallocatedblocks``) has
-  grown by a quarter (``growth``, Python's own ratio) since the last such collection, everything is
+  doubled (``growth``, as Go's collector does by default) since the last such collection, everything is
   unfrozen, collected and frozen again. That is the one long pause, and what bounds memory: a reference
   cycle that became garbage after it was frozen (a closed connection's transport, a stopped session's last
   process) is freed then. A server at a steady load has one every 10 minutes.
@@ -53,7 +53,7 @@ class ServingCollector:
     what it was after the last such collection. ``clock`` and ``heap`` are for tests.
     """
 
-    def __init__(self, tick_s: float = 2.0, full_every_s: float = 600.0, growth: float = 1.25,
+    def __init__(self, tick_s: float = 2.0, full_every_s: float = 600.0, growth: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
                  heap: Callable[[], int] = sys.getallocatedblocks) -> None:
         if tick_s <= 0 or full_every_s <= 0 or growth <= 1:

@@ -220,9 +220,9 @@ def _progress_bar(sim: Simulation, enabled: bool | None) -> Any:
     return bar
 
 
-#: Memory a run's trace may take before :func:`simulate` streams it to a temporary folder (bytes, as
-#: :func:`pipesim.model.budget.estimate_run` estimates it). Held, 100,000 sessions of ``baseline`` peak near
-#: 3.8 GB with their DataFrames; streamed, near 1.7 GB (docs/performance.md).
+#: Memory a run may take held (bytes, as :func:`pipesim.model.budget.estimate_run` estimates it: its trace
+#: and its model) before :func:`simulate` streams the trace to a temporary folder. Held, 100,000 sessions
+#: of ``baseline`` peak near 3.8 GB with their DataFrames; streamed, near 1.7 GB (docs/performance.md).
 HOLD_LIMIT = 2**30
 
 

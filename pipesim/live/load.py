@@ -194,9 +194,11 @@ async def _clients(url: str, sids: list[str | None], clock: dict[str, float] | N
             await connected.wait()
     collector = ServingCollector()  # this worker process is ours: its own full collections would read as latency
     collector.start()
-    ready.put(len(sids) - pending[0] - tally["refused"])
-    await asyncio.gather(*tasks, return_exceptions=True)
-    collector.stop()
+    try:
+        ready.put(len(sids) - pending[0] - tally["refused"])
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        collector.stop()
     tally["latency_ms"] = np.asarray(tally["latency_ms"], dtype=np.float32)
     return tally
 

@@ -4,9 +4,11 @@ shared machine are noise; the ratio is not).
 For each size N: ``pipesim serve benchmarks/live_bench.yaml`` in a subprocess on 127.0.0.1 port 0; N client
 connections in worker processes (asyncio + websockets each), every one starting and watching its own
 session; plus a few dashboard connections watching all: the load generator of ``pipesim load``
-(:mod:`pipesim.live.load`). After a warm-up, a measurement window of fixed wall
-length. Then a bare ``websockets`` server (its own process) sends a pre-encoded message of the same size to
-as many clients at the same per-client rates as pipesim delivered, measured the same way.
+(:mod:`pipesim.live.load`). After a warm-up, and once the server has caught up with the wall clock, a
+measurement window of fixed wall length (``settle``: seconds waited past the warm-up; ``ramp ms``: the
+pacer's worst lag before the window, e.g. the full garbage collection that 1,000 new connections set off).
+Then a bare ``websockets`` server (its own process) sends a pre-encoded message of the same size to as many
+clients at the same per-client rates as pipesim delivered, measured the same way.
 
 Figures: delivered messages/s; messages lost (``seq`` gaps) by clients that kept up (must be 0); clients
 disconnected as too slow; p50/p99 latency from the transition's simulated time, scaled to wall time by the
@@ -218,12 +220,14 @@ def row(r: dict[str, Any]) -> str:
     return (f"{r['sessions']:>6} {r['speed']:>6g} {p['msgs_per_s']:>9.0f} {b['msgs_per_s']:>9.0f} "
             f"{p['mean_bytes']:>6.0f} "
             f"{p['lost']:>5} {p['slow']:>5} {p['p50_ms']:>7.1f} {p['p99_ms']:>7.1f} {p['lag_p99_ms']:>7.1f} "
-            f"{p['cpu_per_msg_us']:>8.1f} {b['cpu_per_msg_us']:>8.1f} {r['cpu_ratio']:>6.2f}  "
+            f"{p['cpu_per_msg_us']:>8.1f} {b['cpu_per_msg_us']:>8.1f} {r['cpu_ratio']:>6.2f} "
+            f"{p['settle_s']:>6.1f} {p['lag_max_before_ms']:>7.0f}  "
             f"{'ok' if r['ok'] else 'MISSED ' + ','.join(k for k, v in r['targets_met'].items() if not v)}")
 
 
 HEADER = (f"{'N':>6} {'speed':>6} {'msg/s':>9} {'bare/s':>9} {'bytes':>6} {'lost':>5} {'slow':>5} "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'lag99':>7} {'us/msg':>8} {'bare us':>8} {'ratio':>6}")
+          f"{'p50 ms':>7} {'p99 ms':>7} {'lag99':>7} {'us/msg':>8} {'bare us':>8} {'ratio':>6} {'settle':>6} "
+          f"{'ramp ms':>7}")
 
 
 # The soak ------------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@
 N session clients, spread over worker processes (asyncio + ``websockets`` each, 50 handshakes at a time),
 each connect with ``?session_id=`` and start and watch their own session; D dashboard clients (a process
 each: every one receives as much as all the session clients together) watch everything. After a warm-up,
-a measurement window of fixed wall length; then each client stops its session and disconnects.
+and once the server has caught up with the wall clock (a burst of connections can set it back: at 1,000
+sessions, a full garbage collection of ~0.3 s and seconds of catching up on a 2-core machine), a
+measurement window of fixed wall length; then each client stops its session and disconnects.
 
 Figures of the window: delivered messages/s; messages lost (``seq`` gaps) by clients that kept up;
 clients the server disconnected as too slow (close code 1013) and others that dropped; p50/p99 latency
@@ -48,6 +50,10 @@ from pipesim.live.lag import LagHistogram
 
 #: Handshakes started at once in each worker (a burst of thousands would be refused by the backlog).
 HANDSHAKE_BATCH = 50
+#: The window starts once the server is less than this far behind the wall clock (``/stats`` ``behind_s``)...
+CAUGHT_UP_S = 0.01
+#: ... or after this many seconds past the warm-up in any case (a load it cannot sustain: its lag says so).
+SETTLE_LIMIT_S = 30.0
 
 
 def raise_fd_limit() -> int:
@@ -205,11 +211,13 @@ async def _clients(url: str, sids: list[str | None], clock: dict[str, float] | N
 
 def run_clients(url: str, sessions: int, dashboards: int, seconds: float, warmup: float, workers: int,
                 clock: dict[str, float] | None, on_window: Callable[[], Any] | None = None,
-                token: str | None = None) -> dict[str, Any]:
+                token: str | None = None, caught_up: Callable[[], bool] | None = None) -> dict[str, Any]:
     """N session clients and D dashboards in ``workers`` + D processes; the tallies of the window, summed.
 
     ``clock`` is ``/stats``'s ``clock`` (None for a server that is not pipesim: then nothing but counts);
-    ``on_window`` is called at the start and at the end of the window, its results returned as ``window``.
+    ``on_window`` is called at the start and at the end of the window, its results returned as ``window``;
+    after the warm-up the window waits (at most :data:`SETTLE_LIMIT_S`) until ``caught_up()`` is true. The
+    result's ``settle_s`` is that wait.
     """
     ctx = mp.get_context("fork")
     window = ctx.Array("d", 2, lock=False)
@@ -228,9 +236,13 @@ def run_clients(url: str, sessions: int, dashboards: int, seconds: float, warmup
         p.start()
     try:
         connected = sum(ready.get(timeout=180) for _ in procs)
-        t0 = time.monotonic() + warmup
-        window[0], window[1] = t0, t0 + seconds
-        time.sleep(max(0.0, t0 - time.monotonic()))
+        time.sleep(warmup)
+        settle_start = time.monotonic()
+        while caught_up is not None and not caught_up() and time.monotonic() - settle_start < SETTLE_LIMIT_S:
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        window[0], window[1] = t0, t0 + seconds  # the clients count what they receive from now on
+        settle_s = t0 - settle_start
         start = on_window() if on_window else None
         time.sleep(max(0.0, window[1] - time.monotonic()))
         end = on_window() if on_window else None
@@ -246,7 +258,7 @@ def run_clients(url: str, sessions: int, dashboards: int, seconds: float, warmup
     total = {k: sum(t[k] for t in tallies) for k in ("messages", "bytes", "lost", "slow", "broken", "refused")}
     dash_messages = sum(t["messages"] for t in tallies if t["dashboards"])
     return {**total, "connected": connected, "clients": sessions + dashboards, "seconds": seconds,
-            "refusal": next((t["refusal"] for t in tallies if t["refusal"]), None),
+            "refusal": next((t["refusal"] for t in tallies if t["refusal"]), None), "settle_s": settle_s,
             "msgs_per_s": total["messages"] / seconds, "dashboard_msgs_per_s": dash_messages / seconds,
             "mean_bytes": total["bytes"] / max(total["messages"], 1),
             "p50_ms": float(np.percentile(latency, 50)) if latency.size else float("nan"),
@@ -285,13 +297,17 @@ def run_load(url: str, sessions: int = 100, dashboards: int = 2, seconds: float 
     def reading() -> dict[str, Any]:
         return {"stats": server_stats(url), "extra": on_window() if on_window else None}
 
+    def caught_up() -> bool:
+        return server_stats(url)["clock"].get("behind_s", 0.0) < CAUGHT_UP_S
+
     out = run_clients(url, sessions, dashboards, seconds, warmup, workers, stats["clock"], on_window=reading,
-                      token=token)
+                      token=token, caught_up=caught_up)
     if out["connected"] == 0:
         raise LiveError(f"{url}: no client could connect ({out['refusal']})")
     start, end = out.pop("window")
     out["window"] = (start["extra"], end["extra"])
     out["lag_p99_ms"] = lag_p99_ms(start["stats"]["pacer_lag"], end["stats"]["pacer_lag"])
+    out["lag_max_before_ms"] = start["stats"]["pacer_lag"].get("max_ms", 0.0)  # the ramp's worst moment
     out["server_slow_disconnects"] = end["stats"]["slow_disconnects"] - start["stats"]["slow_disconnects"]
     out["pacer_errors"] = end["stats"]["pacer_errors"]
     before, after = start["stats"].get("gc"), end["stats"].get("gc")  # None: the server's host owns its collector
@@ -319,7 +335,9 @@ def report(out: dict[str, Any]) -> str:
         f"lost         {out['lost']} (seq gaps seen by clients that kept up)",
         f"disconnected {out['slow']} as too slow, {out['broken']} otherwise",
         f"latency      p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms (transition to receipt)",
-        f"pacer lag    p99 {out['lag_p99_ms']:.1f} ms"]
+        f"pacer lag    p99 {out['lag_p99_ms']:.1f} ms (before the window: at worst "
+        f"{out['lag_max_before_ms']:.0f} ms; the window began {out['settle_s']:.1f} s after the warm-up, "
+        f"once the server had caught up)"]
     gc = out.get("server_gc")
     if gc is not None:
         lines.append(f"server gc    {_count(gc['full_collections'], 'full collection')} in the window "

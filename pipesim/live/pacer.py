@@ -74,6 +74,20 @@ class Pacer:
             return self.env.now
         return self._origin_sim + (self._loop.time() - self._origin_wall) * self.speed
 
+    def behind(self) -> float:
+        """Wall seconds the pacer is behind right now: how long ago the oldest event still waiting to be
+        stepped was due (0 when nothing due is waiting, and while paused).
+
+        >>> import simpy
+        >>> env = simpy.Environment(); _ = env.timeout(1.0)
+        >>> pacer = Pacer(env, speed=2.0)
+        >>> pacer.now = lambda: 1.5        # as if the wall clock said t = 1.5 s: the event is 0.5 s late
+        >>> pacer.behind()                 # in wall seconds, at 2x
+        0.25
+        """
+        late = self.now() - self.env.peek()
+        return late / self.speed if late > 0 and not self.paused else 0.0
+
     def wake(self) -> None:
         """Make the pacer re-read the schedule now (call after anything that schedules events)."""
         self._wake.set()

@@ -847,7 +847,9 @@ class LiveServer(_BaseServer):
                  # Simulated time t happens at wall time origin + (t - origin_sim) / speed; monotonic is
                  # time.monotonic() of this machine (what the event loop uses), unix is time.time().
                  "origin_monotonic": origin,
-                 "origin_unix": None if origin is None or loop is None else time.time() - (loop.time() - origin)}
+                 "origin_unix": None if origin is None or loop is None else time.time() - (loop.time() - origin),
+                 # Wall seconds the oldest due event waits: 0 once caught up (load tests wait for it).
+                 "behind_s": pacer.behind()}
         return {**super()._stats(), "clock": clock, "pacer_lag": pacer.lag.as_dict(), "pacer_errors": pacer.errors,
                 "sessions": len(self.sim.sessions), "forgotten": self.forgotten}
 

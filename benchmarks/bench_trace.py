@@ -1,5 +1,5 @@
 """The trace's costs on ``baseline``: bytes per event held, DataFrame build time, Parquet and JSON Lines
-save/load times and sizes. Prints a table and writes JSON.
+save/load times and sizes, the time to turn a chunk of event rows into Arrow columns. Prints a table and writes JSON.
 
     python benchmarks/bench_trace.py --sessions 10000       # writes out/bench/trace.json
     python benchmarks/bench_trace.py --quick                 # the CI smoke (tests/test_benchmarks.py)
@@ -11,6 +11,7 @@ against the run that made them, Parquet against JSON Lines), not across machines
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pipesim
+from pipesim import trace as trace_module
 from pipesim.model import Simulation
 from pipesim.scenario import load_scenario
 
@@ -52,6 +54,14 @@ def main() -> None:
     trace._services.flush()
     figures["trace_bytes_per_event"] = trace.nbytes() / trace.n_events
     _, figures["messages_s"] = timed(lambda: res.messages)
+    # One chunk's flush (rows into Arrow columns), on the run's own first events, best of 5.
+    rows = list(itertools.islice(trace_module.event_rows(trace), trace_module.CHUNK_ROWS))
+    flushes = []
+    for _ in range(5):
+        table = trace_module._Table(trace_module.EVENT_SCHEMA, len(rows), None, None)
+        table.pending.extend(rows)
+        flushes.append(timed(table.flush)[1])
+    figures["flush_us_per_event_row"] = min(flushes) / len(rows) * 1e6
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         _, figures["save_parquet_s"] = timed(lambda: res.save(folder))

@@ -7,10 +7,14 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import trace_reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pipesim
 from pipesim import analysis, plots, trace
@@ -20,7 +24,8 @@ from pipesim.model import Simulation
 from pipesim.model.budget import check_budget, estimate_run
 from pipesim.results import Results
 from pipesim.scenario import Scenario, bundled_scenarios
-from pipesim.trace import TURN_COLUMNS, Trace
+from pipesim.state import Transition
+from pipesim.trace import EVENT_SCHEMA, SERVICE_SCHEMA, TURN_COLUMNS, Trace
 
 #: Where the columnar trace changed a dtype on purpose: codes (categoricals) instead of strings.
 CATEGORICAL = {"events": {"session_id", "event", "service", "status", "state", "stt", "llm", "tts", "error"},
@@ -153,6 +158,65 @@ def test_pipesim_run_out_writes_parquet_and_json_lines_on_request(tmp_path, caps
     assert_same_run(Results.load(tmp_path / "a"), Results.load(tmp_path / "b"))
     assert (tmp_path / "a" / "turns.parquet").read_bytes() == (tmp_path / "b" / "turns.parquet").read_bytes()
     assert "trace.jsonl" in capsys.readouterr().out
+
+
+# Rows into columns ---------------------------------------------------------------------------------------
+FEW = st.sampled_from(["idle", "busy", "stt", "llm", "tts", "audio", ""])  # a column's few repeated values
+NUMBERS = {"double": st.floats(allow_nan=True, allow_infinity=True),  # NaN, infinities and -0.0 included
+           "int32": st.integers(-2**31, 2**31 - 1), "int64": st.integers(-2**63, 2**63 - 1)}
+
+
+def row_values(schema: pa.Schema) -> st.SearchStrategy[tuple]:
+    """A row as the model or a trace file gives it: any value each column's type takes, None where it may."""
+    def column(field: pa.Field) -> st.SearchStrategy[Any]:
+        if pa.types.is_dictionary(field.type):
+            return st.none() | FEW | st.text(max_size=4)
+        values = NUMBERS[str(field.type)]
+        return values if field.name in ("t", "turn_id", "seq", "busy", "queued", "capacity") else st.none() | values
+    return st.tuples(*map(column, schema))
+
+
+def expected_column(values: list[Any], field: pa.Field) -> pa.Array:
+    """What a chunk's column must be: numbers as they are; strings as codes into the distinct values in the
+    order they first appear (so that a chunk's dictionary, and a Parquet file of it, never depend on more)."""
+    if not pa.types.is_dictionary(field.type):
+        return pa.array(values, type=field.type)
+    distinct = list(dict.fromkeys(v for v in values if v is not None))
+    codes = pa.array([None if v is None else distinct.index(v) for v in values], field.type.index_type)
+    return pa.DictionaryArray.from_arrays(codes, pa.array(distinct, pa.string()))
+
+
+def bits(column: pa.Array) -> tuple[list[bool], Any]:
+    """A column's nulls and values, floats bit for bit (NaN equal to itself, -0.0 not to 0.0)."""
+    if pa.types.is_dictionary(column.type):
+        return bits(column.indices), (column.dictionary.type, column.dictionary.to_pylist())
+    values = column.fill_null(0).to_numpy(zero_copy_only=False)
+    return column.is_null().to_pylist(), (values.view(np.int64) if values.dtype == np.float64 else values).tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_a_chunk_holds_its_rows_values_column_by_column(data):
+    for schema in (EVENT_SCHEMA, SERVICE_SCHEMA):
+        rows = data.draw(st.lists(row_values(schema), max_size=40))
+        if schema is EVENT_SCHEMA:  # the state manager's rows are Transition tuples, the model's plain ones
+            rows = [Transition(*r) if data.draw(st.booleans()) else r for r in rows]
+        table = trace._Table(schema, chunk_rows=10**6, limit=None, sink=None)
+        table.pending.extend(rows)
+        table.flush()
+        got = table.table()
+        assert got.schema == schema and got.num_rows == len(rows)
+        for i, field in enumerate(schema):
+            column = got.column(i).combine_chunks() if rows else pa.array([], field.type)
+            assert bits(column) == bits(expected_column([r[i] for r in rows], field)), field.name
+
+
+def test_a_chunk_with_too_many_different_values_for_its_codes_is_one_clear_error():
+    t = Trace(chunk_rows=40_000)
+    for i in range(2**15):
+        t.model_event(float(i), "s1", 1, f"event-{i}")
+    with pytest.raises(trace.TraceError, match="^event: more than 32,767 different values in 32,768 events$"):
+        t.events_frame()
 
 
 # Memory --------------------------------------------------------------------------------------------------

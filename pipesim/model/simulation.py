@@ -153,6 +153,9 @@ class _AudioReports:
     def __call__(self, _event: simpy.Event) -> None:
         s, sim = self.session, self.sim
         if s.epoch != self.epoch:  # paused, stopped or barged over: the utterance is gone
+            # Its process would wait on ``spoken`` for ever, in a cycle with it (a stopped session's streams
+            # kept until a full collection): dropping its callback lets reference counting free both.
+            self.spoken.callbacks.clear()
             return
         now, t0 = sim.env.now, self.t0
         chunks = min(self.n_chunks, int((now - t0) / sim._chunk_s + 1e-9))
@@ -498,6 +501,8 @@ class Simulation:
     def _user(self, s: _Session, epoch: int, fresh: bool) -> Generator[simpy.Event, Any, None]:
         """A simulated user: speaks, waits for the reply (or barges in), thinks, speaks again."""
         env, draw, cfg = self.env, s.draw, self.scenario.sessions
+        if s.epoch != epoch:  # paused or stopped again before this process took its first step
+            return
         if fresh:
             yield env.timeout(draw["first_speech"]())
             if s.epoch != epoch:
@@ -920,6 +925,12 @@ class Simulation:
         turn.row = self.trace.add_turn(turn.rec)
         self.trace.model_event(self.env.now, turn.rec[0], turn.turn_id, "turn_ended", detail=outcome)
         turn.finished.succeed(outcome)
+        # The LLM no longer triggers these for an ended turn: a process still waiting on one would wait for
+        # ever, in a cycle with the event; without its callback, reference counting frees it (it returns
+        # without a trace when woken into an ended turn, so nothing observable changes).
+        for waited in (turn.first_sentence, turn.llm_done):
+            if waited is not None and not waited.triggered:
+                waited.callbacks.clear()
 
     def _abandon(self, s: _Session, outcome: str) -> None:
         """Pause or stop: the turn in flight is cancelled and every process of this epoch goes quiet."""

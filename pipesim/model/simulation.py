@@ -501,8 +501,6 @@ class Simulation:
     def _user(self, s: _Session, epoch: int, fresh: bool) -> Generator[simpy.Event, Any, None]:
         """A simulated user: speaks, waits for the reply (or barges in), thinks, speaks again."""
         env, draw, cfg = self.env, s.draw, self.scenario.sessions
-        if s.epoch != epoch:  # paused or stopped again before this process took its first step
-            return
         if fresh:
             yield env.timeout(draw["first_speech"]())
             if s.epoch != epoch:
@@ -534,6 +532,8 @@ class Simulation:
         An utterance lasts at least one chunk (so that no turn takes zero time) and at most
         ``MAX_UTTERANCE_S`` (a longer draw is cut there)."""
         env, mgr, sid = self.env, self.manager, s.id
+        if s.epoch != epoch:  # paused or stopped before the process that speaks took its first step
+            return None
         t0 = env.now
         duration = min(max(duration, self._chunk_s), MAX_UTTERANCE_S)
         upcoming_turn = mgr.speech_started(sid, t0).turn_id + 1  # the turn this speech becomes
@@ -630,8 +630,10 @@ class Simulation:
                                         "the user spoke before the bot did; script it after the reply")
             self._barge_in(s)
 
+        epoch = s.epoch  # now: a control between this step and the process's first ends the speech
+
         def speech() -> Generator[simpy.Event, Any, None]:
-            yield from self._speak(s, s.epoch, duration)
+            yield from self._speak(s, epoch, duration)
 
         self.env.process(speech())
 
@@ -648,6 +650,8 @@ class Simulation:
     # The turn --------------------------------------------------------------------------------------
     def _pipeline(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, None]:
         """STT, then the LLM streaming into TTS; the turn ends complete, failed or barged in."""
+        if turn.done:  # cancelled (a live control) between the step that made this process and its first
+            return
         ok = yield from self._stt(s, turn)
         if not ok or turn.done:
             return
@@ -805,6 +809,8 @@ class Simulation:
     def _llm(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, None]:
         """The LLM streams: the first phrase releases TTS; the rest overlaps with TTS."""
         env, llm = self.env, self.scenario.services.llm
+        if turn.done:  # cancelled between the step that made this process and its first (see _pipeline)
+            return
         rng = s.services_rng["llm"]
         tokens = max(1, round(s.draw["tokens"]()))
         turn.tokens = tokens

@@ -153,6 +153,9 @@ class _AudioReports:
     def __call__(self, _event: simpy.Event) -> None:
         s, sim = self.session, self.sim
         if s.epoch != self.epoch:  # paused, stopped or barged over: the utterance is gone
+            # Its process would wait on ``spoken`` for ever, in a cycle with it (a stopped session's streams
+            # kept until a full collection): dropping its callback lets reference counting free both.
+            self.spoken.callbacks.clear()
             return
         now, t0 = sim.env.now, self.t0
         chunks = min(self.n_chunks, int((now - t0) / sim._chunk_s + 1e-9))
@@ -529,6 +532,8 @@ class Simulation:
         An utterance lasts at least one chunk (so that no turn takes zero time) and at most
         ``MAX_UTTERANCE_S`` (a longer draw is cut there)."""
         env, mgr, sid = self.env, self.manager, s.id
+        if s.epoch != epoch:  # paused or stopped before the process that speaks took its first step
+            return None
         t0 = env.now
         duration = min(max(duration, self._chunk_s), MAX_UTTERANCE_S)
         upcoming_turn = mgr.speech_started(sid, t0).turn_id + 1  # the turn this speech becomes
@@ -625,8 +630,10 @@ class Simulation:
                                         "the user spoke before the bot did; script it after the reply")
             self._barge_in(s)
 
+        epoch = s.epoch  # now: a control between this step and the process's first ends the speech
+
         def speech() -> Generator[simpy.Event, Any, None]:
-            yield from self._speak(s, s.epoch, duration)
+            yield from self._speak(s, epoch, duration)
 
         self.env.process(speech())
 
@@ -643,6 +650,8 @@ class Simulation:
     # The turn --------------------------------------------------------------------------------------
     def _pipeline(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, None]:
         """STT, then the LLM streaming into TTS; the turn ends complete, failed or barged in."""
+        if turn.done:  # cancelled (a live control) between the step that made this process and its first
+            return
         ok = yield from self._stt(s, turn)
         if not ok or turn.done:
             return
@@ -800,6 +809,8 @@ class Simulation:
     def _llm(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, None]:
         """The LLM streams: the first phrase releases TTS; the rest overlaps with TTS."""
         env, llm = self.env, self.scenario.services.llm
+        if turn.done:  # cancelled between the step that made this process and its first (see _pipeline)
+            return
         rng = s.services_rng["llm"]
         tokens = max(1, round(s.draw["tokens"]()))
         turn.tokens = tokens
@@ -920,6 +931,12 @@ class Simulation:
         turn.row = self.trace.add_turn(turn.rec)
         self.trace.model_event(self.env.now, turn.rec[0], turn.turn_id, "turn_ended", detail=outcome)
         turn.finished.succeed(outcome)
+        # The LLM no longer triggers these for an ended turn: a process still waiting on one would wait for
+        # ever, in a cycle with the event; without its callback, reference counting frees it (it returns
+        # without a trace when woken into an ended turn, so nothing observable changes).
+        for waited in (turn.first_sentence, turn.llm_done):
+            if waited is not None and not waited.triggered:
+                waited.callbacks.clear()
 
     def _abandon(self, s: _Session, outcome: str) -> None:
         """Pause or stop: the turn in flight is cancelled and every process of this epoch goes quiet."""

@@ -10,16 +10,17 @@ are arriving, exactly when a load test measures.
 :class:`ServingCollector` keeps young collections as they are and takes the full ones over:
 
 * at :meth:`~ServingCollector.start`, everything that exists (modules, the scenario, the model) is collected
-  once and frozen (``gc.freeze``): no later collection walks it again;
-* every ``tick_s`` (2 s) what survived the young collections since the last tick is frozen too (a list
-  splice: no object is walked), so young collections stay as short as in a process that holds nothing;
-* every ``full_every_s`` (10 minutes), or at the tick where Python's heap (``sys.getallocatedblocks``) has
-  doubled (``growth``, as Go's collector does by default) since the last such collection, everything is
-  unfrozen, collected and frozen again. That is the one long pause, and what bounds memory: a reference
-  cycle that became garbage after it was frozen is freed then. pipesim leaves none per closed connection or
-  forgotten session (``tests/test_live_memory.py``); the libraries do: websockets' protocol object, held by
-  its own parser generator with its permessage-deflate buffers (some 80 KB, outside Python's block count),
-  and on Python 3.11 the socket transport. A server at a steady load has one every 10 minutes.
+  once and frozen (``gc.freeze``) for the life of the process: no later collection walks it again (at
+  start-up alone that walk is 80 to 100 ms);
+* every ``tick_s`` (2 s) the collector looks at Python's heap (``sys.getallocatedblocks``, a count: nothing
+  is walked); every ``full_every_s`` (10 minutes), or at the tick where the heap has doubled (``growth``, as
+  Go's collector does by default) since the last such collection, it collects everything made since
+  start-up. That is the one long pause, and what bounds memory: a reference cycle that became garbage after
+  it survived the young collections is freed then. pipesim leaves none per closed connection or
+  forgotten session (``tests/test_live_memory.py``; it also breaks websockets' own cycle, a closed
+  connection's protocol held by its parser generator with some 80 KB of permessage-deflate buffers outside
+  Python's block count, which this trigger would never see); what is left is Python 3.11's closed socket
+  transport (~0.6 KB). A server at a steady load has one every 10 minutes.
 
 (``gc.get_freeze_count()`` walks the frozen objects, 15 to 60 ms at 1,000 sessions: nothing here calls it
 on a schedule.) It is the process's collector, so only the process's owner starts it (``pipesim serve`` and
@@ -50,7 +51,7 @@ _NEVER = 1 << 30
 class ServingCollector:
     """Young collections as Python runs them, full ones on a schedule, long-lived objects frozen.
 
-    ``tick_s``: seconds between freezes; ``full_every_s``: at most this long between collections of
+    ``tick_s``: seconds between looks at the heap; ``full_every_s``: at most this long between collections of
     everything; ``growth``: collect everything as soon as Python's heap (allocated blocks) is this many times
     what it was after the last such collection. ``clock`` and ``heap`` are for tests.
     """
@@ -82,6 +83,7 @@ class ServingCollector:
         self._threshold = gc.get_threshold()
         gc.set_threshold(self._threshold[0], self._threshold[1], _NEVER)
         self._collect_everything()
+        gc.freeze()  # start-up's objects (modules, the scenario, the model) for good: never walked again
         self.full_collections, self.last_full_ms, self.max_full_ms, self.full_ms_total = 0, 0.0, 0.0, 0.0
         if schedule:
             self._schedule()
@@ -97,10 +99,9 @@ class ServingCollector:
             self._threshold = None
 
     def tick(self) -> None:
-        """Freeze what survived since the last tick; collect everything when that is due."""
+        """Collect everything made since start-up when that is due (a look at the heap's size otherwise)."""
         if not self.running:
             raise RuntimeError("the collector is not started")
-        gc.freeze()
         self.ticks += 1
         if (self.heap() >= self.growth * self._heap_after_full
                 or self.clock() - self._last_full >= self.full_every_s):
@@ -115,9 +116,7 @@ class ServingCollector:
 
     def _collect_everything(self) -> None:
         t0 = time.perf_counter()
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
+        gc.collect()  # young collections never walk the old generation: only this does, and not what is frozen
         self.last_full_ms = (time.perf_counter() - t0) * 1000
         self.max_full_ms = max(self.max_full_ms, self.last_full_ms)
         self.full_ms_total += self.last_full_ms

@@ -128,6 +128,13 @@ class _Table:
     def __len__(self) -> int:
         return self.rows_in_batches + len(self.pending)
 
+    def append(self, row: tuple) -> None:
+        """Add a row (a chunk's worth of rows become a record batch)."""
+        pending = self.pending
+        pending.append(row)
+        if len(pending) >= self.chunk_rows:
+            self.flush()
+
     def flush(self) -> None:
         """Turn the pending rows into one record batch (and write it, when streaming)."""
         if not self.pending:
@@ -312,7 +319,7 @@ class Trace:
     live server).
     """
 
-    __slots__ = ("header", "_events", "_services", "_turns", "_windows", "sink", "on_transition", "_chunk_rows",
+    __slots__ = ("header", "_events", "_services", "_turns", "_windows", "sink", "on_transition",
                  "_model_observers", "_turns_file", "_turns_in_file", "__weakref__")
 
     def __init__(self, header: dict[str, Any] | None = None, sink: str | Path | None = None,
@@ -329,7 +336,6 @@ class Trace:
         if limit is not None:  # the live server: small chunks, so that turning one into columns never holds
             # its event loop up for more than a few milliseconds; the ring holds at most limit + a chunk.
             chunk_rows = max(1, min(chunk_rows, limit // 4, LIVE_CHUNK_ROWS))
-        self._chunk_rows = chunk_rows
         self._events = _Table(EVENT_SCHEMA, chunk_rows, limit, None if self.sink is None
                               else self.sink / "events.parquet")
         self._services = _Table(SERVICE_SCHEMA, chunk_rows, limit, None if self.sink is None
@@ -349,20 +355,11 @@ class Trace:
         self.on_transition = self._events.pending.append
 
     # Appending (hot path) --------------------------------------------------------------------------
-    def _append_event(self, row: tuple) -> None:
-        pending = self._events.pending
-        pending.append(row)
-        if len(pending) >= self._chunk_rows:
-            self._events.flush()
-
     def model_event(self, t: float, session_id: str, turn_id: int, event: str, service: str | None = None,
                     value: float = _NAN, detail: str | None = None) -> None:
         """Record something the model did that is not a state transition (e.g. ``first_audio``)."""
         row = (t, session_id, turn_id, -1, event, service, None, None, None, None, None, None, None, detail, value)
-        pending = self._events.pending  # _append_event inlined: ~10 calls a turn
-        pending.append(row)
-        if len(pending) >= self._chunk_rows:
-            self._events.flush()
+        self._events.append(row)
         if self._model_observers:  # only the live RTVI dialect subscribes
             for observer in self._model_observers:
                 observer(row)
@@ -384,10 +381,7 @@ class Trace:
 
     def service_sample(self, t: float, service: str, busy: int, queued: int, capacity: int) -> None:
         """Record a service's busy workers and queue length after a change."""
-        pending = self._services.pending
-        pending.append((t, service, busy, queued, capacity))
-        if len(pending) >= self._chunk_rows:
-            self._services.flush()
+        self._services.append((t, service, busy, queued, capacity))
 
     def add_turn(self, rec: Sequence[Any]) -> int:
         """Record a turn (its values in :data:`TURN_COLUMNS` order); returns its row, for :meth:`update_turn`."""

@@ -64,5 +64,5 @@ def test_any_transitions_are_encoded_as_json_dumps_would(rows, chunk_rows):
     large integers, model events in between, several chunks (and so several dictionaries)."""
     trace = Trace(chunk_rows=chunk_rows)
     for row in rows:
-        trace._append_event(row)
+        trace._events.append(row)
     pd.testing.assert_frame_equal(trace.messages_frame(), reference_messages(trace), check_exact=True)

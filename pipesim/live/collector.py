@@ -49,7 +49,7 @@ _NEVER = 1 << 30
 
 
 class ServingCollector:
-    """Young collections as Python runs them, full ones on a schedule, long-lived objects frozen.
+    """Young collections as Python runs them, full ones when the heap doubled, start-up's objects frozen.
 
     ``tick_s``: seconds between looks at the heap; ``full_every_s``: at most this long between collections of
     everything; ``growth``: collect everything as soon as Python's heap (allocated blocks) is this many times

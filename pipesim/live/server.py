@@ -626,8 +626,7 @@ class _BaseServer:
         assert ws.request is not None
         if urlsplit(ws.request.path).path == RTVI_PATH:
             await self._serve_rtvi(ws)
-            await ws.wait_closed()
-            _free_protocol(ws)
+            await _free_protocol(ws)
             return
         wanted = [sid for sid in parse_qs(urlsplit(ws.request.path).query).get("session_id", []) if sid]
         client = Client(ws, watch_all=not wanted, watched=set(wanted), id=f"c{next(self._connections)}")
@@ -649,8 +648,7 @@ class _BaseServer:
         finally:
             self._detach(client)
             log.info("client %s disconnected", client.name)
-        await ws.wait_closed()
-        _free_protocol(ws)
+        await _free_protocol(ws)
 
     def _limit_send_buffer(self, ws: ServerConnection) -> None:
         # The kernel grows a socket's send buffer to megabytes on its own; a client that stopped reading
@@ -727,15 +725,16 @@ def _journal_view(raw: bytes) -> dict[str, Any]:
     return {"raw": raw[:200].decode("utf-8", "replace")}
 
 
-def _free_protocol(ws: ServerConnection) -> None:
-    """Let reference counting free a closed connection's protocol.
+async def _free_protocol(ws: ServerConnection) -> None:
+    """Once the connection is closed, let reference counting free its protocol.
 
     websockets (17.x) leaves a closed connection's ``ServerProtocol`` in a reference cycle with its own
     parser generator, and with it the permessage-deflate state: ~80 KB of zlib buffers per connection,
     outside Python's heap, so the serving collector's trigger (Python's heap doubled) never saw them and a
-    churn soak's RSS grew without bound. The connection is closed (``wait_closed``): nothing steps the
-    parser again, and closing it ends the cycle.
+    churn soak's RSS grew without bound. Once the connection is closed nothing steps the parser again, and
+    closing it ends the cycle.
     """
+    await ws.wait_closed()
     parser = getattr(ws.protocol, "parser", None)
     if parser is not None and hasattr(parser, "close"):
         parser.close()

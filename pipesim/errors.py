@@ -52,6 +52,10 @@ class CalibrationError(PipesimError, ValueError):
     """A measurements file or a fit request that cannot be used; the message names the file, line and column."""
 
 
+class TooLargeError(PipesimError, MemoryError):
+    """A table asked for whole would not fit in the memory available; the message says how to read it in parts."""
+
+
 class LiveError(PipesimError, RuntimeError):
     """A live server cannot start (port in use, recording not writable); the message says which."""
 

@@ -77,6 +77,8 @@ TURN_COLUMNS = (
 )
 #: Columns of ``Results.messages``: ``message`` is the JSON text sent, ``t`` the time of its transition.
 MESSAGE_COLUMNS = ("t", "session_id", "seq", "type", "message")
+MESSAGE_SCHEMA = pa.schema([("t", pa.float64()), ("session_id", pa.string()), ("seq", pa.int64()),
+                            ("type", pa.string()), ("message", pa.string())])
 SERVICE_COLUMNS = ("t", "service", "busy", "queued", "capacity")
 KAFKA_WINDOW_COLUMNS = ("start", "end", "topic", "cause")
 _NAN = math.nan
@@ -101,6 +103,9 @@ _TURN_INTS = ("turn_id", "stt_timeouts", "llm_timeouts", "tts_timeouts", "audio_
 #: callgrind's simulation of an 8 MB cache), ~25% of a run's time on a shared machine, for the same instructions.
 CHUNK_ROWS = 4_096
 ROW_GROUP_ROWS = 1_048_576
+#: Events per part when the wire messages are built (:meth:`Trace.message_tables`): each part has a fixed
+#: set-up cost in Arrow, so parts are large; ~20 MB of JSON text each.
+MESSAGE_BATCH_ROWS = 65_536
 #: A trace with a limit of N events keeps N / this turns (a turn comes with ~30 events).
 EVENTS_PER_TURN_KEPT = 16
 #: Rows per chunk of a trace with a limit (the live server's): ~5 ms to turn into columns.
@@ -206,8 +211,8 @@ class _Table:
             yield name, table.column(name)
 
     def batches_of(self, size: int = CHUNK_ROWS, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
-        """The rows in record batches (only ``columns``, if given), without holding them all (read from the
-        file when streaming)."""
+        """The rows in record batches of ``size`` rows (the last one shorter; only ``columns``, if given),
+        without holding them all twice (read from the file when streaming)."""
         self.flush()
         if self.sink is not None:
             if self._writer is not None:
@@ -216,7 +221,10 @@ class _Table:
                 yield from pq.ParquetFile(self.sink).iter_batches(batch_size=size, columns=columns)
             return
         table = self.table()
-        yield from (table if columns is None else table.select(columns)).to_batches(max_chunksize=size)
+        if columns is not None:
+            table = table.select(columns)
+        for start in range(0, table.num_rows, size):  # ``size`` rows each, not the chunks' CHUNK_ROWS
+            yield from table.slice(start, size).combine_chunks().to_batches()
 
 
 def _batch(rows: list[tuple], schema: pa.Schema, row_type: pa.StructType) -> pa.RecordBatch:
@@ -408,6 +416,21 @@ class Trace:
         """Events recorded and kept (with ``sink``, written too)."""
         return len(self._events) + self._events.dropped
 
+    def n_messages(self) -> int:
+        """How many wire messages :meth:`messages_frame` would hold (a message per transition, and a
+        ``session_ended`` after each stop), counted from two columns without building them.
+
+        >>> t = Trace()
+        >>> t.model_event(1.0, "s1", 1, "speech_ended"); t.n_messages()
+        0
+        """
+        n = 0
+        for batch in self._events.batches_of(ROW_GROUP_ROWS, ["seq", "event"]):
+            transitions = batch.filter(pc.greater_equal(batch.column(0), 0))
+            stops = pc.equal(pc.cast(transitions.column(1), pa.string()), "session_stopped")
+            n += transitions.num_rows + (pc.sum(stops).as_py() or 0)
+        return n
+
     @property
     def n_turns(self) -> int:
         """Turns recorded."""
@@ -483,7 +506,8 @@ class Trace:
     def messages_frame(self) -> pd.DataFrame:
         """The wire messages a dashboard watching every session would have received, in order: ``message``
         is the JSON text, byte for byte what ``json.dumps`` writes of each of :func:`sent_messages`.
-        Built column by column (a million messages in seconds), never one message at a time.
+        Built column by column (a million messages in seconds), never one message at a time. All of them at
+        once: :meth:`message_tables` gives them a part at a time.
 
         >>> from pipesim.state import Transition
         >>> t = Trace()
@@ -492,12 +516,23 @@ class Trace:
         >>> t.messages_frame()["message"].tolist()
         ['{"type":"session_created","session_id":"s1","timestamp":0.5,"seq":0}']
         """
-        parts = [_batch_messages(batch.filter(pc.greater_equal(batch.column("seq"), 0)))
-                 for batch in self._events.batches_of()]
-        if not any(len(part["t"]) for part in parts):
-            return pd.DataFrame([], columns=list(MESSAGE_COLUMNS))  # as from no rows: every column object
-        table = pa.table({name: pa.chunked_array([part[name] for part in parts]) for name in MESSAGE_COLUMNS})
-        return table.to_pandas()
+        return pa.concat_tables([MESSAGE_SCHEMA.empty_table(), *self.message_tables()]).to_pandas()
+
+    def message_tables(self, rows: int = MESSAGE_BATCH_ROWS) -> Iterator[pa.Table]:
+        """The wire messages of :meth:`messages_frame`, in order, as Arrow tables of the messages of about
+        ``rows`` events each (none empty): a run of any size, a part at a time.
+
+        >>> t = Trace()
+        >>> for i in range(3):
+        ...     t.on_transition(Transition(float(i), f"s{i}", 0, 0, "session_created", None, "created", "idle",
+        ...                                "idle", "idle", "idle", 0, 0.0, None))
+        >>> [part.column("session_id").to_pylist() for part in t.message_tables(rows=2)]
+        [['s0', 's1'], ['s2']]
+        """
+        for batch in self._events.batches_of(rows):
+            part = _batch_messages(batch.filter(pc.greater_equal(batch.column("seq"), 0)))
+            if len(part["t"]):
+                yield pa.table(part, schema=MESSAGE_SCHEMA)
 
     # Files -----------------------------------------------------------------------------------------
     def close(self) -> None:

@@ -27,7 +27,7 @@ from pipesim.errors import TooLargeError
 from pipesim.model import Simulation
 from pipesim.model.budget import default_memory_limit, estimate_run
 from pipesim.scenario import Scenario, as_scenario, validate_scenario
-from pipesim.trace import MESSAGE_BATCH_ROWS, MESSAGE_COLUMNS, MESSAGE_SCHEMA, ROW_GROUP_ROWS, Trace
+from pipesim.trace import MESSAGE_BATCH_ROWS, MESSAGE_COLUMNS, MESSAGE_GROUP_ROWS, MESSAGE_SCHEMA, Trace, read_batches
 
 #: Memory a message takes in :attr:`Results.messages`: its JSON text (~300 bytes) and its row of the other
 #: columns; 529 bytes of RSS a message measured (``baseline``, 5,000 sessions), counted generously.
@@ -97,7 +97,7 @@ class Results:
     def _message_tables(self, rows: int) -> Iterator[pa.Table]:
         path = self._saved_path("messages")
         if path is not None:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+            for batch in read_batches(path, rows):
                 yield pa.Table.from_batches([batch])
         else:
             yield from self.trace.message_tables(rows)
@@ -213,16 +213,24 @@ class Results:
         return [*written, scenario_path]
 
     def _save_messages(self, path: Path) -> Path:
-        """``messages.parquet``, written a part at a time (a row group of up to ``ROW_GROUP_ROWS`` events'
-        messages each): saving a run never holds all its messages."""
-        parts = self._message_tables(ROW_GROUP_ROWS)
-        if path.exists() and self.folder is not None and path.resolve() == (self.folder / path.name).resolve():
+        """``messages.parquet``, built and written a part at a time in row groups of ``MESSAGE_GROUP_ROWS``
+        messages: saving a run holds one row group of messages, never all of them."""
+        if self.folder is not None and path.resolve() == (self.folder / path.name).resolve() and path.exists():
             return path  # read from there: already saved
         tmp = path.with_name(path.name + ".part")
-        with pq.ParquetWriter(tmp, MESSAGE_SCHEMA) as writer:
-            for table in parts:
-                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        # The JSON texts are all different: no dictionary for them (its hash table would double the memory).
+        with pq.ParquetWriter(tmp, MESSAGE_SCHEMA, use_dictionary=["session_id", "type"]) as writer:
+            held: list[pa.Table] = []
+            for table in self._message_tables(MESSAGE_BATCH_ROWS):
+                held.append(table)
+                if sum(map(len, held)) >= MESSAGE_GROUP_ROWS:
+                    rows = pa.concat_tables(held)
+                    writer.write_table(rows.slice(0, MESSAGE_GROUP_ROWS), row_group_size=MESSAGE_GROUP_ROWS)
+                    held = [rows.slice(MESSAGE_GROUP_ROWS)]
+            if sum(map(len, held)):
+                writer.write_table(pa.concat_tables(held), row_group_size=MESSAGE_GROUP_ROWS)
         tmp.replace(path)
+        pa.default_memory_pool().release_unused()
         return path
 
     @classmethod

@@ -106,6 +106,9 @@ ROW_GROUP_ROWS = 1_048_576
 #: Events per part when the wire messages are built (:meth:`Trace.message_tables`): each part has a fixed
 #: set-up cost in Arrow, so parts are large; ~20 MB of JSON text each.
 MESSAGE_BATCH_ROWS = 65_536
+#: Messages per row group of ``messages.parquet``: ~80 MB of JSON text (a message is ~300 bytes, an event row
+#: ~100), what saving a run holds of its messages at a time.
+MESSAGE_GROUP_ROWS = 262_144
 #: A trace with a limit of N events keeps N / this turns (a turn comes with ~30 events).
 EVENTS_PER_TURN_KEPT = 16
 #: Rows per chunk of a trace with a limit (the live server's): ~5 ms to turn into columns.
@@ -218,13 +221,19 @@ class _Table:
             if self._writer is not None:
                 self.close()
             if self.sink.exists():
-                yield from pq.ParquetFile(self.sink).iter_batches(batch_size=size, columns=columns)
+                yield from read_batches(self.sink, size, columns)
             return
         table = self.table()
         if columns is not None:
             table = table.select(columns)
         for start in range(0, table.num_rows, size):  # ``size`` rows each, not the chunks' CHUNK_ROWS
             yield from table.slice(start, size).combine_chunks().to_batches()
+
+
+def read_batches(path: Path, size: int, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """A Parquet file's rows in record batches of ``size`` rows, holding one row group at a time.
+    (``pre_buffer``, Arrow's default, keeps every row group read so far: the whole file by the end.)"""
+    yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=size, columns=columns)
 
 
 def _batch(rows: list[tuple], schema: pa.Schema, row_type: pa.StructType) -> pa.RecordBatch:

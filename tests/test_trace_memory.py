@@ -8,7 +8,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 import pipesim
@@ -100,3 +102,17 @@ def test_a_run_too_big_to_hold_streams_to_a_folder_of_its_own_deleted_with_it(mo
     del spilled
     gc.collect()
     assert not folder.exists()
+
+
+def test_reading_a_run_folder_a_batch_at_a_time_holds_one_row_group_not_the_file(tmp_path):
+    # Arrow's pre_buffer (its default) keeps every row group read so far: a 100,000-session run's events file
+    # (340 MB) ended up held whole while its messages were built a part at a time.
+    groups, rows = 24, 20_000
+    table = pa.table({"x": np.random.default_rng(0).random(groups * rows)})  # random floats: no compression
+    pq.write_table(table, tmp_path / "f.parquet", row_group_size=rows)
+    group_bytes = rows * 8
+    base, most = pa.total_allocated_bytes(), 0
+    for batch in trace_module.read_batches(tmp_path / "f.parquet", 1_000):
+        most = max(most, pa.total_allocated_bytes() - base)
+        del batch
+    assert most < 4 * group_bytes, f"held {most / group_bytes:.1f} row groups at once"

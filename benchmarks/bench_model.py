@@ -12,8 +12,9 @@ Three parts:
 3. **sizes**: ``baseline`` with 1,000 / 10,000 / 100,000 sessions, each in a fresh subprocess, run as
    the README tells users to run a big study (the trace streamed to a run folder): turns/s, simulated
    seconds per wall second, the run's peak RSS and, apart, the peak while the DataFrames are built, bytes
-   of memory per trace event, DataFrame build time against run time, and how flat the per-turn cost stays
-   from the smallest size to the largest.
+   of memory per trace event, DataFrame build time against run time, the peak and time of saving the
+   run (``Results.save``: the messages, built a row group at a time), and how flat the per-turn cost
+   stays from the smallest size to the largest.
 
 Rates are per CPU second of this process (``time.process_time``): on a machine shared with other jobs that
 is steadier than wall time; wall times are reported beside them.
@@ -286,6 +287,11 @@ def child(sessions: int) -> dict[str, Any]:
         frames_cpu, frames_wall = time.process_time() - cpu, time.perf_counter() - wall
         frames_peak = _peak_rss_bytes()
         n_turns, n_events = len(turns), len(events)
+        del turns, events
+        _reset_peak_rss()
+        cpu = time.process_time()
+        res.save(folder)  # what `pipesim run --out` does last: the messages, a row group at a time
+        save_cpu, save_peak = time.process_time() - cpu, _peak_rss_bytes()
     return {
         "sessions": sessions, "turns": n_turns, "trace_events": n_events, "simpy_events": simpy_events,
         "sim_s": sim_s, "run_cpu_s": run_cpu, "run_wall_s": run_wall,
@@ -296,7 +302,9 @@ def child(sessions: int) -> dict[str, Any]:
         "bytes_per_trace_event": (run_peak - rss_before) / max(1, n_events),
         "run_peak_rss_mib": run_peak / 2**20,
         "frames_peak_rss_mib": frames_peak / 2**20 if separate else None,
-        "peak_rss_mib": max(run_peak, frames_peak) / 2**20,
+        "save_cpu_s": save_cpu, "save_over_run": save_cpu / run_cpu,
+        "save_peak_rss_mib": save_peak / 2**20 if separate else None,
+        "peak_rss_mib": max(run_peak, frames_peak, save_peak) / 2**20,
     }
 
 
@@ -327,7 +335,7 @@ def report(result: dict[str, Any]) -> str:
         f"events/s pipesim/bare {f['events_ratio']:.0%} (target >= 30%)",
         "",
         f"  {'sessions':>9}{'turns':>9}{'turns/s':>9}{'us/turn':>9}{'sim s/s':>9}{'run MiB':>9}"
-        f"{'frames MiB':>11}{'B/event':>9}{'frames/run':>11}",
+        f"{'frames MiB':>11}{'B/event':>9}{'frames/run':>11}{'save MiB':>9}{'save/run':>9}",
     ]
     for row in result["sizes"]:
         if "turns" not in row:
@@ -337,7 +345,8 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"  {row['sessions']:9,}{row['turns']:9,}{row['turns_per_s']:9,.0f}{row['us_per_turn']:9.0f}"
                      f"{row['sim_s_per_wall_s']:9,.0f}{row['run_peak_rss_mib']:9,.0f}"
                      f"{row['frames_peak_rss_mib'] or row['peak_rss_mib']:11,.0f}{row['bytes_per_trace_event']:9,.0f}"
-                     f"{row['frames_over_run']:11.2f}")
+                     f"{row['frames_over_run']:11.2f}{row['save_peak_rss_mib'] or row['peak_rss_mib']:9,.0f}"
+                     f"{row['save_over_run']:9.2f}")
     if result.get("per_turn_flatness") is not None:
         lines.append(f"  per-turn cost, largest / smallest size: {result['per_turn_flatness']:.2f} "
                      "(target within 20%: 0.8 to 1.2)")

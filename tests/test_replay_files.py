@@ -106,6 +106,24 @@ def test_the_cli_prints_one_line_for_a_huge_integer(tmp_path, capsys):
     assert err.startswith(f"pipesim: error: {path}:4: ") and err.count("\n") == 1, err
 
 
+def test_a_replay_too_large_for_the_memory_available_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    # A replay holds every message decoded (~1 KB each): 100,000 sessions' 10 million messages would not fit.
+    import pipesim
+    from pipesim.live import recording
+
+    folder = tmp_path / "run"
+    pipesim.simulate({"sessions": {"arrivals": {"kind": "at_once", "count": 3}}}, progress=False).save(folder)
+    files = [write(tmp_path / "r.jsonl", as_bytes(RECORDING)), write(tmp_path / "t.jsonl", as_bytes(TRACE))]
+    assert all(load_replay(path) for path in [folder, *files])
+    monkeypatch.setattr(recording, "default_memory_limit", lambda: 100)
+    for path, what in [(folder, r"its [0-9,]+ messages"), *((f, r"the messages of 0 MB of JSON") for f in files)]:
+        with pytest.raises(TraceError, match=rf"^{path}: replaying it would hold {what} in memory, .* --until"):
+            load_replay(path)
+        assert cli_main(["replay", str(path), "--port", "0"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"pipesim: error: {path}: replaying it") and err.count("\n") == 1, err
+
+
 # Generated: any line, anywhere --------------------------------------------------------------------------------
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),

@@ -30,6 +30,7 @@ import math
 from pathlib import Path
 from typing import IO, Any
 
+from pipesim.model.budget import default_memory_limit
 from pipesim.protocol import ProtocolError, dumps, parse_message, wire_messages
 from pipesim.trace import (
     EVENT_COLUMNS,
@@ -44,6 +45,10 @@ from pipesim.trace import (
 from pipesim.vocabulary import SERVER_MESSAGE_TYPES
 
 RECORDING_VERSION = 1
+#: Memory a replayed message takes (its decoded dict and its ``(t, message)`` pair): ~970 bytes measured.
+REPLAY_BYTES_PER_MESSAGE = 1_000
+#: Memory per byte of a recording or trace file replayed (a ~300-byte line becomes a ~1,000-byte message).
+REPLAY_BYTES_PER_FILE_BYTE = 3.5
 
 
 class ReplayError(TraceError):
@@ -101,12 +106,17 @@ def load_replay(path: str | Path) -> list[tuple[float, dict[str, Any]]]:
                 trace = Trace.from_parquet(p)
             except TraceError as exc:
                 raise ReplayError(str(exc)) from None
+            n = trace.n_messages()
+            _refuse_if_too_large(p, n * REPLAY_BYTES_PER_MESSAGE, f"its {n:,} messages")
             where = f"{p / 'events.parquet'}: event"
             return _trace_messages(p, ((row, f"{where} {i}") for i, row in enumerate(event_rows(trace), 1)))
         if not (p / "trace.jsonl").exists():
             raise ReplayError(f"{p}: a folder without events.parquet or trace.jsonl (give a recording or a "
                               f"trace file)")
         p = p / "trace.jsonl"
+    if p.is_file():
+        size = p.stat().st_size
+        _refuse_if_too_large(p, size * REPLAY_BYTES_PER_FILE_BYTE, f"the messages of {size / 1e6:,.0f} MB of JSON")
     lines = json_lines(p, not_json="not JSON, expected a pipesim recording or trace")
     first = next(lines, None)
     lines.close()
@@ -118,6 +128,15 @@ def load_replay(path: str | Path) -> list[tuple[float, dict[str, Any]]]:
     if isinstance(obj, dict) and ("recording" in obj or "message" in obj):
         return _load_recording(p)
     raise ReplayError(f"{p}:{number}: neither a pipesim recording nor a trace line")
+
+
+def _refuse_if_too_large(path: Path, need: float, what: str) -> None:
+    """A replay holds every message, decoded: refuse one that would not fit in the memory available."""
+    limit = default_memory_limit()
+    if need > limit:
+        raise ReplayError(f"{path}: replaying it would hold {what} in memory, about {need / 1e6:,.0f} MB, more "
+                          f"than the {limit / 1e6:,.0f} MB available; replay a shorter run (pipesim run --until "
+                          f"SECONDS, or fewer sessions)")
 
 
 def _server_message(message: dict[str, Any], where: str) -> None:

@@ -223,7 +223,7 @@ class Results:
             held: list[pa.Table] = []
             for table in self._message_tables(MESSAGE_BATCH_ROWS):
                 held.append(table)
-                if sum(map(len, held)) >= MESSAGE_GROUP_ROWS:
+                while sum(map(len, held)) >= MESSAGE_GROUP_ROWS:
                     rows = pa.concat_tables(held)
                     writer.write_table(rows.slice(0, MESSAGE_GROUP_ROWS), row_group_size=MESSAGE_GROUP_ROWS)
                     held = [rows.slice(MESSAGE_GROUP_ROWS)]

@@ -76,9 +76,9 @@ TURN_COLUMNS = (
     "ttfb", "tts_audio_duration", "e2e_latency",
 )
 #: Columns of ``Results.messages``: ``message`` is the JSON text sent, ``t`` the time of its transition.
-MESSAGE_COLUMNS = ("t", "session_id", "seq", "type", "message")
 MESSAGE_SCHEMA = pa.schema([("t", pa.float64()), ("session_id", pa.string()), ("seq", pa.int64()),
                             ("type", pa.string()), ("message", pa.string())])
+MESSAGE_COLUMNS = tuple(MESSAGE_SCHEMA.names)
 SERVICE_COLUMNS = ("t", "service", "busy", "queued", "capacity")
 KAFKA_WINDOW_COLUMNS = ("start", "end", "topic", "cause")
 _NAN = math.nan

@@ -234,6 +234,10 @@ class Simulation:
         self.kafka = KafkaBroker(scenario, self.streams.generator("kafka-broker"), self.trace.kafka_window)
         self.pools = {name: simpy.Resource(self.env, getattr(scenario.services, name).capacity)
                       for name in SERVICES}
+        # What a service sample reads, looked up once: a pool's users and queue are lists SimPy changes in place
+        # (len(users) is what Resource.count returns), its capacity never changes.
+        self._pool_state = {name: (pool.users, pool.queue, pool.capacity) for name, pool in self.pools.items()}
+        self._service_sample = self.trace.service_sample
         self.sessions: dict[str, _Session] = {}
         self.expected_sessions = self._count_expected()
         self.on_session_end: Callable[[str], None] | None = None
@@ -906,8 +910,8 @@ class Simulation:
             self._sample(job.name)
 
     def _sample(self, name: str) -> None:
-        pool = self.pools[name]  # len(users) is what Resource.count returns (one property call less per sample)
-        self.trace.service_sample(self.env._now, name, len(pool.users), len(pool.queue), pool.capacity)
+        users, queue, capacity = self._pool_state[name]
+        self._service_sample(self.env._now, name, len(users), len(queue), capacity)
 
     def _close_turn(self, turn: _Turn | None, outcome: str, error: str | None = None) -> None:
         """End a turn once: withdraw its queued requests, free its workers, write its row."""

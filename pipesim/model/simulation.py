@@ -149,7 +149,8 @@ class _AudioReports:
         self.duration, self.n_chunks, self.running, self.k = duration, n_chunks, running, 1
         self.spoken = spoken
 
-    def __call__(self, _event: simpy.Event) -> None:
+    def report(self, _event: simpy.Event) -> None:
+        """One report (a timeout's callback: a bound method, cheaper to call than an instance's ``__call__``)."""
         s, sim = self.session, self.sim
         if s.epoch != self.epoch:  # paused, stopped or barged over: the utterance is gone
             # Its process would wait on ``spoken`` for ever, in a cycle with it (a stopped session's streams
@@ -159,11 +160,11 @@ class _AudioReports:
         now, t0 = sim.env._now, self.t0
         chunks = min(self.n_chunks, int((now - t0) / sim._chunk_s + 1e-9))
         if chunks:
-            sim.manager.audio(s.id, now, chunks * sim._chunk_bytes, float(self.running[chunks - 1]))
+            sim.manager.audio(s.id, now, chunks * sim._chunk_bytes, self.running.item(chunks - 1))
         self.k += 1
         at = self.k * sim._interval
         if at < self.duration:
-            sim.env.timeout(t0 + at - now).callbacks.append(self)
+            sim.env.timeout(t0 + at - now).callbacks.append(self.report)
         else:
             end = sim.env.timeout(t0 + self.duration - now)
             end.callbacks.extend(self.spoken.callbacks)  # the user's process, waiting on ``spoken``
@@ -572,7 +573,7 @@ class Simulation:
         if self._interval and self._interval < duration:
             spoken = env.event()
             env.timeout(t0 + self._interval - env._now).callbacks.append(
-                _AudioReports(self, s, epoch, t0, duration, n_chunks, running, spoken))
+                _AudioReports(self, s, epoch, t0, duration, n_chunks, running, spoken).report)
             yield spoken
         else:
             yield env.timeout(t0 + duration - env._now)

@@ -40,7 +40,9 @@ from pipesim.vocabulary import SERVICES
 
 _NAN = math.nan
 # The model reads the clock as ``env._now``, the attribute SimPy's ``Environment.now`` property returns: ~70
-# reads a turn, each a Python-level property call otherwise (~600 instructions, about 3% of a turn).
+# reads a turn, each a Python-level property call otherwise (~600 instructions, about 3% of a turn). Likewise
+# ``event._value is _PENDING`` is what ``not event.triggered`` returns (~10 a turn).
+_PENDING = simpy.events.PENDING
 _TURN_INDEX = {name: i for i, name in enumerate(TURN_COLUMNS)}
 #: A turn record's column index by name: the model writes ``turn.rec[_COL[name]]`` directly (two dozen a turn,
 #: each a method call through ``_Turn.set`` before).
@@ -704,15 +706,16 @@ class Simulation:
                     return None
                 model_event(env._now, sid, turn.turn_id, "request_delivered", name, d_req)
                 queued = env._now
-                job = _Job(name, pool.request())
+                req = pool.request()
+                job = _Job(name, req)
                 turn.requests.append(job)
                 self._sample(name)
-                if not job.req.triggered:  # every worker busy: wait for one, or for the deadline
-                    yield job.req | env.timeout(deadline - env._now)
+                if req._value is _PENDING:  # every worker busy: wait for one, or for the deadline
+                    yield req | env.timeout(deadline - env._now)
                     if turn.done:
                         return None
-                if job.req.triggered:
-                    yield job.req  # granted (at once, or before the deadline)
+                if req._value is not _PENDING:  # triggered
+                    yield req  # granted (at once, or before the deadline)
                     if turn.done:
                         return None
                     self._sample(name)  # granted: a released worker passed to this request shows as busy
@@ -921,7 +924,7 @@ class Simulation:
         turn.done = True
         now = self.env._now
         for job in turn.requests:  # the orchestrator cancels what it still waits for
-            if not job.req.triggered:
+            if job.req._value is _PENDING:  # not triggered
                 job.req.cancel()
                 self._sample(job.name)
             elif job.req in self.pools[job.name].users:
@@ -939,7 +942,7 @@ class Simulation:
         # ever, in a cycle with the event; without its callback, reference counting frees it (it returns
         # without a trace when woken into an ended turn, so nothing observable changes).
         for waited in (turn.first_sentence, turn.llm_done):
-            if waited is not None and not waited.triggered:
+            if waited is not None and waited._value is _PENDING:
                 waited.callbacks.clear()
 
     def _abandon(self, s: _Session, outcome: str) -> None:

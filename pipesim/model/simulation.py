@@ -70,6 +70,19 @@ _EXP_SAFE = 709.0
 _max, _cumsum = np.maximum.reduce, np.add.accumulate
 
 
+def _running_quality(sums: np.ndarray, chunks: int) -> float:
+    """The running quality after ``chunks`` chunks, from the running sums of the chunks' qualities: their
+    mean rounded to 4 places, the same bits as numpy's ``round(sums / counts, 4)`` over the whole array
+    (``rint(x * 1e4) / 1e4``: each step an IEEE operation on one double; Python's ``round`` rounds half to
+    even as ``rint`` does, and the integer it returns is exact). ``_AudioReports.report`` has it inline.
+
+    >>> sums = np.add.accumulate(np.array([0.1, 0.25, 0.123456]))
+    >>> [_running_quality(sums, k) for k in (1, 2, 3)] == np.round(sums / np.arange(1.0, 4.0), 4).tolist()
+    True
+    """
+    return round(sums.item(chunks - 1) / chunks * 1e4) / 1e4
+
+
 #: Python's cyclic garbage collector during an offline run (see :func:`_rare_garbage_collection`).
 RUN_GC_THRESHOLD = (100_000, 20, 100)
 
@@ -143,12 +156,12 @@ class _AudioReports:
     When the utterance is cancelled the chain stops and the process is never woken (nothing waits on it).
     """
 
-    __slots__ = ("sim", "session", "epoch", "t0", "duration", "n_chunks", "running", "k", "spoken")
+    __slots__ = ("sim", "session", "epoch", "t0", "duration", "n_chunks", "sums", "k", "spoken")
 
     def __init__(self, sim: Simulation, session: _Session, epoch: int, t0: float, duration: float,
-                 n_chunks: int, running: np.ndarray, spoken: simpy.Event) -> None:
+                 n_chunks: int, sums: np.ndarray, spoken: simpy.Event) -> None:
         self.sim, self.session, self.epoch, self.t0 = sim, session, epoch, t0
-        self.duration, self.n_chunks, self.running, self.k = duration, n_chunks, running, 1
+        self.duration, self.n_chunks, self.sums, self.k = duration, n_chunks, sums, 1
         self.spoken = spoken
 
     def report(self, _event: simpy.Event) -> None:
@@ -162,7 +175,8 @@ class _AudioReports:
         now, t0 = sim.env._now, self.t0
         chunks = min(self.n_chunks, int((now - t0) / sim._chunk_s + 1e-9))
         if chunks:
-            sim.manager.audio(s.id, now, chunks * sim._chunk_bytes, self.running.item(chunks - 1))
+            quality = round(self.sums.item(chunks - 1) / chunks * 1e4) / 1e4  # see _running_quality
+            sim.manager.audio(s.id, now, chunks * sim._chunk_bytes, quality)
         self.k += 1
         at = self.k * sim._interval
         if at < self.duration:
@@ -246,7 +260,6 @@ class Simulation:
         self.on_session_end: Callable[[str], None] | None = None
         cfg = scenario.audio
         self._chunk_s, self._chunk_bytes, self._interval = cfg.chunk_s, cfg.chunk_bytes, cfg.metadata_interval_s
-        self._counts = np.arange(1, 1025, dtype=np.float64)  # see _chunk_counts
         self._started = False
         self._horizon = math.inf  # offline: where run() stops; arrivals are not drawn past it
         self._forgotten: set[str] = set()  # client-created ids of forgotten sessions: never created again
@@ -551,7 +564,8 @@ class Simulation:
         # Kept as an array (8 bytes a chunk), not a list of floats, while the user speaks.
         # Ufuncs called directly: numpy's wrappers (np.cumsum, np.round, ndarray.max) cost more than the
         # work on a few hundred chunks. Each replacement computes the same bits: midpoint - x is exactly
-        # -(x - midpoint); cumsum is add.accumulate; round(x, 4) is rint(x * 1e4) / 1e4 (numpy's own steps).
+        # -(x - midpoint); cumsum is add.accumulate. The array ends as the running sums: the mean is taken
+        # and rounded only for the ~10 chunks reported (see _running_quality), not for every chunk.
         running = s.user_rng.standard_normal(n_chunks)
         running *= q.snr_chunk_sd_db
         running += s.snr_db
@@ -565,10 +579,6 @@ class Simulation:
         running += 1.0
         np.divide(1.0, running, out=running)
         _cumsum(running, out=running)
-        running /= self._chunk_counts(n_chunks)
-        running *= 1e4
-        np.rint(running, out=running)
-        running /= 1e4
         # The running reports are callbacks, not steps of this process (they are about half of all
         # transitions): each report schedules the next, and the last one the end of speech, which wakes
         # this process; the same times, scheduled at the same moments, as a loop of timeouts here.
@@ -581,7 +591,7 @@ class Simulation:
             yield env.timeout(t0 + duration - env._now)
         if s.epoch != epoch:
             return None
-        quality = float(running[-1])
+        quality = _running_quality(running, n_chunks)
         mgr.audio(sid, env._now, n_chunks * self._chunk_bytes, quality)
         speech_end = env._now
         self.trace.model_event(speech_end, sid, upcoming_turn, "speech_ended", value=duration)
@@ -646,12 +656,6 @@ class Simulation:
     def _barge_in(self, s: _Session) -> None:
         self.manager.barge_in(s.id, self.env._now)
         self._close_turn(s.turn, "barge_in")
-
-    def _chunk_counts(self, n: int) -> np.ndarray:
-        """1.0, 2.0, ... n (the divisors of a running mean), from one array grown as needed."""
-        if len(self._counts) < n:
-            self._counts = np.arange(1, max(n, 2 * len(self._counts)) + 1, dtype=np.float64)
-        return self._counts[:n]
 
     # The turn --------------------------------------------------------------------------------------
     def _pipeline(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, None]:

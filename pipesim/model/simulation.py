@@ -39,7 +39,14 @@ from pipesim.trace import TURN_COLUMNS, Trace
 from pipesim.vocabulary import SERVICES
 
 _NAN = math.nan
+# The model reads the clock as ``env._now``, the attribute SimPy's ``Environment.now`` property returns: ~70
+# reads a turn, each a Python-level property call otherwise (~600 instructions, about 3% of a turn). Likewise
+# ``event._value is _PENDING`` is what ``not event.triggered`` returns (~10 a turn).
+_PENDING = simpy.events.PENDING
 _TURN_INDEX = {name: i for i, name in enumerate(TURN_COLUMNS)}
+#: A turn record's column index by name: the model writes ``turn.rec[_COL[name]]`` directly (two dozen a turn,
+#: each a method call through ``_Turn.set`` before).
+_COL = _TURN_INDEX
 #: (kafka, queue, service, retry, timeouts) column indices of each service's stage in a turn's record.
 _STAGE_INDEX = {name: tuple(_TURN_INDEX[f"{name}_{part}"]
                             for part in ("kafka", "queue", "service", "retry", "timeouts"))
@@ -61,6 +68,19 @@ _EMPTY_TURN = _empty_turn()
 #: np.exp overflows a float64 above ~709.78; below this bound no chunk's quality needs np.errstate.
 _EXP_SAFE = 709.0
 _max, _cumsum = np.maximum.reduce, np.add.accumulate
+
+
+def _running_quality(sums: np.ndarray, chunks: int) -> float:
+    """The running quality after ``chunks`` chunks, from the running sums of the chunks' qualities: their
+    mean rounded to 4 places, the same bits as numpy's ``round(sums / counts, 4)`` over the whole array
+    (``rint(x * 1e4) / 1e4``: each step an IEEE operation on one double; Python's ``round`` rounds half to
+    even as ``rint`` does, and the integer it returns is exact). ``_AudioReports.report`` has it inline.
+
+    >>> sums = np.add.accumulate(np.array([0.1, 0.25, 0.123456]))
+    >>> [_running_quality(sums, k) for k in (1, 2, 3)] == np.round(sums / np.arange(1.0, 4.0), 4).tolist()
+    True
+    """
+    return round(sums.item(chunks - 1) / chunks * 1e4) / 1e4
 
 
 #: Python's cyclic garbage collector during an offline run (see :func:`_rare_garbage_collection`).
@@ -124,12 +144,6 @@ class _Turn:
         self.tokens = 0
         self.row: int | None = None  # index of the turn's row in the trace, once written
 
-    def set(self, column: str, value: Any) -> None:
-        self.rec[_TURN_INDEX[column]] = value
-
-    def get(self, column: str) -> Any:
-        return self.rec[_TURN_INDEX[column]]
-
 
 class _AudioReports:
     """The running audio reports of one utterance, as a chain of timeout callbacks: the report at
@@ -142,29 +156,31 @@ class _AudioReports:
     When the utterance is cancelled the chain stops and the process is never woken (nothing waits on it).
     """
 
-    __slots__ = ("sim", "session", "epoch", "t0", "duration", "n_chunks", "running", "k", "spoken")
+    __slots__ = ("sim", "session", "epoch", "t0", "duration", "n_chunks", "sums", "k", "spoken")
 
     def __init__(self, sim: Simulation, session: _Session, epoch: int, t0: float, duration: float,
-                 n_chunks: int, running: np.ndarray, spoken: simpy.Event) -> None:
+                 n_chunks: int, sums: np.ndarray, spoken: simpy.Event) -> None:
         self.sim, self.session, self.epoch, self.t0 = sim, session, epoch, t0
-        self.duration, self.n_chunks, self.running, self.k = duration, n_chunks, running, 1
+        self.duration, self.n_chunks, self.sums, self.k = duration, n_chunks, sums, 1
         self.spoken = spoken
 
-    def __call__(self, _event: simpy.Event) -> None:
+    def report(self, _event: simpy.Event) -> None:
+        """One report (a timeout's callback: a bound method, cheaper to call than an instance's ``__call__``)."""
         s, sim = self.session, self.sim
         if s.epoch != self.epoch:  # paused, stopped or barged over: the utterance is gone
             # Its process would wait on ``spoken`` for ever, in a cycle with it (a stopped session's streams
             # kept until a full collection): dropping its callback lets reference counting free both.
             self.spoken.callbacks.clear()
             return
-        now, t0 = sim.env.now, self.t0
+        now, t0 = sim.env._now, self.t0
         chunks = min(self.n_chunks, int((now - t0) / sim._chunk_s + 1e-9))
         if chunks:
-            sim.manager.audio(s.id, now, chunks * sim._chunk_bytes, float(self.running[chunks - 1]))
+            quality = round(self.sums.item(chunks - 1) / chunks * 1e4) / 1e4  # see _running_quality
+            sim.manager.audio(s.id, now, chunks * sim._chunk_bytes, quality)
         self.k += 1
         at = self.k * sim._interval
         if at < self.duration:
-            sim.env.timeout(t0 + at - now).callbacks.append(self)
+            sim.env.timeout(t0 + at - now).callbacks.append(self.report)
         else:
             end = sim.env.timeout(t0 + self.duration - now)
             end.callbacks.extend(self.spoken.callbacks)  # the user's process, waiting on ``spoken``
@@ -235,12 +251,15 @@ class Simulation:
         self.kafka = KafkaBroker(scenario, self.streams.generator("kafka-broker"), self.trace.kafka_window)
         self.pools = {name: simpy.Resource(self.env, getattr(scenario.services, name).capacity)
                       for name in SERVICES}
+        # What a service sample reads, looked up once: a pool's users and queue are lists SimPy changes in place
+        # (len(users) is what Resource.count returns), its capacity never changes.
+        self._pool_state = {name: (pool.users, pool.queue, pool.capacity) for name, pool in self.pools.items()}
+        self._service_sample = self.trace.service_sample
         self.sessions: dict[str, _Session] = {}
         self.expected_sessions = self._count_expected()
         self.on_session_end: Callable[[str], None] | None = None
         cfg = scenario.audio
         self._chunk_s, self._chunk_bytes, self._interval = cfg.chunk_s, cfg.chunk_bytes, cfg.metadata_interval_s
-        self._counts = np.arange(1, 1025, dtype=np.float64)  # see _chunk_counts
         self._started = False
         self._horizon = math.inf  # offline: where run() stops; arrivals are not drawn past it
         self._forgotten: set[str] = set()  # client-created ids of forgotten sessions: never created again
@@ -294,7 +313,7 @@ class Simulation:
                                             f"the id is reserved: {reserved}")
                 return self._spawn(session_id)
             raise UnknownSession(session_id)
-        now = self.env.now
+        now = self.env._now
         if action == "start":
             tr = self.manager.start(session_id, now)
             if s.script is None:
@@ -338,7 +357,7 @@ class Simulation:
             q = self.scenario.quality
             s.snr_db = q.midpoint_db + q.scale_db * math.log(audio_quality / (1.0 - audio_quality))
         if start:
-            tr = self.manager.start(session_id, self.env.now)
+            tr = self.manager.start(session_id, self.env._now)
             self.env.process(self._user(s, s.epoch, fresh=True))
         return tr
 
@@ -364,7 +383,7 @@ class Simulation:
         if self.manager.status(session_id) != ACTIVE:
             raise IllegalTransition(session_id, "lifecycle", self.manager.status(session_id), "speech_started",
                                     "a paused or stopped session ignores the user")
-        snap = self.manager.snapshot(session_id, self.env.now)
+        snap = self.manager.snapshot(session_id, self.env._now)
         if snap.state == "processing":
             if snap.tts != EXECUTING:
                 raise IllegalTransition(session_id, "pipeline", "processing", "speech_started",
@@ -396,7 +415,7 @@ class Simulation:
     def inject_fault(self, fault: str, service: str | None = None, duration_s: float = 5.0) -> None:
         """Live faults: a Kafka stall (all topics or ``service``'s) or a service outage, from now for
         ``duration_s``. (``disconnect`` is the server's business, not the model's.)"""
-        now = self.env.now
+        now = self.env._now
         if fault == "kafka_stall":
             self.kafka.add_window(service, now, now + duration_s, cause="injected")
         elif fault == "service_outage":
@@ -435,9 +454,9 @@ class Simulation:
             raise IllegalTransition(session_id, "lifecycle", self.manager.status(session_id), "create",
                                     "a session with this id exists")
         s = self.sessions[session_id] = _Session(self, session_id, script)
-        tr = self.manager.create_session(session_id, self.env.now)
+        tr = self.manager.create_session(session_id, self.env._now)
         if start:
-            tr = self.manager.start(session_id, self.env.now)
+            tr = self.manager.start(session_id, self.env._now)
             if script is None:
                 self.env.process(self._user(s, s.epoch, fresh=True))
         return tr
@@ -454,7 +473,7 @@ class Simulation:
                 if not gaps:
                     gaps = rng.exponential(1.0 / arrivals.rate_per_s, 256).tolist()
                 gap = gaps.pop()
-                if env.now + gap >= end:
+                if env._now + gap >= end:
                     return
                 yield env.timeout(gap)
                 self._spawn(self._session_id(i))
@@ -468,8 +487,8 @@ class Simulation:
         if peak <= 0:
             return
         t = float(times[0])
-        if t > env.now:
-            yield env.timeout(t - env.now)
+        if t > env._now:
+            yield env.timeout(t - env._now)
         while True:
             t += float(rng.exponential(1.0 / peak))
             if t >= times[-1]:
@@ -478,7 +497,7 @@ class Simulation:
             # Past the horizon, wait there even for a rejected candidate: thinning goes on only if the run
             # does, instead of spinning through the rest of the ramp now.
             if accepted or t >= self._horizon:
-                yield env.timeout(t - env.now)
+                yield env.timeout(t - env._now)
             if accepted:
                 self._spawn(self._session_id(i))
                 i += 1
@@ -495,7 +514,7 @@ class Simulation:
 
     def _finish(self, s: _Session) -> None:
         self._abandon(s, "cancelled")
-        self.manager.stop(s.id, self.env.now)
+        self.manager.stop(s.id, self.env._now)
         self._ended(s)
 
     def _user(self, s: _Session, epoch: int, fresh: bool) -> Generator[simpy.Event, Any, None]:
@@ -534,7 +553,7 @@ class Simulation:
         env, mgr, sid = self.env, self.manager, s.id
         if s.epoch != epoch:  # paused or stopped before the process that speaks took its first step
             return None
-        t0 = env.now
+        t0 = env._now
         duration = min(max(duration, self._chunk_s), MAX_UTTERANCE_S)
         upcoming_turn = mgr.speech_started(sid, t0).turn_id + 1  # the turn this speech becomes
         n_chunks = max(1, math.ceil(duration / self._chunk_s - 1e-9))
@@ -545,7 +564,8 @@ class Simulation:
         # Kept as an array (8 bytes a chunk), not a list of floats, while the user speaks.
         # Ufuncs called directly: numpy's wrappers (np.cumsum, np.round, ndarray.max) cost more than the
         # work on a few hundred chunks. Each replacement computes the same bits: midpoint - x is exactly
-        # -(x - midpoint); cumsum is add.accumulate; round(x, 4) is rint(x * 1e4) / 1e4 (numpy's own steps).
+        # -(x - midpoint); cumsum is add.accumulate. The array ends as the running sums: the mean is taken
+        # and rounded only for the ~10 chunks reported (see _running_quality), not for every chunk.
         running = s.user_rng.standard_normal(n_chunks)
         running *= q.snr_chunk_sd_db
         running += s.snr_db
@@ -559,38 +579,34 @@ class Simulation:
         running += 1.0
         np.divide(1.0, running, out=running)
         _cumsum(running, out=running)
-        running /= self._chunk_counts(n_chunks)
-        running *= 1e4
-        np.rint(running, out=running)
-        running /= 1e4
         # The running reports are callbacks, not steps of this process (they are about half of all
         # transitions): each report schedules the next, and the last one the end of speech, which wakes
         # this process; the same times, scheduled at the same moments, as a loop of timeouts here.
         if self._interval and self._interval < duration:
             spoken = env.event()
-            env.timeout(t0 + self._interval - env.now).callbacks.append(
-                _AudioReports(self, s, epoch, t0, duration, n_chunks, running, spoken))
+            env.timeout(t0 + self._interval - env._now).callbacks.append(
+                _AudioReports(self, s, epoch, t0, duration, n_chunks, running, spoken).report)
             yield spoken
         else:
-            yield env.timeout(t0 + duration - env.now)
+            yield env.timeout(t0 + duration - env._now)
         if s.epoch != epoch:
             return None
-        quality = float(running[-1])
-        mgr.audio(sid, env.now, n_chunks * self._chunk_bytes, quality)
-        speech_end = env.now
+        quality = _running_quality(running, n_chunks)
+        mgr.audio(sid, env._now, n_chunks * self._chunk_bytes, quality)
+        speech_end = env._now
         self.trace.model_event(speech_end, sid, upcoming_turn, "speech_ended", value=duration)
         yield env.timeout(s.draw["eou"]())
         if s.epoch != epoch:
             return None
-        tr = mgr.utterance_ended(sid, env.now)
+        tr = mgr.utterance_ended(sid, env._now)
         turn = s.turn = _Turn(env, sid, tr.turn_id)
-        turn.set("speech_start", t0)
-        turn.set("speech_end", speech_end)
-        turn.set("utterance_ended", env.now)
-        turn.set("utterance_duration", duration)
-        turn.set("audio_quality", quality)
-        turn.set("audio_bytes", n_chunks * self._chunk_bytes)
-        turn.set("end_of_utterance_delay", env.now - speech_end)
+        turn.rec[_COL["speech_start"]] = t0
+        turn.rec[_COL["speech_end"]] = speech_end
+        turn.rec[_COL["utterance_ended"]] = env._now
+        turn.rec[_COL["utterance_duration"]] = duration
+        turn.rec[_COL["audio_quality"]] = quality
+        turn.rec[_COL["audio_bytes"]] = n_chunks * self._chunk_bytes
+        turn.rec[_COL["end_of_utterance_delay"]] = env._now - speech_end
         env.process(self._pipeline(s, turn))
         return turn
 
@@ -598,13 +614,13 @@ class Simulation:
         """A scripted session: does exactly what its timeline says, at the times it says."""
         env, steps = self.env, script.timeline
         first = steps[0]
-        if first.at > env.now:
-            yield env.timeout(first.at - env.now)
+        if first.at > env._now:
+            yield env.timeout(first.at - env._now)
         self._spawn(script.id, script)  # an opening ``start`` step is the session's start
         s = self.sessions[script.id]
         for step in steps[1:] if first.action == "start" else steps:
-            if step.at > env.now:
-                yield env.timeout(step.at - env.now)
+            if step.at > env._now:
+                yield env.timeout(step.at - env._now)
             if s.ended:
                 return
             try:
@@ -617,13 +633,13 @@ class Simulation:
                     if step.action == "stop":
                         return
             except (IllegalTransition, UnknownSession) as exc:
-                self.trace.model_event(env.now, s.id, -1, "script_step_ignored", detail=str(exc))
+                self.trace.model_event(env._now, s.id, -1, "script_step_ignored", detail=str(exc))
 
     def _scripted_speech(self, s: _Session, duration: float) -> None:
         if self.manager.status(s.id) != ACTIVE:
             raise IllegalTransition(s.id, "lifecycle", self.manager.status(s.id), "speech_started",
                                     "a paused or stopped session ignores the user")
-        snap = self.manager.snapshot(s.id, self.env.now)
+        snap = self.manager.snapshot(s.id, self.env._now)
         if snap.state == "processing":
             if snap.tts != EXECUTING:
                 raise IllegalTransition(s.id, "pipeline", "processing", "speech_started",
@@ -638,14 +654,8 @@ class Simulation:
         self.env.process(speech())
 
     def _barge_in(self, s: _Session) -> None:
-        self.manager.barge_in(s.id, self.env.now)
+        self.manager.barge_in(s.id, self.env._now)
         self._close_turn(s.turn, "barge_in")
-
-    def _chunk_counts(self, n: int) -> np.ndarray:
-        """1.0, 2.0, ... n (the divisors of a running mean), from one array grown as needed."""
-        if len(self._counts) < n:
-            self._counts = np.arange(1, max(n, 2 * len(self._counts)) + 1, dtype=np.float64)
-        return self._counts[:n]
 
     # The turn --------------------------------------------------------------------------------------
     def _pipeline(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, None]:
@@ -682,11 +692,11 @@ class Simulation:
         timeout = self.scenario.kafka.request_timeout_s
         pool = self.pools[name]
         kafka_delay, kafka_latency, model_event = self.kafka.delay, s.draw["kafka"], self.trace.model_event
-        mgr.service_requested(sid, name, env.now)
-        requested = env.now
+        mgr.service_requested(sid, name, env._now)
+        requested = env._now
         waited, attempt = 0.0, 0  # time earlier attempts waited for a worker; attempts so far
         while True:
-            sent = env.now
+            sent = env._now
             deadline = sent + timeout
             d_req = kafka_delay(name, sent, kafka_latency())
             if d_req > timeout:  # still in Kafka at the deadline
@@ -698,21 +708,22 @@ class Simulation:
                 yield env.timeout(d_req)
                 if turn.done:
                     return None
-                model_event(env.now, sid, turn.turn_id, "request_delivered", name, d_req)
-                queued = env.now
-                job = _Job(name, pool.request())
+                model_event(env._now, sid, turn.turn_id, "request_delivered", name, d_req)
+                queued = env._now
+                req = pool.request()
+                job = _Job(name, req)
                 turn.requests.append(job)
                 self._sample(name)
-                if not job.req.triggered:  # every worker busy: wait for one, or for the deadline
-                    yield job.req | env.timeout(deadline - env.now)
+                if req._value is _PENDING:  # every worker busy: wait for one, or for the deadline
+                    yield req | env.timeout(deadline - env._now)
                     if turn.done:
                         return None
-                if job.req.triggered:
-                    yield job.req  # granted (at once, or before the deadline)
+                if req._value is not _PENDING:  # triggered
+                    yield req  # granted (at once, or before the deadline)
                     if turn.done:
                         return None
                     self._sample(name)  # granted: a released worker passed to this request shows as busy
-                    started = env.now
+                    started = env._now
                     mgr.service_started(sid, name, started)
                     work = plan()
                     self._hold(turn, job, work.busy)
@@ -721,7 +732,7 @@ class Simulation:
                                          give_up_after=max(0.0, deadline - started - work.first_response))
                     arrival = started + work.first_response + d_resp
                     if arrival <= deadline:
-                        yield env.timeout(arrival - env.now)
+                        yield env.timeout(arrival - env._now)
                         if turn.done:
                             return None
                         rec[i_kafka] = d_req + d_resp
@@ -729,13 +740,13 @@ class Simulation:
                         rec[i_service] = work.first_response
                         rec[i_retry] = sent - requested - waited
                         rec[i_timeouts] = attempt
-                        model_event(env.now, sid, turn.turn_id, "first_response", name, env.now - requested)
+                        model_event(env._now, sid, turn.turn_id, "first_response", name, env._now - requested)
                         if work.error is not None:
-                            mgr.service_failed(sid, name, env.now, work.error)
+                            mgr.service_failed(sid, name, env._now, work.error)
                             self._close_turn(turn, "failed", f"{name}: {work.error}")
                             return None
                         return work
-                    yield env.timeout(deadline - env.now)  # the worker works on; the answer comes too late
+                    yield env.timeout(deadline - env._now)  # the worker works on; the answer comes too late
                     if turn.done:
                         return None
                     waited += started - queued
@@ -745,7 +756,7 @@ class Simulation:
                     turn.requests.remove(job)
                     env.process(self._stale(s, turn, name, job, queued, deadline, plan))
             rec[i_queue] = waited
-            rec[i_retry] = env.now - requested - waited
+            rec[i_retry] = env._now - requested - waited
             if not (yield from self._timed_out(s, turn, name, attempt)):
                 return None
             attempt += 1
@@ -757,25 +768,25 @@ class Simulation:
         consumer cannot know) or skips it (``dropped``: it checks the request's deadline)."""
         env = self.env
         if job is None:
-            yield env.timeout(delivered - env.now)
-            self.trace.model_event(env.now, s.id, turn.turn_id, "request_delivered", name, detail="stale")
+            yield env.timeout(delivered - env._now)
+            self.trace.model_event(env._now, s.id, turn.turn_id, "request_delivered", name, detail="stale")
             job = _Job(name, self.pools[name].request())
             self._sample(name)
         yield job.req
         self._sample(name)
         if self.scenario.kafka.stale_requests == "dropped":
-            self.trace.model_event(env.now, s.id, turn.turn_id, "stale_request_dropped", name, env.now - deadline)
+            self.trace.model_event(env._now, s.id, turn.turn_id, "stale_request_dropped", name, env._now - deadline)
             self._release(job)
             return
         work = plan()
         self._hold(turn, job, work.busy)
-        self.trace.model_event(env.now, s.id, turn.turn_id, "stale_request_served", name, work.busy)
+        self.trace.model_event(env._now, s.id, turn.turn_id, "stale_request_served", name, work.busy)
 
     def _timed_out(self, s: _Session, turn: _Turn, name: str, attempt: int) -> Generator[simpy.Event, Any, bool]:
         """A Kafka timeout: count it, fail the turn past the retry budget, else back off."""
         cfg = self.scenario.kafka
         turn.rec[_STAGE_INDEX[name][4]] = attempt + 1
-        tr = self.manager.kafka_timeout(s.id, name, self.env.now)
+        tr = self.manager.kafka_timeout(s.id, name, self.env._now)
         if tr.event == "turn_failed":
             self._close_turn(turn, "failed", tr.error)
             return False
@@ -785,7 +796,7 @@ class Simulation:
     def _stt(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, bool]:
         q = self.scenario.quality
         stt = self.scenario.services.stt
-        poor = turn.get("audio_quality") < q.poor_threshold
+        poor = turn.rec[_COL["audio_quality"]] < q.poor_threshold
         rng = s.services_rng["stt"]
 
         def plan() -> _Work:
@@ -794,16 +805,16 @@ class Simulation:
             if rng.random() < stt.failure_probability:
                 error = "service error"
             elif poor and rng.random() < q.poor_stt_failure_probability:
-                error = f"low audio quality ({turn.get('audio_quality'):.2f}), re-prompting the user"
+                error = f"low audio quality ({turn.rec[_COL['audio_quality']]:.2f}), re-prompting the user"
             return _Work(latency, latency, error)
 
-        start = self.env.now
+        start = self.env._now
         work = yield from self._attempt(s, turn, "stt", plan)
         if work is None:
             return False
-        self.manager.service_completed(s.id, "stt", self.env.now)
-        turn.set("stt_stage", self.env.now - start)
-        turn.set("transcription_delay", self.env.now - turn.get("speech_end"))
+        self.manager.service_completed(s.id, "stt", self.env._now)
+        turn.rec[_COL["stt_stage"]] = self.env._now - start
+        turn.rec[_COL["transcription_delay"]] = self.env._now - turn.rec[_COL["speech_end"]]
         return True
 
     def _llm(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, None]:
@@ -814,7 +825,7 @@ class Simulation:
         rng = s.services_rng["llm"]
         tokens = max(1, round(s.draw["tokens"]()))
         turn.tokens = tokens
-        turn.set("llm_tokens", tokens)
+        turn.rec[_COL["llm_tokens"]] = tokens
         first_phrase = min(llm.first_sentence_tokens, tokens)
 
         def plan() -> _Work:
@@ -822,25 +833,25 @@ class Simulation:
             error = "service error" if rng.random() < llm.failure_probability else None
             return _Work(ttft, ttft + (tokens - 1) * per_token, error, per_token)
 
-        start = env.now
+        start = env._now
         work = yield from self._attempt(s, turn, "llm", plan)
         if work is None:
             return
-        turn.set("ttft", env.now - start)
-        self.trace.model_event(env.now, s.id, turn.turn_id, "first_token", "llm", env.now - start)
+        turn.rec[_COL["ttft"]] = env._now - start
+        self.trace.model_event(env._now, s.id, turn.turn_id, "first_token", "llm", env._now - start)
         yield env.timeout((first_phrase - 1) * work.per_token)
         if turn.done:
             return
-        first_sentence_at = env.now
-        turn.set("llm_service", turn.get("llm_service") + (first_phrase - 1) * work.per_token)
-        turn.set("llm_stage", env.now - start)
+        first_sentence_at = env._now
+        turn.rec[_COL["llm_service"]] += (first_phrase - 1) * work.per_token
+        turn.rec[_COL["llm_stage"]] = env._now - start
         turn.first_sentence.succeed()
         yield env.timeout((tokens - first_phrase) * work.per_token)
         if turn.done:
             return
-        self.manager.service_completed(s.id, "llm", env.now)
-        turn.set("llm_duration", env.now - start)
-        turn.set("streaming_overlap", env.now - first_sentence_at)
+        self.manager.service_completed(s.id, "llm", env._now)
+        turn.rec[_COL["llm_duration"]] = env._now - start
+        turn.rec[_COL["streaming_overlap"]] = env._now - first_sentence_at
         turn.llm_finished = True
         if turn.llm_done is not None:
             turn.llm_done.succeed()
@@ -855,28 +866,28 @@ class Simulation:
             error = "service error" if rng.random() < tts.failure_probability else None
             return _Work(ttfb, ttfb + audio_s * tts.real_time_factor, error)
 
-        start = env.now
+        start = env._now
         work = yield from self._attempt(s, turn, "tts", plan)
         if work is None:
             return
-        first_audio = env.now
-        turn.set("ttfb", first_audio - start)
-        turn.set("tts_stage", first_audio - start)
-        turn.set("first_audio", first_audio)
-        turn.set("tts_audio_duration", audio_s)
-        turn.set("e2e_latency", first_audio - turn.get("speech_end"))
+        first_audio = env._now
+        turn.rec[_COL["ttfb"]] = first_audio - start
+        turn.rec[_COL["tts_stage"]] = first_audio - start
+        turn.rec[_COL["first_audio"]] = first_audio
+        turn.rec[_COL["tts_audio_duration"]] = audio_s
+        turn.rec[_COL["e2e_latency"]] = first_audio - turn.rec[_COL["speech_end"]]
         self.trace.model_event(first_audio, s.id, turn.turn_id, "first_audio", "tts", first_audio - start)
         playback_end = first_audio + audio_s
         barge_at = math.inf
         if s.script is None and s.user_rng.random() < sessions.barge_in_probability:
             barge_at = first_audio + s.draw["barge_after"]()
         if barge_at < playback_end:
-            yield env.timeout(barge_at - env.now)
+            yield env.timeout(barge_at - env._now)
             if turn.done:
                 return
             self._barge_in(s)
             return
-        yield env.timeout(playback_end - env.now)
+        yield env.timeout(playback_end - env._now)
         if turn.done:
             return
         if not turn.llm_finished:
@@ -884,13 +895,13 @@ class Simulation:
             yield turn.llm_done
             if turn.done:
                 return
-        self.manager.service_completed(s.id, "tts", env.now)
+        self.manager.service_completed(s.id, "tts", env._now)
         self._close_turn(turn, "complete")
 
     # Bookkeeping -----------------------------------------------------------------------------------
     def _hold(self, turn: _Turn, job: _Job, busy: float) -> None:
         """A worker took ``job`` and stays busy for ``busy`` seconds: count it, schedule its release."""
-        job.release_at = self.env.now + busy
+        job.release_at = self.env._now + busy
         self._add_busy(turn, job.name, busy)
         self.env.timeout(busy).callbacks.append(lambda _ev: self._release(job))
 
@@ -907,17 +918,17 @@ class Simulation:
             self._sample(job.name)
 
     def _sample(self, name: str) -> None:
-        pool = self.pools[name]  # len(users) is what Resource.count returns (one property call less per sample)
-        self.trace.service_sample(self.env.now, name, len(pool.users), len(pool.queue), pool.capacity)
+        users, queue, capacity = self._pool_state[name]
+        self._service_sample(self.env._now, name, len(users), len(queue), capacity)
 
     def _close_turn(self, turn: _Turn | None, outcome: str, error: str | None = None) -> None:
         """End a turn once: withdraw its queued requests, free its workers, write its row."""
         if turn is None or turn.done:
             return
         turn.done = True
-        now = self.env.now
+        now = self.env._now
         for job in turn.requests:  # the orchestrator cancels what it still waits for
-            if not job.req.triggered:
+            if job.req._value is _PENDING:  # not triggered
                 job.req.cancel()
                 self._sample(job.name)
             elif job.req in self.pools[job.name].users:
@@ -925,17 +936,17 @@ class Simulation:
                     self._add_busy(turn, job.name, now - job.release_at)  # freed before its planned end
                 self._release(job)
         turn.requests.clear()
-        turn.set("outcome", outcome)
-        turn.set("error", error)
-        turn.set("turn_end", now)
+        turn.rec[_COL["outcome"]] = outcome
+        turn.rec[_COL["error"]] = error
+        turn.rec[_COL["turn_end"]] = now
         turn.row = self.trace.add_turn(turn.rec)
-        self.trace.model_event(self.env.now, turn.rec[0], turn.turn_id, "turn_ended", detail=outcome)
+        self.trace.model_event(self.env._now, turn.rec[0], turn.turn_id, "turn_ended", detail=outcome)
         turn.finished.succeed(outcome)
         # The LLM no longer triggers these for an ended turn: a process still waiting on one would wait for
         # ever, in a cycle with the event; without its callback, reference counting frees it (it returns
         # without a trace when woken into an ended turn, so nothing observable changes).
         for waited in (turn.first_sentence, turn.llm_done):
-            if waited is not None and not waited.triggered:
+            if waited is not None and waited._value is _PENDING:
                 waited.callbacks.clear()
 
     def _abandon(self, s: _Session, outcome: str) -> None:

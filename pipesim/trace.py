@@ -376,12 +376,7 @@ class Trace:
                     value: float = _NAN, detail: str | None = None) -> None:
         """Record something the model did that is not a state transition (e.g. ``first_audio``)."""
         row = (t, session_id, turn_id, -1, event, service, None, None, None, None, None, None, None, detail, value)
-        # _Table.append's two lines, inline: ~20 model events and service samples a turn, a call frame each.
-        events = self._events
-        pending = events.pending
-        pending.append(row)
-        if len(pending) >= events.chunk_rows:
-            events.flush()
+        self._events.append(row)
         if self._model_observers:  # only the live RTVI dialect subscribes
             for observer in self._model_observers:
                 observer(row)
@@ -403,11 +398,7 @@ class Trace:
 
     def service_sample(self, t: float, service: str, busy: int, queued: int, capacity: int) -> None:
         """Record a service's busy workers and queue length after a change."""
-        services = self._services
-        pending = services.pending
-        pending.append((t, service, busy, queued, capacity))
-        if len(pending) >= services.chunk_rows:  # as _Table.append (see model_event)
-            services.flush()
+        self._services.append((t, service, busy, queued, capacity))
 
     def add_turn(self, rec: Sequence[Any]) -> int:
         """Record a turn (its values in :data:`TURN_COLUMNS` order); returns its row, for :meth:`update_turn`."""

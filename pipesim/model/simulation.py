@@ -41,7 +41,8 @@ from pipesim.vocabulary import SERVICES
 _NAN = math.nan
 # The model reads the clock as ``env._now``, the attribute SimPy's ``Environment.now`` property returns: ~70
 # reads a turn, each a Python-level property call otherwise (~600 instructions, about 3% of a turn). Likewise
-# ``event._value is _PENDING`` is what ``not event.triggered`` returns (~10 a turn).
+# ``event._value is _PENDING`` is what ``not event.triggered`` returns (~10 a turn). Only on the per-turn paths;
+# SimPy's major version is pinned for them (pyproject.toml).
 _PENDING = simpy.events.PENDING
 _TURN_INDEX = {name: i for i, name in enumerate(TURN_COLUMNS)}
 #: A turn record's column index by name: the model writes ``turn.rec[_COL[name]]`` directly (two dozen a turn,
@@ -313,7 +314,7 @@ class Simulation:
                                             f"the id is reserved: {reserved}")
                 return self._spawn(session_id)
             raise UnknownSession(session_id)
-        now = self.env._now
+        now = self.env.now
         if action == "start":
             tr = self.manager.start(session_id, now)
             if s.script is None:
@@ -357,7 +358,7 @@ class Simulation:
             q = self.scenario.quality
             s.snr_db = q.midpoint_db + q.scale_db * math.log(audio_quality / (1.0 - audio_quality))
         if start:
-            tr = self.manager.start(session_id, self.env._now)
+            tr = self.manager.start(session_id, self.env.now)
             self.env.process(self._user(s, s.epoch, fresh=True))
         return tr
 
@@ -383,7 +384,7 @@ class Simulation:
         if self.manager.status(session_id) != ACTIVE:
             raise IllegalTransition(session_id, "lifecycle", self.manager.status(session_id), "speech_started",
                                     "a paused or stopped session ignores the user")
-        snap = self.manager.snapshot(session_id, self.env._now)
+        snap = self.manager.snapshot(session_id, self.env.now)
         if snap.state == "processing":
             if snap.tts != EXECUTING:
                 raise IllegalTransition(session_id, "pipeline", "processing", "speech_started",
@@ -415,7 +416,7 @@ class Simulation:
     def inject_fault(self, fault: str, service: str | None = None, duration_s: float = 5.0) -> None:
         """Live faults: a Kafka stall (all topics or ``service``'s) or a service outage, from now for
         ``duration_s``. (``disconnect`` is the server's business, not the model's.)"""
-        now = self.env._now
+        now = self.env.now
         if fault == "kafka_stall":
             self.kafka.add_window(service, now, now + duration_s, cause="injected")
         elif fault == "service_outage":
@@ -454,9 +455,9 @@ class Simulation:
             raise IllegalTransition(session_id, "lifecycle", self.manager.status(session_id), "create",
                                     "a session with this id exists")
         s = self.sessions[session_id] = _Session(self, session_id, script)
-        tr = self.manager.create_session(session_id, self.env._now)
+        tr = self.manager.create_session(session_id, self.env.now)
         if start:
-            tr = self.manager.start(session_id, self.env._now)
+            tr = self.manager.start(session_id, self.env.now)
             if script is None:
                 self.env.process(self._user(s, s.epoch, fresh=True))
         return tr
@@ -473,7 +474,7 @@ class Simulation:
                 if not gaps:
                     gaps = rng.exponential(1.0 / arrivals.rate_per_s, 256).tolist()
                 gap = gaps.pop()
-                if env._now + gap >= end:
+                if env.now + gap >= end:
                     return
                 yield env.timeout(gap)
                 self._spawn(self._session_id(i))
@@ -487,8 +488,8 @@ class Simulation:
         if peak <= 0:
             return
         t = float(times[0])
-        if t > env._now:
-            yield env.timeout(t - env._now)
+        if t > env.now:
+            yield env.timeout(t - env.now)
         while True:
             t += float(rng.exponential(1.0 / peak))
             if t >= times[-1]:
@@ -497,7 +498,7 @@ class Simulation:
             # Past the horizon, wait there even for a rejected candidate: thinning goes on only if the run
             # does, instead of spinning through the rest of the ramp now.
             if accepted or t >= self._horizon:
-                yield env.timeout(t - env._now)
+                yield env.timeout(t - env.now)
             if accepted:
                 self._spawn(self._session_id(i))
                 i += 1
@@ -614,13 +615,13 @@ class Simulation:
         """A scripted session: does exactly what its timeline says, at the times it says."""
         env, steps = self.env, script.timeline
         first = steps[0]
-        if first.at > env._now:
-            yield env.timeout(first.at - env._now)
+        if first.at > env.now:
+            yield env.timeout(first.at - env.now)
         self._spawn(script.id, script)  # an opening ``start`` step is the session's start
         s = self.sessions[script.id]
         for step in steps[1:] if first.action == "start" else steps:
-            if step.at > env._now:
-                yield env.timeout(step.at - env._now)
+            if step.at > env.now:
+                yield env.timeout(step.at - env.now)
             if s.ended:
                 return
             try:
@@ -633,13 +634,13 @@ class Simulation:
                     if step.action == "stop":
                         return
             except (IllegalTransition, UnknownSession) as exc:
-                self.trace.model_event(env._now, s.id, -1, "script_step_ignored", detail=str(exc))
+                self.trace.model_event(env.now, s.id, -1, "script_step_ignored", detail=str(exc))
 
     def _scripted_speech(self, s: _Session, duration: float) -> None:
         if self.manager.status(s.id) != ACTIVE:
             raise IllegalTransition(s.id, "lifecycle", self.manager.status(s.id), "speech_started",
                                     "a paused or stopped session ignores the user")
-        snap = self.manager.snapshot(s.id, self.env._now)
+        snap = self.manager.snapshot(s.id, self.env.now)
         if snap.state == "processing":
             if snap.tts != EXECUTING:
                 raise IllegalTransition(s.id, "pipeline", "processing", "speech_started",
@@ -654,7 +655,7 @@ class Simulation:
         self.env.process(speech())
 
     def _barge_in(self, s: _Session) -> None:
-        self.manager.barge_in(s.id, self.env._now)
+        self.manager.barge_in(s.id, self.env.now)
         self._close_turn(s.turn, "barge_in")
 
     # The turn --------------------------------------------------------------------------------------

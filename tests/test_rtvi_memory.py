@@ -200,3 +200,24 @@ def test_a_ws_connection_its_client_aborted_is_freed_by_reference_counting() -> 
                 return [ref() for ref in freed if ref() is not None]
 
     assert run(main()) == []
+
+
+def test_a_stopped_rtvi_session_s_record_does_not_keep_its_closed_socket() -> None:
+    # The dialect keeps a closed connection's record (its counters) until its session is forgotten
+    # (forget_after, or never); the closed socket, with its permessage-deflate state, is freed at once: a
+    # soak that never forgets grew 55 MB per simulated hour on /rtvi, against 16 on /ws, when it was kept.
+    async def main() -> tuple[bool, list[Any]]:
+        async with LiveServer(scenario(1000), port=0, speed=40, forget_after=None) as server:
+            freed: list[weakref.ref[Any]] = []
+            with cyclic_collector_off():
+                await churn_one(server, "disconnect-bot", freed)
+                while server.clients:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.1)
+                conn = server.rtvi.connections["rtvi-1"]
+                kept = server.sim.manager.status("rtvi-1") == "stopped" and conn.audio_frames == 0
+                del conn
+                return kept, [type(o) for o in (ref() for ref in freed[1:]) if o is not None]
+
+    kept, alive = run(main())
+    assert kept and alive == []

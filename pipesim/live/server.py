@@ -809,7 +809,7 @@ class LiveServer(_BaseServer):
         """Close every RTVI socket (their sessions are gone, e.g. on a reset); the next one starts afresh."""
         if self._rtvi is not None:
             for conn in list(self._rtvi.connections.values()):
-                if not conn.client.closing:
+                if conn.client is not None and not conn.client.closing:
                     self._drop(conn.client, 1000, reason)
             self._rtvi = None
 

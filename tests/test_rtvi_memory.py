@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import run
-from test_live_memory import cyclic_collector_off, sessions_left
+from test_live_memory import cyclic_collector_off
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.server import ServerProtocol
@@ -27,7 +27,13 @@ from pipesim.live import LiveClient, LiveServer
 from pipesim.live.rtvi import RtviDialect
 from pipesim.live.rtvi_codec import decode_frame, encode_message
 from pipesim.live.server import _free_protocol
+from pipesim.model.simulation import _Session
 from pipesim.scenario import Scenario
+
+
+def model_sessions() -> list[_Session]:
+    """The model sessions in memory (reachable or in cycles not yet collected)."""
+    return [o for o in gc.get_objects() if type(o) is _Session]
 
 
 def scenario(turns: int) -> Scenario:
@@ -148,6 +154,8 @@ def test_churned_rtvi_connections_are_freed_by_reference_counting_and_leave_only
                               forget_after=1.0, close_timeout=0.2) as server:
             freed: list[weakref.ref[Any]] = []
             with cyclic_collector_off():
+                # (Held, so that their ids stay theirs: an earlier test may leave an "rtvi-1" of its own alive.)
+                earlier = model_sessions()
                 for _ in range(churned):
                     await churn_one(server, way, freed)
                 sessions = churned if way != "never ready" else 0
@@ -168,7 +176,9 @@ def test_churned_rtvi_connections_are_freed_by_reference_counting_and_leave_only
                 finally:
                     gc.set_debug(0)
                     gc.garbage.clear()
-                return alive, protocols, sessions_left("rtvi-"), kinds, subscriptions, len(server.rtvi.connections)
+                known = {id(o) for o in earlier}
+                left = sum(1 for o in model_sessions() if id(o) not in known)
+                return alive, protocols, left, kinds, subscriptions, len(server.rtvi.connections)
 
     alive, protocols, sessions, kinds, subscriptions, kept = run(main())
     assert alive == [] and protocols == 0 and sessions == 0 and kept == 0

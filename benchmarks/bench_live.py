@@ -23,6 +23,7 @@ asserts that messages flowed and none was lost, nothing about speed.
     .venv/bin/python benchmarks/bench_live.py                 # 100 and 1,000 sessions, then the ramp
     .venv/bin/python benchmarks/bench_live.py --sizes 1000 --no-ramp
     .venv/bin/python benchmarks/bench_live.py --soak          # RSS over >= 30 min of simulated time
+    .venv/bin/python benchmarks/bench_live.py --soak --soak-dialect rtvi   # the same, churning /rtvi
     .venv/bin/python benchmarks/bench_live.py --quick
 
 Writes ``out/bench/live.json`` (``live_soak.json`` for ``--soak``) and prints a table.
@@ -52,6 +53,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import broadcast, serve
 
 from pipesim.live.load import raise_fd_limit, run_clients, run_load
+from pipesim.live.rtvi_codec import encode_message
 
 HERE = Path(__file__).resolve().parent
 SCENARIO = HERE / "live_bench.yaml"
@@ -231,10 +233,27 @@ HEADER = (f"{'N':>6} {'speed':>6} {'msg/s':>9} {'bare/s':>9} {'bytes':>6} {'lost
 
 
 # The soak ------------------------------------------------------------------------------------------------
-async def _churn(url: str, concurrent: int, lifetime_s: float, speed: float, until: float) -> int:
+async def _churn(url: str, concurrent: int, lifetime_s: float, speed: float, until: float,
+                 dialect: str = "ws") -> int:
     """Keep ``concurrent`` sessions alive, each stopped ``lifetime_s`` simulated seconds after its start
-    and replaced by a new one; a connection per control (connection churn too). Returns sessions started."""
+    and replaced by a new one; a connection per control (connection churn too). Returns sessions started.
+    ``dialect`` ``rtvi``: a session is one ``/rtvi`` socket instead (``client-ready``, a ``client-message``,
+    the bot's messages read for ``lifetime_s``, ``disconnect-bot``, read to the server's close)."""
     started = 0
+
+    async def rtvi_session() -> None:
+        async def read(seconds: float) -> None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    async for _ in ws:
+                        pass
+
+        async with connect(url.removesuffix("/ws") + "/rtvi", max_size=None, ping_interval=None) as ws:
+            for type_, data in (("client-ready", {"version": "2.1.0"}), ("client-message", {"t": "soak"})):
+                await ws.send(encode_message({"label": "rtvi-ai", "type": type_, "id": type_, "data": data}))
+            await read(lifetime_s / speed)
+            await ws.send(encode_message({"label": "rtvi-ai", "type": "disconnect-bot", "id": "bye", "data": {}}))
+            await read(2.0)
 
     async def control(sid: str, action: str) -> None:
         async with connect(f"{url}?session_id={sid}", max_size=None, ping_interval=None) as ws:
@@ -249,6 +268,10 @@ async def _churn(url: str, concurrent: int, lifetime_s: float, speed: float, unt
         await asyncio.sleep(k * lifetime_s / concurrent / speed)  # staggered
         i = 0
         while time.monotonic() < until:
+            if dialect == "rtvi":
+                started += 1
+                await rtvi_session()
+                continue
             sid = f"soak-{k}-{i}"
             await control(sid, "start")
             started += 1
@@ -261,10 +284,10 @@ async def _churn(url: str, concurrent: int, lifetime_s: float, speed: float, unt
 
 
 def soak(speed: float, sim_minutes: float, concurrent: int, lifetime_s: float, trace_limit: int,
-         forget_after: float | None) -> dict[str, Any]:
+         forget_after: float | None, dialect: str = "ws") -> dict[str, Any]:
     """Sessions starting and stopping at high speed for ``sim_minutes`` of simulated time; RSS sampled
     every wall second against the server's simulated clock; the slope in MB per simulated hour over the
-    second half (the first is warm-up: the first sessions, allocator pools)."""
+    second half (the first is warm-up: the first sessions, allocator pools). ``dialect``: see :func:`_churn`."""
     extra = ["--forget-after", str(forget_after if forget_after is not None else 1e12),
              "--trace-limit", str(trace_limit)]
     server = Serve(speed, extra)
@@ -272,7 +295,8 @@ def soak(speed: float, sim_minutes: float, concurrent: int, lifetime_s: float, t
     until = time.monotonic() + sim_minutes * 60 / speed
     try:
         ctx = mp.get_context("fork")
-        churn = ctx.Process(target=lambda: asyncio.run(_churn(server.url, concurrent, lifetime_s, speed, until)),
+        churn = ctx.Process(target=lambda: asyncio.run(_churn(server.url, concurrent, lifetime_s, speed, until,
+                                                                   dialect)),
                             daemon=True)
         churn.start()
         while time.monotonic() < until + 1:
@@ -286,7 +310,8 @@ def soak(speed: float, sim_minutes: float, concurrent: int, lifetime_s: float, t
     t, rss = np.array(samples).T
     half = t >= t[-1] / 2
     slope = float(np.polyfit(t[half] / 3600, rss[half], 1)[0]) if half.sum() >= 3 else float("nan")
-    return {"speed": speed, "sim_minutes": float(t[-1] / 60), "trace_limit": trace_limit, "forget_after": forget_after,
+    return {"dialect": dialect,
+            "speed": speed, "sim_minutes": float(t[-1] / 60), "trace_limit": trace_limit, "forget_after": forget_after,
             "concurrent": concurrent, "lifetime_s": lifetime_s, "sessions_kept": final["sessions"],
             "forgotten": final["forgotten"], "server_gc": final.get("gc"),
             "rss_start_mb": float(rss[0]), "rss_end_mb": float(rss[-1]),
@@ -316,6 +341,8 @@ def main() -> None:
     parser.add_argument("--soak", action="store_true", help="the memory soak instead")
     parser.add_argument("--soak-speed", type=float, default=60.0)
     parser.add_argument("--soak-minutes", type=float, default=40.0, help="simulated minutes")
+    parser.add_argument("--soak-dialect", choices=("ws", "rtvi"), default="ws",
+                        help="what the soak churns: seed sessions on /ws, or RTVI sockets on /rtvi")
     parser.add_argument("--soak-trace-limit", type=int, default=200_000,
                         help="the server's --trace-limit in the soak (smaller: the ring fills sooner)")
     args = parser.parse_args()
@@ -323,7 +350,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     if args.soak:
         # As served (a bounded trace, forgetting); then without each bound, to show what each one holds.
-        runs = [soak(args.soak_speed, args.soak_minutes, 20, 120.0, limit, forget)
+        runs = [soak(args.soak_speed, args.soak_minutes, 20, 120.0, limit, forget, args.soak_dialect)
                 for limit, forget in ((args.soak_trace_limit, 60.0), (0, 60.0), (args.soak_trace_limit, None))]
         print(f"{'trace':>7} {'forget':>7} {'sim min':>8} {'kept':>5} {'forgot':>6} {'RSS0 MB':>8} {'RSS1 MB':>8} "
               f"{'MB/sim h':>9}")

@@ -152,7 +152,9 @@ class _RtviClient(Client):
 class RtviConnection:
     """One RTVI socket and its session: what has been opened, the turn's text, the audio received."""
 
-    client: _RtviClient
+    #: The socket's client; None once the socket has closed: the record stays until its session is
+    #: forgotten, the closed socket (with its permessage-deflate state, some 60 KB) does not.
+    client: _RtviClient | None
     session_id: str | None = None
     #: Microphone audio frames (and their bytes) received and dropped.
     audio_frames: int = 0
@@ -174,7 +176,8 @@ class RtviDialect:
     def __init__(self, server: LiveServer) -> None:
         self.server = server
         self.sim = server.sim
-        #: Every RTVI connection that has sent ``client-ready``, by session id (kept after it closes).
+        #: Every RTVI connection that has sent ``client-ready``, by session id (kept after it closes, without
+        #: its socket, until its session is forgotten).
         self.connections: dict[str, RtviConnection] = {}
         self._next = 1
         self.sim.manager.subscribe(self._on_transition)
@@ -210,6 +213,8 @@ class RtviDialect:
             server._detach(client)
             self._end_session(conn)
             log.info("RTVI client %s disconnected", client.name)
+        await ws.wait_closed()
+        conn.client = None
 
     def _send(self, conn: RtviConnection, type_: str, data: Any = None, id_: str | None = None) -> None:
         envelope: dict[str, Any] = {"label": LABEL, "type": type_}
@@ -217,7 +222,8 @@ class RtviDialect:
             envelope["id"] = id_
         if data is not None:
             envelope["data"] = data
-        self.server._offer(conn.client, encode_message(envelope))  # type: ignore[arg-type]
+        if conn.client is not None:
+            self.server._offer(conn.client, encode_message(envelope))  # type: ignore[arg-type]
 
     def _error(self, conn: RtviConnection, id_: str | None, text: str) -> None:
         conn.errors += 1
@@ -275,6 +281,7 @@ class RtviDialect:
         sid = f"rtvi-{self._next}"
         self._next += 1
         conn.session_id = sid
+        assert conn.client is not None  # (frames come from an open socket)
         conn.client.watched.add(sid)
         conn.client.owned.add(sid)
         conn.words = sim.streams.generator(sid, "rtvi-text")
@@ -319,15 +326,15 @@ class RtviDialect:
         if sid is not None and sid in self.sim.manager and self.sim.manager.status(sid) != "stopped":
             with self.server.pacer.applying():
                 self.sim.control(sid, "stop")  # its transitions close the socket (session_stopped)
-        elif not conn.client.closing:
-            self._close_later(conn)
+        elif conn.client is not None and not conn.client.closing:
+            self._close_later(conn.client)
 
-    def _close_later(self, conn: RtviConnection) -> None:
+    def _close_later(self, client: _RtviClient) -> None:
         async def close() -> None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
-                    await conn.client.queue.join()
-            self.server._drop(conn.client, CLOSE_NORMAL, "session ended")
+                    await client.queue.join()
+            self.server._drop(client, CLOSE_NORMAL, "session ended")
 
         task = asyncio.ensure_future(close())
         self.server._tasks.add(task)
@@ -367,8 +374,8 @@ class RtviDialect:
                         continue  # once a turn (a retried request starts its service again)
                     conn.opened.add(type_)
                 self._send(conn, type_, self._data(conn, type_, ev))
-        if ev.event == "session_stopped" and not conn.client.closing:
-            self._close_later(conn)
+        if ev.event == "session_stopped" and conn.client is not None and not conn.client.closing:
+            self._close_later(conn.client)
 
     def _data(self, conn: RtviConnection, type_: str, ev: _Event) -> Any:
         """The ``data`` of one RTVI message caused by ``ev`` (None: a message without data)."""

@@ -732,12 +732,20 @@ async def _free_protocol(ws: ServerConnection) -> None:
     parser generator, and with it the permessage-deflate state: ~80 KB of zlib buffers per connection,
     outside Python's heap, so the serving collector's trigger (Python's heap doubled) never saw them and a
     churn soak's RSS grew without bound. Once the connection is closed nothing steps the parser again, and
-    closing it ends the cycle.
+    closing it ends the cycle. A connection that ended without a close handshake (a peer that aborted or
+    vanished, a close that timed out, a protocol error) keeps the parser's exception in ``parser_exc``, whose
+    traceback holds the parse frame and so the protocol: the same cycle, so those tracebacks go too (the
+    exceptions stay, for ``close_exc``).
     """
     await ws.wait_closed()
     parser = getattr(ws.protocol, "parser", None)
     if parser is not None and hasattr(parser, "close"):
         parser.close()
+    exc, seen = getattr(ws.protocol, "parser_exc", None), set()
+    while isinstance(exc, BaseException) and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
 
 
 class LiveServer(_BaseServer):
@@ -801,7 +809,7 @@ class LiveServer(_BaseServer):
         """Close every RTVI socket (their sessions are gone, e.g. on a reset); the next one starts afresh."""
         if self._rtvi is not None:
             for conn in list(self._rtvi.connections.values()):
-                if not conn.client.closing:
+                if conn.client is not None and not conn.client.closing:
                     self._drop(conn.client, 1000, reason)
             self._rtvi = None
 

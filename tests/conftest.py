@@ -1,6 +1,8 @@
 import asyncio
+import gc
 import shutil
 import subprocess
+from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -53,3 +55,14 @@ def talking_scenario(background: int = 0, name: str = "live-test", seed: int = 5
                                          "barge_in_probability": 0.0}}
     data.update(extra)
     return Scenario.model_validate(data)
+
+
+def cyclic_garbage_kinds() -> Counter[str]:
+    """What the cyclic collector finds now (and frees), counted by type as ``module.qualname``."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()

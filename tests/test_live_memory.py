@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import run
+from conftest import cyclic_garbage_kinds, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.server import ServerProtocol
@@ -330,13 +330,7 @@ def test_churned_connections_free_their_sessions_and_leave_only_library_cycles_b
                 await asyncio.sleep(0.1)  # the handlers' and writers' tasks end
                 sessions = sessions_left("churn-")
                 protocols = sum(1 for o in gc.get_objects() if type(o) is ServerProtocol)
-                gc.set_debug(gc.DEBUG_SAVEALL)
-                try:
-                    gc.collect()
-                    kinds = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage)
-                finally:
-                    gc.set_debug(0)
-                    gc.garbage.clear()
+                kinds = cyclic_garbage_kinds()
                 return sessions, protocols, kinds
 
     sessions, protocols, kinds = run(main())

@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from conftest import run
+from conftest import cyclic_garbage_kinds, run
 from test_live_memory import cyclic_collector_off
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -169,13 +169,7 @@ def test_churned_rtvi_connections_are_freed_by_reference_counting_and_leave_only
                 alive = [ref() for ref in freed if ref() is not None]
                 protocols = sum(1 for o in gc.get_objects() if type(o) is ServerProtocol)
                 subscriptions = (len(server.sim.manager._observers), len(server.sim.trace._model_observers))
-                gc.set_debug(gc.DEBUG_SAVEALL)
-                try:
-                    gc.collect()
-                    kinds = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage)
-                finally:
-                    gc.set_debug(0)
-                    gc.garbage.clear()
+                kinds = cyclic_garbage_kinds()
                 known = {id(o) for o in earlier}
                 left = sum(1 for o in model_sessions() if id(o) not in known)
                 return alive, protocols, left, kinds, subscriptions, len(server.rtvi.connections)

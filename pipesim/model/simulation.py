@@ -44,10 +44,8 @@ _NAN = math.nan
 # ``event._value is _PENDING`` is what ``not event.triggered`` returns (~10 a turn). Only on the per-turn paths;
 # SimPy's major version is pinned for them (pyproject.toml).
 _PENDING = simpy.events.PENDING
+#: A turn record's column index by name: the model writes ``turn.rec[_TURN_INDEX[name]]`` directly.
 _TURN_INDEX = {name: i for i, name in enumerate(TURN_COLUMNS)}
-#: A turn record's column index by name: the model writes ``turn.rec[_COL[name]]`` directly (two dozen a turn,
-#: each a method call through ``_Turn.set`` before).
-_COL = _TURN_INDEX
 #: (kafka, queue, service, retry, timeouts) column indices of each service's stage in a turn's record.
 _STAGE_INDEX = {name: tuple(_TURN_INDEX[f"{name}_{part}"]
                             for part in ("kafka", "queue", "service", "retry", "timeouts"))
@@ -601,13 +599,13 @@ class Simulation:
             return None
         tr = mgr.utterance_ended(sid, env._now)
         turn = s.turn = _Turn(env, sid, tr.turn_id)
-        turn.rec[_COL["speech_start"]] = t0
-        turn.rec[_COL["speech_end"]] = speech_end
-        turn.rec[_COL["utterance_ended"]] = env._now
-        turn.rec[_COL["utterance_duration"]] = duration
-        turn.rec[_COL["audio_quality"]] = quality
-        turn.rec[_COL["audio_bytes"]] = n_chunks * self._chunk_bytes
-        turn.rec[_COL["end_of_utterance_delay"]] = env._now - speech_end
+        turn.rec[_TURN_INDEX["speech_start"]] = t0
+        turn.rec[_TURN_INDEX["speech_end"]] = speech_end
+        turn.rec[_TURN_INDEX["utterance_ended"]] = env._now
+        turn.rec[_TURN_INDEX["utterance_duration"]] = duration
+        turn.rec[_TURN_INDEX["audio_quality"]] = quality
+        turn.rec[_TURN_INDEX["audio_bytes"]] = n_chunks * self._chunk_bytes
+        turn.rec[_TURN_INDEX["end_of_utterance_delay"]] = env._now - speech_end
         env.process(self._pipeline(s, turn))
         return turn
 
@@ -797,7 +795,7 @@ class Simulation:
     def _stt(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, bool]:
         q = self.scenario.quality
         stt = self.scenario.services.stt
-        poor = turn.rec[_COL["audio_quality"]] < q.poor_threshold
+        poor = turn.rec[_TURN_INDEX["audio_quality"]] < q.poor_threshold
         rng = s.services_rng["stt"]
 
         def plan() -> _Work:
@@ -806,7 +804,7 @@ class Simulation:
             if rng.random() < stt.failure_probability:
                 error = "service error"
             elif poor and rng.random() < q.poor_stt_failure_probability:
-                error = f"low audio quality ({turn.rec[_COL['audio_quality']]:.2f}), re-prompting the user"
+                error = f"low audio quality ({turn.rec[_TURN_INDEX['audio_quality']]:.2f}), re-prompting the user"
             return _Work(latency, latency, error)
 
         start = self.env._now
@@ -814,8 +812,8 @@ class Simulation:
         if work is None:
             return False
         self.manager.service_completed(s.id, "stt", self.env._now)
-        turn.rec[_COL["stt_stage"]] = self.env._now - start
-        turn.rec[_COL["transcription_delay"]] = self.env._now - turn.rec[_COL["speech_end"]]
+        turn.rec[_TURN_INDEX["stt_stage"]] = self.env._now - start
+        turn.rec[_TURN_INDEX["transcription_delay"]] = self.env._now - turn.rec[_TURN_INDEX["speech_end"]]
         return True
 
     def _llm(self, s: _Session, turn: _Turn) -> Generator[simpy.Event, Any, None]:
@@ -826,7 +824,7 @@ class Simulation:
         rng = s.services_rng["llm"]
         tokens = max(1, round(s.draw["tokens"]()))
         turn.tokens = tokens
-        turn.rec[_COL["llm_tokens"]] = tokens
+        turn.rec[_TURN_INDEX["llm_tokens"]] = tokens
         first_phrase = min(llm.first_sentence_tokens, tokens)
 
         def plan() -> _Work:
@@ -838,21 +836,21 @@ class Simulation:
         work = yield from self._attempt(s, turn, "llm", plan)
         if work is None:
             return
-        turn.rec[_COL["ttft"]] = env._now - start
+        turn.rec[_TURN_INDEX["ttft"]] = env._now - start
         self.trace.model_event(env._now, s.id, turn.turn_id, "first_token", "llm", env._now - start)
         yield env.timeout((first_phrase - 1) * work.per_token)
         if turn.done:
             return
         first_sentence_at = env._now
-        turn.rec[_COL["llm_service"]] += (first_phrase - 1) * work.per_token
-        turn.rec[_COL["llm_stage"]] = env._now - start
+        turn.rec[_TURN_INDEX["llm_service"]] += (first_phrase - 1) * work.per_token
+        turn.rec[_TURN_INDEX["llm_stage"]] = env._now - start
         turn.first_sentence.succeed()
         yield env.timeout((tokens - first_phrase) * work.per_token)
         if turn.done:
             return
         self.manager.service_completed(s.id, "llm", env._now)
-        turn.rec[_COL["llm_duration"]] = env._now - start
-        turn.rec[_COL["streaming_overlap"]] = env._now - first_sentence_at
+        turn.rec[_TURN_INDEX["llm_duration"]] = env._now - start
+        turn.rec[_TURN_INDEX["streaming_overlap"]] = env._now - first_sentence_at
         turn.llm_finished = True
         if turn.llm_done is not None:
             turn.llm_done.succeed()
@@ -872,11 +870,11 @@ class Simulation:
         if work is None:
             return
         first_audio = env._now
-        turn.rec[_COL["ttfb"]] = first_audio - start
-        turn.rec[_COL["tts_stage"]] = first_audio - start
-        turn.rec[_COL["first_audio"]] = first_audio
-        turn.rec[_COL["tts_audio_duration"]] = audio_s
-        turn.rec[_COL["e2e_latency"]] = first_audio - turn.rec[_COL["speech_end"]]
+        turn.rec[_TURN_INDEX["ttfb"]] = first_audio - start
+        turn.rec[_TURN_INDEX["tts_stage"]] = first_audio - start
+        turn.rec[_TURN_INDEX["first_audio"]] = first_audio
+        turn.rec[_TURN_INDEX["tts_audio_duration"]] = audio_s
+        turn.rec[_TURN_INDEX["e2e_latency"]] = first_audio - turn.rec[_TURN_INDEX["speech_end"]]
         self.trace.model_event(first_audio, s.id, turn.turn_id, "first_audio", "tts", first_audio - start)
         playback_end = first_audio + audio_s
         barge_at = math.inf
@@ -937,9 +935,9 @@ class Simulation:
                     self._add_busy(turn, job.name, now - job.release_at)  # freed before its planned end
                 self._release(job)
         turn.requests.clear()
-        turn.rec[_COL["outcome"]] = outcome
-        turn.rec[_COL["error"]] = error
-        turn.rec[_COL["turn_end"]] = now
+        turn.rec[_TURN_INDEX["outcome"]] = outcome
+        turn.rec[_TURN_INDEX["error"]] = error
+        turn.rec[_TURN_INDEX["turn_end"]] = now
         turn.row = self.trace.add_turn(turn.rec)
         self.trace.model_event(self.env._now, turn.rec[0], turn.turn_id, "turn_ended", detail=outcome)
         turn.finished.succeed(outcome)

@@ -178,8 +178,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _print_summary(res)
     if args.out:
         written = res.save(args.out, csv=args.csv, jsonl=args.jsonl)
+        extra = "".join(["; CSV copies" if args.csv else "", "; trace.jsonl" if args.jsonl else ""])
         print(f"wrote {len(written)} files to {args.out}/ (events, turns, sessions, services, messages, "
-              f"kafka_windows as Parquet" + ("; trace.jsonl)" if args.jsonl else ")"))
+              f"kafka_windows as Parquet{extra})")
     if args.plots:
         from pipesim.plots import save_standard_figures
 

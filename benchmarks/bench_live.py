@@ -241,27 +241,24 @@ async def _churn(url: str, concurrent: int, lifetime_s: float, speed: float, unt
     the bot's messages read for ``lifetime_s``, ``disconnect-bot``, read to the server's close)."""
     started = 0
 
-    async def rtvi_session() -> None:
-        async def read(seconds: float) -> None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(seconds):
-                    async for _ in ws:
-                        pass
+    async def read(ws: Any, seconds: float) -> None:  # what the server sends, for ``seconds`` or to its close
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                async for _ in ws:
+                    pass
 
+    async def rtvi_session() -> None:
         async with connect(url.removesuffix("/ws") + "/rtvi", max_size=None, ping_interval=None) as ws:
             for type_, data in (("client-ready", {"version": "2.1.0"}), ("client-message", {"t": "soak"})):
                 await ws.send(encode_message({"label": "rtvi-ai", "type": type_, "id": type_, "data": data}))
-            await read(lifetime_s / speed)
+            await read(ws, lifetime_s / speed)
             await ws.send(encode_message({"label": "rtvi-ai", "type": "disconnect-bot", "id": "bye", "data": {}}))
-            await read(2.0)
+            await read(ws, 2.0)
 
     async def control(sid: str, action: str) -> None:
         async with connect(f"{url}?session_id={sid}", max_size=None, ping_interval=None) as ws:
             await ws.send(json.dumps({"type": "conversation_control", "action": action, "session_id": sid}))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.2):
-                    async for _ in ws:
-                        pass
+            await read(ws, 0.2)
 
     async def lane(k: int) -> None:
         nonlocal started

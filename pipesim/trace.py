@@ -251,10 +251,10 @@ def _batch(rows: list[tuple], schema: pa.Schema, row_type: pa.StructType) -> pa.
     columns = pa.array(rows, type=row_type).flatten()
     for column, field in zip(columns, schema, strict=True):
         # Arrow widens a dictionary's indices when its values outgrow them: a column of too many values.
-        if column.type != field.type or (pa.types.is_dictionary(field.type)
-                                         and len(column.dictionary) > 2**(field.type.index_type.bit_width - 1) - 1):
-            raise TraceError(f"{field.name}: more than {2**(field.type.index_type.bit_width - 1) - 1:,} different "
-                             f"values in {len(rows):,} events")
+        if pa.types.is_dictionary(field.type):
+            most = 2**(field.type.index_type.bit_width - 1) - 1
+            if column.type != field.type or len(column.dictionary) > most:
+                raise TraceError(f"{field.name}: more than {most:,} different values in {len(rows):,} events")
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 

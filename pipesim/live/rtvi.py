@@ -213,8 +213,7 @@ class RtviDialect:
             server._detach(client)
             self._end_session(conn)
             log.info("RTVI client %s disconnected", client.name)
-        await ws.wait_closed()
-        conn.client = None
+            conn.client = None  # the record stays until its session is forgotten; the socket goes
 
     def _send(self, conn: RtviConnection, type_: str, data: Any = None, id_: str | None = None) -> None:
         envelope: dict[str, Any] = {"label": LABEL, "type": type_}

@@ -6,7 +6,10 @@ Three parts:
 1. **skeleton**: a bare-SimPy model of the same pipeline, written here (same actors, stages, resources and
    audio reports per turn, numpy draws in blocks; no state manager, no trace), run in this process,
    interleaved with pipesim's ``baseline``, ``--repeat`` times. Reports turns per second of each and the
-   ratio pipesim / skeleton (target >= 0.5).
+   ratio pipesim / skeleton (target >= 0.5). In the same rounds, pipesim twice more with parts taken away
+   (**where the CPU goes**): without its trace (turns only), then also with a bare state manager (turn numbers
+   and the retry budget only): the shares of the trace, the state manager and the simulation itself; the
+   runs are checked to simulate the same thing (same SimPy events, same turns).
 2. **events**: SimPy events per second of pipesim against a bare ``env.timeout`` loop with as many live
    processes as pipesim had on average (target >= 30%).
 3. **sizes**: ``baseline`` with 1,000 / 10,000 / 100,000 sessions, each in a fresh subprocess, run as
@@ -40,15 +43,17 @@ import tempfile
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 import simpy
 
 import pipesim
 from pipesim.errors import PipesimError
 from pipesim.model import Simulation
 from pipesim.scenario import Scenario
+from pipesim.trace import Trace
 
 SCENARIO = "baseline"
 
@@ -159,14 +164,87 @@ def run_skeleton(scn: Scenario) -> dict[str, float]:
     return {"turns": done[0], "events": next(env._eid), "cpu_s": cpu, "wall_s": wall, "sim_s": env.now}
 
 
-def run_pipesim(scn: Scenario) -> dict[str, float]:
-    """pipesim's model on ``scn``, timed from construction to the end of the run (no DataFrames)."""
+def run_pipesim(scn: Scenario, without: tuple[str, ...] = ()) -> dict[str, Any]:
+    """pipesim's model on ``scn``, timed from construction to the end of the run (no DataFrames).
+
+    ``without`` takes parts of pipesim away, to see what each costs (part 4): ``"trace"`` records only the
+    turns (no transitions, model events, service samples), ``"manager"`` drives a :class:`_BareManager`
+    instead of the real state manager. The simulation is the same either way: the same SimPy events, the
+    same draws, the same turns (``turns_digest`` says so)."""
     cpu, wall = time.process_time(), time.perf_counter()
     sim = Simulation(scn)
+    if "manager" in without:
+        sim.manager = _BareManager(scn.kafka.max_retries)  # type: ignore[assignment]
+    if "trace" in without:
+        _record_turns_only(sim)
     sim.run()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    turns = len(pipesim.Results(scn, sim.seed, sim.trace).turns)
-    return {"turns": turns, "events": next(sim.env._eid), "cpu_s": cpu, "wall_s": wall, "sim_s": sim.env.now}
+    turns = sim.trace.turns_frame()
+    digest = pd.util.hash_pandas_object(turns, index=False).sum().item()
+    return {"turns": len(turns), "events": next(sim.env._eid), "cpu_s": cpu, "wall_s": wall, "sim_s": sim.env.now,
+            "turns_digest": digest}
+
+
+class _Reply(NamedTuple):
+    """What the model reads of a transition: the turn's number, the event and its error."""
+
+    turn_id: int
+    event: str = ""
+    error: str | None = None
+
+
+class _BareManager:
+    """The least a state manager must tell the model: turn numbers and when Kafka's retry budget fails a
+    turn (the real one's words). No rule checked, no state kept for a dashboard, nothing recorded: with it,
+    pipesim's model runs the very same simulation, without the state manager's cost (part 4)."""
+
+    def __init__(self, max_retries: int) -> None:
+        self.max_retries = max_retries
+        self._turn: dict[str, int] = {}
+        self._retries: dict[str, dict[str, int]] = {}
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._turn
+
+    def create_session(self, session_id: str, t: float) -> _Reply:
+        self._turn[session_id] = 0
+        return _Reply(0)
+
+    def speech_started(self, session_id: str, t: float) -> _Reply:
+        return _Reply(self._turn[session_id])
+
+    def utterance_ended(self, session_id: str, t: float) -> _Reply:
+        self._turn[session_id] += 1
+        self._retries[session_id] = {}
+        return _Reply(self._turn[session_id])
+
+    def kafka_timeout(self, session_id: str, service: str, t: float) -> _Reply:
+        retries = self._retries[session_id]
+        retries[service] = n = retries.get(service, 0) + 1
+        if n > self.max_retries:
+            return _Reply(self._turn[session_id], "turn_failed",
+                          f"{service}: Kafka timed out {n} times (retry budget {self.max_retries})")
+        return _Reply(self._turn[session_id], "kafka_timeout")
+
+    def _nothing(self, session_id: str, *args: Any) -> _Reply:
+        return _Reply(self._turn[session_id])
+
+    start = stop = barge_in = audio = service_requested = service_started = service_completed = _nothing
+    service_failed = _nothing
+
+
+def _record_turns_only(sim: Simulation) -> None:
+    """Let ``sim``'s trace record its turns (what part 4 compares) and nothing else."""
+    sim.manager._observers = (lambda tr: None,)  # the cheapest observer: the transitions are still made
+    sim._service_sample = lambda *row: None
+    sim.trace = _TurnsOnly(sim.trace.header)
+
+
+class _TurnsOnly(Trace):
+    __slots__ = ()
+
+    def model_event(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
 
 def live_processes(scn: Scenario) -> float:
@@ -209,7 +287,12 @@ def side_by_side(scn: Scenario, repeat: int) -> dict[str, Any]:
     for _ in range(repeat):
         skeleton, model = run_skeleton(scn), run_pipesim(scn)
         bare = bare_timeouts(processes, model["events"], scn.seed)
-        rounds.append({"skeleton": skeleton, "pipesim": model, "bare_timeouts": bare})
+        no_trace, alone = run_pipesim(scn, without=("trace",)), run_pipesim(scn, without=("trace", "manager"))
+        for part in (no_trace, alone):  # the same simulation, or the comparison means nothing
+            if (part["turns_digest"], part["events"]) != (model["turns_digest"], model["events"]):
+                raise AssertionError("pipesim without its trace or state manager simulated something else")
+        rounds.append({"skeleton": skeleton, "pipesim": model, "bare_timeouts": bare,
+                       "pipesim_no_trace": no_trace, "simulation_alone": alone})
 
     def median(part: str, num: str, den: str = "cpu_s") -> float:
         return statistics.median(r[part][num] / r[part][den] for r in rounds)
@@ -226,6 +309,18 @@ def side_by_side(scn: Scenario, repeat: int) -> dict[str, Any]:
     figures["turns_ratio"] = statistics.median(
         (r["pipesim"]["turns"] / r["pipesim"]["cpu_s"]) / (r["skeleton"]["turns"] / r["skeleton"]["cpu_s"])
         for r in rounds)
+    # Part 4: where pipesim's CPU goes, as shares of its run (each round's own runs, then the median).
+    def share(part: str, minus: str) -> float:
+        return statistics.median((r[part]["cpu_s"] - r[minus]["cpu_s"]) / r["pipesim"]["cpu_s"] for r in rounds)
+
+    figures["trace_share"] = share("pipesim", "pipesim_no_trace")
+    figures["manager_share"] = share("pipesim_no_trace", "simulation_alone")
+    figures["simulation_share"] = statistics.median(r["simulation_alone"]["cpu_s"] / r["pipesim"]["cpu_s"]
+                                                    for r in rounds)
+    figures["simulation_alone_turns_per_s"] = median("simulation_alone", "turns")
+    figures["simulation_alone_ratio"] = statistics.median(
+        (r["simulation_alone"]["turns"] / r["simulation_alone"]["cpu_s"])
+        / (r["skeleton"]["turns"] / r["skeleton"]["cpu_s"]) for r in rounds)
     figures["events_ratio"] = statistics.median(
         (r["pipesim"]["events"] / r["pipesim"]["cpu_s"]) / (r["bare_timeouts"]["events"] / r["bare_timeouts"]["cpu_s"])
         for r in rounds)
@@ -333,6 +428,10 @@ def report(result: dict[str, Any]) -> str:
         f"   ({f['bare_processes']} live processes)",
         f"  ratio turns/s pipesim/skeleton {f['turns_ratio']:.2f} (target >= 0.5); "
         f"events/s pipesim/bare {f['events_ratio']:.0%} (target >= 30%)",
+        f"  where pipesim's CPU goes: trace {f['trace_share']:.0%}, state manager {f['manager_share']:.0%}, "
+        f"the simulation itself {f['simulation_share']:.0%}",
+        f"  (the simulation alone, same events and turns: {f['simulation_alone_turns_per_s']:,.0f} turns/s, "
+        f"{f['simulation_alone_ratio']:.2f} of the skeleton)",
         "",
         f"  {'sessions':>9}{'turns':>9}{'turns/s':>9}{'us/turn':>9}{'sim s/s':>9}{'run MiB':>9}"
         f"{'frames MiB':>11}{'B/event':>9}{'frames/run':>11}{'save MiB':>9}{'save/run':>9}",

@@ -42,3 +42,29 @@ def test_model_quick_run_measures_both_sides_and_every_size(tmp_path):
     rows = result["sizes"]
     assert [row["sessions"] for row in rows] == [20, 40]
     assert all(row["turns"] > 0 and row["trace_events"] > row["turns"] and row["peak_rss_mib"] > 0 for row in rows)
+    # Where pipesim's CPU goes: the runs with parts taken away simulated the very same thing.
+    for r in result["side_by_side"]["rounds"]:
+        same = {(r[part]["events"], r[part]["turns_digest"]) for part in ("pipesim", "pipesim_no_trace",
+                                                                        "simulation_alone")}
+        assert len(same) == 1
+    assert all(0 <= figures[k] <= 1.5 for k in ("trace_share", "manager_share", "simulation_share"))
+
+
+@pytest.mark.parametrize("scenario", ["baseline", "kafka_timeouts", "poor_audio", "barge_in", "load_spike"])
+def test_the_simulation_alone_is_the_same_simulation(scenario):
+    """The benchmark's bare state manager (turn numbers and the retry budget only) and turns-only trace
+    leave pipesim's model simulating the same turns, failures and retries included."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_model
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    import pipesim
+
+    scn = pipesim.load_scenario(scenario)
+    if getattr(scn.sessions.arrivals, "count", None) is not None:
+        scn = scn.override({"sessions.arrivals.count": min(scn.sessions.arrivals.count, 60)})
+    full = bench_model.run_pipesim(scn)
+    alone = bench_model.run_pipesim(scn, without=("trace", "manager"))
+    assert full["turns"] > 0
+    assert (alone["events"], alone["turns_digest"]) == (full["events"], full["turns_digest"])

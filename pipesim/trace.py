@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -290,7 +291,7 @@ class _Turns:
         i = row - self.offset
         if i < 0:
             return  # forgotten already (a live trace with a limit)
-        self.numbers[i] = [rec[k] for k in _TURN_NUMBER_INDEX]
+        self.numbers[i] = _turn_numbers(rec)
         text = (rec[0], rec[2], rec[3])
         if i == len(self.text):
             self.text.append(text)
@@ -325,7 +326,8 @@ class _Turns:
         return df.astype(dict.fromkeys(ints, "int64"))
 
 
-_TURN_NUMBER_INDEX = tuple(TURN_COLUMNS.index(c) for c in _TURN_NUMBERS)
+#: A turn record's numbers, in ``_TURN_NUMBERS`` order, as one C call (a comprehension costs ~1 us a turn more).
+_turn_numbers = operator.itemgetter(*(TURN_COLUMNS.index(c) for c in _TURN_NUMBERS))
 
 
 class Trace:

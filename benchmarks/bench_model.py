@@ -167,7 +167,7 @@ def run_skeleton(scn: Scenario) -> dict[str, float]:
 def run_pipesim(scn: Scenario, without: tuple[str, ...] = ()) -> dict[str, Any]:
     """pipesim's model on ``scn``, timed from construction to the end of the run (no DataFrames).
 
-    ``without`` takes parts of pipesim away, to see what each costs (part 4): ``"trace"`` records only the
+    ``without`` takes parts of pipesim away, to see what each costs (where the CPU goes): ``"trace"`` records only the
     turns (no transitions, model events, service samples), ``"manager"`` drives a :class:`_BareManager`
     instead of the real state manager. The simulation is the same either way: the same SimPy events, the
     same draws, the same turns (``turns_digest`` says so)."""
@@ -196,7 +196,7 @@ class _Reply(NamedTuple):
 class _BareManager:
     """The least a state manager must tell the model: turn numbers and when Kafka's retry budget fails a
     turn (the real one's words). No rule checked, no state kept for a dashboard, nothing recorded: with it,
-    pipesim's model runs the very same simulation, without the state manager's cost (part 4)."""
+    pipesim's model runs the very same simulation, without the state manager's cost."""
 
     def __init__(self, max_retries: int) -> None:
         self.max_retries = max_retries
@@ -234,7 +234,7 @@ class _BareManager:
 
 
 def _record_turns_only(sim: Simulation) -> None:
-    """Let ``sim``'s trace record its turns (what part 4 compares) and nothing else."""
+    """Let ``sim``'s trace record its turns (what the runs are compared by) and nothing else."""
     sim.manager._observers = (lambda tr: None,)  # the cheapest observer: the transitions are still made
     sim._service_sample = lambda *row: None
     sim.trace = _TurnsOnly(sim.trace.header)
@@ -309,7 +309,7 @@ def side_by_side(scn: Scenario, repeat: int) -> dict[str, Any]:
     figures["turns_ratio"] = statistics.median(
         (r["pipesim"]["turns"] / r["pipesim"]["cpu_s"]) / (r["skeleton"]["turns"] / r["skeleton"]["cpu_s"])
         for r in rounds)
-    # Part 4: where pipesim's CPU goes, as shares of its run (each round's own runs, then the median).
+    # Where pipesim's CPU goes, as shares of its run (each round's own runs, then the median).
     def share(part: str, minus: str) -> float:
         return statistics.median((r[part]["cpu_s"] - r[minus]["cpu_s"]) / r["pipesim"]["cpu_s"] for r in rounds)
 

@@ -27,7 +27,15 @@ from pipesim.errors import TooLargeError
 from pipesim.model import Simulation
 from pipesim.model.budget import default_memory_limit, estimate_run
 from pipesim.scenario import Scenario, as_scenario, validate_scenario
-from pipesim.trace import MESSAGE_BATCH_ROWS, MESSAGE_COLUMNS, MESSAGE_GROUP_ROWS, MESSAGE_SCHEMA, Trace, read_batches
+from pipesim.trace import (
+    MESSAGE_BATCH_ROWS,
+    MESSAGE_COLUMNS,
+    MESSAGE_GROUP_ROWS,
+    MESSAGE_SCHEMA,
+    Trace,
+    read_batches,
+    write_row_groups,
+)
 
 #: Memory a message takes in :attr:`Results.messages`: its JSON text (~300 bytes) and its row of the other
 #: columns; 529 bytes of RSS a message measured (``baseline``, 5,000 sessions), counted generously.
@@ -220,15 +228,14 @@ class Results:
         tmp = path.with_name(path.name + ".part")
         # The JSON texts are all different: no dictionary for them (its hash table would double the memory).
         with pq.ParquetWriter(tmp, MESSAGE_SCHEMA, use_dictionary=["session_id", "type"]) as writer:
-            held: list[pa.Table] = []
+            held, held_rows = [MESSAGE_SCHEMA.empty_table()], 0
             for table in self._message_tables(MESSAGE_BATCH_ROWS):
                 held.append(table)
-                while sum(map(len, held)) >= MESSAGE_GROUP_ROWS:
-                    rows = pa.concat_tables(held)
-                    writer.write_table(rows.slice(0, MESSAGE_GROUP_ROWS), row_group_size=MESSAGE_GROUP_ROWS)
-                    held = [rows.slice(MESSAGE_GROUP_ROWS)]
-            if sum(map(len, held)):
-                writer.write_table(pa.concat_tables(held), row_group_size=MESSAGE_GROUP_ROWS)
+                held_rows += table.num_rows
+                if held_rows >= MESSAGE_GROUP_ROWS:
+                    rest = write_row_groups(writer, pa.concat_tables(held), MESSAGE_GROUP_ROWS, final=False)
+                    held, held_rows = [rest], rest.num_rows
+            write_row_groups(writer, pa.concat_tables(held), MESSAGE_GROUP_ROWS, final=True)
         tmp.replace(path)
         pa.default_memory_pool().release_unused()
         return path

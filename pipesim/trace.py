@@ -168,11 +168,8 @@ class _Table:
         assert self.sink is not None
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.sink, self.schema.with_metadata(self.metadata))
-        table = pa.Table.from_batches(self._unwritten, schema=self.schema)
-        whole = table.num_rows if final else table.num_rows - table.num_rows % ROW_GROUP_ROWS
-        if whole:
-            self._writer.write_table(table.slice(0, whole), row_group_size=ROW_GROUP_ROWS)
-        rest = table.slice(whole)
+        rest = write_row_groups(self._writer, pa.Table.from_batches(self._unwritten, schema=self.schema),
+                                ROW_GROUP_ROWS, final)
         self._unwritten, self._unwritten_rows = rest.to_batches(), rest.num_rows
 
     def close(self) -> None:
@@ -229,6 +226,15 @@ class _Table:
             table = table.select(columns)
         for start in range(0, table.num_rows, size):  # ``size`` rows each, not the chunks' CHUNK_ROWS
             yield from table.slice(start, size).combine_chunks().to_batches()
+
+
+def write_row_groups(writer: pq.ParquetWriter, table: pa.Table, group_rows: int, final: bool) -> pa.Table:
+    """Write ``table``'s whole row groups of ``group_rows`` rows (all of it, the last group shorter, if
+    ``final``); returns the rows left to write with the next ones."""
+    whole = table.num_rows if final else table.num_rows - table.num_rows % group_rows
+    if whole:
+        writer.write_table(table.slice(0, whole), row_group_size=group_rows)
+    return table.slice(whole)
 
 
 def read_batches(path: Path, size: int, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:

@@ -169,6 +169,11 @@ class RtviConnection:
     first_phrase: int = 0
     words: np.random.Generator | None = None  # the synthetic text's own stream
 
+    @property
+    def closable(self) -> _RtviClient | None:
+        """The socket's client while it is open and not closing yet (None otherwise): the one to close."""
+        return self.client if self.client is not None and not self.client.closing else None
+
 
 class RtviDialect:
     """The RTVI side of one :class:`~pipesim.live.server.LiveServer`: its sockets, by session."""
@@ -325,8 +330,8 @@ class RtviDialect:
         if sid is not None and sid in self.sim.manager and self.sim.manager.status(sid) != "stopped":
             with self.server.pacer.applying():
                 self.sim.control(sid, "stop")  # its transitions close the socket (session_stopped)
-        elif conn.client is not None and not conn.client.closing:
-            self._close_later(conn.client)
+        elif (client := conn.closable) is not None:
+            self._close_later(client)
 
     def _close_later(self, client: _RtviClient) -> None:
         async def close() -> None:
@@ -373,8 +378,8 @@ class RtviDialect:
                         continue  # once a turn (a retried request starts its service again)
                     conn.opened.add(type_)
                 self._send(conn, type_, self._data(conn, type_, ev))
-        if ev.event == "session_stopped" and conn.client is not None and not conn.client.closing:
-            self._close_later(conn.client)
+        if ev.event == "session_stopped" and (client := conn.closable) is not None:
+            self._close_later(client)
 
     def _data(self, conn: RtviConnection, type_: str, ev: _Event) -> Any:
         """The ``data`` of one RTVI message caused by ``ev`` (None: a message without data)."""

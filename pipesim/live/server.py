@@ -809,8 +809,8 @@ class LiveServer(_BaseServer):
         """Close every RTVI socket (their sessions are gone, e.g. on a reset); the next one starts afresh."""
         if self._rtvi is not None:
             for conn in list(self._rtvi.connections.values()):
-                if conn.client is not None and not conn.client.closing:
-                    self._drop(conn.client, 1000, reason)
+                if (client := conn.closable) is not None:
+                    self._drop(client, 1000, reason)
             self._rtvi = None
 
     @property

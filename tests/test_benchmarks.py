@@ -2,6 +2,7 @@
 (shared CI machines are too noisy for that; ``make bench`` measures)."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,9 @@ def test_model_quick_run_measures_both_sides_and_every_size(tmp_path):
         same = {(r[part]["events"], r[part]["turns_digest"]) for part in ("pipesim", "pipesim_no_trace",
                                                                         "simulation_alone")}
         assert len(same) == 1
-    assert all(0 <= figures[k] <= 1.5 for k in ("trace_share", "manager_share", "simulation_share"))
+    # The shares are differences of timings: on a noisy machine a quick run's can fall below 0 or above 1, so
+    # only that they were computed is checked here (the benchmark's own figures are what is read).
+    assert all(math.isfinite(figures[k]) for k in ("trace_share", "manager_share", "simulation_share"))
 
 
 @pytest.mark.parametrize("scenario", ["baseline", "kafka_timeouts", "poor_audio", "barge_in", "load_spike"])

@@ -306,24 +306,22 @@ def side_by_side(scn: Scenario, repeat: int) -> dict[str, Any]:
         "bare_events_per_s": median("bare_timeouts", "events"),
         "bare_processes": processes,
     }
-    figures["turns_ratio"] = statistics.median(
-        (r["pipesim"]["turns"] / r["pipesim"]["cpu_s"]) / (r["skeleton"]["turns"] / r["skeleton"]["cpu_s"])
-        for r in rounds)
-    # Where pipesim's CPU goes, as shares of its run (each round's own runs, then the median).
-    def share(part: str, minus: str) -> float:
-        return statistics.median((r[part]["cpu_s"] - r[minus]["cpu_s"]) / r["pipesim"]["cpu_s"] for r in rounds)
+    # Ratios of two runs' rates and shares of pipesim's CPU: each round's own runs, then the median.
+    def rate_ratio(part: str, base: str, num: str) -> float:
+        return statistics.median((r[part][num] / r[part]["cpu_s"]) / (r[base][num] / r[base]["cpu_s"])
+                                 for r in rounds)
 
+    def share(part: str, minus: str | None = None) -> float:
+        return statistics.median((r[part]["cpu_s"] - (r[minus]["cpu_s"] if minus else 0)) / r["pipesim"]["cpu_s"]
+                                 for r in rounds)
+
+    figures["turns_ratio"] = rate_ratio("pipesim", "skeleton", "turns")
     figures["trace_share"] = share("pipesim", "pipesim_no_trace")
     figures["manager_share"] = share("pipesim_no_trace", "simulation_alone")
-    figures["simulation_share"] = statistics.median(r["simulation_alone"]["cpu_s"] / r["pipesim"]["cpu_s"]
-                                                    for r in rounds)
+    figures["simulation_share"] = share("simulation_alone")
     figures["simulation_alone_turns_per_s"] = median("simulation_alone", "turns")
-    figures["simulation_alone_ratio"] = statistics.median(
-        (r["simulation_alone"]["turns"] / r["simulation_alone"]["cpu_s"])
-        / (r["skeleton"]["turns"] / r["skeleton"]["cpu_s"]) for r in rounds)
-    figures["events_ratio"] = statistics.median(
-        (r["pipesim"]["events"] / r["pipesim"]["cpu_s"]) / (r["bare_timeouts"]["events"] / r["bare_timeouts"]["cpu_s"])
-        for r in rounds)
+    figures["simulation_alone_ratio"] = rate_ratio("simulation_alone", "skeleton", "turns")
+    figures["events_ratio"] = rate_ratio("pipesim", "bare_timeouts", "events")
     return {"figures": figures, "rounds": rounds}
 
 

@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 from conftest import cyclic_garbage_kinds, run
 from test_live_memory import cyclic_collector_off
+from test_rtvi import rtvi_url, send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.server import ServerProtocol
 
 from pipesim.live import LiveClient, LiveServer
 from pipesim.live.rtvi import RtviDialect
-from pipesim.live.rtvi_codec import decode_frame, encode_message
+from pipesim.live.rtvi_codec import decode_frame
 from pipesim.live.server import _free_protocol
 from pipesim.model.simulation import _Session
 from pipesim.scenario import Scenario
@@ -40,13 +41,6 @@ def scenario(turns: int) -> Scenario:
     return Scenario.model_validate({"name": "rtvi-memory-test", "seed": 5, "sessions": {
         "arrivals": {"kind": "at_once", "count": 0}, "turns": turns, "first_speech_delay_s": 0.3,
         "utterance_s": 1.0, "think_time_s": 0.5, "barge_in_probability": 0.0}})
-
-
-async def send(ws: ClientConnection, type_: str, data: Any = None, id_: str | None = None) -> None:
-    envelope: dict[str, Any] = {"label": "rtvi-ai", "type": type_, "data": data}
-    if id_ is not None:
-        envelope["id"] = id_
-    await ws.send(encode_message(envelope))
 
 
 async def until(ws: ClientConnection, type_: str) -> dict[str, Any]:
@@ -71,7 +65,7 @@ WAYS = ("disconnect-bot", "client closes", "session ends", "disconnect fault", "
 
 async def churn_one(server: LiveServer, way: str, freed: list[weakref.ref[Any]]) -> None:
     """One RTVI connection ended ``way``; weak references to the server's objects for it go into ``freed``."""
-    url = server.url.removesuffix("/ws") + "/rtvi"
+    url = rtvi_url(server)
     sid = None
     ws = await connect(url, ping_interval=None)
     try:

@@ -74,6 +74,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
+from pipesim import _jsonsafe
 from pipesim.distributions import parse_distribution, read_text
 from pipesim.errors import CalibrationError
 from pipesim.vocabulary import SERVICES
@@ -271,7 +272,7 @@ def _recording(text: str, path: Path) -> pd.DataFrame:
 
 def _json(text: str, path: Path, first_line: int) -> Any:
     try:
-        return json.loads(text)
+        return _jsonsafe.loads(text)
     except json.JSONDecodeError as exc:
         raise CalibrationError(f"{path}:{first_line + exc.lineno - 1}: invalid JSON: {exc.msg}") from None
     except RecursionError:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import tempfile
 import weakref
@@ -22,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipesim import analysis
+from pipesim import _jsonsafe, analysis
 from pipesim.errors import TooLargeError
 from pipesim.model import Simulation
 from pipesim.model.budget import default_memory_limit, estimate_run
@@ -251,7 +250,7 @@ class Results:
         else:
             trace = Trace.from_jsonl(path / "trace.jsonl" if path.is_dir() else path)
         scenario_file = folder / "scenario.json"
-        scenario = (validate_scenario(json.loads(scenario_file.read_text()), source=str(scenario_file))
+        scenario = (validate_scenario(_jsonsafe.loads(scenario_file.read_text()), source=str(scenario_file))
                     if scenario_file.exists() else Scenario(name=str(trace.header.get("scenario", "unknown"))))
         return cls(scenario, int(trace.header.get("seed", scenario.seed)), trace,
                    folder=path if path.is_dir() and (path / "events.parquet").exists() else None)

@@ -600,7 +600,7 @@ class Trace:
         events = folder / "events.parquet"
         try:
             meta = pq.read_schema(events).metadata or {}
-            header = json.loads(meta.get(b"pipesim", b"{}"))
+            header = _jsonsafe.loads(meta.get(b"pipesim", b"{}"))
             trace = cls(header)
             windows = pd.read_parquet(folder / "kafka_windows.parquet")
             trace._events.sink, trace._services.sink = events, folder / "services.parquet"

@@ -51,6 +51,13 @@ def test_round_trip(envelope: dict) -> None:
     assert decode_frame(encode_message(envelope)).message == envelope
 
 
+@given(st.text(st.characters(codec=None, categories=["Cs", "Ll", "So"]), min_size=1, max_size=8))
+def test_lone_surrogates_are_escaped_as_json_stringify_does_and_read_back(text: str) -> None:
+    frame = encode_message({"t": text})
+    frame[4:].decode("utf-8")  # valid UTF-8, whatever the text held
+    assert decode_frame(frame).message == {"t": text}
+
+
 @given(st.binary(max_size=200))
 def test_any_bytes_decode_or_raise_one_protocol_error(data: bytes) -> None:
     try:
@@ -70,6 +77,8 @@ def test_any_bytes_decode_or_raise_one_protocol_error(data: bytes) -> None:
     (b"\x20\x01", "field 4 (message) is not length-delimited"),
     (b"\xff" * 11, "varint longer than 10 bytes"),
     (b"\x23", "unsupported wire type 3"),
+    (b"\x22\x8f\x27\x0a\x8c\x27" + b"9" * 5004, "an integer of 5004 digits"),  # Python's limit is 4300
+    (b"\x22\xa0\x01\x0a\x9d\x01" + b"[" * 78 + b"]" * 79, "nested deeper than 32 levels"),
 ])
 def test_malformed_frames_say_what_is_wrong(data: bytes, expected: str) -> None:
     with pytest.raises(ProtocolError, match="^pipecat") as info:

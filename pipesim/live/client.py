@@ -20,6 +20,7 @@ from urllib.parse import SplitResult, urlencode, urlsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from pipesim import _jsonsafe
 from pipesim.errors import LiveError
 
 Predicate = Callable[[dict[str, Any]], bool]
@@ -148,7 +149,7 @@ class LiveClient:
         try:
             async for raw in ws:
                 self.arrivals.append(clock())
-                self.messages.append(json.loads(raw))
+                self.messages.append(_jsonsafe.loads(raw))
                 self._new.set()
         except ConnectionClosed:
             pass

@@ -43,6 +43,7 @@ import numpy as np
 import websockets
 from websockets.asyncio.client import connect
 
+from pipesim import _jsonsafe
 from pipesim.errors import LiveError
 from pipesim.live.client import split_websocket_url
 from pipesim.live.collector import ServingCollector
@@ -75,7 +76,7 @@ def server_stats(url: str, timeout: float = 60.0) -> dict[str, Any]:
     address = f"{http_base(url)}/stats"
     try:
         with urllib.request.urlopen(address, timeout=timeout) as response:
-            stats = json.loads(response.read())
+            stats = _jsonsafe.loads(response.read())
     except urllib.error.HTTPError as exc:
         raise LiveError(f"{address}: HTTP {exc.code}: not a pipesim serve (the load test reads its "
                         "clock and pacer lag there)") from None
@@ -170,7 +171,7 @@ async def _clients(url: str, sids: list[str | None], clock: dict[str, float] | N
                 tally["bytes"] += len(text)
             if clock is None:  # a bare server's filler (the benchmark): nothing to check
                 continue
-            m = json.loads(text)
+            m = _jsonsafe.loads(text)
             sid, seq = m.get("session_id"), m.get("seq")
             if sid is None or seq is None:
                 continue

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import random
@@ -51,6 +50,7 @@ from urllib.parse import urlencode
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from pipesim import _jsonsafe
 from pipesim.errors import ProtocolError, RecordError
 from pipesim.live.client import split_websocket_url
 from pipesim.live.recording import Recorder
@@ -210,7 +210,7 @@ class RecordingClient:
         except ProtocolError:
             self.stats.skipped += 1
             return
-        message: dict[str, Any] = json.loads(raw)
+        message: dict[str, Any] = _jsonsafe.loads(raw)
         sid, seq = message.get("session_id"), message.get("seq")
         if isinstance(sid, str) and isinstance(seq, int):
             if message["type"] == "session_created":

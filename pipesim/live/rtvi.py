@@ -14,7 +14,8 @@ The wire: binary frames of :mod:`pipesim.live.rtvi_codec`, each holding one JSON
 * ``send-text`` -> the simulated user speaks now (:meth:`~pipesim.model.Simulation.speak_now`); its
   ``content`` becomes that turn's transcript. Refused (``error-response``) while the bot prepares a reply.
 * ``client-message`` ``{t, d}`` -> ``server-response`` ``{t, d: {received, session_id, status, state}}``
-  with the same ``id`` (an echo with the session's state); no ``t`` -> ``error-response``.
+  with the same ``id`` (an echo with the session's state); no ``t``, or a ``d`` the echo cannot carry
+  (NaN, Infinity, nested too deep) -> ``error-response`` naming it.
 * ``disconnect-bot`` -> the session stops and the socket closes (1000).
 * Anything else, a malformed frame, or a message before ``client-ready`` -> ``error-response`` (with the
   message's ``id``) or ``error`` (``fatal: false``, when there is no ``id``); the connection stays open.
@@ -45,6 +46,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from pipesim import __version__ as pipesim_version
+from pipesim._jsonsafe import MAX_DEPTH, unsendable
 from pipesim.errors import IllegalTransition, ProtocolError, UnknownSession
 from pipesim.live.connection import RTVI_PATH, Client
 from pipesim.live.rtvi_codec import decode_frame, encode_message
@@ -316,6 +318,11 @@ class RtviDialect:
         t = data.get("t") if isinstance(data, dict) else None
         if not isinstance(t, str):
             self._error(conn, id_, "client-message: data.t must be a string")
+            return
+        # The echo puts ``d`` three levels down (envelope, data, d): it must fit the reader's limit there.
+        problem = unsendable(data.get("d"), "data.d", MAX_DEPTH - 3)
+        if problem is not None:
+            self._error(conn, id_, f"client-message: {problem}")
             return
         assert conn.session_id is not None
         mgr = self.sim.manager

@@ -26,6 +26,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pipesim import _jsonsafe
 from pipesim.errors import ProtocolError
 
 #: ``pipecat.Frame``'s fields (a oneof) and the ones pipesim reads inside them.
@@ -63,12 +64,18 @@ def _length_delimited(field: int, payload: bytes) -> bytes:
 def encode_message(envelope: dict[str, Any]) -> bytes:
     """The binary frame carrying one RTVI message: ``Frame{message: MessageFrame{data: json}}``.
 
-    JSON as the JS transport writes it (``JSON.stringify``: compact, non-ASCII kept as UTF-8).
+    JSON as the JS transport writes it (``JSON.stringify``: compact, non-ASCII kept as UTF-8, a lone
+    surrogate, which UTF-8 cannot hold, escaped as ``\\uXXXX``). NaN and infinities raise ``ValueError``
+    (JSON has no such numbers): check what a client sent before echoing it
+    (:func:`pipesim._jsonsafe.unsendable`).
 
     >>> encode_message({"type": "x"})
     b'"\\x0e\\n\\x0c{"type":"x"}'
+    >>> encode_message({"t": "\\ud800"})[4:]
+    b'{"t":"\\\\ud800"}'
     """
-    data = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    data = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8", "backslashreplace")
     return _length_delimited(FRAME_MESSAGE, _length_delimited(MESSAGE_DATA, data))
 
 
@@ -147,12 +154,11 @@ def decode_frame(data: bytes) -> Decoded:
     if not isinstance(raw, bytes):
         raise ProtocolError("pipecat.Frame: message.data is not a string")
     try:
-        message = json.loads(raw.decode("utf-8"))
+        message = _jsonsafe.loads(raw)  # refuses deep nesting and huge integers before they crash the decoder
     except UnicodeDecodeError:
         raise ProtocolError("pipecat.Frame: message.data is not UTF-8") from None
-    except (json.JSONDecodeError, RecursionError) as exc:
-        reason = f"{exc.msg} at char {exc.pos}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-        raise ProtocolError(f"pipecat.Frame: message.data is not JSON ({reason})") from None
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"pipecat.Frame: message.data is not JSON ({exc.msg} at char {exc.pos})") from None
     if not isinstance(message, dict):
         raise ProtocolError(f"pipecat.Frame: message.data is JSON {type(message).__name__}, not an object")
     return Decoded("message", message=message)

@@ -678,10 +678,14 @@ def capacity_warnings(scenario: Scenario | str | Path | dict[str, Any]) -> list[
     else:
         peak = arrivals.rate_per_s if arrivals.kind == "poisson" else max(r for _, r in arrivals.points)
         rate = peak * turns
+        if not rate > 0:
+            return []
         why = f"{peak:g} sessions/s x {turns:g} turns" + (" (the ramp's peak)" if arrivals.kind == "ramp" else "")
     lines = []
     for name, (first, busy) in work.items():
         capacity, room = getattr(services, name).capacity, timeout - first
+        if not busy > 0:
+            continue
         if arrivals.kind == "at_once":
             starts = _first_turns(reach, busy, capacity)
             wait = float(np.quantile(starts - reach, 0.99))

@@ -9,9 +9,12 @@ file too. Empty cells (a turn that never reached that stage) are skipped.
 column                     calibrates                                  what pipesim takes from it
 =========================  ==========================================  ===================================
 ``end_of_utterance_delay`` ``sessions.end_of_utterance_delay_s``       the value
+``end_of_turn_delay``      ``sessions.end_of_utterance_delay_s``       (if no ``end_of_utterance_delay``)
+                                                                       minus ``transcription_delay``
 ``stt_service``            ``services.stt.latency_s``                  the value (the STT worker's own time)
-``transcription_delay``    ``services.stt.latency_s``                  (if no ``stt_service``) minus
-                                                                       ``end_of_utterance_delay`` of the row
+``transcription_delay``    ``services.stt.latency_s``                  (if no ``stt_service``) the value
+                                                                       beside ``end_of_turn_delay``; else
+                                                                       minus ``end_of_utterance_delay``
 ``ttft``                   ``services.llm.ttft_s``                     the value
 ``tts_service``            ``services.tts.ttfb_s``                     the value (the TTS worker's own time)
 ``ttfb``                   ``services.tts.ttfb_s``                     (if no ``tts_service``) the value
@@ -23,18 +26,23 @@ at an orchestrator contains all of them, so fitting it as-is counts them twice. 
 applied here: (1) measure on a lightly loaded system (no queueing, few timeouts), and (2) subtract what
 is known: where a row also has ``<x>_kafka``, ``<x>_queue`` or ``<x>_retry`` (``x`` = stt, llm, tts;
 pipesim's own columns), they are taken off ``transcription_delay``, ``ttft`` and ``ttfb``. A difference
-below zero (a transcript that arrived before the end of the turn was decided, as LiveKit's streaming STT
-often does: STT was not on the critical path) counts as 0.
+below zero counts as 0; a stage more than :data:`MOSTLY` of whose values are 0 or less gets a warning
+(:attr:`Calibration.warnings`): the measurement's turn is not pipesim's.
 
-**LiveKit Agents.** Its per-turn metrics (``EOUMetrics``, ``LLMMetrics.ttft``, ``TTSMetrics.ttfb``) reach
-a program as ``metrics_collected`` events, which LiveKit documents as objects, not as a file. What it does
-document as a JSON payload is the *session report* (``SessionReport.to_dict()``, "Data hooks" in its
-docs): ``chat_history.items[]`` holds each message's ``metrics``: ``end_of_turn_delay`` and
-``transcription_delay`` on user messages, ``llm_node_ttft`` and ``tts_node_ttfb`` on assistant messages.
-A ``.json`` file (one report) or ``.jsonl`` file (one report per line) is read as that: each message is
-a row, with ``end_of_turn_delay`` as ``end_of_utterance_delay``, ``llm_node_ttft`` as ``ttft`` and
-``tts_node_ttfb`` as ``ttfb``. **Pipecat** documents its metrics (``MetricsFrame``, TTFB per service) as
-frames and log lines only, with no export format: write them into the CSV above.
+**Whose turn.** pipesim's turn is sequential: the end of the turn is decided, then STT runs, so
+``transcription_delay`` is ``end_of_utterance_delay + stt_stage``. In LiveKit Agents STT streams while the
+user speaks and the turn is decided only once the final transcript is in, both delays counted from the end
+of speech: ``transcription_delay <= end_of_turn_delay``. A column named ``end_of_turn_delay`` says so: STT
+is calibrated from ``transcription_delay`` and the end-of-utterance wait from the rest, so that pipesim's
+``end_of_utterance_delay + stt_stage`` is LiveKit's time to the LLM request, turn by turn.
+
+**LiveKit Agents.** What it documents as a JSON payload is the *session report* (``SessionReport.to_dict()``,
+"Data hooks" in its docs): ``chat_history.items[]`` holds each message's ``metrics``: ``end_of_turn_delay``
+and ``transcription_delay`` on user messages, ``llm_node_ttft`` and ``tts_node_ttfb`` on assistant
+messages. A ``.json`` file (one report) or ``.jsonl`` file (one report per line) is read as that: each
+message is a row, with ``llm_node_ttft`` as ``ttft`` and ``tts_node_ttfb`` as ``ttfb``. **Pipecat** has
+no export format for its metrics (``MetricsFrame``): write them into the CSV above (the README says which
+column each one is).
 
 **A pipesim recording** (``pipesim serve --record``, or ``pipesim record`` of a real orchestrator; its
 first line is ``{"recording":"pipesim",...}``) is read turn by turn from the receipt times of its state

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 import pipesim
 from pipesim.calibration import MIN_SAMPLES, CalibrationError, apply, capacity_warnings, fit, read_measurements
 from pipesim.cli import main as cli_main
-from pipesim.scenario import load_scenario
+from pipesim.scenario import bundled_scenarios, load_scenario
+from pipesim.theory import single_stage_scenario
 
 LOGNORMAL_TTFT = {"kind": "lognormal", "p50": 0.3, "p95": 0.7}
 GAMMA_STT = {"kind": "gamma", "mean": 0.25, "cv": 0.4}
@@ -343,3 +344,15 @@ def test_fit_names_what_it_takes(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert cli_main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and expected in err, err
+
+
+@pytest.mark.parametrize("base", [*bundled_scenarios(), "single_stage"])
+def test_the_written_scenario_is_its_base_with_the_fitted_fields(base: str, tmp_path: Path) -> None:
+    """Whatever the base (every bundled scenario; one with a None where the default is not), the file
+    `fit` writes loads as ``apply(base, fit)``: only what differs from the defaults is written, and nothing
+    is lost."""
+    scenario = single_stage_scenario(2.0, 0.2, 2, 10) if base == "single_stage" else base
+    cal = fit(pd.DataFrame({"ttft": np.linspace(0.1, 0.5, 40), "stt_service": np.linspace(0.1, 0.3, 40)}))
+    loaded = load_scenario(cal.save(tmp_path / "cal.yaml", base=scenario))
+    expected = apply(scenario, cal)
+    assert loaded.model_copy(update={"name": expected.name, "description": expected.description}) == expected

@@ -69,7 +69,6 @@ stage needs at least :data:`MIN_SAMPLES` values.
 from __future__ import annotations
 
 import csv
-import heapq
 import io
 import json
 import math
@@ -648,8 +647,9 @@ def capacity_warnings(scenario: Scenario | str | Path | dict[str, Any]) -> list[
     :mod:`pipesim.theory`): overloaded when its utilisation ``rate x mean / capacity`` is 1 or more, or the
     99th percentile of the wait for a worker leaves no time for the mean first response. Sessions that
     start at once have no steady state: their first turns (first-speech delay, utterance and end of
-    utterance drawn from the scenario) go through each service's workers in turn at the mean times, and
-    the same 99th percentile is checked. Retries, repeats, poor audio and barge-ins are left out: a screen,
+    utterance drawn from the scenario) go through each service's workers in turn at the mean times (as
+    they would once the services before it have the capacity named), and the same 99th percentile is
+    checked. Retries, repeats, poor audio and barge-ins are left out: a screen,
     not the run.
 
     >>> capacity_warnings("baseline")
@@ -699,10 +699,17 @@ def capacity_warnings(scenario: Scenario | str | Path | dict[str, Any]) -> list[
             wait = float(np.quantile(starts - reach, 0.99))
             head = (f"{name}: {arrivals.count} sessions start at once: {arrivals.count} first turns x "
                     f"{busy:.3g} s of worker time on capacity {capacity}")
-            detail = f"99% of waits for a worker up to {wait:.3g} s"
-            holds = next((c for c in range(capacity + 1, arrivals.count + 1)
-                          if np.quantile(_first_turns(reach, busy, c) - reach, 0.99) <= room), arrivals.count)
-            reach = np.sort(starts + first)  # the next service's requests
+            detail = f"99% of waits for a worker up to {f'{wait:.3g}' if wait < 100 else f'{wait:,.0f}'} s"
+            low, holds = capacity, max(capacity, arrivals.count)  # the wait shrinks with more workers: bisect
+            while wait > room > 0 and holds - low > 1:
+                middle = (low + holds) // 2
+                if np.quantile(_first_turns(reach, busy, middle) - reach, 0.99) <= room:
+                    holds = middle
+                else:
+                    low = middle
+            if wait > room > 0:  # the next service's requests, as they would come with this one's capacity fixed
+                starts = _first_turns(reach, busy, holds)
+            reach = np.sort(starts + first)
         else:
             head = f"{name}: {why}: {rate:.3g} turns/s x {busy:.3g} s of worker time on capacity {capacity}"
             queue = MMc(rate, 1 / busy, capacity)
@@ -720,12 +727,13 @@ def capacity_warnings(scenario: Scenario | str | Path | dict[str, Any]) -> list[
 
 
 def _first_turns(reach: np.ndarray, busy: float, capacity: int) -> np.ndarray:
-    """When each request (sorted times it reaches the service) gets a worker, each held ``busy`` seconds."""
-    free = [0.0] * capacity
-    starts = np.empty(len(reach))
-    for i, t in enumerate(reach):
-        starts[i] = max(t, heapq.heappop(free))
-        heapq.heappush(free, starts[i] + busy)
+    """When each request (sorted times it reaches the service) gets one of ``capacity`` workers, each held
+    ``busy`` seconds: first come first served, request i starts when it arrives or when request i - capacity
+    (whose worker it takes) is done."""
+    starts = reach.copy()
+    for i in range(capacity, len(reach), capacity):
+        block = slice(i, min(i + capacity, len(reach)))
+        starts[block] = np.maximum(reach[block], starts[i - capacity:block.stop - capacity] + busy)
     return starts
 
 

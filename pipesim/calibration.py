@@ -563,7 +563,7 @@ class Calibration:
                 for part in parents:
                     node = node[part]
                 node[leaf] = {"kind": "empirical", "csv": samples_path.name, "column": stage}
-        header = [f"# Calibrated by `pipesim fit` from {Path(self.source).name}: {data['description']}.",
+        header = [f"# Written by `pipesim fit`: {data['description']}.",
                   "# A whole scenario: run it with `pipesim run FILE`, or take its fields into another.",
                   "# stage             family     n      KS      p-value"]
         for fit in self.stages.values():
@@ -649,8 +649,7 @@ def capacity_warnings(scenario: Scenario | str | Path | dict[str, Any]) -> list[
     start at once have no steady state: their first turns (first-speech delay, utterance and end of
     utterance drawn from the scenario) go through each service's workers in turn at the mean times (as
     they would once the services before it have the capacity named), and the same 99th percentile is
-    checked. Retries, repeats, poor audio and barge-ins are left out: a screen,
-    not the run.
+    checked. Retries, repeats, poor audio and barge-ins are left out: a screen, not the run.
 
     >>> capacity_warnings("baseline")
     []

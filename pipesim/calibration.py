@@ -9,9 +9,12 @@ file too. Empty cells (a turn that never reached that stage) are skipped.
 column                     calibrates                                  what pipesim takes from it
 =========================  ==========================================  ===================================
 ``end_of_utterance_delay`` ``sessions.end_of_utterance_delay_s``       the value
+``end_of_turn_delay``      ``sessions.end_of_utterance_delay_s``       (if no ``end_of_utterance_delay``)
+                                                                       minus ``transcription_delay``
 ``stt_service``            ``services.stt.latency_s``                  the value (the STT worker's own time)
-``transcription_delay``    ``services.stt.latency_s``                  (if no ``stt_service``) minus
-                                                                       ``end_of_utterance_delay`` of the row
+``transcription_delay``    ``services.stt.latency_s``                  (if no ``stt_service``) the value
+                                                                       beside ``end_of_turn_delay``; else
+                                                                       minus ``end_of_utterance_delay``
 ``ttft``                   ``services.llm.ttft_s``                     the value
 ``tts_service``            ``services.tts.ttfb_s``                     the value (the TTS worker's own time)
 ``ttfb``                   ``services.tts.ttfb_s``                     (if no ``tts_service``) the value
@@ -23,18 +26,23 @@ at an orchestrator contains all of them, so fitting it as-is counts them twice. 
 applied here: (1) measure on a lightly loaded system (no queueing, few timeouts), and (2) subtract what
 is known: where a row also has ``<x>_kafka``, ``<x>_queue`` or ``<x>_retry`` (``x`` = stt, llm, tts;
 pipesim's own columns), they are taken off ``transcription_delay``, ``ttft`` and ``ttfb``. A difference
-below zero (a transcript that arrived before the end of the turn was decided, as LiveKit's streaming STT
-often does: STT was not on the critical path) counts as 0.
+below zero counts as 0; a stage more than :data:`MOSTLY` of whose values are 0 or less gets a warning
+(:attr:`Calibration.warnings`): the measurement's turn is not pipesim's.
 
-**LiveKit Agents.** Its per-turn metrics (``EOUMetrics``, ``LLMMetrics.ttft``, ``TTSMetrics.ttfb``) reach
-a program as ``metrics_collected`` events, which LiveKit documents as objects, not as a file. What it does
-document as a JSON payload is the *session report* (``SessionReport.to_dict()``, "Data hooks" in its
-docs): ``chat_history.items[]`` holds each message's ``metrics``: ``end_of_turn_delay`` and
-``transcription_delay`` on user messages, ``llm_node_ttft`` and ``tts_node_ttfb`` on assistant messages.
-A ``.json`` file (one report) or ``.jsonl`` file (one report per line) is read as that: each message is
-a row, with ``end_of_turn_delay`` as ``end_of_utterance_delay``, ``llm_node_ttft`` as ``ttft`` and
-``tts_node_ttfb`` as ``ttfb``. **Pipecat** documents its metrics (``MetricsFrame``, TTFB per service) as
-frames and log lines only, with no export format: write them into the CSV above.
+**Whose turn.** pipesim's turn is sequential: the end of the turn is decided, then STT runs, so
+``transcription_delay`` is ``end_of_utterance_delay + stt_stage``. In LiveKit Agents STT streams while the
+user speaks and the turn is decided only once the final transcript is in, both delays counted from the end
+of speech: ``transcription_delay <= end_of_turn_delay``. A column named ``end_of_turn_delay`` says so: STT
+is calibrated from ``transcription_delay`` and the end-of-utterance wait from the rest, so that pipesim's
+``end_of_utterance_delay + stt_stage`` is LiveKit's time to the LLM request, turn by turn.
+
+**LiveKit Agents.** What it documents as a JSON payload is the *session report* (``SessionReport.to_dict()``,
+"Data hooks" in its docs): ``chat_history.items[]`` holds each message's ``metrics``: ``end_of_turn_delay``
+and ``transcription_delay`` on user messages, ``llm_node_ttft`` and ``tts_node_ttfb`` on assistant
+messages. A ``.json`` file (one report) or ``.jsonl`` file (one report per line) is read as that: each
+message is a row, with ``llm_node_ttft`` as ``ttft`` and ``tts_node_ttfb`` as ``ttfb``. **Pipecat** has
+no export format for its metrics (``MetricsFrame``): write them into the CSV above (the README says which
+column each one is).
 
 **A pipesim recording** (``pipesim serve --record``, or ``pipesim record`` of a real orchestrator; its
 first line is ``{"recording":"pipesim",...}``) is read turn by turn from the receipt times of its state
@@ -97,26 +105,53 @@ _Z95 = 1.6448536269514722
 
 
 @dataclass(frozen=True)
+class Source:
+    """One way to measure a stage: ``column`` minus the ``minus`` columns of the same row. It applies when
+    the row has all of them and ``when``, a column that says which turn the measurement timed."""
+
+    column: str
+    minus: tuple[str, ...] = ()
+    when: str | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every column this source needs."""
+        return (self.column, *self.minus, *((self.when,) if self.when else ()))
+
+
+@dataclass(frozen=True)
 class Stage:
-    """One calibrated scenario field and the measured columns it is taken from, best first."""
+    """One calibrated scenario field and the ways to measure it, best first."""
 
     name: str
     field: str
-    sources: tuple[str, ...]
+    sources: tuple[Source, ...]
     service: str | None = None  # whose <x>_kafka / _queue / _retry columns are subtracted
 
 
+# pipesim's turn is sequential: the end of the turn is decided (end_of_utterance_delay after the user's last
+# audio), then STT runs. LiveKit's STT streams while the user speaks and its turn ends once the final
+# transcript is in, both delays counted from the end of speech (``end_of_turn_delay`` >= ``transcription_delay``):
+# its STT time is ``transcription_delay`` and what remains of ``end_of_turn_delay`` is the wait after it, so
+# that pipesim's end_of_utterance_delay + stt_stage is LiveKit's time to the LLM request.
 STAGES = (
-    Stage("end_of_utterance", "sessions.end_of_utterance_delay_s", ("end_of_utterance_delay",)),
-    Stage("stt", "services.stt.latency_s", ("stt_service", "transcription_delay"), "stt"),
-    Stage("llm", "services.llm.ttft_s", ("ttft",), "llm"),
-    Stage("tts", "services.tts.ttfb_s", ("tts_service", "ttfb"), "tts"),
+    Stage("end_of_utterance", "sessions.end_of_utterance_delay_s",
+          (Source("end_of_utterance_delay"), Source("end_of_turn_delay", ("transcription_delay",)))),
+    Stage("stt", "services.stt.latency_s",
+          (Source("stt_service"), Source("transcription_delay", when="end_of_turn_delay"),
+           Source("transcription_delay", ("end_of_utterance_delay",))), "stt"),
+    Stage("llm", "services.llm.ttft_s", (Source("ttft"),), "llm"),
+    Stage("tts", "services.tts.ttfb_s", (Source("tts_service"), Source("ttfb")), "tts"),
 )
-_DIRECT = {"stt_service", "tts_service", "end_of_utterance_delay"}  # already the service's own time
+# Measured at the orchestrator, so with pipesim's Kafka legs, queueing and retries inside.
+_AT_ORCHESTRATOR = {"transcription_delay", "ttft", "ttfb"}
 _OVERHEADS = tuple(f"{s}_{part}" for s in SERVICES for part in ("kafka", "queue", "retry"))
-COLUMNS = tuple(dict.fromkeys(c for s in STAGES for c in s.sources)) + _OVERHEADS
-_LIVEKIT = {"end_of_turn_delay": "end_of_utterance_delay", "transcription_delay": "transcription_delay",
+_MEASURED = tuple(dict.fromkeys(c for s in STAGES for source in s.sources for c in source.columns))
+COLUMNS = _MEASURED + _OVERHEADS
+_LIVEKIT = {"end_of_turn_delay": "end_of_turn_delay", "transcription_delay": "transcription_delay",
             "llm_node_ttft": "ttft", "tts_node_ttfb": "ttfb"}
+#: A stage more than this share of whose values are <= 0 gets a warning: the measurement's turn is not pipesim's.
+MOSTLY = 0.5
 
 
 # Reading ---------------------------------------------------------------------------------------------
@@ -135,7 +170,11 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
     ...
     pipesim.errors.CalibrationError: ...m.csv:3 ttft: not a number: 'oops'
     """
-    path = Path(path)
+    path = measurements_path(path)
+    if path.suffix.lower() in (".yaml", ".yml", ".toml"):
+        raise CalibrationError(f"{path}: a scenario file, not measurements: pipesim fit reads per-turn timings (a CSV, "
+                               f"a LiveKit session report .json/.jsonl, or a pipesim recording) and writes a "
+                               f"scenario (--out), starting from another (--base)")
     text = _read_text(path)
     if _is_recording(text):
         frame = _recording(text, path)
@@ -145,6 +184,26 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
         frame = _csv(text, path)
     frame.attrs["source"] = str(path)
     return frame
+
+
+def measurements_path(name_or_path: str | Path) -> Path:
+    """A path as given, or the file of bundled measurements' name (as scenarios' names resolve).
+
+    >>> measurements_path("measurements_example").name
+    'measurements_example.csv'
+    """
+    from pipesim.scenario import BUNDLED_DIR
+
+    path = Path(name_or_path)
+    if path.exists() or path.suffix:
+        return path
+    bundled = BUNDLED_DIR / f"{path.name}.csv"
+    if bundled.exists():
+        return bundled
+    names = sorted(p.stem for p in BUNDLED_DIR.glob("*.csv")
+                   if set(p.read_text(encoding="utf-8").partition("\n")[0].split(",")) & set(_MEASURED))
+    raise CalibrationError(f"{path}: no such file, and no bundled measurements of that name "
+                           f"(bundled: {', '.join(names)})")
 
 
 def _read_text(path: Path) -> str:
@@ -181,9 +240,10 @@ def _csv(text: str, path: Path) -> pd.DataFrame:
             raise CalibrationError(f"{path}:1: empty (expected a header line naming the columns)")
         header = [h.strip() for h in header]
         known = {name: header.index(name) for name in COLUMNS if name in header}
-        if not any(name in known for stage in STAGES for name in stage.sources):
-            wanted = ", ".join(dict.fromkeys(c for s in STAGES for c in s.sources))
-            raise CalibrationError(f"{path}:1: no column to calibrate from (expected at least one of: {wanted})")
+        if not any(name in known for name in _MEASURED):
+            wanted = ", ".join(_MEASURED)
+            raise CalibrationError(f"{path}:1: not a CSV of per-turn measurements: no column to calibrate from "
+                                   f"(expected at least one of: {wanted})")
         rows: dict[str, list[float]] = {name: [] for name in known}
         for row in reader:
             if not any(cell.strip() for cell in row):
@@ -280,30 +340,50 @@ def _json(text: str, path: Path, first_line: int) -> Any:
 
 
 def stage_values(measurements: pd.DataFrame, stage: Stage) -> tuple[np.ndarray, str] | None:
-    """The values a stage is calibrated from (seconds) and a description of where they came from, or
-    None when no column of the stage is there. Overheads pipesim models itself are subtracted.
+    """The values a stage is calibrated from (seconds, a difference below 0 counted as 0) and a description
+    of where they came from, or None when no column of the stage is there. Overheads pipesim models itself
+    are subtracted.
 
     >>> stage_values(pd.DataFrame({"ttft": [0.5, 0.4], "llm_kafka": [0.1, 0.0]}), STAGES[2])
     (array([0.4, 0.4]), 'ttft - llm_kafka')
     """
-    column = next((c for c in stage.sources if c in measurements.columns), None)
-    if column is None:
+    found = _derived(measurements, stage)
+    return None if found is None else (np.maximum(found[0], 0.0), found[1])
+
+
+def _derived(measurements: pd.DataFrame, stage: Stage) -> tuple[np.ndarray, str] | None:
+    """:func:`stage_values` before a difference below 0 is counted as 0 (rows missing a value left out)."""
+    columns = set(measurements.columns)
+    source = next((s for s in stage.sources if set(s.columns) <= columns), None)
+    if source is None:
+        given = next((s.column for s in stage.sources if s.column in columns), None)
+        if given is not None:
+            needs = " or ".join(f"{s.minus[0] if s.minus else s.when}" for s in stage.sources
+                                if s.column == given and (s.minus or s.when))
+            raise CalibrationError(f"{measurements.attrs.get('source', '<measurements>')} {given}: needs {needs} "
+                                   f"in the same rows (see the table of measured columns)")
         return None
-    values = measurements[column].to_numpy(dtype=float)
-    minus = []
-    if column == "transcription_delay":
-        if "end_of_utterance_delay" not in measurements.columns:
-            raise CalibrationError(f"{measurements.attrs.get('source', '<measurements>')} transcription_delay: "
-                                   f"needs end_of_utterance_delay in the same row (STT starts at the end of "
-                                   f"the turn), or give stt_service instead")
-        minus.append("end_of_utterance_delay")
-    if column not in _DIRECT and stage.service:
-        minus += [c for c in (f"{stage.service}_kafka", f"{stage.service}_queue", f"{stage.service}_retry")
-                  if c in measurements.columns]
-    for name in minus:
+    values = measurements[source.column].to_numpy(dtype=float)
+    for name in source.minus:
+        values = values - measurements[name].to_numpy(dtype=float)
+    overheads = [f"{stage.service}_{part}" for part in ("kafka", "queue", "retry")
+                 if stage.service and source.column in _AT_ORCHESTRATOR and f"{stage.service}_{part}" in columns]
+    for name in overheads:
         values = values - measurements[name].fillna(0.0).to_numpy(dtype=float)
-    values = values[~np.isnan(values)]
-    return np.maximum(values, 0.0), " - ".join([column, *minus])
+    return values[~np.isnan(values)], " - ".join([source.column, *source.minus, *overheads])
+
+
+def _model_warning(stage: Stage, values: np.ndarray, source: str) -> str | None:
+    """One line when most of a stage's values are <= 0: what was measured is not pipesim's sequential turn."""
+    low = int((values <= 0).sum())
+    if not len(values) or low <= MOSTLY * len(values):
+        return None
+    why = ("the transcript came before the turn ended: STT ran while the user spoke, and pipesim's STT starts "
+           "when the turn ends; name the column end_of_turn_delay (as LiveKit does) to calibrate STT from "
+           "transcription_delay and the end of utterance from the rest"
+           if source.startswith("transcription_delay - end_of_utterance_delay")
+           else "the measurement's turn differs from pipesim's (see the table of measured columns)")
+    return f"{stage.name}: {low} of {len(values)} values of {source} are 0 or less (taken as 0): {why}"
 
 
 # Fitting ---------------------------------------------------------------------------------------------
@@ -401,6 +481,7 @@ class Calibration:
 
     source: str
     stages: dict[str, StageFit]
+    warnings: list[str] = field(default_factory=list)  # one line each, e.g. a stage whose values are mostly 0
 
     @property
     def chosen(self) -> dict[str, dict[str, Any]]:
@@ -435,9 +516,24 @@ class Calibration:
         table["chosen"] = table["chosen"].map({True: "<-", False: ""})
         return table.drop(columns=["field"]).set_index(["stage", "family"])
 
-    def scenario(self, name: str = "calibrated") -> dict[str, Any]:
-        """A whole scenario (defaults for everything not measured) with the calibrated fields."""
+    def scenario(self, name: str = "calibrated", base: Scenario | str | Path | None = "baseline") -> dict[str, Any]:
+        """A whole scenario: ``base`` (a scenario, a file or a bundled name; None: pipesim's defaults) with
+        the calibrated fields. Only what differs from pipesim's defaults is written.
+
+        >>> cal = fit(pd.DataFrame({"ttft": np.linspace(0.1, 0.5, 40)}), ["gamma"])
+        >>> data = cal.scenario("mine")
+        >>> data["sessions"]["arrivals"], data["services"]["llm"]["ttft_s"]["kind"]
+        ({'kind': 'poisson', 'rate_per_s': 2.0, 'count': 1000, 'duration_s': None}, 'gamma')
+        """
+        from pipesim.scenario import Scenario, as_scenario
+
         data: dict[str, Any] = {"name": name, "description": f"calibrated from {Path(self.source).name}"}
+        if base is not None:
+            start = as_scenario(base)
+            data["description"] += f" on {start.name}'s sessions and capacities"
+            changed = _changed(start.model_dump(mode="json", by_alias=True),
+                               Scenario().model_dump(mode="json", by_alias=True))
+            data.update({k: v for k, v in changed.items() if k not in ("name", "description")})
         for dotted, dist in self.chosen.items():
             node = data
             *parents, leaf = dotted.split(".")
@@ -446,14 +542,16 @@ class Calibration:
             node[leaf] = dist
         return data
 
-    def save(self, path: str | Path, name: str | None = None) -> Path:
-        """Write the fragment as a YAML scenario that ``pipesim run PATH`` runs; returns the path.
+    def save(self, path: str | Path, name: str | None = None,
+             base: Scenario | str | Path | None = "baseline") -> Path:
+        """Write :meth:`scenario` (``base`` with the calibrated fields) as a YAML scenario that ``pipesim run
+        PATH`` runs; returns the path.
 
         Empirical stages of more than :data:`MAX_INLINE_SAMPLES` samples go to ``<stem>.samples.csv``
         beside it (one column per stage), referenced by a relative ``csv:``.
         """
         path = Path(path)
-        data = self.scenario(name or path.stem)
+        data = self.scenario(name or path.stem, base)
         large = {fit.stage.name: fit for fit in self.stages.values()
                  if fit.chosen == "empirical" and len(fit.samples) > MAX_INLINE_SAMPLES}
         if large:
@@ -466,8 +564,8 @@ class Calibration:
                 for part in parents:
                     node = node[part]
                 node[leaf] = {"kind": "empirical", "csv": samples_path.name, "column": stage}
-        header = [f"# Calibrated by `pipesim fit` from {Path(self.source).name}: a whole scenario (defaults for",
-                  "# everything not measured). Run it with `pipesim run FILE`, or take its fields into another.",
+        header = [f"# Written by `pipesim fit`: {data['description']}.",
+                  "# A whole scenario: run it with `pipesim run FILE`, or take its fields into another.",
                   "# stage             family     n      KS      p-value"]
         for fit in self.stages.values():
             f = fit.fits[fit.chosen]
@@ -533,6 +631,112 @@ def _panels(n: int, pyplot: bool) -> tuple[Figure, list[Any]]:
     return fig, flat[:n]
 
 
+def _changed(data: Any, default: Any) -> Any:
+    """The parts of a scenario's data that differ from the defaults' (a distribution is kept whole)."""
+    if not isinstance(data, dict) or not isinstance(default, dict) or "kind" in data:
+        return data
+    return {key: _changed(value, default.get(key)) for key, value in data.items() if value != default.get(key)}
+
+
+def capacity_warnings(scenario: Scenario | str | Path | dict[str, Any]) -> list[str]:
+    """One line per service that the scenario's sessions overload, naming the least capacity that holds.
+
+    Each request holds a worker for the service's mean time (the LLM's whole generation, TTS's ttfb plus
+    synthesis) and must have its first response within Kafka's ``request_timeout_s``, or it times out and
+    is retried, which adds load. Sessions arriving over time (Poisson, or a ramp at its peak) bring turns at
+    ``rate`` = sessions per second x turns per session, and a service is an M/M/c queue (Erlang C,
+    :mod:`pipesim.theory`): overloaded when its utilisation ``rate x mean / capacity`` is 1 or more, or the
+    99th percentile of the wait for a worker leaves no time for the mean first response. Sessions that
+    start at once have no steady state: their first turns (first-speech delay, utterance and end of
+    utterance drawn from the scenario) go through each service's workers in turn at the mean times (as
+    they would once the services before it have the capacity named), and the same 99th percentile is
+    checked. Retries, repeats, poor audio and barge-ins are left out: a screen, not the run.
+
+    >>> capacity_warnings("baseline")
+    []
+    >>> print(capacity_warnings({"services": {"llm": {"capacity": 4}}})[0])  # doctest: +ELLIPSIS
+    llm: 100 sessions start at once: 100 first turns x 0.737 s of worker time on capacity 4...
+    """
+    from pipesim.distributions import parse_distribution
+    from pipesim.scenario import as_scenario
+    from pipesim.theory import MMc, min_servers
+
+    scn = as_scenario(scenario)
+    sessions, services = scn.sessions, scn.services
+
+    def mean(value: Any) -> float:
+        return float(parse_distribution(value).mean)
+
+    tokens = mean(services.llm.tokens)
+    work = {  # service: (mean first response, mean worker time per request), seconds
+        "stt": (mean(services.stt.latency_s),) * 2,
+        "llm": (mean(services.llm.ttft_s),
+                mean(services.llm.ttft_s) + max(tokens - 1, 0) * mean(services.llm.per_token_s)),
+        "tts": (mean(services.tts.ttfb_s), mean(services.tts.ttfb_s)
+                + tokens * services.tts.audio_s_per_token * services.tts.real_time_factor),
+    }
+    timeout, arrivals = scn.kafka.request_timeout_s, sessions.arrivals
+    turns = max(1.0, mean(sessions.turns))
+    if arrivals.kind == "at_once":
+        if not arrivals.count:
+            return []
+        rng = np.random.default_rng(scn.seed)
+        reach = np.sort(sum(parse_distribution(d).draw(rng, arrivals.count) for d in
+                            (sessions.first_speech_delay_s, sessions.utterance_s, sessions.end_of_utterance_delay_s)))
+    else:
+        peak = arrivals.rate_per_s if arrivals.kind == "poisson" else max(r for _, r in arrivals.points)
+        rate = peak * turns
+        if not rate > 0:
+            return []
+        why = f"{peak:g} sessions/s x {turns:g} turns" + (" (the ramp's peak)" if arrivals.kind == "ramp" else "")
+    lines = []
+    for name, (first, busy) in work.items():
+        capacity, room = getattr(services, name).capacity, timeout - first
+        if not busy > 0:
+            continue
+        if arrivals.kind == "at_once":
+            starts = _first_turns(reach, busy, capacity)
+            wait = float(np.quantile(starts - reach, 0.99))
+            head = (f"{name}: {arrivals.count} sessions start at once: {arrivals.count} first turns x "
+                    f"{busy:.3g} s of worker time on capacity {capacity}")
+            detail = f"99% of waits for a worker up to {f'{wait:.3g}' if wait < 100 else f'{wait:,.0f}'} s"
+            low, holds = capacity, max(capacity, arrivals.count)  # the wait shrinks with more workers: bisect
+            while wait > room > 0 and holds - low > 1:
+                middle = (low + holds) // 2
+                if np.quantile(_first_turns(reach, busy, middle) - reach, 0.99) <= room:
+                    holds = middle
+                else:
+                    low = middle
+            if wait > room > 0:  # the next service's requests, as they would come with this one's capacity fixed
+                starts = _first_turns(reach, busy, holds)
+            reach = np.sort(starts + first)
+        else:
+            head = f"{name}: {why}: {rate:.3g} turns/s x {busy:.3g} s of worker time on capacity {capacity}"
+            queue = MMc(rate, 1 / busy, capacity)
+            wait = queue.wait_percentile(0.99)
+            detail = (f"utilisation {queue.utilisation:.0%}, no steady state" if not queue.stable else
+                      f"utilisation {queue.utilisation:.0%}, 99% of waits for a worker up to {wait:.3g} s")
+            holds = min_servers(rate, 1 / busy, wait_percentile=max(room, 0.0), quantile=0.99)
+        if room <= 0:
+            lines.append(f"{name}: its mean first response ({first:.3g} s) alone exceeds Kafka's request_timeout_s "
+                         f"({timeout:g} s), whatever the capacity")
+        elif wait > room:
+            lines.append(f"{head}: {detail}, more than the {room:.3g} s that Kafka's request_timeout_s "
+                         f"({timeout:g} s) leaves; services.{name}.capacity: {holds} holds")
+    return lines
+
+
+def _first_turns(reach: np.ndarray, busy: float, capacity: int) -> np.ndarray:
+    """When each request (sorted times it reaches the service) gets one of ``capacity`` workers, each held
+    ``busy`` seconds: first come first served, request i starts when it arrives or when request i - capacity
+    (whose worker it takes) is done."""
+    starts = reach.copy()
+    for i in range(capacity, len(reach), capacity):
+        block = slice(i, min(i + capacity, len(reach)))
+        starts[block] = np.maximum(reach[block], starts[i - capacity:block.stop - capacity] + busy)
+    return starts
+
+
 def fit(measurements: pd.DataFrame | str | Path, families: Sequence[str] = FAMILIES) -> Calibration:
     """Fit every stage the measurements have (see the module's table) with each of ``families``.
 
@@ -551,15 +755,18 @@ def fit(measurements: pd.DataFrame | str | Path, families: Sequence[str] = FAMIL
                                f"(choose from {', '.join(FAMILIES)})")
     frame = measurements if isinstance(measurements, pd.DataFrame) else read_measurements(measurements)
     source = str(frame.attrs.get("source", "<measurements>"))
-    stages = {}
+    stages, warnings = {}, []
     for stage in STAGES:
-        found = stage_values(frame, stage)
+        found = _derived(frame, stage)
         if found is not None:
-            stages[stage.name] = _fit_stage(stage, found[0], found[1], list(dict.fromkeys(families)), source)
+            warning = _model_warning(stage, *found)
+            warnings += [warning] if warning else []
+            stages[stage.name] = _fit_stage(stage, np.maximum(found[0], 0.0), found[1],
+                                            list(dict.fromkeys(families)), source)
     if not stages:
-        wanted = ", ".join(dict.fromkeys(c for s in STAGES for c in s.sources))
+        wanted = ", ".join(_MEASURED)
         raise CalibrationError(f"{source}: no column to calibrate from (expected at least one of: {wanted})")
-    return Calibration(source, stages)
+    return Calibration(source, stages, warnings)
 
 
 def apply(scenario: Scenario | str | Path | dict[str, Any], calibration: Calibration) -> Scenario:

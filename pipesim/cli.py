@@ -226,14 +226,23 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_fit(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from pipesim.calibration import fit
+    from pipesim.calibration import apply, capacity_warnings, fit
 
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     cal = fit(args.measurements, families=families)
+    from pipesim.errors import ScenarioError
+
+    try:
+        calibrated = apply(args.base, cal)  # a bad --base is an error before anything is written
+    except ScenarioError as exc:
+        raise UserError("\n".join(f"--base {args.base}: {problem}" for problem in exc.problems)) from None
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 45):
-        print(cal.summary().drop(columns=["note"]).to_string(float_format=lambda v: f"{v:.4g}"))
+        print(cal.summary().drop(columns=["note"]).to_string(float_format=lambda v: f"{v:.4g}"), flush=True)
+    for warning in cal.warnings + capacity_warnings(calibrated):
+        print(f"pipesim: warning: {warning}", file=sys.stderr)
     if args.out:
-        print(f"wrote {cal.save(args.out)}: run it with `pipesim run {args.out}`")
+        print(f"wrote {cal.save(args.out, base=args.base)} (the fitted fields on {calibrated.name}'s sessions and "
+              f"capacities): run it with `pipesim run {args.out}`")
     if args.plots:
         from pathlib import Path
 
@@ -437,10 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "fit", "fit each stage's latency to measured per-turn timings; write a scenario")
     p.add_argument("measurements", help="a CSV of per-turn timings in seconds (columns end_of_utterance_delay, "
                                         "stt_service or transcription_delay, ttft, ttfb or tts_service), a "
-                                        "LiveKit session report (.json, .jsonl), or a pipesim recording "
-                                        "(serve --record, pipesim record: end of utterance and STT)")
-    p.add_argument("--out", metavar="FRAGMENT.yaml",
-                   help="write the calibrated scenario (runs with `pipesim run FRAGMENT.yaml`)")
+                                        "LiveKit session report (.json, .jsonl), a pipesim recording "
+                                        "(serve --record, pipesim record: end of utterance and STT), or the "
+                                        "name of bundled measurements (measurements_example)")
+    p.add_argument("--out", metavar="SCENARIO.yaml",
+                   help="write the calibrated scenario (runs with `pipesim run SCENARIO.yaml`)")
+    p.add_argument("--base", default="baseline", metavar="SCENARIO",
+                   help="the scenario whose sessions, capacities and other fields the calibrated one keeps (a file "
+                        "or a bundled name); fit warns when the fitted latencies overload its capacities")
     p.add_argument("--plots", metavar="DIR", help="write the Q-Q plots (qq.png) to this folder")
     p.add_argument("--families", default="lognormal,gamma,empirical",
                    help="families to try; the smallest KS statistic wins, empirical if the KS test rejects it")

@@ -86,6 +86,8 @@ def _print_summary(res: Any) -> None:
     print(f"scenario {res.scenario.name} (seed {res.seed}): {len(res.sessions)} sessions, {c['turns']} turns: "
           f"{c['complete']} complete, {c['barge_in']} barge-ins, {c['failed']} failed, "
           f"{c['cancelled']} cancelled; {c['kafka_timeouts']} Kafka timeouts")
+    for cause, n in res.failures().items():
+        print(f"  failed, {cause}: {n}")
     with pd.option_context("display.width", 120, "display.max_columns", 20):
         print(res.summary().to_string())
 

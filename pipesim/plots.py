@@ -416,11 +416,11 @@ def kafka_timeouts(results: Run, window: float = 10.0, ax: Axes | None = None) -
     if not counts["kafka_timeouts"].any():
         note = "no Kafka timeouts in this run" + ("; turns failed for the causes in the legend"
                                                   if failed.to_numpy().any() else "")
-        ax.text(0.5, 0.8, note, transform=ax.transAxes, ha="center", color="#6b7280")
+        ax.text(0.01, 0.95, note, transform=ax.transAxes, ha="left", va="top", color="#6b7280")
     if len(counts) == 1:  # a run shorter than one window: show that window, not a sliver around its centre
         ax.set_xlim(counts.index[0], counts.index[0] + window)
     top = max(float(bottom.max()), float(counts["failed_turns"].max()), 1.0)
-    ax.set_ylim(0, top * 1.25)
+    ax.set_ylim(0, top * 1.4)  # room for the legend and the note above the data
     ax.set_ylabel(f"per {window:g} s")
     ax.set_xlabel("time since start of run (s)")
     ax.legend(loc="upper right", fontsize=8)

@@ -273,7 +273,7 @@ def _cmd_examples(args: argparse.Namespace) -> int:
     print(f"""
 {dest}/ is laid out as the root of a pipesim clone: the README's commands run there as written. Next:
   cd {dest}
-  pipesim run scenarios/baseline.yaml --plots out/plots      # edit the scenario first: every field is commented
+  pipesim run scenarios/baseline.yaml --plots out/plots      # edit it first: the scenarios are commented
   pipesim validate scenarios/*.yaml
   pipesim fit scenarios/measurements_example.csv --out out/calibrated.yaml
   pip install 'pipesim[notebooks]' && jupyter lab notebooks/""")

@@ -62,8 +62,9 @@ SERVER_PID=
 [ "$STATUS" = 0 ] || { echo "wheel-check: pipesim serve exited $STATUS on SIGINT:"; cat serve.log; exit 1; }
 
 # The README's commands as its reader runs them after `pip install`: every command block, top to bottom, from
-# an empty folder, with this venv's pipesim (PYTHON runs pytest; the commands run the installed pipesim).
+# an empty folder of its own, with this venv's pipesim (PYTHON, maybe a path relative to the checkout, runs
+# pytest there; the commands run the installed pipesim).
 step "the README's commands, from an empty folder"
-PIPESIM_INSTALLED_BIN="$BIN" "$PYTHON" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" \
-    "$ROOT/tests/test_readme.py::test_readme_commands_after_install"
+(cd "$ROOT" && PIPESIM_INSTALLED_BIN="$BIN" "$PYTHON" -m pytest -q -p no:cacheprovider \
+    tests/test_readme.py::test_readme_commands_after_install)
 step "ok"

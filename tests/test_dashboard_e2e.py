@@ -320,5 +320,6 @@ def test_a_replay_disables_every_control(browser: Any, tmp_path: Path) -> None:
                         expect(button).to_be_disabled()
                         expect(button).to_have_attribute("title", re.compile("replays"))
             expect(pg.locator("body")).to_have_attribute("data-kind", "replay")
+            expect(pg.locator("#clock")).to_have_text("replay: controls off")  # said, not only greyed out
         finally:
             context.close()

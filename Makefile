@@ -9,7 +9,7 @@ RUN_STAMP = $(VENV)/.installed-run
 DEV_STAMP = $(VENV)/.installed-dev
 LAB_STAMP = $(VENV)/.installed-lab
 
-.PHONY: demo test serve lab lint bench clean browser types wheel-check frontend-test
+.PHONY: demo test serve lab notebooks lint bench clean browser types wheel-check frontend-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ serve: $(RUN_STAMP)
 ## make lab: JupyterLab on notebooks/
 lab: $(LAB_STAMP)
 	$(BIN)/jupyter lab notebooks/
+
+## make notebooks: re-execute every notebook in place (their seeds are fixed), so that they are stored with
+## their tables and figures; run it after a change that moves a number or a figure in them
+notebooks: $(DEV_STAMP)
+	$(BIN)/python scripts/execute_notebooks.py
 
 ## make types: regenerate frontend/src/pipesim-protocol.ts from pipesim/protocol.py
 types: $(DEV_STAMP)

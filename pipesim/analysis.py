@@ -11,6 +11,7 @@ turns loaded from Parquet or concatenated across runs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, get_args
 
@@ -140,6 +141,37 @@ def counts(turns: pd.DataFrame) -> dict[str, int]:
         "cancelled": int(outcome.get("cancelled", 0)),
         "kafka_timeouts": timeouts,
     }
+
+
+def failure_cause(error: str | None) -> str:
+    """A failed turn's cause: its ``error`` without the details in parentheses, which vary from turn to turn.
+
+    >>> failure_cause("stt: low audio quality (0.31), re-prompting the user")
+    'stt: low audio quality, re-prompting the user'
+    >>> failure_cause("llm: Kafka timed out 4 times (retry budget 3)")
+    'llm: Kafka timed out 4 times'
+    """
+    if not isinstance(error, str) or not error:
+        return "unknown"
+    return re.sub(r"\s*\([^)]*\)", "", error)
+
+
+def failures(turns: pd.DataFrame | Any) -> pd.Series:
+    """Failed turns by cause (:func:`failure_cause` of their ``error``), most frequent first.
+
+    >>> turns = pd.DataFrame({"outcome": ["failed", "complete", "failed", "failed"],
+    ...                       "error": ["stt: low audio quality (0.3), re-prompting the user", None,
+    ...                                 "stt: low audio quality (0.2), re-prompting the user",
+    ...                                 "llm: Kafka timed out 4 times (retry budget 3)"]})
+    >>> failures(turns).to_dict()
+    {'stt: low audio quality, re-prompting the user': 2, 'llm: Kafka timed out 4 times': 1}
+    """
+    turns = _turns_of(turns)
+    failed = turns.loc[turns["outcome"] == "failed", "error"] if not turns.empty else pd.Series(dtype=object)
+    causes = failed.map(failure_cause).value_counts(sort=False)
+    # most first; ties in name order, so that the same run always prints the same lines
+    order = sorted(causes.index, key=lambda cause: (-causes[cause], cause))
+    return causes.reindex(order).astype("int64").rename("failed_turns").rename_axis("cause")
 
 
 # Grouping columns --------------------------------------------------------------------------------------
@@ -590,3 +622,26 @@ def incident_counts(events: pd.DataFrame | Any, window: float = 10.0, start: flo
         "barge_ins": per_window(rows["event"] == "barge_in"),
     }, index=index)
     return out
+
+
+def failure_counts(events: pd.DataFrame | Any, window: float = 10.0, start: float = 0.0,
+                   end: float | None = None) -> pd.DataFrame:
+    """Failed turns per ``window`` seconds, one column per cause (:func:`failure_cause`), most frequent first.
+
+    Indexed as :func:`incident_counts` (every window, zeros included); no column when no turn failed.
+
+    >>> ev = pd.DataFrame({"t": [1.0, 2.0, 25.0], "session_id": "s", "turn_id": 1, "seq": [5, 6, 9],
+    ...                    "event": "turn_failed", "service": "stt",
+    ...                    "error": ["stt: low audio quality (0.3), re-prompting the user", "stt: service error",
+    ...                              "stt: low audio quality (0.2), re-prompting the user"]})
+    >>> failure_counts(ev, 10).to_dict("list")
+    {'stt: low audio quality, re-prompting the user': [1, 0, 1], 'stt: service error': [1, 0, 0]}
+    """
+    events = events if isinstance(events, pd.DataFrame) else events.events
+    index = incident_counts(events, window, start, end).index
+    failed = incidents(events).query("event == 'turn_failed'")
+    causes = failed["error"].map(failure_cause).rename("cause")
+    table = (pd.crosstab(time_window(failed["t"], window, start=start), causes) if len(failed)
+             else pd.DataFrame(index=index))
+    order = sorted(table.columns, key=lambda cause: (-table[cause].sum(), cause))
+    return table.reindex(index=index, columns=order, fill_value=0).astype("int64").rename_axis(columns=None)

@@ -1,4 +1,4 @@
-"""The ``pipesim`` command line: run | serve | replay | validate | schema | sweep | fit | record | load.
+"""The ``pipesim`` command line: run | serve | replay | validate | schema | sweep | fit | record | load | examples.
 
 A user's mistake (a bad file, a bad flag: any :class:`~pipesim.errors.PipesimError`) prints one clear
 ``pipesim: error: ...`` message and exits 2; tracebacks are for pipesim's own bugs.
@@ -86,6 +86,8 @@ def _print_summary(res: Any) -> None:
     print(f"scenario {res.scenario.name} (seed {res.seed}): {len(res.sessions)} sessions, {c['turns']} turns: "
           f"{c['complete']} complete, {c['barge_in']} barge-ins, {c['failed']} failed, "
           f"{c['cancelled']} cancelled; {c['kafka_timeouts']} Kafka timeouts")
+    for cause, n in res.failures().items():
+        print(f"  failed, {cause}: {n}")
     with pd.option_context("display.width", 120, "display.max_columns", 20):
         print(res.summary().to_string())
 
@@ -254,6 +256,39 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What ``pipesim examples DIR`` copies, by folder: DIR is then laid out as a clone's root, so the README's
+#: commands and the notebooks run there as written.
+_EXAMPLES = {"scenarios": ("*.yaml", "*.csv"), "notebooks": ("*.ipynb",)}
+
+
+def _cmd_examples(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    package, dest = Path(__file__).resolve().parent, Path(args.dir)
+    copies = [(source, dest / folder / source.name)
+              for folder, patterns in _EXAMPLES.items()
+              for source in sorted(p for pattern in patterns for p in (package / folder).glob(pattern))]
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest}: exists and is not a folder")
+    existing = [str(target) for _, target in copies if target.exists()]
+    if existing and not args.force:
+        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise UserError(f"{shown} already exist; --force overwrites them")
+    for source, target in copies:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        print(f"wrote {target}")
+    print(f"""
+{dest}/ is laid out as the root of a pipesim clone: the README's commands run there as written. Next:
+  cd {dest}
+  pipesim run scenarios/baseline.yaml --plots out/plots      # edit it first: the scenarios are commented
+  pipesim validate scenarios/*.yaml
+  pipesim fit scenarios/measurements_example.csv --out out/calibrated.yaml
+  pip install 'pipesim[notebooks]' && jupyter lab notebooks/""")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from pipesim.live.cli import serve
 
@@ -281,7 +316,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run, "serve": _cmd_serve, "replay": _cmd_replay, "validate": _cmd_validate,
     "schema": _cmd_schema, "sweep": _cmd_sweep, "fit": _cmd_fit, "record": _cmd_record,
-    "load": _cmd_load,
+    "load": _cmd_load, "examples": _cmd_examples,
 }
 
 
@@ -442,6 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "pipesim on every worker)")
     p.add_argument("--out", metavar="FILE.csv", help="write one row per run (parameters, seed, figures in seconds)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: one on a terminal)")
+
+    p = _command(sub, "examples", "copy the bundled scenarios, measurement CSVs and notebooks into a folder, "
+                                  "as files to edit")
+    p.add_argument("dir", metavar="DIR", help="the folder to write scenarios/ and notebooks/ into (made if needed)")
+    p.add_argument("--force", action="store_true", help="overwrite files that already exist (default: refuse)")
 
     p = _command(sub, "fit", "fit each stage's latency to measured per-turn timings; write a scenario")
     p.add_argument("measurements", help="a CSV of per-turn timings in seconds (columns end_of_utterance_delay, "

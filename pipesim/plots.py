@@ -382,10 +382,16 @@ def service_load(results: Run, window: float = 10.0, ax: Sequence[Axes] | None =
     return fig
 
 
+#: Lines of failed turns, one per cause, most frequent first.
+_FAILURE_COLOURS = ("#dc2626", "#7c3aed", "#ea580c", "#0f766e")
+_FAILURE_MARKERS = ("x", "+", "1", "2")
+
+
 # Kafka and incidents ------------------------------------------------------------------------------------
 def kafka_timeouts(results: Run, window: float = 10.0, ax: Axes | None = None) -> Axes:
-    """Kafka timeouts per ``window`` seconds, stacked by service, with failed turns as a line and Kafka
-    stalls / outages (``Results.kafka_windows``) shaded.
+    """Kafka timeouts per ``window`` seconds, stacked by service, with failed turns as one line per cause
+    (:func:`pipesim.analysis.failure_cause`, the run's count in the legend) and Kafka stalls / outages
+    (``Results.kafka_windows``) shaded.
 
     >>> plots.kafka_timeouts(res, window=5)   # doctest: +SKIP
     """
@@ -399,19 +405,26 @@ def kafka_timeouts(results: Run, window: float = 10.0, ax: Axes | None = None) -
             ax.bar(x, values, bottom=bottom, width=window * 0.9, color=SERVICE_COLOURS[svc],
                    label=f"{svc.upper()} Kafka timeouts")
             bottom = bottom + values
-    ax.plot(x, counts["failed_turns"], color="#dc2626", marker="x", ms=4, lw=1, label="failed turns")
+    failed = analysis.failure_counts(results.events, window)  # the same windows as counts
+    for cause, colour, marker in zip(failed.columns, _FAILURE_COLOURS, _FAILURE_MARKERS, strict=False):
+        ax.plot(x, failed[cause], color=colour, marker=marker, ms=4, lw=1,
+                label=f"failed, {cause}: {failed[cause].sum():,}")
+    if len(failed.columns) > len(_FAILURE_COLOURS):  # the rarest causes, together
+        rest = failed[failed.columns[len(_FAILURE_COLOURS):]].sum(axis=1)
+        ax.plot(x, rest, color="#6b7280", marker=".", ms=4, lw=1, label=f"failed, other causes: {rest.sum():,}")
     shade_kafka_windows(ax, results)
     if not counts["kafka_timeouts"].any():
-        ax.text(0.5, 0.8, "no Kafka timeouts in this run", transform=ax.transAxes, ha="center",
-                color="#6b7280")
+        note = "no Kafka timeouts in this run" + ("; turns failed for the causes in the legend"
+                                                  if failed.to_numpy().any() else "")
+        ax.text(0.01, 0.95, note, transform=ax.transAxes, ha="left", va="top", color="#6b7280")
     if len(counts) == 1:  # a run shorter than one window: show that window, not a sliver around its centre
         ax.set_xlim(counts.index[0], counts.index[0] + window)
     top = max(float(bottom.max()), float(counts["failed_turns"].max()), 1.0)
-    ax.set_ylim(0, top * 1.25)
+    ax.set_ylim(0, top * 1.4)  # room for the legend and the note above the data
     ax.set_ylabel(f"per {window:g} s")
     ax.set_xlabel("time since start of run (s)")
     ax.legend(loc="upper right", fontsize=8)
-    ax.set_title("Kafka timeouts and failed turns")
+    ax.set_title("Kafka timeouts and failed turns, by cause")
     return ax
 
 

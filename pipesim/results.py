@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import shutil
 import tempfile
@@ -132,6 +133,13 @@ class Results:
     def counts(self) -> dict[str, int]:
         """Turns by outcome, and Kafka timeouts."""
         return analysis.counts(self.turns)
+
+    def failures(self) -> pd.Series:
+        """Failed turns by cause (``stt: low audio quality, re-prompting the user``, ...), most first.
+
+        >>> res.failures()   # doctest: +SKIP
+        """
+        return analysis.failures(self.turns)
 
     # Analysis and figures (see pipesim.analysis and pipesim.plots) ---------------------------------
     @property
@@ -264,8 +272,9 @@ class Results:
     def _repr_html_(self) -> str:
         c = self.counts()
         facts = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in c.items())
+        causes = "".join(f"<br>failed, {html.escape(cause)}: {n}" for cause, n in self.failures().items())
         return (f"<b>Results of {self.scenario.name}</b> (seed {self.seed}, "
-                f"{len(self.sessions)} sessions)<br>{facts}{self.summary().to_html()}")
+                f"{len(self.sessions)} sessions)<br>{facts}{causes}{self.summary().to_html()}")
 
 
 def _progress_bar_class() -> type:

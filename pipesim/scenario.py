@@ -895,7 +895,7 @@ def load_scenario(path: str | Path) -> Scenario:
             raw = fh.read(MAX_FILE_BYTES + 1)  # a bound, whatever the file (even /dev/zero) holds
             size = max(len(raw), os.fstat(fh.fileno()).st_size)
     except FileNotFoundError:
-        raise ScenarioError([f"{path}: no such file"]) from None
+        raise ScenarioError([f"{path}: no such file; {_bundled_hint(path)}"]) from None
     except OSError as exc:
         raise ScenarioError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     if size > MAX_FILE_BYTES:
@@ -939,8 +939,22 @@ def scenario_path(name_or_path: str | Path) -> Path:
     bundled = BUNDLED_DIR / f"{path.name}.yaml"
     if bundled.exists():
         return bundled
-    raise ScenarioError([f"{path}: no such file, and no bundled scenario of that name "
-                         f"(bundled: {', '.join(bundled_scenarios())})"])
+    raise ScenarioError([f"{path}: no such file, and no bundled scenario of that name; {_bundled_hint(path)}"])
+
+
+def _bundled_hint(missing: Path) -> str:
+    """What to run instead of a missing scenario file: the closest bundled name, and how to get the files.
+
+    >>> _bundled_hint(Path("scenarios/kafka_timeouts.yaml")).split("? ")[0]
+    "did you mean the bundled scenario 'kafka_timeouts' (its name, not a path)"
+    """
+    names = bundled_scenarios()
+    close = difflib.get_close_matches(missing.stem, names, n=1)
+    if close:
+        as_name = " (its name, not a path)" if missing.suffix or missing.parent != Path() else ""
+        return (f"did you mean the bundled scenario '{close[0]}'{as_name}? "
+                "`pipesim examples DIR` copies the bundled files into DIR")
+    return f"bundled scenarios: {', '.join(names)}; `pipesim examples DIR` copies them into DIR"
 
 
 def as_scenario(value: Scenario | str | Path | dict[str, Any]) -> Scenario:

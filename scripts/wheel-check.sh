@@ -7,6 +7,7 @@
 #   bash scripts/wheel-check.sh [PYTHON]    # PYTHON: an interpreter with `build` installed (default python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$(pwd)
 PYTHON=${1:-python3}
 TMP=$(mktemp -d)
 SERVER_PID=
@@ -59,4 +60,11 @@ STATUS=0
 wait "$SERVER_PID" || STATUS=$?
 SERVER_PID=
 [ "$STATUS" = 0 ] || { echo "wheel-check: pipesim serve exited $STATUS on SIGINT:"; cat serve.log; exit 1; }
+
+# The README's commands as its reader runs them after `pip install`: every command block, top to bottom, from
+# an empty folder of its own, with this venv's pipesim (PYTHON, maybe a path relative to the checkout, runs
+# pytest there; the commands run the installed pipesim).
+step "the README's commands, from an empty folder"
+(cd "$ROOT" && PIPESIM_INSTALLED_BIN="$BIN" "$PYTHON" -m pytest -q -p no:cacheprovider \
+    tests/test_readme.py::test_readme_commands_after_install)
 step "ok"

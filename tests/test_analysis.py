@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import pipesim
 from pipesim import analysis
@@ -266,6 +268,55 @@ def test_incident_summary_splits_timeouts_into_retries_and_give_ups(kafka: pipes
     kafka_errors = kafka.turns["error"].str.contains("Kafka timed out", na=False).sum()
     assert summary["failed_by_kafka"] == kafka_errors > 0
     assert summary["stt_timeouts"] + summary["llm_timeouts"] + summary["tts_timeouts"] == summary["kafka_timeouts"]
+
+
+#: Users with bad microphones and no Kafka trouble: turns fail for poor audio (and the odd service error) only.
+POOR_AUDIO = {"name": "poor", "sessions": {"arrivals": {"kind": "at_once", "count": 40}},
+              "quality": {"snr_mean_db": 12, "poor_stt_failure_probability": 0.5}}
+
+
+def test_failures_by_cause_name_the_cause_and_add_up(kafka: pipesim.Results) -> None:
+    poor = pipesim.simulate(POOR_AUDIO, seed=4, progress=False)
+    for run in (kafka, poor):
+        causes = run.failures()
+        assert causes.sum() == run.counts()["failed"] > 0
+        assert causes.is_monotonic_decreasing and causes.name == "failed_turns"
+        per_window = analysis.failure_counts(run.events, 10.0)  # the events say the same as the turns
+        assert per_window.sum().to_dict() == causes.to_dict()
+        assert per_window.index.equals(analysis.incident_counts(run.events, 10.0).index)
+    assert poor.counts()["kafka_timeouts"] == 0
+    assert poor.failures().index[0] == "stt: low audio quality, re-prompting the user"
+    assert any(cause.endswith("Kafka timed out 4 times") for cause in kafka.failures().index)
+
+
+def test_the_cli_summary_gives_failed_turns_by_cause(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pipesim.cli import main
+
+    scenario = tmp_path / "poor.json"
+    scenario.write_text(json.dumps(POOR_AUDIO))
+    assert main(["run", str(scenario), "--seed", "4"]) == 0
+    out = capsys.readouterr().out
+    expected = pipesim.simulate(POOR_AUDIO, seed=4, progress=False).failures()
+    for cause, n in expected.items():
+        assert f"  failed, {cause}: {n}\n" in out
+    assert "failed, stt: low audio quality, re-prompting the user" in out
+
+
+@given(st.sampled_from(["stt", "llm", "tts"]), st.floats(0, 1), st.integers(0, 100))
+def test_a_cause_is_the_same_whatever_the_turn_s_details(service: str, quality: float, budget: int) -> None:
+    audio = analysis.failure_cause(f"{service}: low audio quality ({quality:.2f}), re-prompting the user")
+    assert audio == f"{service}: low audio quality, re-prompting the user"
+    kafka = analysis.failure_cause(f"{service}: Kafka timed out {budget + 1} times (retry budget {budget})")
+    assert kafka == f"{service}: Kafka timed out {budget + 1} times"
+
+
+def test_a_run_without_failures_has_no_causes(small: pipesim.Results) -> None:
+    quiet = small.turns[small.turns["outcome"] != "failed"]
+    assert analysis.failures(quiet).empty and analysis.failures(quiet.iloc[:0]).empty
+    events = small.events[small.events["event"] != "turn_failed"]
+    assert analysis.failure_counts(events, 10.0).shape[1] == 0
 
 
 def test_compare_side_by_side(small: pipesim.Results, kafka: pipesim.Results) -> None:

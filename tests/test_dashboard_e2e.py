@@ -4,7 +4,8 @@ the live server running in this process.
 A person's session with the page: open it, start a session by id, watch its pipeline state and its
 STT/LLM/TTS lanes move, pause it (nothing moves), resume it (it moves again), stop it (it is shown as
 ended and can be removed), see the server's error when asking for something illegal, and see the page
-reconnect by itself when the server drops the connection.
+reconnect by itself when the server drops the connection. Against a replay, whose controls are all refused,
+every control is disabled.
 
 Uses Debian's Chromium at ``/usr/bin/chromium`` (``scripts/install-browser.sh``) through Playwright; never
 ``playwright install``. Skipped, with the reason, when that browser is not installed.
@@ -13,6 +14,7 @@ Uses Debian's Chromium at ``/usr/bin/chromium`` (``scripts/install-browser.sh``)
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -275,5 +277,49 @@ def test_page_passes_the_token_from_its_own_url_to_a_server_that_requires_one(br
             assert token not in (connection.text_content() or ""), "the page must not show the token"
             _start_from_page(pg, "e2e-token")
             expect(_field(pg, "e2e-token", "status")).to_have_text("active")
+        finally:
+            context.close()
+
+
+def test_the_new_session_placeholder_is_shown_whole(page: Any) -> None:
+    text_px, room_px = page.locator("#new-session-id").evaluate("""(el) => {
+        const style = getComputedStyle(el);
+        const ctx = document.createElement("canvas").getContext("2d");
+        ctx.font = style.font;
+        return [ctx.measureText(el.placeholder).width,
+                el.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight)];
+    }""")
+    assert text_px <= room_px, f"the placeholder needs {text_px:.0f} px, the field shows {room_px:.0f}"
+    expect(page.locator("body")).to_have_attribute("data-kind", "live")  # the server said so: controls on
+    expect(page.locator("#new-session-start")).to_be_enabled()
+
+
+def test_a_replay_disables_every_control(browser: Any, tmp_path: Path) -> None:
+    """A replay refuses every control (``unsupported``): the page offers none, saying why."""
+    import pipesim
+    from pipesim.live import replay_in_background
+
+    run = tmp_path / "run"
+    pipesim.simulate({"name": "e2e_replay", "sessions": {"arrivals": {"kind": "at_once", "count": 2}, "turns": 3}},
+                     seed=1, progress=False, out=run)
+    with replay_in_background(str(run), host="127.0.0.1", port=0, speed=1.0, loop=True) as bg:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        try:
+            pg = context.new_page()
+            pg.set_default_timeout(TIMEOUT_MS)
+            pg.goto(f"http://127.0.0.1:{bg.port}/")
+            expect(pg.locator("#connection")).to_have_attribute("data-state", "open")
+            cards = pg.locator("#sessions [data-session]")
+            expect(cards).to_have_count(2)
+            for form_control in ("#new-session-id", "#new-session-start"):
+                expect(pg.locator(form_control)).to_be_disabled()
+            for session_id in cards.evaluate_all("(els) => els.map((el) => el.dataset.session)"):
+                for name in ("start", "pause", "stop"):
+                    button = _action(pg, session_id, name)
+                    if button.is_visible():  # a session already ended shows Remove instead
+                        expect(button).to_be_disabled()
+                        expect(button).to_have_attribute("title", re.compile("replays"))
+            expect(pg.locator("body")).to_have_attribute("data-kind", "replay")
+            expect(pg.locator("#clock")).to_have_text("replay: controls off")  # said, not only greyed out
         finally:
             context.close()

@@ -1,26 +1,26 @@
-"""Every notebook in notebooks/ runs top to bottom in a fresh Jupyter kernel, as a reader would run it.
+"""Every notebook runs top to bottom in a fresh Jupyter kernel, as a reader would run it, and is stored with
+the outputs that run gives.
 
-Each notebook runs in a temporary copy of ``notebooks/`` (beside a copy of ``scenarios/``, which the
-notebooks load as ``../scenarios/...``), with the notebooks folder as working directory. A failing cell
-fails the test and names the cell. Every figure the notebooks draw is written to ``out/notebook-figures/``
-(``<notebook>-cell<NN>-<k>.png``), with the executed notebook (``<notebook>.executed.ipynb``), so that
+The notebooks live in ``pipesim/notebooks/`` (linked as ``notebooks/`` in a clone; ``pipesim examples DIR``
+copies them): each runs alone in an empty temporary folder, so it reads only what pipesim ships (bundled
+names), never ``../scenarios``. A failing cell fails the test and names the cell. They are stored executed
+(``make notebooks``, which is ``scripts/execute_notebooks.py``) so that a reader on the repository's web page
+sees every table and figure: each code cell that shows something has its outputs, and they are the ones a
+fresh run gives (the seeds are fixed: same text, same kinds of output). Every figure of the fresh run is
+written to ``out/notebook-figures/`` (``<notebook>-cell<NN>-<k>.png``), with the executed notebook, so that
 a person can look at them.
-
-The kernel is this interpreter (``sys.executable``): a kernelspec named ``python3`` is written to a
-temporary folder at the front of ``JUPYTER_PATH``, so a ``python3`` kernelspec of another Python on the
-machine cannot be picked up instead.
 """
 
 from __future__ import annotations
 
 import ast
 import base64
-import json
+import importlib.util
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,36 +29,29 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+_spec = importlib.util.spec_from_file_location("execute_notebooks", ROOT / "scripts" / "execute_notebooks.py")
+assert _spec and _spec.loader
+execute_notebooks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(execute_notebooks)
+
+NOTEBOOKS = sorted(execute_notebooks.NOTEBOOKS.glob("*.ipynb"))
 FIGURES = ROOT / "out" / "notebook-figures"
 ALLOWED_IMPORTS = {"pipesim", "pandas", "matplotlib", "numpy"}
+MAX_NOTEBOOK_BYTES = 600_000  # stored with figures, each stays well under a megabyte
 
 
 @pytest.fixture(scope="module")
-def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A ``python3`` kernelspec that runs this interpreter, first on ``JUPYTER_PATH``."""
-    folder = tmp_path_factory.mktemp("jupyter")
-    spec = folder / "kernels" / "python3"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "pipesim tests (this interpreter)",
-        "language": "python",
-        # Inline figures even if the environment sets MPLBACKEND (e.g. Agg in CI).
-        "env": {"MPLBACKEND": "module://matplotlib_inline.backend_inline"},
-    }))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", str(folder))
-        mp.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-        yield "python3"
+def kernel() -> Iterator[str]:
+    with execute_notebooks.this_interpreter_as_kernel() as name:
+        yield name
 
 
-def _save_figures(nb: object, stem: str) -> list[Path]:
+def _save_figures(nb: Any, stem: str) -> list[Path]:
     FIGURES.mkdir(parents=True, exist_ok=True)
     for old in FIGURES.glob(f"{stem}-cell*.png"):
         old.unlink()
     written = []
-    for index, cell in enumerate(nb.cells):  # type: ignore[attr-defined]
+    for index, cell in enumerate(nb.cells):
         k = 0
         for output in cell.get("outputs", []):
             png = output.get("data", {}).get("image/png")
@@ -70,17 +63,26 @@ def _save_figures(nb: object, stem: str) -> list[Path]:
     return written
 
 
+def _shown(cell: Any) -> list[tuple[str, ...]]:
+    """What a code cell shows, comparable across runs: each output's kind and text (figures by kind alone:
+    their bytes depend on the matplotlib build)."""
+    shown = []
+    for output in cell.get("outputs", []):
+        if output.output_type == "stream":
+            shown.append(("stream", output.name, output.text))
+        else:
+            data = output.get("data", {})
+            shown.append((output.output_type, *sorted(data), str(data.get("text/plain", ""))
+                           if "image/png" not in data else "a figure"))
+    return shown
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path: Path, kernel: str, tmp_path: Path) -> None:
-    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    shutil.copytree(ROOT / "scenarios", tmp_path / "scenarios")
-    workdir = tmp_path / "notebooks"
-    nb = nbformat.read(workdir / path.name, as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name=kernel, timeout=240,
-                                     resources={"metadata": {"path": str(workdir)}})
+def test_notebook_runs_and_is_stored_with_its_outputs(path: Path, kernel: str, tmp_path: Path) -> None:
+    shutil.copy(path, tmp_path / path.name)  # alone: nothing of the clone beside it
     started = time.perf_counter()
     try:
-        client.execute()
+        nb = execute_notebooks.execute(tmp_path / path.name, tmp_path, kernel)
     except nbclient.exceptions.CellExecutionError as exc:
         pytest.fail(f"{path.name}: a cell failed:\n{exc}", pytrace=False)
     elapsed = time.perf_counter() - started
@@ -97,22 +99,35 @@ def test_notebook_runs(path: Path, kernel: str, tmp_path: Path) -> None:
     assert all(f.stat().st_size > 5_000 for f in figures), "a figure is (nearly) empty"
     assert elapsed < 120, f"{path.name} took {elapsed:.0f} s; keep notebooks quick"
 
+    stored = nbformat.read(path, as_version=4)
+    fresh_cells = [c for c in nb.cells if c.cell_type == "code"]
+    stored_cells = [c for c in stored.cells if c.cell_type == "code"]
+    assert [c.source for c in stored_cells] == [c.source for c in fresh_cells]
+    for number, (fresh, kept) in enumerate(zip(fresh_cells, stored_cells, strict=True), start=1):
+        assert _shown(kept) == _shown(fresh), (
+            f"{path.name}, code cell {number}: stored outputs differ from a fresh run's; run `make notebooks`"
+            f"\nstored: {str(_shown(kept))[:400]}\nfresh:  {str(_shown(fresh))[:400]}")
+
 
 def test_there_are_notebooks() -> None:
     assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05"]
+    assert (ROOT / "notebooks").resolve() == execute_notebooks.NOTEBOOKS  # a clone's notebooks/ is the package's
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_is_stored_clean(path: Path) -> None:
-    """Stored without outputs, valid, and using only pipesim's public API, pandas and matplotlib."""
+def test_notebook_is_stored_executed_and_small(path: Path) -> None:
+    """Stored executed top to bottom, with every figure and table, small, valid, and using only pipesim's
+    public API, pandas and matplotlib."""
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
+    assert path.stat().st_size < MAX_NOTEBOOK_BYTES, f"{path.name}: {path.stat().st_size:,} bytes"
     assert nb.metadata["kernelspec"]["name"] == "python3"
     assert nb.cells[0].cell_type == "markdown", "a notebook opens by saying what the reader will see"
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: stored with outputs"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), f"{path.name}: not run in order"
+    assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs), f"{path.name}: no figure stored"
+    for cell in code:
+        assert not [o for o in cell.outputs if o.output_type == "error"], f"{path.name}: stored with an error"
         for node in ast.walk(ast.parse(cell.source)):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]

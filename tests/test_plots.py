@@ -130,11 +130,27 @@ def test_over_time_figures(res: pipesim.Results) -> None:
     assert len(ax.lines) == 3 and ax.patches
     ax = plots.kafka_timeouts(res, window=5)
     assert any(p.get_height() > 0 for p in ax.patches if hasattr(p, "get_height"))
-    assert any(line.get_label() == "failed turns" for line in ax.lines)
+    failed = {line.get_label(): line for line in ax.lines if line.get_label().startswith("failed, ")}
+    assert sum(line.get_ydata().sum() for line in failed.values()) == res.counts()["failed"]
+    assert sorted(failed) == sorted(f"failed, {cause}: {n}" for cause, n in res.failures().items())
     shaded = [p for p in ax.patches if p.get_label() == "Kafka stall / outage"]
     assert len(shaded) == 1
     fig = plots.over_time(res, window=5)
     assert isinstance(fig, Figure) and len(fig.axes) >= 2
+
+
+def test_failures_without_kafka_timeouts_are_explained() -> None:
+    """Turns failed for poor audio: the figure names that cause, not only "no Kafka timeouts"."""
+    poor = pipesim.simulate({"sessions": {"arrivals": {"kind": "at_once", "count": 30}},
+                             "quality": {"snr_mean_db": 12, "poor_stt_failure_probability": 0.5}},
+                            seed=4, progress=False)
+    assert poor.counts()["kafka_timeouts"] == 0 and poor.counts()["failed"] > 0
+    ax = plots.kafka_timeouts(poor, window=5)
+    labels = [line.get_label() for line in ax.lines]
+    n = poor.failures()["stt: low audio quality, re-prompting the user"]
+    assert f"failed, stt: low audio quality, re-prompting the user: {n}" in labels
+    [note] = [text.get_text() for text in ax.texts]
+    assert note.startswith("no Kafka timeouts") and "turns failed for the causes in the legend" in note
 
 
 def test_service_figures(res: pipesim.Results) -> None:

@@ -1,17 +1,24 @@
-"""Every example in README.md runs as written, top to bottom, as a reader at the root of a clone would.
+"""Every example in README.md runs as written, top to bottom, as a reader starting in an empty folder would.
 
-The fenced blocks are taken in document order, in one temporary folder laid out like a clone's root
-(``scenarios/`` linked), and dispatched by their language, so a new block is covered without editing this
-file:
+Twice: in this process, with the pipesim under test (``test_every_readme_example_runs``), and with a wheel
+installed into a fresh virtual environment, its ``pipesim`` command run from an empty folder
+(``test_readme_commands_after_install``: ``scripts/wheel-check.sh`` runs it, with ``PIPESIM_INSTALLED_BIN``
+set to that environment's ``bin/``; skipped otherwise). Nothing of the checkout is in the folder: the README's
+``pipesim examples`` and ``cd`` lines make it what the later commands need.
+
+The fenced blocks are taken in document order and dispatched by their language, so a new block is covered
+without editing this file:
 
 * ``python``: executed in one namespace (a reader's session carries on from block to block). A block must
   run on its own: a server it needs is started in the block, on port 0 (as ``serve_in_background`` is).
 * ``yaml``, ``toml``, ``json``: saved to a file in the folder and loaded with ``pipesim.load_scenario``;
   a JSON object with a ``type`` is a wire message instead, parsed with ``pipesim.protocol.parse_message``.
-* ``bash``: every ``make ...`` line must name real Makefile targets (they are not run: they install);
-  every ``pipesim ...`` line runs, globs expanded, and must exit 0: ``serve`` and ``replay`` in a
-  subprocess on a free port (``--port 0``), until ``/healthz`` answers ``ok``, then SIGINT, which must exit
-  0; the others in this process. Any other command fails the test: teach this file about it.
+* ``bash``: every ``make ...`` line must name real Makefile targets (they are not run: they install, and
+  they are *in a clone* only, as the README says); ``pip install`` lines are the install this test runs in;
+  ``cd DIR`` moves on to DIR; every ``pipesim ...`` line runs, globs expanded, and must exit 0: ``serve`` and
+  ``replay`` in a subprocess on a free port (``--port 0``), until ``/healthz`` answers ``ok``, then SIGINT,
+  which must exit 0; the others in this process (after install: each in a subprocess). Any other command
+  fails the test: teach this file about it.
 * Blocks without a language (formulas, sample output) are prose.
 
 The one liberty taken: offline runs stop at ``HORIZON_S`` simulated seconds, so that a ``pipesim sweep``
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 import shlex
 import signal
@@ -48,6 +56,10 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 HORIZON_S = 60.0
 SERVER_START_S = 60.0  # generous: CI machines are shared
+#: A non-editable install's ``bin/`` (scripts/wheel-check.sh sets it): its ``pipesim`` runs the README's commands.
+INSTALLED_BIN = os.environ.get("PIPESIM_INSTALLED_BIN")
+#: What the README may name that only a clone has; the README marks each place *in a clone*.
+CLONE_ONLY = ("benchmarks/",)
 
 
 @dataclass
@@ -92,23 +104,29 @@ def shell_lines(block: Block) -> list[tuple[int, list[str]]]:
     return commands
 
 
-def expand_globs(words: list[str]) -> list[str]:
+def expand_globs(words: list[str], cwd: Path) -> list[str]:
     out: list[str] = []
     for word in words:
-        matches = sorted(glob.glob(word)) if any(c in word for c in "*?[") else []
+        matches = sorted(glob.glob(word, root_dir=cwd)) if any(c in word for c in "*?[") else []
         out.extend(matches or [word])
     return out
 
 
-def run_server(argv: list[str], where: str, cwd: Path) -> None:
+def pipesim_command(installed: Path | None) -> list[str]:
+    """The ``pipesim`` the README's reader runs: the installed one, or this interpreter's console script."""
+    if installed is not None:
+        return [str(installed / "pipesim")]
+    script = Path(sys.executable).with_name("pipesim")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pipesim.cli"]
+
+
+def run_server(argv: list[str], where: str, cwd: Path, command: list[str]) -> None:
     """Start ``pipesim serve|replay`` on a free port, wait for /healthz, stop it with SIGINT: exit 0."""
     argv = list(argv)
     if "--port" in argv:
         argv[argv.index("--port") + 1] = "0"
     else:
         argv += ["--port", "0"]
-    script = Path(sys.executable).with_name("pipesim")  # the console script the README's reader runs
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "pipesim.cli"]
     proc = subprocess.Popen([*command, *argv], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -138,19 +156,35 @@ def run_server(argv: list[str], where: str, cwd: Path) -> None:
             proc.wait()
 
 
-def run_bash(block: Block, cwd: Path) -> None:
+def run_bash(block: Block, cwd: Path, installed: Path | None = None) -> Path:
+    """Run the block's commands from ``cwd``; the folder its ``cd`` lines lead to.
+
+    In this process (``installed`` None) the working directory follows ``cd``; with ``installed``, each
+    ``pipesim`` line is that install's command, run in a subprocess from the folder.
+    """
     targets = makefile_targets()
     for line, words in shell_lines(block):
         where = f"README.md:{line}"
         if words[0] == "make":
             named = [w for w in words[1:] if not w.startswith("-") and "=" not in w]
             assert named and set(named) <= targets, f"{where}: {' '.join(words)}: not a Makefile target"
+        elif words[:2] == ["pip", "install"]:
+            pass  # the install this test runs in
+        elif words[0] == "cd" and len(words) == 2:
+            cwd = cwd / words[1]
+            assert cwd.is_dir(), f"{where}: cd {words[1]}: no such folder (an earlier line should make it)"
+            if installed is None:
+                os.chdir(cwd)
         elif words[0] == "pipesim":
-            argv = expand_globs(words[1:])
+            argv = expand_globs(words[1:], cwd)
             if argv and argv[0] in ("run", "sweep") and "--until" not in argv:
                 argv += ["--until", str(HORIZON_S)]
             if argv and argv[0] in ("serve", "replay"):
-                run_server(argv, where, cwd)
+                run_server(argv, where, cwd, pipesim_command(installed))
+            elif installed is not None:
+                done = subprocess.run([*pipesim_command(installed), *argv], cwd=cwd, capture_output=True, text=True)
+                assert done.returncode == 0, (f"{where}: {' '.join(words)} exited {done.returncode} after install:"
+                                              f"\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
             else:
                 try:
                     status = cli_main(argv)
@@ -159,6 +193,7 @@ def run_bash(block: Block, cwd: Path) -> None:
                 assert status == 0, f"{where}: {' '.join(words)} exited {status}"
         else:
             pytest.fail(f"{where}: {words[0]!r}: tests/test_readme.py does not know how to check this command")
+    return cwd
 
 
 def check_data_block(block: Block, cwd: Path) -> None:
@@ -174,9 +209,8 @@ def check_data_block(block: Block, cwd: Path) -> None:
 
 
 @pytest.fixture
-def clone_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A folder like a clone's root, as the working directory, with offline runs capped at HORIZON_S."""
-    (tmp_path / "scenarios").symlink_to(ROOT / "scenarios", target_is_directory=True)
+def empty_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty folder as the working directory, with offline runs capped at HORIZON_S."""
     monkeypatch.chdir(tmp_path)
     real = pipesim.results.simulate
 
@@ -195,17 +229,40 @@ def test_readme_has_examples_of_every_kind() -> None:
     assert {"python", "bash", "yaml", "json"} <= langs
 
 
-def test_every_readme_example_runs(clone_root: Path) -> None:
+def test_every_readme_example_runs(empty_folder: Path) -> None:
     namespace: dict[str, Any] = {"__name__": "__readme__"}
+    cwd = empty_folder
     for block in readme_blocks():
         if block.lang == "python":
             exec(compile(block.text, block.where, "exec"), namespace)
         elif block.lang in ("bash", "sh", "shell", "console"):
-            run_bash(block, clone_root)
+            cwd = run_bash(block, cwd)
         elif block.lang in ("yaml", "yml", "toml", "json"):
             try:
-                check_data_block(block, clone_root)
+                check_data_block(block, cwd)
             except Exception as exc:
                 pytest.fail(f"{block.where}: {block.lang} block does not load: {exc}")
         else:
             assert block.lang == "", f"{block.where}: a ```{block.lang} block: teach tests/test_readme.py to run it"
+
+
+@pytest.mark.skipif(not INSTALLED_BIN, reason="scripts/wheel-check.sh runs it after a non-editable install "
+                                              "(PIPESIM_INSTALLED_BIN=its bin/)")
+def test_readme_commands_after_install(tmp_path: Path) -> None:
+    """Every command block of the README, top to bottom, with an installed wheel's pipesim, from an empty folder."""
+    installed = Path(str(INSTALLED_BIN))
+    found = subprocess.run([str(installed / "python"), "-c", "import pipesim; print(pipesim.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+    assert not Path(found).resolve().is_relative_to(ROOT), f"pipesim is imported from this checkout: {found}"
+    cwd = tmp_path
+    for block in readme_blocks():
+        if block.lang in ("bash", "sh", "shell", "console"):
+            cwd = run_bash(block, cwd, installed)
+
+
+def test_clone_only_examples_say_so() -> None:
+    """A README paragraph naming what only a clone has (``benchmarks/``) says *in a clone*."""
+    paragraphs = README.read_text(encoding="utf-8").split("\n\n")
+    unmarked = [p[:80] for p in paragraphs for folder in CLONE_ONLY
+                if re.search(rf"`pipesim [^`]*{folder}", p) and "*in a clone*" not in p]
+    assert not unmarked, f"README paragraphs run pipesim on {CLONE_ONLY} without saying *in a clone*: {unmarked}"

@@ -379,8 +379,8 @@ class _BaseServer:
     def _stats(self) -> dict[str, Any]:
         """``GET /stats``: counters for load tests and monitoring."""
         gc = self.collector.as_dict() if self.collector is not None and self.collector.running else None
-        return {"clients": len(self._clients), "slow_disconnects": self.slow_disconnects, "refused": self.refused,
-                "gc": gc}
+        return {"kind": self.kind, "clients": len(self._clients), "slow_disconnects": self.slow_disconnects,
+                "refused": self.refused, "gc": gc}
 
     def _on_control(self, client: Client, msg: ConversationControl) -> None:
         raise NotImplementedError

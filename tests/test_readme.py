@@ -219,8 +219,10 @@ def empty_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         return real(scenario, seed=seed, until=HORIZON_S if until is None else min(until, HORIZON_S),
                     progress=progress, out=out)
 
-    monkeypatch.setattr(pipesim.results, "simulate", simulate)
+    # pipesim's names are imported on first use: patch the package first, or its first use would cache
+    # the patched function there and the undo would put the patched one back.
     monkeypatch.setattr(pipesim, "simulate", simulate)
+    monkeypatch.setattr(pipesim.results, "simulate", simulate)
     return tmp_path
 
 

@@ -7,8 +7,10 @@ A user's mistake (a bad file, a bad flag: any :class:`~pipesim.errors.PipesimErr
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,6 +25,10 @@ Offline, `pipesim run` simulates a scenario as fast as it can and writes DataFra
 live, `pipesim serve` is a mock backend speaking the orchestrator's WebSocket protocol on /ws.
 Scenarios are YAML, TOML or JSON files, or the name of a bundled one (baseline, frontend_demo, ...).
 """
+
+
+#: The exit status when standard output's reader has gone: a shell's for a tool ended by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
 
 
 class UserError(PipesimError):
@@ -180,9 +186,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _print_summary(res)
     if args.out:
         written = res.save(args.out, csv=args.csv, jsonl=args.jsonl)
-        extra = "".join(["; CSV copies" if args.csv else "", "; trace.jsonl" if args.jsonl else ""])
-        print(f"wrote {len(written)} files to {args.out}/ (events, turns, sessions, services, messages, "
-              f"kafka_windows as Parquet{extra})")
+        print(f"wrote {len(written)} files to {args.out}/: {', '.join(path.name for path in written)}")
     if args.plots:
         from pipesim.plots import save_standard_figures
 
@@ -191,13 +195,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Seconds ``--dask ADDRESS`` tries to reach the scheduler (a refused port is retried until then).
+DASK_CONNECT_TIMEOUT_S = 5
+
+
 def _dask_client(address: str) -> Any:
     try:
         import distributed
     except ImportError:
         raise UserError("--dask needs the 'distributed' package: pip install 'pipesim[dask]'") from None
     try:
-        return distributed.Client(address, timeout=30)
+        return distributed.Client(address, timeout=DASK_CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UserError(f"--dask {address}: cannot reach the Dask scheduler: {exc}") from None
 
@@ -320,6 +328,32 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser: an option its command does not know is one line naming it, with the closest
+    option the command has (argparse would print the top-level usage and ``unrecognized arguments``)."""
+
+    commands: Any = None  # the sub-parsers' action: its ``choices`` map each command to its parser
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        self.commands = super().add_subparsers(**kwargs)
+        return self.commands
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self.commands.choices[parsed.command]
+            known = [flag for action in command._actions for flag in action.option_strings]
+            flags = [extra.partition("=")[0] for extra in extras if extra.startswith("-")]  # the rest: their values?
+            problems = [f"unknown option {flag} " + (f"(did you mean {close[0]}?)" if close else
+                                                     f"({command.prog} --help lists its options)")
+                        for flag in flags for close in [difflib.get_close_matches(flag, known, n=1)]]
+            if not flags:
+                problems = [f"unexpected argument{'s' if len(extras) > 1 else ''} {' '.join(extras)} "
+                            f"({command.prog} --help says what it takes)"]
+            self.exit(2, f"{command.prog}: error: {'; '.join(problems)}\n")
+        return parsed
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keeps the description's lines; shows an option's default where it has one worth showing."""
 
@@ -366,7 +400,7 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pipesim`` argument parser (every sub-command, every option with its help and default)."""
-    parser = argparse.ArgumentParser(prog="pipesim", description=DESCRIPTION, formatter_class=_HelpFormatter)
+    parser = _Parser(prog="pipesim", description=DESCRIPTION, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"pipesim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -505,7 +539,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that has gone shows here, not as Python's complaint at exit
+        return status
+    except BrokenPipeError:  # `pipesim run baseline | head -1`: the reader has what it wanted
+        # End quietly, as a Unix tool ended by SIGPIPE does (and with its status, 128 + 13); stdout goes to
+        # devnull, or Python's flush at exit fails again ("Note on SIGPIPE", Python's signal module docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except PipesimError as exc:
         print(f"pipesim: error: {exc}", file=sys.stderr)
         return 2

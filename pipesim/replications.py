@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import html
-import io
 import itertools
 import json
 import math
@@ -44,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import scipy.stats
 
 from pipesim import analysis
@@ -95,8 +95,9 @@ def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
     * ``<service>_utilisation``: the worker time the kept turns brought (``<service>_busy``, stale work
       included) / (capacity x window): the fraction of time a worker is busy in steady state, rho of
       :class:`pipesim.theory.MMc`; above 1 the service is overloaded (the excess is done after the window);
-    * ``turns_sha256``: a fingerprint of the run's turns table, as ``pipesim run --out`` writes it
-      (``turns.parquet``): the same run gives the same fingerprint, whatever machine ran it.
+    * ``turns_sha256``: the fingerprint of the run's turns table (:func:`turns_digest`: its columns and
+      values, as ``pipesim run --out`` writes them to ``turns.parquet``): the same run gives the same
+      fingerprint, whatever machine, Python or library versions ran it.
 
     >>> res = simulate({"sessions": {"arrivals": {"kind": "at_once", "count": 5}}}, seed=1, progress=False)
     >>> m = run_metrics(res)
@@ -125,18 +126,80 @@ def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
 
 
 def turns_digest(turns: pd.DataFrame) -> str:
-    """SHA-256 of a turns table as Parquet, written as :meth:`Results.save` writes ``turns.parquet``.
+    """The fingerprint of a table (``turns_sha256``, of a run's turns): SHA-256 of its column names, their
+    kinds and its values in one canonical byte form. It is a function of the table alone.
 
-    >>> import hashlib
-    >>> res = simulate({"sessions": {"arrivals": {"kind": "at_once", "count": 2}}}, seed=1, progress=False)
-    >>> _ = res.save("/tmp/pipesim-doctest-digest")
-    >>> hashlib.sha256(open("/tmp/pipesim-doctest-digest/turns.parquet", "rb").read()).hexdigest() == \\
-    ...     turns_digest(res.turns)
+    Nothing else counts: not the index, not how pandas holds a column (``object``, ``str`` or categorical
+    text; int32 or int64; float32 or float64), not the version of pandas, pyarrow, numpy or Python, so a
+    run read back from its ``turns.parquet``, or made on another machine, has the same fingerprint. The
+    bytes hashed, every number little-endian: ``pipesim-table/1``; the number of rows and of columns
+    (int64); then per column its name and its kind (UTF-8, each after its length in bytes as an int64),
+    and its values:
+
+    * ``float``: IEEE 754 binary64, every NaN (missing) as ``0x7ff8000000000000``;
+    * ``int`` and ``bool``: int64 (0 where missing), then how many are missing and their rows (int64);
+    * ``string``, any other column (its values must be text or missing): each value's length in UTF-8
+      bytes (int64, -1 where missing), then all their bytes.
+
+    A column of anything else (dates, say) raises :class:`TypeError`.
+
+    >>> table = pd.DataFrame({"id": ["a", None], "turn": [1, 2], "wait": [0.25, float("nan")]})
+    >>> turns_digest(table.astype({"id": "category", "turn": "int32"})) == turns_digest(table)
     True
+    >>> turns_digest(table.astype({"turn": "float64"})) == turns_digest(table)   # 1 and 1.0: other kinds
+    False
     """
-    buffer = io.BytesIO()
-    turns.to_parquet(buffer, index=False)
-    return hashlib.sha256(buffer.getvalue()).hexdigest()
+    digest = hashlib.sha256(b"pipesim-table/1")
+    digest.update(_int64s([len(turns), len(turns.columns)]))
+    for name, column in turns.items():
+        if pd.api.types.is_float_dtype(column.dtype):
+            kind, parts = "float", [_float_bytes(column)]
+        elif pd.api.types.is_bool_dtype(column.dtype):
+            kind, parts = "bool", _integer_bytes(name, column)
+        elif pd.api.types.is_integer_dtype(column.dtype):
+            kind, parts = "int", _integer_bytes(name, column)
+        else:
+            kind, parts = "string", _string_bytes(name, column)
+        for text in (str(name), kind):
+            encoded = text.encode()
+            digest.update(_int64s([len(encoded)]))
+            digest.update(encoded)
+        for part in parts:
+            digest.update(part)
+    return digest.hexdigest()
+
+
+def _int64s(values: Any) -> bytes:
+    return np.asarray(values, dtype="<i8").tobytes()
+
+
+def _float_bytes(column: pd.Series) -> bytes:
+    values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    bits = values.astype("<f8").view("<u8")  # a copy: the frame is not touched
+    bits[np.isnan(values)] = 0x7FF8000000000000  # NaNs differ in sign and payload bits, missing values in none
+    return bits.tobytes()
+
+
+def _integer_bytes(name: Any, column: pd.Series) -> list[bytes]:
+    if pd.api.types.is_unsigned_integer_dtype(column.dtype) and len(column) and column.max() > np.iinfo(np.int64).max:
+        raise TypeError(f"turns_digest: column {name!r} holds integers beyond int64")
+    missing = np.flatnonzero(column.isna().to_numpy())
+    return [column.to_numpy(dtype="<i8", na_value=0).tobytes(), _int64s([len(missing)]), _int64s(missing)]
+
+
+def _string_bytes(name: Any, column: pd.Series) -> list[bytes | memoryview]:
+    try:  # Arrow's layout of a string array is the canonical form: the offsets of the values, then their bytes
+        text = pa.array(column.astype(object).to_numpy(), type=pa.large_string(), from_pandas=True)
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        raise TypeError(f"turns_digest: column {name!r} ({column.dtype}) holds values that are neither numbers "
+                        f"nor text") from None
+    if not len(text):
+        return []
+    offsets = np.frombuffer(text.buffers()[1], dtype="<i8", count=len(text) + 1)
+    lengths = np.diff(offsets)
+    lengths[text.is_null().to_numpy(zero_copy_only=False)] = -1
+    data = text.buffers()[2]
+    return [lengths.astype("<i8").tobytes(), b"" if data is None else memoryview(data)[offsets[0]:offsets[-1]]]
 
 
 def queue_metrics(service: str = "stt", warmup_s: float = 0.0) -> Metrics:
@@ -504,7 +567,7 @@ def sweep(scenario: ScenarioLike, grid: Mapping[str, Sequence[Any]], replication
     Runs go to ``workers`` local processes (default: one per CPU; 1 runs them here) or, with ``client``
     (a ``distributed.Client``), to a Dask cluster whose workers have pipesim installed. Either way the
     results are the same, row for row: row ``k`` is ``pipesim run SCENARIO --set PATH=VALUE... --seed
-    SEED`` for that row's values and seed (its ``turns_sha256`` is that run's ``turns.parquet``).
+    SEED`` for that row's values and seed (its ``turns_sha256`` is the fingerprint of that run's turns).
     A misspelled path raises :class:`~pipesim.errors.ScenarioError` with "did you mean". In a script, call
     it under ``if __name__ == "__main__":`` where processes are spawned, not forked (macOS, Windows).
 

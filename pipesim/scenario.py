@@ -40,7 +40,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import tomlkit
 import tomlkit.container
@@ -470,8 +470,44 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
-def _message(err: dict[str, Any]) -> str:
+#: What a value of the wrong type should have been, by pydantic's error type.
+_MUST_BE = {"float_type": "a number", "float_parsing": "a number", "int_type": "a whole number",
+            "int_parsing": "a whole number", "int_from_float": "a whole number", "bool_type": "true or false",
+            "bool_parsing": "true or false", "string_type": "text", "list_type": "a list", "tuple_type": "a list",
+            "model_type": "a mapping of fields", "model_attributes_type": "a mapping of fields",
+            "dict_type": "a mapping"}
+_DISTRIBUTION_KINDS = ", ".join(cls.model_fields["kind"].default for cls in get_args(get_args(Distribution)[0]))
+
+
+def _is_distribution(path: tuple[Any, ...]) -> bool:
+    """Whether the field at ``path`` is a distribution (:data:`Dist`: a number or a mapping with a kind)."""
+    section = _section_at(path[:-1]) if path else None
+    field = section.model_fields.get(path[-1]) if section is not None else None
+    return field is not None and any(getattr(m, "func", None) is coerce_distribution for m in field.metadata)
+
+
+def _as_written(data: Any, path: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The part of a field path that the file has: a distribution written as a number (``turns: -3``) is
+    validated as ``{kind: constant, value: -3}``, whose ``value`` its author never wrote."""
+    node = data
+    for i, part in enumerate(path):
+        if (isinstance(node, dict) and part in node
+                or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            node = node[part]
+        elif not isinstance(node, dict | list):
+            return path[:i]
+        else:  # a field the file left out (a required one): named as the scenario has it
+            return path
+    return path
+
+
+def _message(err: dict[str, Any], path: tuple[Any, ...]) -> str:
     kind, ctx, given = err["type"], err.get("ctx", {}), err.get("input")
+    if kind in ("model_attributes_type", "model_type") and _is_distribution(path):
+        return (f"must be a number or a distribution, a mapping with a kind ({_DISTRIBUTION_KINDS}) and its "
+                f"parameters, got {_short(given)}")
+    if kind in _MUST_BE:
+        return f"must be {_MUST_BE[kind]}, got {_short(given)}"
     if kind == "extra_forbidden":
         return _unknown_field(_field_path(err["loc"]))
     if kind == "missing":
@@ -837,8 +873,8 @@ def validate_scenario(data: Any, source: str = "<scenario>", text: str | None = 
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            path = _field_path(err["loc"])
-            problems.append(_problem(source, finder.line(path) if finder else None, path, _message(err)))
+            path = _as_written(data, _field_path(err["loc"]))
+            problems.append(_problem(source, finder.line(path) if finder else None, path, _message(err, path)))
         raise ScenarioError([text for _, text in sorted(problems, key=lambda p: p[0])]) from None
     return _resolve_files(scenario, base_dir or Path.cwd(), source, finder)
 

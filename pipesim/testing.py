@@ -34,11 +34,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import pytest
-
 from pipesim.errors import PipesimError
 
-__all__ = ["AdminClient", "AdminError", "PipesimServer", "pipesim_options", "pipesim_server"]
+try:
+    import pytest
+except ImportError:  # the client needs the standard library alone; pytest, which loads the fixtures, has pytest
+    pytest = None  # type: ignore[assignment]
+
+__all__ = ["AdminClient", "AdminError", "PipesimServer"]  # and, with pytest, the fixtures
 
 
 class AdminError(PipesimError):
@@ -168,37 +171,40 @@ class PipesimServer:
     background: Any
 
 
-@pytest.fixture
-def pipesim_options() -> dict[str, Any]:
-    """Keywords for the server of ``pipesim_server`` (override it in a conftest.py); a test's
-    ``@pytest.mark.pipesim(...)`` keywords are laid over them."""
-    return {}
+if pytest is not None:
+    __all__ += ["pipesim_options", "pipesim_server"]
+
+    @pytest.fixture
+    def pipesim_options() -> dict[str, Any]:
+        """Keywords for the server of ``pipesim_server`` (override it in a conftest.py); a test's
+        ``@pytest.mark.pipesim(...)`` keywords are laid over them."""
+        return {}
 
 
-@pytest.fixture
-def pipesim_server(request: pytest.FixtureRequest, pipesim_options: dict[str, Any]) -> Iterator[PipesimServer]:
-    """A live pipesim server on free loopback ports for one test (see :mod:`pipesim.testing`)."""
-    from pipesim.live import BackgroundServer, LiveServer
+    @pytest.fixture
+    def pipesim_server(request: pytest.FixtureRequest, pipesim_options: dict[str, Any]) -> Iterator[PipesimServer]:
+        """A live pipesim server on free loopback ports for one test (see :mod:`pipesim.testing`)."""
+        from pipesim.live import BackgroundServer, LiveServer
 
-    options: dict[str, Any] = {"scenario": "frontend_demo", **pipesim_options}
-    for marker in reversed(list(request.node.iter_markers("pipesim"))):  # the closest marker wins
-        options.update(marker.kwargs)
-    paused = bool(options.pop("paused", False))
-    scenario = options.pop("scenario")
-    options.setdefault("admin_token", None)
-    live = LiveServer(scenario, port=0, admin_port=0, **options)
-    if paused:
-        live.pacer.pause()  # before it starts: the test begins at t = 0 exactly
-    background = BackgroundServer(live)
-    try:
-        assert live.admin_url is not None
-        admin = AdminClient(live.admin_url, token=options["admin_token"])
-        yield PipesimServer(ws_url=live.url, http_url=live.http_url, admin_url=live.admin_url, admin=admin,
-                            background=background)
-    finally:
-        background.stop()
+        options: dict[str, Any] = {"scenario": "frontend_demo", **pipesim_options}
+        for marker in reversed(list(request.node.iter_markers("pipesim"))):  # the closest marker wins
+            options.update(marker.kwargs)
+        paused = bool(options.pop("paused", False))
+        scenario = options.pop("scenario")
+        options.setdefault("admin_token", None)
+        live = LiveServer(scenario, port=0, admin_port=0, **options)
+        if paused:
+            live.pacer.pause()  # before it starts: the test begins at t = 0 exactly
+        background = BackgroundServer(live)
+        try:
+            assert live.admin_url is not None
+            admin = AdminClient(live.admin_url, token=options["admin_token"])
+            yield PipesimServer(ws_url=live.url, http_url=live.http_url, admin_url=live.admin_url, admin=admin,
+                                background=background)
+        finally:
+            background.stop()
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "pipesim(scenario=..., seed=..., speed=..., paused=..., ...): options of "
-                                       "the pipesim_server fixture's server")
+    def pytest_configure(config: pytest.Config) -> None:
+        config.addinivalue_line("markers", "pipesim(scenario=..., seed=..., speed=..., paused=..., ...): options of "
+                                           "the pipesim_server fixture's server")

@@ -4,6 +4,12 @@
 # folder run the commands a new user runs first. `make test` calls this, so a file left out of the package
 # (a bundled scenario, the dashboard page) fails CI.
 #
+# Then the other Pythons pyproject.toml admits: the wheel is installed into a venv of Python 3.12 with the
+# oldest pandas, pyarrow and numpy pyproject.toml admits, and of Python 3.13 with the newest; in each, a run
+# and one run's fingerprint (turns_sha256), which must equal PYTHON's. Those interpreters are found as
+# pythonX.Y on PATH or under pyenv ($PYENV_ROOT/versions/X.Y.*, default ~/.pyenv; a fresh CI machine gets
+# them with `pyenv install 3.12 3.13`); a version not found is skipped, saying so.
+#
 #   bash scripts/wheel-check.sh [PYTHON]    # PYTHON: an interpreter with `build` installed (default python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +23,24 @@ cleanup() {
 }
 trap cleanup EXIT
 step() { echo "wheel-check: $*"; }
+# One run's fingerprint: a function of its turns table alone, the same on every Python and library version.
+FINGERPRINT='import pipesim; from pipesim.replications import turns_digest
+print(turns_digest(pipesim.simulate("baseline", seed=7, until=200, progress=False).turns))'
+find_python() {  # an interpreter of Python $1 that runs (a pyenv shim of a version not selected does not)
+    local candidate
+    for candidate in "$(command -v "python$1" || true)" "${PYENV_ROOT:-$HOME/.pyenv}/versions/$1".*/bin/python3; do
+        if [ -x "$candidate" ] && [ "$("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])' \
+                                        2>/dev/null)" = "$1" ]; then
+            echo "$candidate"
+            return
+        fi
+    done
+}
+
+# The fingerprint's bytes pass through these libraries: their oldest admitted versions, e.g. pandas==2.1.*.
+OLDEST=$("$PYTHON" -c 'import re, tomllib
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+print(" ".join(re.sub(r">=([0-9.]+).*", r"==\1.*", d) for d in deps if re.match(r"(pandas|pyarrow|numpy)>=", d)))')
 
 step "building the sdist and wheel"
 # From a copy of the files git would commit (tracked or new, not ignored): a stale build/ or *.egg-info here
@@ -67,4 +91,25 @@ SERVER_PID=
 step "the README's commands, from an empty folder"
 (cd "$ROOT" && PIPESIM_INSTALLED_BIN="$BIN" "$PYTHON" -m pytest -q -p no:cacheprovider \
     tests/test_readme.py::test_readme_commands_after_install)
+
+step "one run's fingerprint"
+EXPECTED=$("$BIN/python" -c "$FINGERPRINT")
+for VERSION in 3.12 3.13; do
+    OTHER=$(find_python "$VERSION")
+    PINS=$([ "$VERSION" = 3.12 ] && echo "$OLDEST" || true)
+    if [ -z "$OTHER" ]; then
+        step "Python $VERSION not found (python$VERSION on PATH, or pyenv's versions/$VERSION.*): SKIPPED its" \
+             "check; install it (pyenv install $VERSION) to run it"
+        continue
+    fi
+    step "installing $(basename "$WHEEL") into a fresh Python $VERSION venv ($OTHER)${PINS:+ with $PINS}"
+    "$OTHER" -m venv "$TMP/venv-$VERSION"
+    # shellcheck disable=SC2086  # PINS: one word per requirement
+    "$TMP/venv-$VERSION/bin/python" -m pip install --quiet --disable-pip-version-check "$WHEEL" $PINS
+    step "Python $VERSION: pipesim run baseline --until 20, and the same run's fingerprint"
+    "$TMP/venv-$VERSION/bin/pipesim" run baseline --until 20 >/dev/null
+    GOT=$("$TMP/venv-$VERSION/bin/python" -c "$FINGERPRINT")
+    [ "$GOT" = "$EXPECTED" ] || { echo "wheel-check: Python $VERSION gave the fingerprint $GOT," \
+                                      "$("$BIN/python" --version) gave $EXPECTED"; exit 1; }
+done
 step "ok"

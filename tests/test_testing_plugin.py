@@ -7,6 +7,8 @@ through its admin client.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib.metadata import entry_points
 
 import pytest
@@ -17,6 +19,23 @@ pytest_plugins = ["pytester"]
 def test_the_plugin_is_registered_by_an_entry_point() -> None:
     plugins = {ep.name: ep.value for ep in entry_points(group="pytest11")}
     assert plugins.get("pipesim") == "pipesim.testing"
+
+
+def test_every_module_imports_without_pytest() -> None:
+    """``pip install pipesim`` brings no pytest: ``from pipesim.testing import AdminClient`` (standard library
+    only) and every other module import all the same; only the fixtures need pytest, which loads them."""
+    script = """
+import importlib, pkgutil, sys
+sys.modules["pytest"] = None  # import pytest raises ImportError, as where it is not installed
+import pipesim
+from pipesim.testing import AdminClient
+assert AdminClient("http://127.0.0.1:1/__admin").url == "http://127.0.0.1:1/__admin"
+for module in pkgutil.walk_packages(pipesim.__path__, "pipesim."):
+    importlib.import_module(module.name)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "ok\n", "")
 
 
 def test_a_team_test_drives_the_server_through_the_fixture(pytester: pytest.Pytester) -> None:

@@ -317,6 +317,30 @@ def test_push_validates_against_the_protocol_fills_seq_and_a_paused_clock_holds_
     run(main())
 
 
+def test_push_to_an_unknown_session_is_404_unless_allow_unknown_says_so() -> None:
+    """As every other /sessions/{id}/... path: a misspelt id is 404, not a silent 200 that reaches nobody."""
+    crash = {"type": "error", "code": "unsupported", "message": "orchestrator crashed"}
+
+    async def main() -> None:
+        async with admin_server(scenario(background=1)) as (server, http):
+            await ok(await http.post("/clock/pause"))
+            async with LiveClient(server.url, session_id="later") as watcher:
+                await asyncio.sleep(0.1)
+                message = error_of(await http.post("/sessions/sim-0001/push", json={"messages": [
+                    {"message": crash}]}), 404, "unknown_session")
+                assert "'sim-0001'" in message and "allow_unknown" in message
+                error_of(await http.post("/sessions/later/push", json={"messages": [{"message": crash}]}), 404,
+                         "unknown_session")
+                sent = await ok(await http.post("/sessions/later/push", params={"allow_unknown": "true"},
+                                                json={"messages": [{"message": crash}]}))
+                assert sent == {"scheduled": 1}
+                assert await watcher.expect(lambda m: m["type"] == "error") == {**crash, "session_id": "later"}
+                error_of(await http.post("/sessions/later/push", params={"allow_unknown": "maybe"},
+                                         json={"messages": [{"message": crash}]}), 422, "bad_request")
+
+    run(main())
+
+
 # The journal -----------------------------------------------------------------------------------------
 def test_the_journal_records_a_websocket_pause_with_its_result_and_filters_and_clears() -> None:
     async def main() -> None:
@@ -359,6 +383,39 @@ def test_the_journal_records_a_websocket_pause_with_its_result_and_filters_and_c
             assert (await ok(await http.get("/journal", params={"direction": "in"})))["entries"] == []
 
     run(main())
+
+
+def test_the_journal_reads_from_a_cursor_so_tests_need_not_clear_it() -> None:
+    """``since`` (an entry id) lists what came after it; ``last_id`` is the mark, and it survives clear and
+    reset; ``limit`` keeps the newest entries of what matches. The Python client does the same."""
+    from pipesim.live import serve_in_background
+    from pipesim.testing import AdminClient
+
+    bg = serve_in_background(scenario(background=1), port=0, admin_port=0, speed=20)
+    try:
+        assert bg.server.admin_url is not None
+        admin = AdminClient(bg.server.admin_url)
+        admin.pause()
+        admin.advance(5)
+        everything = admin.journal()
+        assert len(everything) > 3
+        mark = admin.journal_mark()
+        assert mark == everything[-1]["id"]
+        assert admin.journal(since=mark) == []
+        assert admin.journal(since=everything[1]["id"]) == everything[2:]
+        assert admin.journal(since=everything[0]["id"], limit=2) == everything[-2:]
+        admin.step(3)
+        later = admin.journal(since=mark)
+        assert later and all(e["id"] > mark for e in later)
+        assert [e["id"] for e in later] == [e["id"] for e in admin.journal()][-len(later):]
+        admin.reset()  # the journal is cleared, its ids go on: an old mark still means "after then"
+        admin.step(3)
+        after_reset = admin.journal(since=mark)
+        assert after_reset and after_reset == admin.journal() and after_reset[0]["id"] > later[-1]["id"]
+        with pytest.raises(Exception, match="since"):
+            admin.journal(since=-1)
+    finally:
+        bg.stop()
 
 
 # Reset -----------------------------------------------------------------------------------------------

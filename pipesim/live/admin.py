@@ -213,6 +213,8 @@ class JournalEntry(BaseModel):
 
 class JournalEntries(BaseModel):
     entries: list[JournalEntry]
+    last_id: int = Field(description="The id of the newest entry of the journal, whatever the filters (0 when "
+                                     "none was ever made): pass it as `since` to read only what comes next.")
 
 
 class Cleared(BaseModel):
@@ -462,8 +464,12 @@ class _Ops:
             return FaultApplied(applied={**applied, "service": msg.service, "duration_s": msg.duration_s,
                                          "until_t": now + msg.duration_s})
 
-    def push(self, sid: str, body: PushBody) -> Scheduled:
+    def push(self, sid: str, body: PushBody, allow_unknown: bool = False) -> Scheduled:
         server = self.live
+        if not allow_unknown and sid not in server.sim.manager:
+            # As every other /sessions/{id}/... does: a misspelt id must not go unnoticed.
+            raise AdminError(404, "unknown_session", f"push: unknown session {sid!r} (add ?allow_unknown=true "
+                             "to send to the watchers of an id the model does not know)")
         checked: list[tuple[float, dict[str, Any]]] = []
         for i, item in enumerate(body.messages):
             message = dict(item.message)
@@ -635,8 +641,12 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
         control_endpoint(action)
 
     @app.post(f"{PREFIX}/sessions/{{session_id}}/push", response_model=Scheduled)
-    async def push(session_id: str, body: PushBody) -> Scheduled:
-        return get_ops().push(session_id, body)
+    async def push(session_id: str, body: PushBody,
+                   allow_unknown: Annotated[bool, Query(description=(
+                       "Send even when the model knows no session of this id (to the clients watching it); "
+                       "without it, an unknown id is 404 as on every other /sessions/{session_id} path."))] = False,
+                   ) -> Scheduled:
+        return get_ops().push(session_id, body, allow_unknown)
 
     @app.get(f"{PREFIX}/clock", response_model=Clock)
     async def clock() -> Clock:
@@ -674,12 +684,16 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
     @app.get(f"{PREFIX}/journal", response_model=JournalEntries)
     async def journal(session_id: str | None = None, type: str | None = None,  # noqa: A002 (the field's name)
                       direction: Literal["in", "out"] | None = None,
-                      limit: Annotated[int | None, Query(ge=0, le=1_000_000)] = None) -> JournalEntries:
+                      since: Annotated[int | None, Query(ge=0, description=(
+                          "An entry id: only the entries made after it (ids grow and survive clear and reset, "
+                          "so a test reads what happened since its mark without clearing the journal)."))] = None,
+                      limit: Annotated[int | None, Query(ge=0, le=1_000_000, description=(
+                          "Only the newest `limit` of the matching entries."))] = None) -> JournalEntries:
         j = get_ops().server.journal
         if j is None:
-            return JournalEntries(entries=[])
+            return JournalEntries(entries=[], last_id=0)
         return JournalEntries(entries=j.entries(session_id=session_id, type=type, direction=direction,
-                                                limit=limit))
+                                                since=since, limit=limit), last_id=j.last_id)
 
     @app.delete(f"{PREFIX}/journal", response_model=Cleared)
     async def clear_journal() -> Cleared:

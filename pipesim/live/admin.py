@@ -533,6 +533,8 @@ class _Ops:
                                         "seq": snap.seq + 1, "reason": "reset"}, now)
         if server.journal is not None:
             server.journal.clear()
+        if server.recorder is not None:  # the new model's time starts at 0 again: a new segment keeps it replayable
+            server.recorder.new_segment("reset")
         self.created_by_admin.clear()
         self._push_seq.clear()
         self._admin_ids = itertools.count(1)

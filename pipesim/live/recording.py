@@ -10,6 +10,13 @@ broadcast to clients, in the order it was sent::
 flushed as it is written, so the file is complete and valid up to the last message even if the server
 is killed. Messages sent to one client only (snapshots on connect, errors) are not recorded.
 
+A reset of the model (``POST /__admin/reset``) starts a new segment, whose ``t`` starts again at 0::
+
+    {"wall":12.5,"segment":2,"reason":"reset"}   (wall: that of the last message before it)
+
+A replay plays the segments one after the other: a segment's times are shifted to start where the
+previous one ended (its messages are sent as recorded).
+
 :func:`load_replay` reads a recording, a trace (``trace.jsonl``) or a run folder (``pipesim run --out``'s
 Parquet, or its ``trace.jsonl``) into the
 ``(t, message)`` pairs that :class:`~pipesim.live.ReplayServer` plays.
@@ -68,6 +75,9 @@ class Recorder:
         # Line buffering: every line reaches the OS as it is written, so SIGKILL loses at most one line.
         self._fh: IO[str] | None = open(self.path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
         self.count = 0
+        #: Segments so far (a reset starts a new one).
+        self.segments = 1
+        self._wall = 0.0
         head = {"recording": "pipesim", "version": RECORDING_VERSION, **(header or {})}
         self._fh.write(json.dumps(head, separators=(",", ":")) + "\n")
 
@@ -77,8 +87,18 @@ class Recorder:
             return
         text = message if isinstance(message, str) else dumps(message)
         # The message is already serialised for the wire: splice it in rather than encoding it twice.
-        self._fh.write(f'{{"wall":{round(wall, 6)!r},"t":{t!r},"message":{text}}}\n')
+        self._wall = round(wall, 6)
+        self._fh.write(f'{{"wall":{self._wall!r},"t":{t!r},"message":{text}}}\n')
         self.count += 1
+
+    def new_segment(self, reason: str) -> None:
+        """Start a new segment: the model's clock starts again at 0 (a reset). Its line's ``wall`` is that of
+        the last message before it."""
+        if self._fh is None:
+            return
+        self.segments += 1
+        self._fh.write(json.dumps({"wall": self._wall, "segment": self.segments, "reason": reason},
+                                  separators=(",", ":")) + "\n")
 
     def close(self) -> None:
         """Flush and close the file (idempotent)."""
@@ -139,10 +159,28 @@ def _refuse_if_too_large(path: Path, need: float, what: str) -> None:
                           f"SECONDS, or fewer sessions)")
 
 
+def _refuse_non_finite(value: Any, where: str, field: str = "") -> None:
+    """A NaN or an infinity anywhere in a recorded line (Python's JSON reader takes them) names its field:
+    no server may send one (the wire is strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ReplayError(f"{where}: {field or 'the line'} must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(item, where, f"{field}.{key}" if field else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_non_finite(item, where, f"{field}[{i}]")
+
+
 def _server_message(message: dict[str, Any], where: str) -> None:
     try:
+        text = json.dumps(message, allow_nan=False)
+    except ValueError:  # NaN or an infinity somewhere: the wire cannot carry it
+        _refuse_non_finite(message, where, "message")
+        raise
+    try:
         # Validate against the protocol: a replay must never send what the server would not.
-        parse_message(json.dumps(message), allowed=SERVER_MESSAGE_TYPES)
+        parse_message(text, allowed=SERVER_MESSAGE_TYPES)
     except ProtocolError as exc:
         raise ReplayError(f"{where}: {exc}") from None
 
@@ -168,6 +206,8 @@ def _trace_messages(path: Path, rows: Any) -> list[tuple[float, dict[str, Any]]]
         if missing:
             raise ReplayError(f"{where}: a state transition (seq >= 0) needs {', '.join(missing)}")
         tr = transition_from_row(row)
+        if not math.isfinite(tr.audio_quality):  # the trace reader takes NaN there; the wire cannot carry it
+            raise ReplayError(f"{where}: audio_quality must be a finite number, got {tr.audio_quality}")
         for message in wire_messages(tr):
             kind = (message["type"], tr.state, tr.status, tr.stt, tr.llm, tr.tts, tr.turn_id >= 0,
                     tr.buffer_size >= 0, 0 <= tr.audio_quality <= 1, tr.error is None)
@@ -182,23 +222,28 @@ def _trace_messages(path: Path, rows: Any) -> list[tuple[float, dict[str, Any]]]
 
 def _load_recording(path: Path) -> list[tuple[float, dict[str, Any]]]:
     out: list[tuple[float, dict[str, Any]]] = []
+    offset = 0.0  # where the current segment starts on the replay's clock: its model time starts at 0
     for number, obj in json_lines(path):
         where = f"{path}:{number}"
         if not isinstance(obj, dict):
             raise ReplayError(f"{where}: a recording line must be a JSON object")
         if "recording" in obj:
+            _refuse_non_finite(obj, where)
             if number != 1 and out:
                 raise ReplayError(f"{where}: a recording header in the middle of the file")
+            continue
+        if "segment" in obj:  # a reset: the model's time starts again
+            _refuse_non_finite(obj, where)
+            offset = out[-1][0] if out else 0.0
             continue
         t, message = obj.get("t"), obj.get("message")
         if isinstance(t, bool) or not isinstance(t, int | float) or not isinstance(message, dict):
             raise ReplayError(f"{where}: a recording line needs a number 't' and an object 'message'")
-        if not math.isfinite(t):
-            raise ReplayError(f"{where}: t must be a finite number, got {t}")
+        _refuse_non_finite({"t": t, "wall": obj.get("wall")}, where)
         _server_message(message, where)
-        if out and t < out[-1][0]:
-            raise ReplayError(f"{where}: time goes backwards ({t} after {out[-1][0]})")
-        out.append((float(t), message))
+        if out and offset + t < out[-1][0]:
+            raise ReplayError(f"{where}: time goes backwards ({t} after {out[-1][0] - offset})")
+        out.append((offset + t, message))
     if not out:
         raise ReplayError(f"{path}: the recording holds no messages")
     return out

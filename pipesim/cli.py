@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -451,6 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pipesim`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+        # Started with SIGINT ignored (a shell's background job): Ctrl-C must still stop every command at every
+        # moment, as it stops a server once it listens, not only after a long load.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return COMMANDS[args.command](args)
     except PipesimError as exc:
@@ -461,6 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pipesim: error:{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("pipesim: interrupted", file=sys.stderr)
         return 130
 
 

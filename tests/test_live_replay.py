@@ -6,7 +6,9 @@ import asyncio
 import json
 import re
 import signal
+import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -193,3 +195,57 @@ def test_pipesim_replay_command_serves_and_stops_on_sigterm(
                 await proc.wait()
 
     run(main())
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder whose replay takes a while to load (~20,000 messages)."""
+    folder = tmp_path_factory.mktemp("run") / "run"
+    pipesim.simulate({"name": "slow-load", "seed": 2, "sessions": {"arrivals": {"kind": "at_once", "count": 80},
+                                                                     "turns": 4}}, progress=False, out=folder)
+    return folder
+
+
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_ctrl_c_while_a_replay_loads_stops_it_with_one_line(run_folder: Path, inherited: str) -> None:
+    """SIGINT while ``pipesim replay`` loads: it says what it loads, then exits 130 at once with one line, no
+    traceback, and never listens. Also when it was started with SIGINT ignored, as a shell starts a background
+    job (it went on loading, then served: only the server's own handler heard Ctrl-C)."""
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipesim", "replay", str(run_folder), "--port", "0"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ignore_sigint if inherited == "ignored" else None)
+    try:
+        assert proc.stderr is not None
+        assert proc.stderr.readline() == f"pipesim: loading {run_folder}\n"
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+        assert time.monotonic() - sent < 5, "Ctrl-C must stop the loading at once"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert out == "", "it must never listen"
+    assert "Traceback" not in err and err.endswith("pipesim: interrupted\n"), err
+    assert all(line.startswith(f"pipesim: loading {run_folder}: ") for line in err.splitlines()[:-1]), err
+
+
+def test_a_load_that_takes_more_than_a_second_reports_its_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from pipesim.live import cli as live_cli
+
+    now = [100.0]
+    monkeypatch.setattr(live_cli.time, "monotonic", lambda: now[0])
+    stream = io.StringIO()
+    with live_cli.LoadingReport("run/", stream=stream) as report:
+        for fraction in (0.1, 0.2, None, 0.4, 0.5, 0.6, 0.7, 0.9):  # one every 0.6 s
+            report(fraction)
+            now[0] += 0.6
+    # Nothing within the first second, then a line every 2 s (not a terminal: no line rewritten in place).
+    assert stream.getvalue().splitlines() == ["pipesim: loading run/", "pipesim: loading run/: reading (1 s)",
+                                              "pipesim: loading run/: 70% (4 s)"]

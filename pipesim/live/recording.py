@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from pipesim.model.budget import default_memory_limit
 from pipesim.protocol import ProtocolError, dumps, parse_message, wire_messages
@@ -52,6 +53,7 @@ from pipesim.trace import (
 from pipesim.vocabulary import SERVER_MESSAGE_TYPES
 
 RECORDING_VERSION = 1
+_T = TypeVar("_T")
 #: Memory a replayed message takes (its decoded dict and its ``(t, message)`` pair): ~970 bytes measured.
 REPLAY_BYTES_PER_MESSAGE = 1_000
 #: Memory per byte of a recording or trace file replayed (a ~300-byte line becomes a ~1,000-byte message).
@@ -111,14 +113,23 @@ class Recorder:
         return self._fh is None
 
 
-def load_replay(path: str | Path) -> list[tuple[float, dict[str, Any]]]:
+#: ``progress(fraction)`` of :func:`load_replay`: the share of the file read so far (0..1), None while the
+#: share is unknown (a trace file is being parsed).
+Progress = Callable[[float | None], None]
+#: Rows (lines, events) between two calls of a ``progress`` callback.
+PROGRESS_EVERY = 8192
+
+
+def load_replay(path: str | Path, progress: Progress | None = None) -> list[tuple[float, dict[str, Any]]]:
     """The ``(t, message)`` pairs of a recording or a trace, in the order they were sent.
 
     ``path`` is a recording (``pipesim serve --record``), a trace (``trace.jsonl`` from
     ``pipesim run --out --jsonl`` or :meth:`pipesim.Trace.to_jsonl`), or a run folder (its
     ``events.parquet``, else its ``trace.jsonl``). Raises :class:`ReplayError` (a
     :class:`~pipesim.trace.TraceError`) naming the file and line (or event) of the problem.
+    ``progress`` (see :data:`Progress`) is told how far the loading is, now and then.
     """
+    report: Progress = progress or (lambda fraction: None)
     p = Path(path)
     if p.is_dir():
         if (p / "events.parquet").exists():
@@ -129,7 +140,8 @@ def load_replay(path: str | Path) -> list[tuple[float, dict[str, Any]]]:
             n = trace.n_messages()
             _refuse_if_too_large(p, n * REPLAY_BYTES_PER_MESSAGE, f"its {n:,} messages")
             where = f"{p / 'events.parquet'}: event"
-            return _trace_messages(p, ((row, f"{where} {i}") for i, row in enumerate(event_rows(trace), 1)))
+            rows = ((row, f"{where} {i}") for i, row in enumerate(event_rows(trace), 1))
+            return _trace_messages(p, _reporting(rows, trace.n_events, report))
         if not (p / "trace.jsonl").exists():
             raise ReplayError(f"{p}: a folder without events.parquet or trace.jsonl (give a recording or a "
                               f"trace file)")
@@ -144,9 +156,9 @@ def load_replay(path: str | Path) -> list[tuple[float, dict[str, Any]]]:
         raise ReplayError(f"{p}: the file is empty")
     number, obj = first
     if isinstance(obj, dict) and "record" in obj:
-        return _load_trace(p)
+        return _load_trace(p, report)
     if isinstance(obj, dict) and ("recording" in obj or "message" in obj):
-        return _load_recording(p)
+        return _load_recording(p, report)
     raise ReplayError(f"{p}:{number}: neither a pipesim recording nor a trace line")
 
 
@@ -185,10 +197,26 @@ def _server_message(message: dict[str, Any], where: str) -> None:
         raise ReplayError(f"{where}: {exc}") from None
 
 
-def _load_trace(path: Path) -> list[tuple[float, dict[str, Any]]]:
+def _reporting(rows: Iterable[_T], total: int, report: Progress) -> Iterator[_T]:
+    """``rows``, telling ``report`` the share of the ``total`` passed every :data:`PROGRESS_EVERY` rows."""
+    for i, row in enumerate(rows):
+        if i % PROGRESS_EVERY == 0:
+            report(i / max(total, 1))
+        yield row
+    report(1.0)
+
+
+def _count_lines(path: Path) -> int:
+    """Lines of a file, counted in binary blocks (a fraction of a second for a gigabyte)."""
+    with open(path, "rb") as fh:
+        return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b""))
+
+
+def _load_trace(path: Path, report: Progress) -> list[tuple[float, dict[str, Any]]]:
+    report(None)  # the trace reader parses the whole file first (half the time), without telling how far it is
     trace, event_lines = _read_trace(path)
-    return _trace_messages(path, ((row, f"{path}:{number}") for row, number in zip(event_rows(trace), event_lines,
-                                                                                    strict=True)))
+    rows = ((row, f"{path}:{number}") for row, number in zip(event_rows(trace), event_lines, strict=True))
+    return _trace_messages(path, _reporting(rows, len(event_lines), report))
 
 
 def _trace_messages(path: Path, rows: Any) -> list[tuple[float, dict[str, Any]]]:
@@ -220,10 +248,10 @@ def _trace_messages(path: Path, rows: Any) -> list[tuple[float, dict[str, Any]]]
     return out
 
 
-def _load_recording(path: Path) -> list[tuple[float, dict[str, Any]]]:
+def _load_recording(path: Path, report: Progress) -> list[tuple[float, dict[str, Any]]]:
     out: list[tuple[float, dict[str, Any]]] = []
     offset = 0.0  # where the current segment starts on the replay's clock: its model time starts at 0
-    for number, obj in json_lines(path):
+    for number, obj in _reporting(json_lines(path), _count_lines(path), report):
         where = f"{path}:{number}"
         if not isinstance(obj, dict):
             raise ReplayError(f"{where}: a recording line must be a JSON object")

@@ -59,14 +59,15 @@ def replay(args: argparse.Namespace) -> int:
 
 
 class LoadingReport:
-    """Tells a person on standard error what is being loaded and, once it takes more than a second, how far
-    it is (one line rewritten in place on a terminal, a line every few seconds otherwise).
+    """Tells a person on standard error what is being loaded and how far it is, once it takes more than a
+    second (one line rewritten in place on a terminal, a line every 2 s otherwise). A quick load says
+    nothing: a bad file is still one line, the error.
 
     >>> import io
     >>> with LoadingReport("run/", stream=io.StringIO()) as report:
-    ...     report(0.5)                       # within the first second: nothing more is said
+    ...     report(0.5)                       # within the first second: nothing is said
     >>> report.stream.getvalue()
-    'pipesim: loading run/\\n'
+    ''
     """
 
     def __init__(self, what: str, stream: TextIO | None = None) -> None:
@@ -76,7 +77,6 @@ class LoadingReport:
         self._rewriting = False  # a progress line is on the terminal, without its newline
 
     def __enter__(self) -> LoadingReport:
-        print(f"pipesim: loading {self.what}", file=self.stream, flush=True)
         return self
 
     def __call__(self, fraction: float | None) -> None:

@@ -117,7 +117,7 @@ class Recorder:
 #: share is unknown (a trace file is being parsed).
 Progress = Callable[[float | None], None]
 #: Rows (lines, events) between two calls of a ``progress`` callback.
-PROGRESS_EVERY = 8192
+PROGRESS_EVERY = 1024
 
 
 def load_replay(path: str | Path, progress: Progress | None = None) -> list[tuple[float, dict[str, Any]]]:

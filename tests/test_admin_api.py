@@ -30,7 +30,8 @@ from openapi_spec_validator import validate as validate_openapi
 from websockets.asyncio.client import connect
 
 from pipesim.live import LiveClient, LiveServer, ReplayServer
-from pipesim.live.admin import build_app, openapi
+from pipesim.live import admin as admin_module
+from pipesim.live.admin import Clock, ErrorBody, build_app, openapi
 from pipesim.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -635,6 +636,98 @@ def test_the_openapi_document_is_valid_and_the_cli_prints_what_the_server_serves
             return await ok(await http.get("/openapi.json"))
 
     assert run(served()) == doc
+
+
+def _operations(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method.upper(), path, op) for path, item in doc["paths"].items() for method, op in item.items()]
+
+
+def test_every_operation_has_a_description_and_examples_and_the_bearer_scheme_is_declared() -> None:
+    doc = openapi()
+    scheme = doc["components"]["securitySchemes"]["adminToken"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer" and "--admin-token" in scheme["description"]
+    assert doc["security"] == [{"adminToken": []}, {}]  # optional: only a server started with a token checks it
+    schemas = {"ErrorBody": ErrorBody, "Clock": Clock}
+    for method, path, op in _operations(doc):
+        assert len(op.get("description", "")) > 20, (method, path)
+        for status, response in op["responses"].items():
+            content = response["content"]["application/json"]
+            assert "example" in content and response["description"], (method, path, status)
+            name = content["schema"]["$ref"].rsplit("/", 1)[1]
+            model = schemas.get(name) or getattr(admin_module, name)
+            model.model_validate(content["example"])  # the example is an answer the schema allows
+        body = op.get("requestBody")
+        if body is not None:
+            examples = body["content"]["application/json"]["examples"]
+            assert examples, (method, path)
+    assert "HTTPValidationError" not in json.dumps(doc)  # FastAPI's own 422 body: never what we answer
+
+
+#: What makes each operation answer each documented status, besides what every request can meet (a token
+#: missing: 401, an Origin given twice: 400, a foreign Origin: 403, a text/plain POST: 415, a replay server: 409
+#: where it cannot serve, an unknown option in the body or query: 422, an unknown session: 404).
+SETUP: dict[tuple[str, str], list[tuple[str, str, Any]]] = {
+    ("POST", "/__admin/sessions/{session_id}/start"): [("POST", "/__admin/sessions/sim-00001/pause", None)],
+}
+EXTRA: dict[tuple[str, str], list[dict[str, Any]]] = {  # more bodies to send
+    ("POST", "/__admin/clock/run-until"): [  # (the document's example is for frontend_demo's demo-1)
+        {"session_id": "sim-00001", "until": {"services.llm": "executing"}},
+        {"session_id": "nobody", "until": {"state": "complete"}},
+        {"session_id": "sim-00001", "until": {"status": "stopped"}, "timeout_s": 0.5}],
+    ("POST", "/__admin/faults"): [{"fault": "disconnect", "session_id": "nobody"}],
+}
+
+
+async def _statuses_of(method: str, path: str, op: dict[str, Any], http: httpx.AsyncClient,
+                       anonymous: httpx.AsyncClient, live: bool) -> set[int]:
+    """Every status the operation answered to the requests that provoke each kind of answer."""
+    seen: set[int] = set()
+    key = (method, path)
+    bodies: list[Any] = [None]
+    if "requestBody" in op:
+        bodies = [e["value"] for e in op["requestBody"]["content"]["application/json"]["examples"].values()]
+    bodies = [*bodies, *EXTRA.get(key, []), {"no_such_option": 1}]
+    for session_id in ("sim-00001", "nobody"):
+        url = path.replace("{session_id}", session_id).removeprefix("/__admin")
+        if live:
+            for setup in SETUP.get(key, []):
+                await http.request(setup[0], setup[1].removeprefix("/__admin"), json=setup[2])
+        for body in bodies:
+            for _ in range(2):  # again: what the first one changed (a session paused) may refuse the second
+                response = await http.request(method, url, json=body, params={"since": -1} if body == bodies[-1]
+                                              and method == "GET" else None)
+                seen.add(response.status_code)
+        seen.add((await anonymous.request(method, url)).status_code)
+        seen.add((await http.request(method, url, headers={"Origin": "http://evil.example"})).status_code)
+        twice = [("Origin", "http://localhost:5173")] * 2  # (a client library refuses to send Host twice)
+        seen.add((await http.request(method, url, headers=twice)).status_code)
+        if method == "POST":
+            seen.add((await http.request(method, url, content=b"{}", headers={"Content-Type": "text/plain"}))
+                     .status_code)
+    return seen
+
+
+@pytest.mark.parametrize(("method", "path"), [(m, p) for m, p, _ in _operations(openapi())])
+def test_each_operation_documents_exactly_the_statuses_it_answers(method: str, path: str) -> None:
+    """The documented responses of an operation are the statuses its handler and the access checks can give:
+    each is provoked here (on a live server and on a replay), and nothing undocumented comes back."""
+    doc = openapi()
+    op = doc["paths"][path][method.lower()]
+    documented = {int(status) for status in op["responses"]}
+    token = {"Authorization": "Bearer t0k"}
+
+    async def main() -> set[int]:
+        seen: set[int] = set()
+        async with admin_server(scenario(background=2), admin_token="t0k") as (server, http), \
+                httpx.AsyncClient(base_url=server.admin_url, timeout=30) as anonymous:
+            seen |= await _statuses_of(method, path, op, http, anonymous, live=True)
+        async with ReplayServer(replay_items(), port=0, admin_port=0, admin_token="t0k") as replay, \
+                httpx.AsyncClient(base_url=replay.admin_url, headers=token, timeout=30) as http, \
+                httpx.AsyncClient(base_url=replay.admin_url, timeout=30) as anonymous:
+            seen |= await _statuses_of(method, path, op, http, anonymous, live=False)
+        return seen
+
+    assert run(main()) == documented
 
 
 def _cli(*args: str) -> subprocess.Popen[str]:

@@ -730,6 +730,90 @@ def test_each_operation_documents_exactly_the_statuses_it_answers(method: str, p
     assert run(main()) == documented
 
 
+# Hostile bodies, generated for every operation that takes one -------------------------------------------
+#: Literals that a JSON text may hold where a value goes: beyond what Python's decoder takes (5,000 digits),
+#: deeper than the guarded reader allows, not strict JSON (NaN), or of the wrong type.
+HOSTILE_LITERALS = ["9" * 5000, "-" + "9" * 5000, "9" * 400, "NaN", "Infinity", "-Infinity", "1e999",
+                    "[" * 100 + "]" * 100, '{"a":' * 40 + "1" + "}" * 40, '"x"', "[]", "{}", "true", "null",
+                    "-1", "0", "1.5"]
+_RAW = "\u0000raw"  # a string no example holds: its JSON is replaced by the literal
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path into a JSON value (its own, then its members', recursively)."""
+    out = [path]
+    if isinstance(value, dict):
+        out += [p for k, v in value.items() for p in _leaves(v, (*path, k))]
+    elif isinstance(value, list):
+        out += [p for i, v in enumerate(value) for p in _leaves(v, (*path, i))]
+    return out
+
+
+def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = _replaced(value[path[0]], path[1:], new)
+    return copy
+
+
+def _rendered(path: tuple[Any, ...]) -> str:
+    """``("messages", 0, "after_s")`` as the API names it: ``body.messages[0].after_s``."""
+    return "body" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if p.isidentifier()
+                            else f"[{json.dumps(p)}]" for p in path)
+
+
+def _body_operations() -> list[tuple[str, Any]]:
+    """``(path, example body)`` of every operation with a body (a session of the test server in its path)."""
+    out = []
+    for method, path, op in _operations(openapi()):
+        for example in op.get("requestBody", {}).get("content", {}).get("application/json", {}).get(
+                "examples", {}).values():
+            out.append((method, path.replace("{session_id}", "sim-00001"), example["value"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def served_admin() -> Any:
+    """A paused live server in a thread, and an HTTP client of its admin API."""
+    from pipesim.live import serve_in_background
+
+    with serve_in_background(scenario(background=1), port=0, admin_port=0, speed=20) as bg:
+        assert bg.server.admin_url is not None
+        with httpx.Client(base_url=bg.server.admin_url, timeout=30) as http:
+            http.post("/clock/pause").raise_for_status()
+            yield http
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operation=st.sampled_from(_body_operations()), data=st.data(),
+       literal=st.sampled_from(HOSTILE_LITERALS), cut=st.none() | st.integers(0, 200))
+def test_a_hostile_body_gets_a_documented_status_and_names_its_field(served_admin: Any, operation: Any, data: Any,
+                                                                     literal: str, cut: int | None) -> None:
+    """Any body of any operation (a number of 5,000 digits, NaN, deep nesting, a wrong type anywhere, a
+    truncated text): an answer the operation documents, and a 422 names the field (or says the body is not
+    JSON, and where)."""
+    method, path, example = operation
+    field = data.draw(st.sampled_from(_leaves(example)))
+    whole = json.dumps(_replaced(example, field, _RAW)).replace(json.dumps(_RAW), literal)
+    text = whole[:cut] if cut is not None else whole
+    response = served_admin.request(method, path.removeprefix("/__admin"), content=text.encode(),
+                                    headers=JSON)
+    documented = openapi()["paths"][path.replace("sim-00001", "{session_id}")][method.lower()]["responses"]
+    assert str(response.status_code) in documented, (response.status_code, response.text)
+    # The headers are right: no access refusal (400 is a header given twice; a body's number of 5,000 digits
+    # was a 400 too, "There was an error parsing the body", naming nothing).
+    assert response.status_code not in (400, 401, 403, 415), response.text
+    if response.status_code != 422:
+        return
+    message = response.json()["error"]["message"]
+    assert message.startswith("body") and "\n" not in message and len(message) < 1000, message
+    if len(text) < len(whole):
+        return  # cut short: the field where the text ends, or "not JSON"
+    named = [_rendered(field[:n]) for n in range(len(field), 0, -1)]
+    assert any(name in message for name in named) or (not field and message.startswith("body")), (field, message)
+
+
 def _cli(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "pipesim.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PIPESIM_ADMIN_TOKEN": ""})

@@ -11,7 +11,9 @@ import difflib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -538,6 +540,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pipesim`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+        # Started with SIGINT ignored (a shell's background job): Ctrl-C must still stop every command at every
+        # moment, as it stops a server once it listens, not only after a long load.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         status = COMMANDS[args.command](args)
         sys.stdout.flush()  # a reader that has gone shows here, not as Python's complaint at exit
@@ -555,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pipesim: error:{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("pipesim: interrupted", file=sys.stderr)
         return 130
 
 

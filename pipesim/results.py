@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pipesim import _jsonsafe, analysis
 from pipesim.errors import TooLargeError
 from pipesim.model import Simulation
-from pipesim.model.budget import default_memory_limit, estimate_run
+from pipesim.model.budget import check_budget, default_memory_limit, estimate_run
 from pipesim.scenario import Scenario, as_scenario, validate_scenario
 from pipesim.trace import (
     MESSAGE_BATCH_ROWS,
@@ -334,6 +334,9 @@ def simulate(scenario: Scenario | str | Path | dict[str, Any], seed: int | None 
     """
     scn = as_scenario(scenario)
     spill = out is None and estimate_run(scn, until).bytes > HOLD_LIMIT
+    # Refused before any folder is made (the run checks again, the same way): a refusal leaves nothing behind.
+    check_budget(scn, until if until is not None else scn.duration_s, memory_limit,
+                 streaming=out is not None or spill)
     if spill:
         out = tempfile.mkdtemp(prefix="pipesim-run-")
     sim = Simulation(scn, seed=seed, trace_out=out)

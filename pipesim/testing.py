@@ -137,16 +137,27 @@ class AdminClient:
         body = {"fault": fault, "service": service, "duration_s": duration_s, "session_id": session_id}
         return self.request("POST", "/faults", {k: v for k, v in body.items() if v is not None})["applied"]
 
-    def push(self, session_id: str, *messages: dict[str, Any], after_s: float = 0.0) -> int:
-        """Send protocol messages to ``session_id``'s watchers, ``after_s`` simulated seconds from now."""
+    def push(self, session_id: str, *messages: dict[str, Any], after_s: float = 0.0,
+             allow_unknown: bool = False) -> int:
+        """Send protocol messages to ``session_id``'s watchers, ``after_s`` simulated seconds from now.
+
+        An id the model does not know is :class:`AdminError` 404, unless ``allow_unknown``."""
         items = [{"message": m, "after_s": after_s} for m in messages]
-        return self.request("POST", f"/sessions/{_quote(session_id)}/push", {"messages": items})["scheduled"]
+        query = "?allow_unknown=true" if allow_unknown else ""
+        return self.request("POST", f"/sessions/{_quote(session_id)}/push{query}", {"messages": items})["scheduled"]
 
     def journal(self, *, session_id: str | None = None, type: str | None = None,  # noqa: A002 (the field's name)
-                direction: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+                direction: str | None = None, since: int | None = None,
+                limit: int | None = None) -> list[dict[str, Any]]:
+        """The journal's entries matching every filter, oldest first: ``since`` (an entry id, e.g. from
+        :meth:`journal_mark`) keeps those made after it, ``limit`` the newest ``limit`` of them."""
         query = {k: v for k, v in (("session_id", session_id), ("type", type), ("direction", direction),
-                                   ("limit", limit)) if v is not None}
+                                   ("since", since), ("limit", limit)) if v is not None}
         return self.request("GET", "/journal" + (f"?{urlencode(query)}" if query else ""))["entries"]
+
+    def journal_mark(self) -> int:
+        """The id of the journal's newest entry: ``journal(since=mark)`` later lists only what came after."""
+        return self.request("GET", "/journal?limit=0")["last_id"]
 
     def clear_journal(self) -> int:
         return self.request("DELETE", "/journal")["cleared"]

@@ -30,7 +30,8 @@ from openapi_spec_validator import validate as validate_openapi
 from websockets.asyncio.client import connect
 
 from pipesim.live import LiveClient, LiveServer, ReplayServer
-from pipesim.live.admin import build_app, openapi
+from pipesim.live import admin as admin_module
+from pipesim.live.admin import Clock, ErrorBody, build_app, openapi
 from pipesim.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -317,6 +318,30 @@ def test_push_validates_against_the_protocol_fills_seq_and_a_paused_clock_holds_
     run(main())
 
 
+def test_push_to_an_unknown_session_is_404_unless_allow_unknown_says_so() -> None:
+    """As every other /sessions/{id}/... path: a misspelt id is 404, not a silent 200 that reaches nobody."""
+    crash = {"type": "error", "code": "unsupported", "message": "orchestrator crashed"}
+
+    async def main() -> None:
+        async with admin_server(scenario(background=1)) as (server, http):
+            await ok(await http.post("/clock/pause"))
+            async with LiveClient(server.url, session_id="later") as watcher:
+                await asyncio.sleep(0.1)
+                message = error_of(await http.post("/sessions/sim-0001/push", json={"messages": [
+                    {"message": crash}]}), 404, "unknown_session")
+                assert "'sim-0001'" in message and "allow_unknown" in message
+                error_of(await http.post("/sessions/later/push", json={"messages": [{"message": crash}]}), 404,
+                         "unknown_session")
+                sent = await ok(await http.post("/sessions/later/push", params={"allow_unknown": "true"},
+                                                json={"messages": [{"message": crash}]}))
+                assert sent == {"scheduled": 1}
+                assert await watcher.expect(lambda m: m["type"] == "error") == {**crash, "session_id": "later"}
+                error_of(await http.post("/sessions/later/push", params={"allow_unknown": "maybe"},
+                                         json={"messages": [{"message": crash}]}), 422, "bad_request")
+
+    run(main())
+
+
 # The journal -----------------------------------------------------------------------------------------
 def test_the_journal_records_a_websocket_pause_with_its_result_and_filters_and_clears() -> None:
     async def main() -> None:
@@ -359,6 +384,39 @@ def test_the_journal_records_a_websocket_pause_with_its_result_and_filters_and_c
             assert (await ok(await http.get("/journal", params={"direction": "in"})))["entries"] == []
 
     run(main())
+
+
+def test_the_journal_reads_from_a_cursor_so_tests_need_not_clear_it() -> None:
+    """``since`` (an entry id) lists what came after it; ``last_id`` is the mark, and it survives clear and
+    reset; ``limit`` keeps the newest entries of what matches. The Python client does the same."""
+    from pipesim.live import serve_in_background
+    from pipesim.testing import AdminClient
+
+    bg = serve_in_background(scenario(background=1), port=0, admin_port=0, speed=20)
+    try:
+        assert bg.server.admin_url is not None
+        admin = AdminClient(bg.server.admin_url)
+        admin.pause()
+        admin.advance(5)
+        everything = admin.journal()
+        assert len(everything) > 3
+        mark = admin.journal_mark()
+        assert mark == everything[-1]["id"]
+        assert admin.journal(since=mark) == []
+        assert admin.journal(since=everything[1]["id"]) == everything[2:]
+        assert admin.journal(since=everything[0]["id"], limit=2) == everything[-2:]
+        admin.step(3)
+        later = admin.journal(since=mark)
+        assert later and all(e["id"] > mark for e in later)
+        assert [e["id"] for e in later] == [e["id"] for e in admin.journal()][-len(later):]
+        admin.reset()  # the journal is cleared, its ids go on: an old mark still means "after then"
+        admin.step(3)
+        after_reset = admin.journal(since=mark)
+        assert after_reset and after_reset == admin.journal() and after_reset[0]["id"] > later[-1]["id"]
+        with pytest.raises(Exception, match="since"):
+            admin.journal(since=-1)
+    finally:
+        bg.stop()
 
 
 # Reset -----------------------------------------------------------------------------------------------
@@ -578,6 +636,182 @@ def test_the_openapi_document_is_valid_and_the_cli_prints_what_the_server_serves
             return await ok(await http.get("/openapi.json"))
 
     assert run(served()) == doc
+
+
+def _operations(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method.upper(), path, op) for path, item in doc["paths"].items() for method, op in item.items()]
+
+
+def test_every_operation_has_a_description_and_examples_and_the_bearer_scheme_is_declared() -> None:
+    doc = openapi()
+    scheme = doc["components"]["securitySchemes"]["adminToken"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer" and "--admin-token" in scheme["description"]
+    assert doc["security"] == [{"adminToken": []}, {}]  # optional: only a server started with a token checks it
+    schemas = {"ErrorBody": ErrorBody, "Clock": Clock}
+    for method, path, op in _operations(doc):
+        assert len(op.get("description", "")) > 20, (method, path)
+        for status, response in op["responses"].items():
+            content = response["content"]["application/json"]
+            assert "example" in content and response["description"], (method, path, status)
+            name = content["schema"]["$ref"].rsplit("/", 1)[1]
+            model = schemas.get(name) or getattr(admin_module, name)
+            model.model_validate(content["example"])  # the example is an answer the schema allows
+        body = op.get("requestBody")
+        if body is not None:
+            examples = body["content"]["application/json"]["examples"]
+            assert examples, (method, path)
+    assert "HTTPValidationError" not in json.dumps(doc)  # FastAPI's own 422 body: never what we answer
+
+
+#: What makes each operation answer each documented status, besides what every request can meet (a token
+#: missing: 401, an Origin given twice: 400, a foreign Origin: 403, a text/plain POST: 415, a replay server: 409
+#: where it cannot serve, an unknown option in the body or query: 422, an unknown session: 404).
+SETUP: dict[tuple[str, str], list[tuple[str, str, Any]]] = {
+    ("POST", "/__admin/sessions/{session_id}/start"): [("POST", "/__admin/sessions/sim-00001/pause", None)],
+}
+EXTRA: dict[tuple[str, str], list[dict[str, Any]]] = {  # more bodies to send
+    ("POST", "/__admin/clock/run-until"): [  # (the document's example is for frontend_demo's demo-1)
+        {"session_id": "sim-00001", "until": {"services.llm": "executing"}},
+        {"session_id": "nobody", "until": {"state": "complete"}},
+        {"session_id": "sim-00001", "until": {"status": "stopped"}, "timeout_s": 0.5}],
+    ("POST", "/__admin/faults"): [{"fault": "disconnect", "session_id": "nobody"}],
+}
+
+
+async def _statuses_of(method: str, path: str, op: dict[str, Any], http: httpx.AsyncClient,
+                       anonymous: httpx.AsyncClient, live: bool) -> set[int]:
+    """Every status the operation answered to the requests that provoke each kind of answer."""
+    seen: set[int] = set()
+    key = (method, path)
+    bodies: list[Any] = [None]
+    if "requestBody" in op:
+        bodies = [e["value"] for e in op["requestBody"]["content"]["application/json"]["examples"].values()]
+    bodies = [*bodies, *EXTRA.get(key, []), {"no_such_option": 1}]
+    for session_id in ("sim-00001", "nobody"):
+        url = path.replace("{session_id}", session_id).removeprefix("/__admin")
+        if live:
+            for setup in SETUP.get(key, []):
+                await http.request(setup[0], setup[1].removeprefix("/__admin"), json=setup[2])
+        for body in bodies:
+            for _ in range(2):  # again: what the first one changed (a session paused) may refuse the second
+                response = await http.request(method, url, json=body, params={"since": -1} if body == bodies[-1]
+                                              and method == "GET" else None)
+                seen.add(response.status_code)
+        seen.add((await anonymous.request(method, url)).status_code)
+        seen.add((await http.request(method, url, headers={"Origin": "http://evil.example"})).status_code)
+        twice = [("Origin", "http://localhost:5173")] * 2  # (a client library refuses to send Host twice)
+        seen.add((await http.request(method, url, headers=twice)).status_code)
+        if method == "POST":
+            seen.add((await http.request(method, url, content=b"{}", headers={"Content-Type": "text/plain"}))
+                     .status_code)
+    return seen
+
+
+@pytest.mark.parametrize(("method", "path"), [(m, p) for m, p, _ in _operations(openapi())])
+def test_each_operation_documents_exactly_the_statuses_it_answers(method: str, path: str) -> None:
+    """The documented responses of an operation are the statuses its handler and the access checks can give:
+    each is provoked here (on a live server and on a replay), and nothing undocumented comes back."""
+    doc = openapi()
+    op = doc["paths"][path][method.lower()]
+    documented = {int(status) for status in op["responses"]}
+    token = {"Authorization": "Bearer t0k"}
+
+    async def main() -> set[int]:
+        seen: set[int] = set()
+        async with admin_server(scenario(background=2), admin_token="t0k") as (server, http), \
+                httpx.AsyncClient(base_url=server.admin_url, timeout=30) as anonymous:
+            seen |= await _statuses_of(method, path, op, http, anonymous, live=True)
+        async with ReplayServer(replay_items(), port=0, admin_port=0, admin_token="t0k") as replay, \
+                httpx.AsyncClient(base_url=replay.admin_url, headers=token, timeout=30) as http, \
+                httpx.AsyncClient(base_url=replay.admin_url, timeout=30) as anonymous:
+            seen |= await _statuses_of(method, path, op, http, anonymous, live=False)
+        return seen
+
+    assert run(main()) == documented
+
+
+# Hostile bodies, generated for every operation that takes one -------------------------------------------
+#: Literals that a JSON text may hold where a value goes: beyond what Python's decoder takes (5,000 digits),
+#: deeper than the guarded reader allows, not strict JSON (NaN), or of the wrong type.
+HOSTILE_LITERALS = ["9" * 5000, "-" + "9" * 5000, "9" * 400, "NaN", "Infinity", "-Infinity", "1e999",
+                    "[" * 100 + "]" * 100, '{"a":' * 40 + "1" + "}" * 40, '"x"', "[]", "{}", "true", "null",
+                    "-1", "0", "1.5"]
+_RAW = "\u0000raw"  # a string no example holds: its JSON is replaced by the literal
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path into a JSON value (its own, then its members', recursively)."""
+    out = [path]
+    if isinstance(value, dict):
+        out += [p for k, v in value.items() for p in _leaves(v, (*path, k))]
+    elif isinstance(value, list):
+        out += [p for i, v in enumerate(value) for p in _leaves(v, (*path, i))]
+    return out
+
+
+def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = _replaced(value[path[0]], path[1:], new)
+    return copy
+
+
+def _rendered(path: tuple[Any, ...]) -> str:
+    """``("messages", 0, "after_s")`` as the API names it: ``body.messages[0].after_s``."""
+    return "body" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if p.isidentifier()
+                            else f"[{json.dumps(p)}]" for p in path)
+
+
+def _body_operations() -> list[tuple[str, Any]]:
+    """``(path, example body)`` of every operation with a body (a session of the test server in its path)."""
+    out = []
+    for method, path, op in _operations(openapi()):
+        for example in op.get("requestBody", {}).get("content", {}).get("application/json", {}).get(
+                "examples", {}).values():
+            out.append((method, path.replace("{session_id}", "sim-00001"), example["value"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def served_admin() -> Any:
+    """A paused live server in a thread, and an HTTP client of its admin API."""
+    from pipesim.live import serve_in_background
+
+    with serve_in_background(scenario(background=1), port=0, admin_port=0, speed=20) as bg:
+        assert bg.server.admin_url is not None
+        with httpx.Client(base_url=bg.server.admin_url, timeout=30) as http:
+            http.post("/clock/pause").raise_for_status()
+            yield http
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operation=st.sampled_from(_body_operations()), data=st.data(),
+       literal=st.sampled_from(HOSTILE_LITERALS), cut=st.none() | st.integers(0, 200))
+def test_a_hostile_body_gets_a_documented_status_and_names_its_field(served_admin: Any, operation: Any, data: Any,
+                                                                     literal: str, cut: int | None) -> None:
+    """Any body of any operation (a number of 5,000 digits, NaN, deep nesting, a wrong type anywhere, a
+    truncated text): an answer the operation documents, and a 422 names the field (or says the body is not
+    JSON, and where)."""
+    method, path, example = operation
+    field = data.draw(st.sampled_from(_leaves(example)))
+    whole = json.dumps(_replaced(example, field, _RAW)).replace(json.dumps(_RAW), literal)
+    text = whole[:cut] if cut is not None else whole
+    response = served_admin.request(method, path.removeprefix("/__admin"), content=text.encode(),
+                                    headers=JSON)
+    documented = openapi()["paths"][path.replace("sim-00001", "{session_id}")][method.lower()]["responses"]
+    assert str(response.status_code) in documented, (response.status_code, response.text)
+    # The headers are right: no access refusal (400 is a header given twice; a body's number of 5,000 digits
+    # was a 400 too, "There was an error parsing the body", naming nothing).
+    assert response.status_code not in (400, 401, 403, 415), response.text
+    if response.status_code != 422:
+        return
+    message = response.json()["error"]["message"]
+    assert message.startswith("body") and "\n" not in message and len(message) < 1000, message
+    if len(text) < len(whole):
+        return  # cut short: the field where the text ends, or "not JSON"
+    named = [_rendered(field[:n]) for n in range(len(field), 0, -1)]
+    assert any(name in message for name in named) or (not field and message.startswith("body")), (field, message)
 
 
 def _cli(*args: str) -> subprocess.Popen[str]:

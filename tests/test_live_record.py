@@ -177,3 +177,58 @@ def test_a_refused_handshake_names_the_status(tmp_path: Path, capsys: pytest.Cap
                 os.environ["PIPESIM_TOKEN"] = env_token
         err = capsys.readouterr().err
         assert err.startswith(f"pipesim: error: {bg.url}: the server refused the connection: HTTP 403"), err
+
+
+def test_a_recording_made_across_a_reset_replays_end_to_end(tmp_path: Path) -> None:
+    """``pipesim serve --record``, ``POST /__admin/reset``, ``pipesim replay``: the reset starts a new segment
+    of the recording (time starts again at 0), and the replay plays both segments, every message in order."""
+    import httpx2 as httpx
+
+    recorded = tmp_path / "r.jsonl"
+    cli = [sys.executable, "-m", "pipesim"]
+    env = {**os.environ, "PIPESIM_ADMIN_TOKEN": "", "PIPESIM_TOKEN": ""}
+    serve = subprocess.Popen([*cli, "serve", "--port", "0", "--speed", "20", "--record", str(recorded)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert serve.stdout is not None
+        admin = json.loads(serve.stdout.readline())["admin"]
+        with httpx.Client(base_url=admin, timeout=20) as http:
+            http.post("/clock/pause").raise_for_status()
+            http.post("/clock/advance", json={"seconds": 4}).raise_for_status()
+            http.post("/reset").raise_for_status()
+            http.post("/clock/advance", json={"seconds": 2}).raise_for_status()
+        serve.send_signal(signal.SIGINT)
+        _, err = serve.communicate(timeout=20)
+        assert serve.returncode == 0, err
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    lines = _lines(recorded)
+    segments = [i for i, line in enumerate(lines) if "segment" in line]
+    assert len(segments) == 1 and lines[segments[0]]["reason"] == "reset"
+    first, second = lines[1:segments[0]], lines[segments[0] + 1:]
+    assert first and second and second[0]["t"] < first[-1]["t"], "the model's time went back at the reset"
+    recorded_messages = [line["message"] for line in lines if "message" in line]
+    items = load_replay(recorded)
+    assert [m for _, m in items] == recorded_messages
+    times = [t for t, _ in items]
+    assert times == sorted(times) and times[-1] == first[-1]["t"] + second[-1]["t"]
+
+    replay = subprocess.Popen([*cli, "replay", str(recorded), "--port", "0", "--speed", "100"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert replay.stdout is not None
+        ws = json.loads(replay.stdout.readline())["ws"]
+
+        async def watch() -> list[dict[str, Any]]:
+            async with LiveClient(ws) as client:
+                await client.expect(lambda m: len(client.messages) == len(recorded_messages), timeout=20)
+                return client.messages
+
+        assert run(watch()) == recorded_messages
+        replay.send_signal(signal.SIGTERM)
+        _, err = replay.communicate(timeout=20)
+        assert replay.returncode == 0 and "Traceback" not in err, err
+    finally:
+        if replay.poll() is None:
+            replay.kill()

@@ -6,7 +6,9 @@ import asyncio
 import json
 import re
 import signal
+import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -193,3 +195,64 @@ def test_pipesim_replay_command_serves_and_stops_on_sigterm(
                 await proc.wait()
 
     run(main())
+
+
+@pytest.fixture(scope="module")
+def long_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A recording of 100,000 messages: seconds to load (each message is checked against the protocol)."""
+    path = tmp_path_factory.mktemp("long") / "long.jsonl"
+    update = ('{"type":"pipeline_state_update","session_id":"a","state":"listening","services":{"stt":"idle",'
+              '"llm":"idle","tts":"idle"},"metadata":{"buffer_size":0,"audio_quality":0.5}')
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write('{"recording":"pipesim","version":1}\n{"wall":0.0,"t":0.0,"message":{"type":"session_created",'
+                 '"session_id":"a","timestamp":0.0,"seq":0}}\n')
+        fh.writelines(f'{{"wall":{k}.0,"t":{k}.0,"message":{update},"timestamp":{k}.0,"seq":{k}}}}}\n'
+                      for k in range(1, 100_000))
+    return path
+
+
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_ctrl_c_while_a_replay_loads_stops_it_with_one_line(long_recording: Path, inherited: str) -> None:
+    """SIGINT while ``pipesim replay`` loads (it says what it loads and how far it is past a second): it
+    exits 130 at once with one line, no traceback, and never listens. Also when it was started with SIGINT
+    ignored, as a shell starts a background job (it went on loading, then served: only the server's own
+    handler heard Ctrl-C)."""
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipesim", "replay", str(long_recording), "--port", "0"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ignore_sigint if inherited == "ignored" else None)
+    try:
+        assert proc.stderr is not None
+        progress = proc.stderr.readline()
+        assert re.fullmatch(rf"pipesim: loading {re.escape(str(long_recording))}: \d+% \(\d+ s\)\n", progress)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+        assert time.monotonic() - sent < 5, "Ctrl-C must stop the loading at once"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert out == "", "it must never listen"
+    assert "Traceback" not in err and err.endswith("pipesim: interrupted\n"), err
+    assert all(line.startswith(f"pipesim: loading {long_recording}: ") for line in err.splitlines()[:-1]), err
+
+
+def test_a_load_that_takes_more_than_a_second_reports_its_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from pipesim.live import cli as live_cli
+
+    now = [100.0]
+    monkeypatch.setattr(live_cli.time, "monotonic", lambda: now[0])
+    stream = io.StringIO()
+    with live_cli.LoadingReport("run/", stream=stream) as report:
+        for fraction in (0.1, 0.2, None, 0.4, 0.5, 0.6, 0.7, 0.9):  # one every 0.6 s
+            report(fraction)
+            now[0] += 0.6
+    # Nothing within the first second, then a line every 2 s (not a terminal: no line rewritten in place).
+    assert stream.getvalue().splitlines() == ["pipesim: loading run/: reading (1 s)",
+                                              "pipesim: loading run/: 70% (4 s)"]

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -156,3 +157,53 @@ def test_a_malformed_line_anywhere_is_a_trace_error_or_reads(tmp_path, kind, lin
         Trace.from_jsonl(path)
     except TraceError as exc:
         assert str(exc).startswith(str(path)) and "\n" not in str(exc), exc
+
+
+# Generated: NaN or an infinity in any numeric field of a line ------------------------------------------------
+def _numeric_fields(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The paths of every number in a decoded line (``("message", "timestamp")``)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _numeric_fields(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _numeric_fields(v, (*path, i))]
+    return []
+
+
+def _numbers_of(lines: list[str]) -> list[tuple[int, tuple[Any, ...]]]:
+    return [(i, path) for i, line in enumerate(lines) for path in _numeric_fields(json.loads(line))]
+
+
+#: Every line of a recording is replayed; of a trace, the state transitions (seq >= 0: TRACE[1]). A trace's
+#: other records (its header, model events, turns, services) are not sent, so a NaN there is not refused.
+REPLAYED_NUMBERS = {"recording": _numbers_of(RECORDING),
+                    "trace": [(1, p) for p in _numeric_fields(json.loads(TRACE[1]))]}
+
+
+def _set(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = _set(value[path[0]], path[1:], new)
+    return copy
+
+
+@given(kind=st.sampled_from(["recording", "trace"]), data=st.data(),
+       bad=st.sampled_from([float("nan"), float("inf"), float("-inf")]))
+@FILE_SETTINGS
+def test_nan_or_infinity_in_any_numeric_field_is_named_with_its_line(tmp_path, kind, data, bad):
+    """Python's JSON reader takes NaN and Infinity; a replay must not (the client got close 1011 and the
+    server a traceback when it sent one): one line naming file:line and the field."""
+    good = RECORDING if kind == "recording" else TRACE
+    index, field = data.draw(st.sampled_from(REPLAYED_NUMBERS[kind]))
+    lines = list(good)
+    lines[index] = json.dumps(_set(json.loads(good[index]), field, bad))  # writes NaN, Infinity, -Infinity
+    path = write(tmp_path / "nan.jsonl", as_bytes(lines))
+    with pytest.raises(TraceError) as info:
+        load_replay(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{index + 1}: ") and "\n" not in message, message
+    assert str(field[-1]) in message, message

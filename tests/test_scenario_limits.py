@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import resource
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -225,3 +227,16 @@ def test_sweep_of_a_misspelled_parameter_is_one_line(capsys):
     assert captured.err == ("pipesim: error: services.llm.capacty: no such field "
                             "(did you mean 'services.llm.capacity'?)\n")
     assert "Traceback" not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_a_refused_run_creates_no_folder(tmp_path, streamed):
+    """``simulate(out=DIR)`` (and a run big enough to spill to a temporary folder) is refused by the memory
+    budget before any folder is made: nothing is left behind."""
+    big = {"name": "big", "sessions": {"arrivals": {"kind": "at_once", "count": 1_000_000}, "turns": 1000}}
+    out = tmp_path / "deeper" / "run"
+    before = set(Path(tempfile.gettempdir()).glob("pipesim-run-*"))
+    with pytest.raises(ScenarioError, match="would need about"):
+        pipesim.simulate(big, progress=False, memory_limit=10**9, out=out if streamed else None)
+    assert not (tmp_path / "deeper").exists()
+    assert set(Path(tempfile.gettempdir()).glob("pipesim-run-*")) == before

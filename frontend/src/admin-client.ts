@@ -120,6 +120,9 @@ export interface JournalFilter {
   session_id?: string;
   type?: PipesimMessage["type"];
   direction?: "in" | "out";
+  /** An entry id (e.g. from `journalMark()`): only the entries made after it. */
+  since?: number;
+  /** Only the newest `limit` of the matching entries. */
   limit?: number;
 }
 
@@ -233,10 +236,14 @@ export class AdminClient {
     }
   }
 
-  /** Send protocol messages to the session's watchers, now or `after_s` simulated seconds from now. */
-  async push(sessionId: string, messages: Push[]): Promise<number> {
+  /**
+   * Send protocol messages to the session's watchers, now or `after_s` simulated seconds from now. An id the
+   * model does not know is a 404 `unknown_session`, unless `allowUnknown` (then its watchers get them).
+   */
+  async push(sessionId: string, messages: Push[], options: { allowUnknown?: boolean } = {}): Promise<number> {
+    const suffix = options.allowUnknown ? "?allow_unknown=true" : "";
     const answer = await this.request<{ scheduled: number }>(
-      "POST", `/__admin/sessions/${enc(sessionId)}/push`, { messages });
+      "POST", `/__admin/sessions/${enc(sessionId)}/push`, { messages }, suffix);
     return answer.scheduled;
   }
 
@@ -293,6 +300,12 @@ export class AdminClient {
     const suffix = query.toString() ? `?${query}` : "";
     const answer = await this.request<{ entries: JournalEntry[] }>("GET", "/__admin/journal", undefined, suffix);
     return answer.entries;
+  }
+
+  /** The id of the journal's newest entry: `journal({ since: mark })` later lists only what came after it. */
+  async journalMark(): Promise<number> {
+    const answer = await this.request<{ last_id: number }>("GET", "/__admin/journal", undefined, "?limit=0");
+    return answer.last_id;
   }
 
   /** Empty the journal; how many entries it held. */

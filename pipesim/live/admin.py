@@ -37,12 +37,14 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import uvicorn
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Body, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pipesim import _jsonsafe
 from pipesim.errors import LiveError
 from pipesim.live.access import Access
 from pipesim.live.pacer import Pacer
@@ -109,7 +111,7 @@ class SessionList(BaseModel):
 class CreateSession(_Body):
     session_id: Annotated[str | None, Field(min_length=1, max_length=200)] = None
     turns: Annotated[int | None, Field(ge=1, le=10_000, description="User turns before the user hangs up.")] = None
-    audio_quality: Annotated[float | None, Field(gt=0.0, lt=1.0, description=(
+    audio_quality: Annotated[float | None, Field(gt=0.0, lt=1.0, allow_inf_nan=False, description=(
         "The user's typical audio quality (0..1, exclusive): sets their microphone's SNR level.")) ] = None
     start: bool = True
 
@@ -177,7 +179,7 @@ class RunUntilResult(BaseModel):
 class FaultBody(_Body):
     fault: FaultKind
     service: ServiceName | None = None
-    duration_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    duration_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 5.0
     session_id: str | None = None
 
 
@@ -213,6 +215,8 @@ class JournalEntry(BaseModel):
 
 class JournalEntries(BaseModel):
     entries: list[JournalEntry]
+    last_id: int = Field(description="The id of the newest entry of the journal, whatever the filters (0 when "
+                                     "none was ever made): pass it as `since` to read only what comes next.")
 
 
 class Cleared(BaseModel):
@@ -247,6 +251,71 @@ def _field_path(loc: tuple[Any, ...]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+#: The tokens of a JSON text that say where a value is: strings, brackets, commas and colons.
+_JSON_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]')
+
+
+def _json_path_at(text: str, pos: int) -> str:
+    """The field path (``body.messages[0].after_s``) of the value at character ``pos`` of a JSON text, read
+    from the text before it (which the decoder took).
+
+    >>> _json_path_at('{"messages": [{"after_s": 1e999}]}', 26)
+    'body.messages[0].after_s'
+    """
+    parts: list[str | int | None] = []  # per open container: the key or index of the value being read
+    key: str | None = None
+    for match in _JSON_STRUCTURE.finditer(text, 0, pos):
+        token = match.group()
+        if token in "{[":
+            parts.append(0 if token == "[" else None)
+        elif token in "}]":
+            if parts:
+                parts.pop()
+        elif token == ",":
+            if parts:
+                last = parts[-1]
+                parts[-1] = last + 1 if isinstance(last, int) else None
+        elif token == ":":
+            if parts:
+                parts[-1] = key
+        else:
+            try:
+                key = json.loads(token)
+            except ValueError:
+                key = token[1:-1]
+    return _field_path(("body", *(p for p in parts if p is not None)))
+
+
+class _GuardedJSONRequest(Request):
+    """A request whose JSON body is read by pipesim's guarded reader: a huge integer or a deep nesting is a
+    ``JSONDecodeError`` with its position, which FastAPI answers as any bad JSON (422, naming where), instead
+    of the decoder's own error (a 400 that named nothing)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            raw = await self.body()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise json.JSONDecodeError(f"not UTF-8 ({exc.reason})", raw.decode("utf-8", "replace"),
+                                           exc.start) from None
+            self._json = _jsonsafe.loads(text)
+        return self._json
+
+
+class _GuardedJSONRoute(APIRoute):
+    """FastAPI's route, handing its endpoint a :class:`_GuardedJSONRequest` (FastAPI's documented way to
+    change how a body is read: a custom ``APIRoute`` class)."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            return await handler(_GuardedJSONRequest(request.scope, request.receive))
+
+        return guarded
 
 
 # The operations ----------------------------------------------------------------------------------------
@@ -462,8 +531,12 @@ class _Ops:
             return FaultApplied(applied={**applied, "service": msg.service, "duration_s": msg.duration_s,
                                          "until_t": now + msg.duration_s})
 
-    def push(self, sid: str, body: PushBody) -> Scheduled:
+    def push(self, sid: str, body: PushBody, allow_unknown: bool = False) -> Scheduled:
         server = self.live
+        if not allow_unknown and sid not in server.sim.manager:
+            # As every other /sessions/{id}/... does: a misspelt id must not go unnoticed.
+            raise AdminError(404, "unknown_session", f"push: unknown session {sid!r} (add ?allow_unknown=true "
+                             "to send to the watchers of an id the model does not know)")
         checked: list[tuple[float, dict[str, Any]]] = []
         for i, item in enumerate(body.messages):
             message = dict(item.message)
@@ -527,6 +600,8 @@ class _Ops:
                                         "seq": snap.seq + 1, "reason": "reset"}, now)
         if server.journal is not None:
             server.journal.clear()
+        if server.recorder is not None:  # the new model's time starts at 0 again: a new segment keeps it replayable
+            server.recorder.new_segment("reset")
         self.created_by_admin.clear()
         self._push_seq.clear()
         self._admin_ids = itertools.count(1)
@@ -538,13 +613,65 @@ class _Ops:
         return self.clock()
 
 
+# What each operation answers (the OpenAPI document) ------------------------------------------------------
+_CLOCK = {"t": 12.5, "paused": True, "speed": 1.0, "next_event_t": 12.62}
+_SESSION = {"session_id": "demo-1", "status": "active", "state": "processing",
+            "services": {"stt": "complete", "llm": "executing", "tts": "idle"}, "turn_id": 2, "seq": 41,
+            "buffer_size": 0, "audio_quality": 0.82, "created_by": "scenario"}
+_UPDATE = {"type": "pipeline_state_update", "session_id": "demo-1", "state": "processing",
+           "services": {"stt": "complete", "llm": "executing", "tts": "idle"},
+           "metadata": {"buffer_size": 0, "audio_quality": 0.82}, "timestamp": 12.5, "seq": 41}
+_MOVED = {"clock": _CLOCK, "transitions": [_UPDATE], "transitions_total": 1, "truncated": False}
+
+#: The errors an operation may answer: why, and an example of the error body's code and message.
+_ERRORS: dict[int, tuple[str, str, str]] = {
+    400: ("A Host, Origin or Authorization header given more than once.", "bad_request",
+          "more than one Host header"),
+    401: ("The server was started with an admin token (--admin-token, $PIPESIM_ADMIN_TOKEN) and the request "
+          "did not carry it as Authorization: Bearer TOKEN.", "unauthorized", "wrong admin token"),
+    403: ("A Host that is not a loopback name, or an Origin the server does not allow (--allow-origin).",
+          "forbidden", "Origin 'http://evil.example' is not allowed"),
+    404: ("No session of this id.", "unknown_session", "unknown session 'demo-9'"),
+    408: ("The session did not reach the state in time (the body also carries the session and the clock).",
+          "timeout", "run-until: session 'demo-1' did not reach {\"services.llm\": \"executing\"} within 60 "
+          "simulated s (or 10 wall s)"),
+    409: ("Not possible now: a replay cannot change (only the clock, seek, the journal and health are "
+          "available), or the control is illegal in the session's state.", "illegal_control",
+          "pause: session 'demo-1' is paused"),
+    415: ("A body that is not application/json.", "bad_request",
+          "the body must be application/json, got 'text/plain'"),
+    422: ("A bad body or query parameter: the message names the field (body.messages[1].message.state), or "
+          "says the body is not JSON and where.", "bad_request",
+          "body.speed: Input should be greater than 0 (got -2)"),
+}
+#: Every operation may answer these: the access checks come before any handler.
+_ACCESS = (400, 401, 403)
+
+
+def _responses(example: Any, *errors: int, status: int = 200, **why: str) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of an operation: its answer's example, then each error it may answer (besides the
+    access checks every operation has, and 415 for a POST) with why and an example; ``why`` overrides the
+    reason (``e404="..."``)."""
+    out: dict[int | str, dict[str, Any]] = {status: {"content": {"application/json": {"example": example}}}}
+    for code in sorted({*_ACCESS, *errors}):
+        reason, error_code, message = _ERRORS[code]
+        out[code] = {"model": ErrorBody, "description": why.get(f"e{code}", reason),
+                     "content": {"application/json": {"example": {"error": {"code": error_code,
+                                                                            "message": message}}}}}
+    return out
+
+
+_NO_SESSION = "No session of this id (on a replay: 409)."
+_LIVE_ONLY = "This server replays a recording: only the clock, seek, the journal and health are available."
+
+
 # The app -------------------------------------------------------------------------------------------
 def build_app(server: _BaseServer | None = None, *, token: str | None = None) -> FastAPI:
     """The FastAPI app of ``server`` (None: an app for its OpenAPI document only)."""
     app = FastAPI(title="pipesim admin API", version="1", openapi_url=f"{PREFIX}/openapi.json",
                   docs_url=None, redoc_url=None,
-                  description=__doc__.split("\n>>>")[0] if __doc__ else None,
-                  responses={code: {"model": ErrorBody} for code in (401, 403, 404, 409, 415, 422)})
+                  description=__doc__.split("\n>>>")[0] if __doc__ else None)
+    app.router.route_class = _GuardedJSONRoute
     ops = _Ops(server) if server is not None else None
     access = Access.build(ADMIN_HOST, server.access.allow_origins if server is not None else ())
     token = token or None
@@ -584,6 +711,8 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errs = exc.errors()
+        if errs and errs[0].get("type") == "json_invalid" and isinstance(exc.body, str):
+            return _error(422, "bad_request", _json_error(exc.body, errs[0]))
         parts = []
         for err in errs[:5]:
             where = _field_path(tuple(err.get("loc", ())))
@@ -603,8 +732,11 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
     async def crashed(request: Request, exc: Exception) -> JSONResponse:  # a pipesim bug: say so, keep serving
         return _error(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
 
-    @app.get(f"{PREFIX}/health", response_model=Health)
+    @app.get(f"{PREFIX}/health", response_model=Health, responses=_responses(
+        {"status": "ok", "kind": "live", "scenario": "frontend_demo", "seed": 1}))
     async def health() -> Health:
+        """Whether the server answers, and what it serves: a live model (its scenario and seed) or a replay
+        (its file)."""
         s = get_ops().server
         scenario = getattr(s, "scenario", None)
         sim = getattr(s, "sim", None)
@@ -612,87 +744,185 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
                       scenario=scenario.name if scenario is not None else getattr(s, "source", None),
                       seed=sim.seed if sim is not None else None)
 
-    @app.get(f"{PREFIX}/sessions", response_model=SessionList)
+    @app.get(f"{PREFIX}/sessions", response_model=SessionList,
+             responses=_responses({"sessions": [_SESSION]}, 409, e409=_LIVE_ONLY))
     async def list_sessions() -> SessionList:
+        """Every session of the model, as the state manager has it now."""
         return SessionList(sessions=get_ops().sessions())
 
-    @app.post(f"{PREFIX}/sessions", response_model=Session, status_code=201)
-    async def create_session(body: Annotated[CreateSession | None, Body()] = None) -> Session:
+    @app.post(f"{PREFIX}/sessions", response_model=Session, status_code=201, responses=_responses(
+        {**_SESSION, "session_id": "admin-0001", "state": "listening", "created_by": "admin"}, 409, 415, 422,
+        status=201, e409="The id is taken (or reserved by the scenario), or this server replays a recording."))
+    async def create_session(body: Annotated[CreateSession | None, Body(openapi_examples={
+            "generated id": {"value": {}}, "chosen": {"value": {"session_id": "abc", "turns": 2,
+                                                               "audio_quality": 0.9, "start": True}}})] = None,
+                             ) -> Session:
+        """Create a session from the scenario's template (started at once unless ``start`` is false); without a
+        ``session_id``, one is made up (``admin-0001``, ...)."""
         return get_ops().create(body or CreateSession())
 
-    @app.get(f"{PREFIX}/sessions/{{session_id}}", response_model=Session)
+    @app.get(f"{PREFIX}/sessions/{{session_id}}", response_model=Session,
+             responses=_responses(_SESSION, 404, 409, e404=_NO_SESSION, e409=_LIVE_ONLY))
     async def get_session(session_id: str) -> Session:
+        """One session, as the state manager has it now."""
         return get_ops().session(session_id)
 
     def control_endpoint(action: str) -> None:
         async def control(session_id: str) -> Session:
             return get_ops().control(session_id, action)
 
+        status = {"start": "active", "pause": "paused", "stop": "stopped"}[action]
         app.post(f"{PREFIX}/sessions/{{session_id}}/{action}", response_model=Session,
-                 name=f"{action}_session", summary=f"{action.title()} a session (as conversation_control)")(control)
+                 name=f"{action}_session", summary=f"{action.title()} a session (as conversation_control)",
+                 description=f"{action.title()} the session as a client's conversation_control would; its watchers "
+                             "get the same messages. Answers the session as it is then.",
+                 responses=_responses({**_SESSION, "status": status}, 404, 409, 415, e404=_NO_SESSION,
+                                      e409=f"{action} is illegal in the session's state (e.g. pause a paused "
+                                           "session), or this server replays a recording."))(control)
 
     for action in ("start", "pause", "stop"):
         control_endpoint(action)
 
-    @app.post(f"{PREFIX}/sessions/{{session_id}}/push", response_model=Scheduled)
-    async def push(session_id: str, body: PushBody) -> Scheduled:
-        return get_ops().push(session_id, body)
+    @app.post(f"{PREFIX}/sessions/{{session_id}}/push", response_model=Scheduled, responses=_responses(
+        {"scheduled": 2}, 404, 409, 415, 422,
+        e404="No session of this id (add ?allow_unknown=true to send to the watchers of an id the model does not "
+             "know).", e409=_LIVE_ONLY))
+    async def push(session_id: str,
+                   body: Annotated[PushBody, Body(openapi_examples={"a stall, then an error 2 s later": {"value": {
+                       "messages": [{"message": {"type": "pipeline_state_update", "state": "processing",
+                                                 "services": {"stt": "complete", "llm": "waiting", "tts": "idle"},
+                                                 "metadata": {"buffer_size": 0, "audio_quality": 0.8},
+                                                 "error": "LLM stalled"}},
+                                    {"message": {"type": "error", "code": "unsupported",
+                                                 "message": "orchestrator crashed"}, "after_s": 2.0}]}}})],
+                   allow_unknown: Annotated[bool, Query(description=(
+                       "Send even when the model knows no session of this id (to the clients watching it); "
+                       "without it, an unknown id is 404 as on every other /sessions/{session_id} path."))] = False,
+                   ) -> Scheduled:
+        """Send protocol messages to the session's watchers, validated as the server's own; ``session_id``,
+        ``seq`` and ``timestamp`` are filled in when absent. ``after_s`` waits on the simulated clock (a paused
+        clock holds the message)."""
+        return get_ops().push(session_id, body, allow_unknown)
 
-    @app.get(f"{PREFIX}/clock", response_model=Clock)
+    @app.get(f"{PREFIX}/clock", response_model=Clock, responses=_responses(_CLOCK))
     async def clock() -> Clock:
+        """The clock: simulated time ``t``, paused or not, speed, and when the next model event is due."""
         return get_ops().clock()
 
-    @app.post(f"{PREFIX}/clock/pause", response_model=Clock)
+    @app.post(f"{PREFIX}/clock/pause", response_model=Clock, responses=_responses(_CLOCK, 415))
     async def pause() -> Clock:
+        """Pause the clock: nothing moves (clients' controls are still answered, at the paused time)."""
         return get_ops().pause()
 
-    @app.post(f"{PREFIX}/clock/resume", response_model=Clock)
+    @app.post(f"{PREFIX}/clock/resume", response_model=Clock,
+              responses=_responses({**_CLOCK, "paused": False}, 415))
     async def resume() -> Clock:
+        """Resume the clock from where it was paused (no jump)."""
         return get_ops().resume()
 
-    @app.post(f"{PREFIX}/clock/speed", response_model=Clock)
-    async def speed(body: SpeedBody) -> Clock:
+    @app.post(f"{PREFIX}/clock/speed", response_model=Clock,
+              responses=_responses({**_CLOCK, "speed": 10.0}, 415, 422))
+    async def speed(body: Annotated[SpeedBody, Body(openapi_examples={"ten times": {"value": {"speed": 10}}})],
+                    ) -> Clock:
+        """Run at ``speed`` simulated seconds per wall second from now on (no jump in simulated time)."""
         return get_ops().set_speed(body.speed)
 
-    @app.post(f"{PREFIX}/clock/step", response_model=ClockMoved)
-    async def step(body: Annotated[StepBody | None, Body()] = None) -> ClockMoved:
+    @app.post(f"{PREFIX}/clock/step", response_model=ClockMoved,
+              responses=_responses(_MOVED, 409, 415, 422, e409=_LIVE_ONLY))
+    async def step(body: Annotated[StepBody | None, Body(openapi_examples={
+            "three transitions": {"value": {"count": 3}}})] = None) -> ClockMoved:
+        """Run the model to its next ``count`` state transitions, then pause; the answer lists the first
+        ``limit`` of them."""
         body = body or StepBody()
         return await get_ops().step(body.count, body.limit)
 
-    @app.post(f"{PREFIX}/clock/advance", response_model=ClockMoved)
-    async def advance(body: AdvanceBody) -> ClockMoved:
+    @app.post(f"{PREFIX}/clock/advance", response_model=ClockMoved,
+              responses=_responses(_MOVED, 409, 415, 422, e409=_LIVE_ONLY))
+    async def advance(body: Annotated[AdvanceBody, Body(openapi_examples={
+            "2.5 s": {"value": {"seconds": 2.5}}})]) -> ClockMoved:
+        """Move simulated time by exactly ``seconds``, as fast as the model goes, then pause; the answer lists
+        the first ``limit`` transitions passed and counts them all."""
         return await get_ops().advance(body.seconds, body.limit)
 
-    @app.post(f"{PREFIX}/clock/run-until", response_model=RunUntilResult, responses={408: {"model": ErrorBody}})
-    async def run_until(body: RunUntilBody) -> RunUntilResult:
+    @app.post(f"{PREFIX}/clock/run-until", response_model=RunUntilResult, responses=_responses(
+        {"clock": _CLOCK, "session": _SESSION, "reached": True}, 404, 408, 409, 415, 422,
+        e404="No session of this id, and the scenario will not create one.", e409=_LIVE_ONLY))
+    async def run_until(body: Annotated[RunUntilBody, Body(openapi_examples={"LLM executing": {"value": {
+            "session_id": "demo-1", "until": {"services.llm": "executing"}}}})]) -> RunUntilResult:
+        """Run as fast as possible until the session matches every field of ``until``; the clock is left paused
+        at that transition."""
         return await get_ops().run_until(body)
 
-    @app.post(f"{PREFIX}/faults", response_model=FaultApplied)
-    async def faults(body: FaultBody) -> FaultApplied:
+    @app.post(f"{PREFIX}/faults", response_model=FaultApplied, responses=_responses(
+        {"applied": {"fault": "kafka_stall", "session_id": None, "from_t": 12.5, "service": "llm",
+                     "duration_s": 4.0, "until_t": 16.5}}, 404, 409, 415, 422,
+        e404="A disconnect of a session the model does not know.", e409=_LIVE_ONLY))
+    async def faults(body: Annotated[FaultBody, Body(openapi_examples={"a 4 s Kafka stall of the LLM": {"value": {
+            "fault": "kafka_stall", "service": "llm", "duration_s": 4}}})]) -> FaultApplied:
+        """Inject a fault as a client's fault_injection would; the answer says what was applied and its window
+        in simulated time."""
         return get_ops().fault(body)
 
-    @app.get(f"{PREFIX}/journal", response_model=JournalEntries)
+    @app.get(f"{PREFIX}/journal", response_model=JournalEntries, responses=_responses(
+        {"entries": [{"id": 7, "wall_time": "2026-01-05T10:00:00.125000+00:00", "t": 12.5, "direction": "in",
+                      "connection": "c1", "session_id": "demo-1", "type": "conversation_control",
+                      "message": {"type": "conversation_control", "action": "pause", "session_id": "demo-1"},
+                      "result": "applied"}], "last_id": 9}, 422))
     async def journal(session_id: str | None = None, type: str | None = None,  # noqa: A002 (the field's name)
                       direction: Literal["in", "out"] | None = None,
-                      limit: Annotated[int | None, Query(ge=0, le=1_000_000)] = None) -> JournalEntries:
+                      since: Annotated[int | None, Query(ge=0, description=(
+                          "An entry id: only the entries made after it (ids grow and survive clear and reset, "
+                          "so a test reads what happened since its mark without clearing the journal)."))] = None,
+                      limit: Annotated[int | None, Query(ge=0, le=1_000_000, description=(
+                          "Only the newest `limit` of the matching entries."))] = None) -> JournalEntries:
+        """What clients sent (with its result) and got, oldest first, filtered; ``last_id`` is the newest
+        entry's id, to pass as ``since`` later."""
         j = get_ops().server.journal
         if j is None:
-            return JournalEntries(entries=[])
+            return JournalEntries(entries=[], last_id=0)
         return JournalEntries(entries=j.entries(session_id=session_id, type=type, direction=direction,
-                                                limit=limit))
+                                                since=since, limit=limit), last_id=j.last_id)
 
-    @app.delete(f"{PREFIX}/journal", response_model=Cleared)
+    @app.delete(f"{PREFIX}/journal", response_model=Cleared, responses=_responses({"cleared": 120}))
     async def clear_journal() -> Cleared:
+        """Forget every entry of the journal (ids go on counting)."""
         j = get_ops().server.journal
         return Cleared(cleared=j.clear() if j is not None else 0)
 
-    @app.post(f"{PREFIX}/reset", response_model=Clock)
+    @app.post(f"{PREFIX}/reset", response_model=Clock,
+              responses=_responses({**_CLOCK, "t": 0.0, "next_event_t": 0.0}, 409, 415, e409=_LIVE_ONLY))
     async def reset() -> Clock:
+        """Back to the scenario's start, same seed: watchers get session_ended (reason reset) for the old
+        sessions, the journal is cleared, and a recording starts a new segment."""
         return await get_ops().reset()
 
-    @app.post(f"{PREFIX}/replay/seek", response_model=Clock)
-    async def seek(body: SeekBody) -> Clock:
+    @app.post(f"{PREFIX}/replay/seek", response_model=Clock, responses=_responses(
+        {**_CLOCK, "t": 50.5}, 409, 415, 422, e409="Only a replay can seek; a live model moves forward."))
+    async def seek(body: Annotated[SeekBody, Body(openapi_examples={"to 50.5 s": {"value": {"t": 50.5}}})]) -> Clock:
+        """``pipesim replay`` only: jump to simulated time ``t``; watchers get each session's state as of ``t``."""
         return get_ops().seek(body.t)
+
+    base_openapi = app.openapi
+
+    def openapi_with_security() -> dict[str, Any]:
+        doc = base_openapi()
+        # FastAPI documents a 422 of its own (HTTPValidationError) on every operation with a parameter: a path's
+        # session_id cannot fail, and our 422 is an ErrorBody, documented where it can happen.
+        for item in doc["paths"].values():
+            for operation in item.values():
+                fastapi_422 = operation["responses"].get("422", {})
+                if "HTTPValidationError" in json.dumps(fastapi_422):
+                    del operation["responses"]["422"]
+        for unused in ("HTTPValidationError", "ValidationError"):
+            doc.get("components", {}).get("schemas", {}).pop(unused, None)
+        # Declared, not enforced here: the guard above checks the token (only when the server has one).
+        doc.setdefault("components", {}).setdefault("securitySchemes", {"adminToken": {
+            "type": "http", "scheme": "bearer", "description": "Needed only when the server was started with "
+            "--admin-token TOKEN (or $PIPESIM_ADMIN_TOKEN): Authorization: Bearer TOKEN."}})
+        doc["security"] = [{"adminToken": []}, {}]
+        return doc
+
+    app.openapi = openapi_with_security  # type: ignore[method-assign]
 
     return app
 
@@ -704,6 +934,19 @@ def _filled(type_name: Any, values: dict[str, Any]) -> dict[str, Any]:
 
 
 _FIELDS = {name: set(schema.get("properties", {})) for name, schema in json_schemas().items()}
+
+
+def _json_error(text: str, err: dict[str, Any]) -> str:
+    """The one line for a body FastAPI could not decode: the field where it failed, else that it is not JSON."""
+    loc = err.get("loc", ())
+    pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
+    reason = str((err.get("ctx") or {}).get("error", "not JSON"))
+    line = text.count("\n", 0, pos) + 1
+    column = pos - text.rfind("\n", 0, pos)
+    where = _json_path_at(text, pos)
+    if where == "body":
+        return f"body: not JSON: {reason} (line {line} column {column})"
+    return f"{where[:200]}: {reason} (line {line} column {column} of the body)"
 
 
 def _has_body(request: Request) -> bool:

@@ -21,10 +21,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
-from typing import Any
+import time
+from typing import Any, TextIO
 
 from pipesim.live.collector import ServingCollector
 from pipesim.live.recording import load_replay
@@ -47,12 +49,54 @@ def serve(args: argparse.Namespace) -> int:
 
 def replay(args: argparse.Namespace) -> int:
     """``pipesim replay FILE [--host] [--port] [--speed] [--loop] [--allow-origin] [--allow-host] [--token]``."""
-    items = load_replay(args.file)
+    with LoadingReport(args.file) as report:
+        items = load_replay(args.file, progress=report)
     server = ReplayServer(items, host=args.host, port=args.port, speed=args.speed, loop=args.loop,
                           **_access(args), **_admin(args))
     server.source = args.file
     what = f"replay of {args.file} ({len(items)} messages{', looping' if args.loop else ''})"
     return _run(server, what)
+
+
+class LoadingReport:
+    """Tells a person on standard error what is being loaded and how far it is, once it takes more than a
+    second (one line rewritten in place on a terminal, a line every 2 s otherwise). A quick load says
+    nothing: a bad file is still one line, the error.
+
+    >>> import io
+    >>> with LoadingReport("run/", stream=io.StringIO()) as report:
+    ...     report(0.5)                       # within the first second: nothing is said
+    >>> report.stream.getvalue()
+    ''
+    """
+
+    def __init__(self, what: str, stream: TextIO | None = None) -> None:
+        self.what, self.stream = what, stream if stream is not None else sys.stderr
+        self.terminal = self.stream.isatty()
+        self.started, self.shown = time.monotonic(), -math.inf
+        self._rewriting = False  # a progress line is on the terminal, without its newline
+
+    def __enter__(self) -> LoadingReport:
+        return self
+
+    def __call__(self, fraction: float | None) -> None:
+        now = time.monotonic()
+        if now - self.started < 1.0 or now - self.shown < (0.25 if self.terminal else 2.0):
+            return
+        self.shown = now
+        done = f"{fraction:.0%}" if fraction is not None else "reading"
+        line = f"pipesim: loading {self.what}: {done} ({now - self.started:.0f} s)"
+        if self.terminal:
+            self.stream.write(f"\r{line}\x1b[K")
+            self._rewriting = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._rewriting:  # what follows (the serving line, an error, "interrupted") starts a line of its own
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def _access(args: argparse.Namespace) -> dict[str, Any]:

@@ -13,8 +13,10 @@ the oldest entries go first. The admin API serves it (``GET /__admin/journal``).
 >>> [(e["direction"], e["session_id"], e["result"]) for e in journal.entries(type="conversation_control")]
 [('in', 'a', 'applied')]
 >>> _ = journal.outbound("c1", {"type": "error", "code": "bad_message", "message": "x"}, t=2.0)
->>> len(journal), journal.clear(), len(journal)
-(2, 2, 0)
+>>> [e["id"] for e in journal.entries(since=2)]   # a cursor: the entries made after entry 2
+[3]
+>>> len(journal), journal.clear(), len(journal), journal.last_id
+(2, 2, 0, 3)
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class Journal:
         self.maxlen = maxlen
         self._entries: deque[dict[str, Any]] = deque(maxlen=maxlen)
         self._ids = itertools.count(1)
+        #: The id of the newest entry ever made (0: none); ids survive :meth:`clear`.
+        self.last_id = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -56,14 +60,16 @@ class Journal:
 
     def outbound_text(self, session_id: str | None, text: str, t: float) -> None:
         """Record a broadcast already serialised (the live fast path): parsed only when read."""
-        self._entries.append({"id": next(self._ids), "wall_time": time.time(), "t": t, "direction": "out",
+        self.last_id = next(self._ids)
+        self._entries.append({"id": self.last_id, "wall_time": time.time(), "t": t, "direction": "out",
                               "connection": None, "session_id": session_id, "type": None, "message": None,
                               "text": text, "result": None})
 
     def _add(self, direction: str, connection: str | None, message: dict[str, Any], t: float,
              result: Any) -> dict[str, Any]:
         session_id, type_name = message.get("session_id"), message.get("type")
-        entry = {"id": next(self._ids), "wall_time": time.time(), "t": t, "direction": direction,
+        self.last_id = next(self._ids)
+        entry = {"id": self.last_id, "wall_time": time.time(), "t": t, "direction": direction,
                  "connection": connection,
                  "session_id": session_id if isinstance(session_id, str) else None,
                  "type": type_name if isinstance(type_name, str) else None,
@@ -72,14 +78,18 @@ class Journal:
         return entry
 
     def entries(self, *, session_id: str | None = None, type: str | None = None,  # noqa: A002 (the field's name)
-                direction: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """The entries that match every given filter, oldest first; ``limit`` keeps the newest ones.
-        ``wall_time`` is an ISO 8601 string here."""
+                direction: str | None = None, since: int | None = None,
+                limit: int | None = None) -> list[dict[str, Any]]:
+        """The entries that match every given filter, oldest first: ``since`` (an entry id) keeps those made
+        after it, ``limit`` the newest ``limit`` of them. ``wall_time`` is an ISO 8601 string here."""
         for e in self._entries:
             if e["message"] is None:  # a broadcast kept as text: parse it once, now that it is read
                 e["message"] = json.loads(e.pop("text"))
                 e["type"] = e["message"].get("type")
-        found = [e for e in self._entries
+        entries: Any = self._entries
+        if since is not None:  # ids grow along the deque: skip the older ones from the left
+            entries = itertools.dropwhile(lambda e: e["id"] <= since, entries)
+        found = [e for e in entries
                  if (session_id is None or e["session_id"] == session_id)
                  and (type is None or e["type"] == type)
                  and (direction is None or e["direction"] == direction)]

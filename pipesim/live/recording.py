@@ -10,6 +10,13 @@ broadcast to clients, in the order it was sent::
 flushed as it is written, so the file is complete and valid up to the last message even if the server
 is killed. Messages sent to one client only (snapshots on connect, errors) are not recorded.
 
+A reset of the model (``POST /__admin/reset``) starts a new segment, whose ``t`` starts again at 0::
+
+    {"wall":12.5,"segment":2,"reason":"reset"}   (wall: that of the last message before it)
+
+A replay plays the segments one after the other: a segment's times are shifted to start where the
+previous one ended (its messages are sent as recorded).
+
 :func:`load_replay` reads a recording, a trace (``trace.jsonl``) or a run folder (``pipesim run --out``'s
 Parquet, or its ``trace.jsonl``) into the
 ``(t, message)`` pairs that :class:`~pipesim.live.ReplayServer` plays.
@@ -27,8 +34,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from pipesim.model.budget import default_memory_limit
 from pipesim.protocol import ProtocolError, dumps, parse_message, wire_messages
@@ -45,6 +53,7 @@ from pipesim.trace import (
 from pipesim.vocabulary import SERVER_MESSAGE_TYPES
 
 RECORDING_VERSION = 1
+_T = TypeVar("_T")
 #: Memory a replayed message takes (its decoded dict and its ``(t, message)`` pair): ~970 bytes measured.
 REPLAY_BYTES_PER_MESSAGE = 1_000
 #: Memory per byte of a recording or trace file replayed (a ~300-byte line becomes a ~1,000-byte message).
@@ -68,6 +77,9 @@ class Recorder:
         # Line buffering: every line reaches the OS as it is written, so SIGKILL loses at most one line.
         self._fh: IO[str] | None = open(self.path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
         self.count = 0
+        #: Segments so far (a reset starts a new one).
+        self.segments = 1
+        self._wall = 0.0
         head = {"recording": "pipesim", "version": RECORDING_VERSION, **(header or {})}
         self._fh.write(json.dumps(head, separators=(",", ":")) + "\n")
 
@@ -77,8 +89,18 @@ class Recorder:
             return
         text = message if isinstance(message, str) else dumps(message)
         # The message is already serialised for the wire: splice it in rather than encoding it twice.
-        self._fh.write(f'{{"wall":{round(wall, 6)!r},"t":{t!r},"message":{text}}}\n')
+        self._wall = round(wall, 6)
+        self._fh.write(f'{{"wall":{self._wall!r},"t":{t!r},"message":{text}}}\n')
         self.count += 1
+
+    def new_segment(self, reason: str) -> None:
+        """Start a new segment: the model's clock starts again at 0 (a reset). Its line's ``wall`` is that of
+        the last message before it."""
+        if self._fh is None:
+            return
+        self.segments += 1
+        self._fh.write(json.dumps({"wall": self._wall, "segment": self.segments, "reason": reason},
+                                  separators=(",", ":")) + "\n")
 
     def close(self) -> None:
         """Flush and close the file (idempotent)."""
@@ -91,14 +113,23 @@ class Recorder:
         return self._fh is None
 
 
-def load_replay(path: str | Path) -> list[tuple[float, dict[str, Any]]]:
+#: ``progress(fraction)`` of :func:`load_replay`: the share of the file read so far (0..1), None while the
+#: share is unknown (a trace file is being parsed).
+Progress = Callable[[float | None], None]
+#: Rows (lines, events) between two calls of a ``progress`` callback.
+PROGRESS_EVERY = 1024
+
+
+def load_replay(path: str | Path, progress: Progress | None = None) -> list[tuple[float, dict[str, Any]]]:
     """The ``(t, message)`` pairs of a recording or a trace, in the order they were sent.
 
     ``path`` is a recording (``pipesim serve --record``), a trace (``trace.jsonl`` from
     ``pipesim run --out --jsonl`` or :meth:`pipesim.Trace.to_jsonl`), or a run folder (its
     ``events.parquet``, else its ``trace.jsonl``). Raises :class:`ReplayError` (a
     :class:`~pipesim.trace.TraceError`) naming the file and line (or event) of the problem.
+    ``progress`` (see :data:`Progress`) is told how far the loading is, now and then.
     """
+    report: Progress = progress or (lambda fraction: None)
     p = Path(path)
     if p.is_dir():
         if (p / "events.parquet").exists():
@@ -109,7 +140,8 @@ def load_replay(path: str | Path) -> list[tuple[float, dict[str, Any]]]:
             n = trace.n_messages()
             _refuse_if_too_large(p, n * REPLAY_BYTES_PER_MESSAGE, f"its {n:,} messages")
             where = f"{p / 'events.parquet'}: event"
-            return _trace_messages(p, ((row, f"{where} {i}") for i, row in enumerate(event_rows(trace), 1)))
+            rows = ((row, f"{where} {i}") for i, row in enumerate(event_rows(trace), 1))
+            return _trace_messages(p, _reporting(rows, trace.n_events, report))
         if not (p / "trace.jsonl").exists():
             raise ReplayError(f"{p}: a folder without events.parquet or trace.jsonl (give a recording or a "
                               f"trace file)")
@@ -124,9 +156,9 @@ def load_replay(path: str | Path) -> list[tuple[float, dict[str, Any]]]:
         raise ReplayError(f"{p}: the file is empty")
     number, obj = first
     if isinstance(obj, dict) and "record" in obj:
-        return _load_trace(p)
+        return _load_trace(p, report)
     if isinstance(obj, dict) and ("recording" in obj or "message" in obj):
-        return _load_recording(p)
+        return _load_recording(p, report)
     raise ReplayError(f"{p}:{number}: neither a pipesim recording nor a trace line")
 
 
@@ -139,18 +171,52 @@ def _refuse_if_too_large(path: Path, need: float, what: str) -> None:
                           f"SECONDS, or fewer sessions)")
 
 
+def _refuse_non_finite(value: Any, where: str, field: str = "") -> None:
+    """A NaN or an infinity anywhere in a recorded line (Python's JSON reader takes them) names its field:
+    no server may send one (the wire is strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ReplayError(f"{where}: {field or 'the line'} must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(item, where, f"{field}.{key}" if field else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_non_finite(item, where, f"{field}[{i}]")
+
+
 def _server_message(message: dict[str, Any], where: str) -> None:
     try:
+        text = json.dumps(message, allow_nan=False)
+    except ValueError:  # NaN or an infinity somewhere: the wire cannot carry it
+        _refuse_non_finite(message, where, "message")
+        raise
+    try:
         # Validate against the protocol: a replay must never send what the server would not.
-        parse_message(json.dumps(message), allowed=SERVER_MESSAGE_TYPES)
+        parse_message(text, allowed=SERVER_MESSAGE_TYPES)
     except ProtocolError as exc:
         raise ReplayError(f"{where}: {exc}") from None
 
 
-def _load_trace(path: Path) -> list[tuple[float, dict[str, Any]]]:
+def _reporting(rows: Iterable[_T], total: int, report: Progress) -> Iterator[_T]:
+    """``rows``, telling ``report`` the share of the ``total`` passed every :data:`PROGRESS_EVERY` rows."""
+    for i, row in enumerate(rows):
+        if i % PROGRESS_EVERY == 0:
+            report(i / max(total, 1))
+        yield row
+    report(1.0)
+
+
+def _count_lines(path: Path) -> int:
+    """Lines of a file, counted in binary blocks (a fraction of a second for a gigabyte)."""
+    with open(path, "rb") as fh:
+        return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b""))
+
+
+def _load_trace(path: Path, report: Progress) -> list[tuple[float, dict[str, Any]]]:
+    report(None)  # the trace reader parses the whole file first (half the time), without telling how far it is
     trace, event_lines = _read_trace(path)
-    return _trace_messages(path, ((row, f"{path}:{number}") for row, number in zip(event_rows(trace), event_lines,
-                                                                                    strict=True)))
+    rows = ((row, f"{path}:{number}") for row, number in zip(event_rows(trace), event_lines, strict=True))
+    return _trace_messages(path, _reporting(rows, len(event_lines), report))
 
 
 def _trace_messages(path: Path, rows: Any) -> list[tuple[float, dict[str, Any]]]:
@@ -168,6 +234,8 @@ def _trace_messages(path: Path, rows: Any) -> list[tuple[float, dict[str, Any]]]
         if missing:
             raise ReplayError(f"{where}: a state transition (seq >= 0) needs {', '.join(missing)}")
         tr = transition_from_row(row)
+        if not math.isfinite(tr.audio_quality):  # the trace reader takes NaN there; the wire cannot carry it
+            raise ReplayError(f"{where}: audio_quality must be a finite number, got {tr.audio_quality}")
         for message in wire_messages(tr):
             kind = (message["type"], tr.state, tr.status, tr.stt, tr.llm, tr.tts, tr.turn_id >= 0,
                     tr.buffer_size >= 0, 0 <= tr.audio_quality <= 1, tr.error is None)
@@ -180,25 +248,30 @@ def _trace_messages(path: Path, rows: Any) -> list[tuple[float, dict[str, Any]]]
     return out
 
 
-def _load_recording(path: Path) -> list[tuple[float, dict[str, Any]]]:
+def _load_recording(path: Path, report: Progress) -> list[tuple[float, dict[str, Any]]]:
     out: list[tuple[float, dict[str, Any]]] = []
-    for number, obj in json_lines(path):
+    offset = 0.0  # where the current segment starts on the replay's clock: its model time starts at 0
+    for number, obj in _reporting(json_lines(path), _count_lines(path), report):
         where = f"{path}:{number}"
         if not isinstance(obj, dict):
             raise ReplayError(f"{where}: a recording line must be a JSON object")
         if "recording" in obj:
+            _refuse_non_finite(obj, where)
             if number != 1 and out:
                 raise ReplayError(f"{where}: a recording header in the middle of the file")
+            continue
+        if "segment" in obj:  # a reset: the model's time starts again
+            _refuse_non_finite(obj, where)
+            offset = out[-1][0] if out else 0.0
             continue
         t, message = obj.get("t"), obj.get("message")
         if isinstance(t, bool) or not isinstance(t, int | float) or not isinstance(message, dict):
             raise ReplayError(f"{where}: a recording line needs a number 't' and an object 'message'")
-        if not math.isfinite(t):
-            raise ReplayError(f"{where}: t must be a finite number, got {t}")
+        _refuse_non_finite({"t": t, "wall": obj.get("wall")}, where)
         _server_message(message, where)
-        if out and t < out[-1][0]:
-            raise ReplayError(f"{where}: time goes backwards ({t} after {out[-1][0]})")
-        out.append((float(t), message))
+        if out and offset + t < out[-1][0]:
+            raise ReplayError(f"{where}: time goes backwards ({t} after {out[-1][0] - offset})")
+        out.append((offset + t, message))
     if not out:
         raise ReplayError(f"{path}: the recording holds no messages")
     return out

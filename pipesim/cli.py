@@ -11,9 +11,7 @@ import difflib
 import json
 import math
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -538,13 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pipesim`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
-        # Started with SIGINT ignored (a shell's background job): Ctrl-C must still stop every command at every
-        # moment, as it stops a server once it listens, not only after a long load.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        args = build_parser().parse_args(argv)
         status = COMMANDS[args.command](args)
         sys.stdout.flush()  # a reader that has gone shows here, not as Python's complaint at exit
         return status
@@ -563,7 +556,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pipesim: interrupted", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -5,6 +5,8 @@
 * ``pipesim run ... | head -1``: a reader that goes away ends the command quietly, as a Unix tool.
 * ``pipesim run --out``: the summary's count of files is the files it names, which are the folder's.
 * ``pipesim sweep --dask`` on a port nobody listens on fails in seconds, in one line.
+* Ctrl-C stops a command at every moment past Python's own start-up, with one line, also when the command
+  was started with SIGINT ignored (a non-interactive shell's background job).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +83,23 @@ def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
         done = subprocess.run([sys.executable, "-m", "pipesim", *SMALL], stdout=stdout, stderr=subprocess.PIPE,
                               text=True, timeout=120)
     assert (done.returncode, done.stderr) == (EXIT_BROKEN_PIPE, "")
+
+
+@pytest.mark.parametrize("ignored", [False, True], ids=["sigint-default", "sigint-ignored"])
+@pytest.mark.parametrize("after_s", [0.3, 1.0])
+def test_ctrl_c_stops_a_command_at_any_moment_with_one_line(ignored: bool, after_s: float) -> None:
+    """Before: started with SIGINT ignored, a Ctrl-C in the first ~0.3 s (before the command line was imported)
+    was lost and the run went on to exit 0; a Ctrl-C while pipesim.cli was imported ended in a traceback."""
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    script = Path(sys.executable).with_name("pipesim")  # the console script, as a user starts it
+    proc = subprocess.Popen([str(script), "run", "baseline", "--until", "300"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint if ignored else None)
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (130, "pipesim: interrupted\n")
 
 
 def test_head_takes_the_first_line_and_nothing_complains(tmp_path: Path) -> None:

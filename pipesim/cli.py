@@ -88,6 +88,13 @@ def _print_summary(res: Any) -> None:
           f"{c['cancelled']} cancelled; {c['kafka_timeouts']} Kafka timeouts")
     with pd.option_context("display.width", 120, "display.max_columns", 20):
         print(res.summary().to_string())
+    from pipesim.analysis import stale_work_share
+
+    stale = stale_work_share(res.requests, end=res.end_time)
+    stale = stale[stale > 0]
+    if len(stale):
+        shares = ", ".join(f"{svc} {share:.1%}" for svc, share in stale.items())
+        print(f"stale work: {shares} of the worker time (requests served after their turn gave up on them)")
 
 
 def _parse_value(path: str, text: str, as_list: bool = False) -> Any:
@@ -179,7 +186,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.out:
         written = res.save(args.out, csv=args.csv, jsonl=args.jsonl)
         extra = "".join(["; CSV copies" if args.csv else "", "; trace.jsonl" if args.jsonl else ""])
-        print(f"wrote {len(written)} files to {args.out}/ (events, turns, sessions, services, messages, "
+        print(f"wrote {len(written)} files to {args.out}/ (events, turns, sessions, services, requests, messages, "
               f"kafka_windows as Parquet{extra})")
     if args.plots:
         from pipesim.plots import save_standard_figures

@@ -90,7 +90,7 @@ def _print_summary(res: Any) -> None:
         print(res.summary().to_string())
     from pipesim.analysis import stale_work_share
 
-    stale = stale_work_share(res.requests, end=res.end_time)
+    stale = stale_work_share(res.requests)
     stale = stale[stale > 0]
     if len(stale):
         shares = ", ".join(f"{svc} {share:.1%}" for svc, share in stale.items())

@@ -167,9 +167,10 @@ class Results:
         return analysis.utilisation(self.services, window, end=self.end_time)
 
     def services_summary(self) -> pd.DataFrame:
-        """Per service over the run: utilisation, time-average queue, requests and the share of worker time
-        spent on stale ones (:func:`analysis.services_summary`)."""
-        return analysis.services_summary(self.services, self.requests, end=self.end_time)
+        """Per service over the run (to its last service sample: stale work may go on after the last event):
+        utilisation, time-average queue, requests and the share of worker time spent on stale ones
+        (:func:`analysis.services_summary`)."""
+        return analysis.services_summary(self.services, self.requests)
 
     def state_durations(self, column: str = "state") -> pd.DataFrame:
         """Seconds each session spent in each state (:func:`analysis.state_durations`)."""

@@ -137,6 +137,8 @@ MESSAGE_BATCH_ROWS = 65_536
 MESSAGE_GROUP_ROWS = 262_144
 #: A trace with a limit of N events keeps N / this turns (a turn comes with ~30 events).
 EVENTS_PER_TURN_KEPT = 16
+#: ... and the requests of about as many turns (a turn sends ~4: its three services, and retries).
+REQUESTS_PER_TURN = 4
 #: Rows per chunk of a trace with a limit (the live server's): ~5 ms to turn into columns.
 LIVE_CHUNK_ROWS = 4_096
 
@@ -365,8 +367,8 @@ class Trace:
     """The record of one run. The model appends; :meth:`events_frame` and friends read.
 
     ``sink``: a folder to stream events and service samples to as Parquet (a run too big to hold);
-    ``limit``: keep only the most recent ``limit`` events and service samples, and ``limit / 16`` turns (the
-    live server).
+    ``limit``: keep only the most recent ``limit`` events and service samples, ``limit / 16`` turns and
+    ``limit / 4`` requests (the live server).
     """
 
     __slots__ = ("header", "_events", "_services", "_requests", "_open_requests", "_turns", "_windows", "sink",
@@ -390,8 +392,9 @@ class Trace:
                               else self.sink / "events.parquet")
         self._services = _Table(SERVICE_SCHEMA, chunk_rows, limit, None if self.sink is None
                                 else self.sink / "services.parquet")
-        self._requests = _Table(REQUEST_SCHEMA, chunk_rows, limit, None if self.sink is None
-                                else self.sink / "requests.parquet")
+        self._requests = _Table(REQUEST_SCHEMA, chunk_rows,
+                                None if limit is None else max(1, limit * REQUESTS_PER_TURN // EVENTS_PER_TURN_KEPT),
+                                None if self.sink is None else self.sink / "requests.parquet")
         #: The requests still open where the run stopped (:meth:`set_open_requests`), after the others.
         self._open_requests: list[tuple] = []
         self._turns = _Turns(None if limit is None else max(1, limit // EVENTS_PER_TURN_KEPT))

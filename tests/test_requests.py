@@ -19,7 +19,7 @@ from pipesim.errors import TraceError
 from pipesim.replications import run_metrics
 from pipesim.results import Results
 from pipesim.scenario import Scenario, as_scenario
-from pipesim.trace import REQUEST_COLUMNS, REQUEST_OUTCOMES
+from pipesim.trace import REQUEST_COLUMNS, REQUEST_OUTCOMES, Trace
 from pipesim.vocabulary import SERVICES
 
 #: The LLM collapses under baseline's load with 8 workers; by 500 s its queue holds stale requests.
@@ -216,3 +216,12 @@ def test_a_bad_request_line_of_a_trace_is_named(tmp_path, line, message):
     with pytest.raises(TraceError) as err:
         Results.load(path)
     assert str(err.value) == f"{path}:4: {message}"
+
+
+def test_a_limited_trace_keeps_the_requests_of_about_as_many_turns_as_it_keeps():
+    t = Trace(limit=1_600)  # the live server's ring: 100 turns, 400 requests
+    for i in range(16_000):
+        t.add_request(("s", i, "llm", 1, float(i), float(i), i + 1.0, "served"))
+    kept = t.requests_frame()
+    assert kept["turn_id"].tolist() == list(range(15_600, 16_000))
+    assert sum(batch.num_rows for batch in t._requests.batches) < 1_000  # the rest was let go

@@ -692,7 +692,9 @@ class Simulation:
         response all count. The orchestrator then backs off and sends a new request; the stale one lives on
         (:meth:`_stale`): Kafka still delivers it, and the consumer either serves it, wasting a worker, or
         drops it when it reads it (``kafka.stale_requests``). A worker whose answer came too late works to
-        the end of its job all the same. ``plan()`` is called when a worker takes a request.
+        the end of its job all the same. ``plan()`` is called when a worker takes a request. Each attempt is a
+        row of the requests table, written when it is over (``pipesim.trace.REQUEST_OUTCOMES`` says what
+        became of it).
 
         Fills the stage's kafka/queue/service/retry/timeouts columns: ``queue`` is the time every attempt
         waited for a worker, ``retry`` the rest of the time lost to timed-out attempts (their Kafka legs,

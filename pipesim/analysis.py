@@ -504,6 +504,68 @@ def utilisation(services: pd.DataFrame | Any, window: float = 10.0, start: float
     return out[columns]
 
 
+def worker_time(requests: pd.DataFrame, start: float = 0.0, end: float | None = None) -> pd.Series:
+    """Seconds of worker time each request of ``Results.requests`` held within [``start``, ``end``]: from
+    ``started`` to ``finished`` (a request still on a worker at the end: to ``end``, by default the last
+    ``finished``); 0 for a request no worker served.
+
+    >>> r = pd.DataFrame({"started": [1.0, 2.0, float("nan")], "finished": [3.0, float("nan"), 4.0]})
+    >>> worker_time(r, end=5.0).tolist()
+    [2.0, 3.0, 0.0]
+    """
+    stop = float(requests["finished"].max()) if end is None else float(end)
+    held = requests["finished"].fillna(stop).clip(upper=stop) - requests["started"].clip(lower=start)
+    return held.clip(lower=0.0).fillna(0.0)
+
+
+def stale_work_share(requests: pd.DataFrame, start: float = 0.0, end: float | None = None) -> pd.Series:
+    """Per service, the share (0..1) of its worker time within [``start``, ``end``] spent on stale requests:
+    served after the orchestrator had given up on them (outcome ``stale``; ``kafka.stale_requests: served``).
+    A collapsed service spends nearly all of it there: its workers answer requests nobody waits for.
+    NaN for a service whose workers did nothing.
+
+    >>> r = pd.DataFrame({"service": ["llm", "llm", "tts"], "started": [0.0, 1.0, 0.0],
+    ...                   "finished": [1.0, 4.0, 1.0], "outcome": ["served", "stale", "served"]})
+    >>> stale_work_share(r).to_dict()
+    {'stt': nan, 'llm': 0.75, 'tts': 0.0}
+    """
+    held = worker_time(requests, start, end)
+    stale = held.where(requests["outcome"] == "stale", 0.0)
+    by = requests["service"].astype(str)
+    total = held.groupby(by).sum().reindex(SERVICES, fill_value=0.0)
+    share = stale.groupby(by).sum().reindex(SERVICES, fill_value=0.0) / total.where(total > 0)
+    return share.rename("stale_work_share").rename_axis("service")
+
+
+def services_summary(services: pd.DataFrame, requests: pd.DataFrame, start: float = 0.0,
+                     end: float | None = None) -> pd.DataFrame:
+    """One row per service over [``start``, ``end``] (``end`` defaults to the last sample): ``capacity``,
+    ``utilisation`` and ``mean_queue`` (time averages of busy workers / capacity and of requests waiting,
+    as :func:`utilisation` computes them from ``services``), then from ``requests``: ``requests`` (those
+    that reached the queue in the window), ``stale`` (of them, served after their turn gave up on them) and
+    ``stale_work_share`` (:func:`stale_work_share`).
+
+    ``mean_queue`` counts every request waiting, stale ones too: in a collapsed run it can be thousands
+    while the turns' own waits (``<service>_queue``) look modest, since no turn waits for a stale request.
+    """
+    stop = float(services["t"].max()) if end is None else float(end)
+    if stop <= start:
+        stop = start + 1.0  # an empty run: a window of nothing
+    window = utilisation(services, window=stop - start, start=start, end=stop).set_index("service")
+    reached = requests[(requests["enqueued"] >= start) & (requests["enqueued"] < stop)]
+    by = reached["service"].astype(str)
+    out = pd.DataFrame({
+        "capacity": window["capacity"].reindex(SERVICES).fillna(0).astype("int64"),
+        "utilisation": window["utilisation"].reindex(SERVICES).fillna(0.0),
+        "mean_queue": window["queued"].reindex(SERVICES).fillna(0.0),
+        "requests": by.value_counts().reindex(SERVICES, fill_value=0).astype("int64"),
+        "stale": by[reached["outcome"] == "stale"].value_counts().reindex(SERVICES, fill_value=0).astype("int64"),
+        "stale_work_share": stale_work_share(requests, start, stop),
+    })
+    out.index.name = "service"
+    return out
+
+
 # Sessions over time ---------------------------------------------------------------------------------------
 _STATE_ORDER = {
     "state": get_args(PipelineState),

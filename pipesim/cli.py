@@ -96,6 +96,13 @@ def _print_summary(res: Any) -> None:
         print(f"  failed, {cause}: {n}")
     with pd.option_context("display.width", 120, "display.max_columns", 20):
         print(res.summary().to_string())
+    from pipesim.analysis import stale_work_share
+
+    stale = stale_work_share(res.requests)
+    stale = stale[stale > 0]
+    if len(stale):
+        shares = ", ".join(f"{svc} {share:.1%}" for svc, share in stale.items())
+        print(f"stale work: {shares} of the worker time (requests served after their turn gave up on them)")
 
 
 def _parse_value(path: str, text: str, as_list: bool = False) -> Any:

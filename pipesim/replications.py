@@ -95,6 +95,9 @@ def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
     * ``<service>_utilisation``: the worker time the kept turns brought (``<service>_busy``, stale work
       included) / (capacity x window): the fraction of time a worker is busy in steady state, rho of
       :class:`pipesim.theory.MMc`; above 1 the service is overloaded (the excess is done after the window);
+    * ``<service>_stale_work_share``: of the service's worker time after ``warmup_s`` (to the run's last
+      request), the share spent on stale requests, served after their turn gave up on them
+      (:func:`analysis.stale_work_share`): near 1 when the service has collapsed;
     * ``turns_sha256``: the fingerprint of the run's turns table (:func:`turns_digest`: its columns and
       values, as ``pipesim run --out`` writes them to ``turns.parquet``): the same run gives the same
       fingerprint, whatever machine, Python or library versions ran it.
@@ -121,6 +124,9 @@ def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
     for svc in SERVICES:
         capacity = getattr(res.scenario.services, svc).capacity
         out[f"{svc}_utilisation"] = float(kept[f"{svc}_busy"].sum()) / (capacity * window) if window > 0 else math.nan
+    stale = analysis.stale_work_share(res.requests, start=warmup_s)
+    for svc in SERVICES:
+        out[f"{svc}_stale_work_share"] = float(stale[svc])
     out["turns_sha256"] = turns_digest(turns)
     return out
 

@@ -48,6 +48,8 @@ class Results:
     * ``turns``: one row per user turn (see :data:`pipesim.trace.TURN_COLUMNS`).
     * ``sessions``: one row per session.
     * ``services``: busy workers and queue length of each service after every change.
+    * ``requests``: one row per request sent to a service (every attempt): when it was queued, taken by a
+      worker and over, and what became of it (see :data:`pipesim.trace.REQUEST_COLUMNS`).
     * ``messages``: the wire messages a dashboard would have received, in order.
     * ``events``: every transition and model event.
     * ``kafka_windows``: every Kafka stall or outage in force during the run.
@@ -81,6 +83,10 @@ class Results:
     @cached_property
     def services(self) -> pd.DataFrame:
         return self.trace.services_frame()
+
+    @cached_property
+    def requests(self) -> pd.DataFrame:
+        return self.trace.requests_frame()
 
     @cached_property
     def messages(self) -> pd.DataFrame:
@@ -167,6 +173,12 @@ class Results:
         """Time-weighted utilisation and queue length per service and window (:func:`analysis.utilisation`)."""
         return analysis.utilisation(self.services, window, end=self.end_time)
 
+    def services_summary(self) -> pd.DataFrame:
+        """Per service over the run (to its last service sample: stale work may go on after the last event):
+        utilisation, time-average queue, requests and the share of worker time spent on stale ones
+        (:func:`analysis.services_summary`)."""
+        return analysis.services_summary(self.services, self.requests)
+
     def state_durations(self, column: str = "state") -> pd.DataFrame:
         """Seconds each session spent in each state (:func:`analysis.state_durations`)."""
         return analysis.state_durations(self.events, column, end=self.end_time)
@@ -200,9 +212,10 @@ class Results:
 
     # Files -----------------------------------------------------------------------------------------
     def save(self, out_dir: str | Path, csv: bool = False, jsonl: bool = False) -> list[Path]:
-        """Write every table as Parquet (``events``, ``turns``, ``sessions``, ``services``, ``messages``,
-        ``kafka_windows``; the trace's header in ``events.parquet``), the scenario (``scenario.json``), and
-        if asked CSV copies of the tables besides events and the trace as JSON Lines (``trace.jsonl``).
+        """Write every table as Parquet (``events``, ``turns``, ``sessions``, ``services``, ``requests``,
+        ``messages``, ``kafka_windows``; the trace's header in ``events.parquet``), the scenario
+        (``scenario.json``), and if asked CSV copies of the tables besides events and the trace as JSON Lines
+        (``trace.jsonl``).
         :meth:`load` reads it back exactly.
 
         Returns the paths written. The same run writes the same bytes.
@@ -212,7 +225,7 @@ class Results:
         self.sessions.to_parquet(out / "sessions.parquet", index=False)
         written += [out / "sessions.parquet", self._save_messages(out / "messages.parquet")]
         if csv:
-            for name in ("turns", "sessions", "services", "kafka_windows"):
+            for name in ("turns", "sessions", "services", "requests", "kafka_windows"):
                 getattr(self, name).to_csv(out / f"{name}.csv", index=False)
                 written.append(out / f"{name}.csv")
             with open(out / "messages.csv", "w", encoding="utf-8", newline="") as fh:
@@ -318,8 +331,9 @@ def simulate(scenario: Scenario | str | Path | dict[str, Any], seed: int | None 
     name (``"baseline"``). ``seed`` overrides the scenario's seed; the same scenario and seed give the
     same results, byte for byte. ``progress``: None shows a bar only on a terminal or in Jupyter.
 
-    ``out``: a folder to stream the trace to as the run goes (``events.parquet`` and ``services.parquet`` in
-    row groups of a million rows, then ``turns.parquet``, ``kafka_windows.parquet`` and ``scenario.json``),
+    ``out``: a folder to stream the trace to as the run goes (``events.parquet``, ``services.parquet`` and
+    ``requests.parquet`` in row groups of a million rows, then ``turns.parquet``, ``kafka_windows.parquet``
+    and ``scenario.json``),
     so that a run too big to hold in memory still completes; the Results read them back when asked. A run
     whose trace would take more than :data:`HOLD_LIMIT` bytes of memory (about 40,000 sessions of
     ``baseline``) streams to a temporary folder of its own when no ``out`` is given (deleted with its

@@ -1,6 +1,6 @@
 """The trace: the one record of a run, shared by the model, the analysis, replay and the server.
 
-Four tables, kept in columns (typed arrays, strings as small-integer codes against a dictionary), each
+Five tables, kept in columns (typed arrays, strings as small-integer codes against a dictionary), each
 appended to with one call by the model; DataFrames are built once, at the end:
 
 * ``events``: every state-manager transition (``seq >= 0``) and every model event (``seq == -1``),
@@ -10,6 +10,8 @@ appended to with one call by the model; DataFrames are built once, at the end:
 * ``turns``: one row per user turn, written by the model when the turn ends (and patched while stale work
   of the turn still finishes).
 * ``services``: busy workers and queue length of a service after every change.
+* ``requests``: one row per request the orchestrator sent a service (every attempt), written when it is
+  over (its worker freed, or it left the queue unserved); those still open when a run stops come last.
 * ``kafka_windows``: every Kafka stall or outage in force during the run.
 
 Events and service samples are appended as rows to a short list and turned into Arrow columns every
@@ -81,6 +83,26 @@ MESSAGE_SCHEMA = pa.schema([("t", pa.float64()), ("session_id", pa.string()), ("
                             ("type", pa.string()), ("message", pa.string())])
 MESSAGE_COLUMNS = tuple(MESSAGE_SCHEMA.names)
 SERVICE_COLUMNS = ("t", "service", "busy", "queued", "capacity")
+#: Columns of the ``requests`` table: one row per attempt (``attempt`` counts from 1), times in seconds since
+#: the start of the run. ``enqueued``: delivered by Kafka into the service's consumer queue (NaN: never);
+#: ``started``: a worker took it to serve it (NaN: never); ``finished``: it left the service, its worker freed
+#: or unserved (NaN: not by the end of the run, or it never reached the queue). ``outcome`` is one of
+#: :data:`REQUEST_OUTCOMES`.
+REQUEST_COLUMNS = ("session_id", "turn_id", "service", "attempt", "enqueued", "started", "finished", "outcome")
+#: What became of a request:
+#:
+#: * ``served``: a worker took it before its deadline and its first response was due back in time (the answer
+#:   the turn waited for; the worker is freed at once if the turn ends before the job does);
+#: * ``timed_out``: a worker took it before its deadline, but its first response was due back too late: the
+#:   orchestrator gave up on it (and retried, or failed the turn); the worker finished the job all the same;
+#: * ``stale``: the orchestrator gave up on it while it was still in Kafka or in the queue, and a worker served
+#:   it later all the same (``kafka.stale_requests: served``: the consumer cannot tell);
+#: * ``dropped``: the same, but the consumer skipped it when it read it (``kafka.stale_requests: dropped``): it
+#:   left the queue then, with no worker time (``started`` NaN);
+#: * ``cancelled``: its turn ended (a barge-in, pause, stop or failure) before a worker took it: withdrawn from
+#:   the queue, or never delivered (still in Kafka: ``enqueued`` NaN);
+#: * ``waiting``: still in Kafka or in the queue when the run stopped (a run cut by ``until``).
+REQUEST_OUTCOMES = ("served", "timed_out", "stale", "dropped", "cancelled", "waiting")
 KAFKA_WINDOW_COLUMNS = ("start", "end", "topic", "cause")
 _NAN = math.nan
 _TEXT_COLUMNS = frozenset({"session_id", "event", "service", "status", "state", "stt", "llm", "tts", "error",
@@ -95,6 +117,9 @@ EVENT_SCHEMA = pa.schema([("t", pa.float64()), ("session_id", _CODE), ("turn_id"
                           ("value", pa.float64())])
 SERVICE_SCHEMA = pa.schema([("t", pa.float64()), ("service", _SMALL_CODE), ("busy", pa.int32()), ("queued", pa.int32()),
                             ("capacity", pa.int32())])
+REQUEST_SCHEMA = pa.schema([("session_id", _CODE), ("turn_id", pa.int32()), ("service", _SMALL_CODE),
+                            ("attempt", pa.int32()), ("enqueued", pa.float64()), ("started", pa.float64()),
+                            ("finished", pa.float64()), ("outcome", _SMALL_CODE)])
 _TURN_TEXT = ("session_id", "outcome", "error")
 _TURN_NUMBERS = tuple(c for c in TURN_COLUMNS if c not in _TURN_TEXT)
 _TURN_INTS = ("turn_id", "stt_timeouts", "llm_timeouts", "tts_timeouts", "audio_bytes")
@@ -112,6 +137,8 @@ MESSAGE_BATCH_ROWS = 65_536
 MESSAGE_GROUP_ROWS = 262_144
 #: A trace with a limit of N events keeps N / this turns (a turn comes with ~30 events).
 EVENTS_PER_TURN_KEPT = 16
+#: ... and the requests of about as many turns (a turn sends ~4: its three services, and retries).
+REQUESTS_PER_TURN = 4
 #: Rows per chunk of a trace with a limit (the live server's): ~5 ms to turn into columns.
 LIVE_CHUNK_ROWS = 4_096
 
@@ -340,12 +367,12 @@ class Trace:
     """The record of one run. The model appends; :meth:`events_frame` and friends read.
 
     ``sink``: a folder to stream events and service samples to as Parquet (a run too big to hold);
-    ``limit``: keep only the most recent ``limit`` events and service samples, and ``limit / 16`` turns (the
-    live server).
+    ``limit``: keep only the most recent ``limit`` events and service samples, ``limit / 16`` turns and
+    ``limit / 4`` requests (the live server).
     """
 
-    __slots__ = ("header", "_events", "_services", "_turns", "_windows", "sink", "on_transition",
-                 "_model_observers", "_turns_file", "_turns_in_file", "__weakref__")
+    __slots__ = ("header", "_events", "_services", "_requests", "_open_requests", "_turns", "_windows", "sink",
+                 "on_transition", "add_request", "_model_observers", "_turns_file", "_turns_in_file", "__weakref__")
 
     def __init__(self, header: dict[str, Any] | None = None, sink: str | Path | None = None,
                  limit: int | None = None, chunk_rows: int | None = None) -> None:
@@ -365,6 +392,11 @@ class Trace:
                               else self.sink / "events.parquet")
         self._services = _Table(SERVICE_SCHEMA, chunk_rows, limit, None if self.sink is None
                                 else self.sink / "services.parquet")
+        self._requests = _Table(REQUEST_SCHEMA, chunk_rows,
+                                None if limit is None else max(1, limit * REQUESTS_PER_TURN // EVENTS_PER_TURN_KEPT),
+                                None if self.sink is None else self.sink / "requests.parquet")
+        #: The requests still open where the run stopped (:meth:`set_open_requests`), after the others.
+        self._open_requests: list[tuple] = []
         self._turns = _Turns(None if limit is None else max(1, limit // EVENTS_PER_TURN_KEPT))
         #: Once a streamed trace is closed (or one is loaded from a folder), its turns are read from this
         #: file when asked for, rather than held (~300 bytes a turn: 150 MB for 500,000 turns).
@@ -373,11 +405,13 @@ class Trace:
         self._windows: list[tuple[float, float, str, str]] = []
         self._model_observers: list[Callable[[tuple[Any, ...]], None]] = []
         if self.sink is not None:  # the files' header, in place before their first row group is written
-            self._events.metadata = self._services.metadata = self._file_metadata()
+            self._events.metadata = self._services.metadata = self._requests.metadata = self._file_metadata()
         #: State-manager observer: record a transition (a Transition is an events row as it is). The list's
         #: own append, the cheapest call there is; the other appends flush it into columns (every utterance
         #: ends with a model event, so transitions alone never pile up for long).
         self.on_transition = self._events.pending.append
+        #: Record a request that is over: a row in :data:`REQUEST_COLUMNS` order (a table's own append).
+        self.add_request: Callable[[tuple], None] = self._requests.append
 
     # Appending (hot path) --------------------------------------------------------------------------
     def model_event(self, t: float, session_id: str, turn_id: int, event: str, service: str | None = None,
@@ -407,6 +441,19 @@ class Trace:
     def service_sample(self, t: float, service: str, busy: int, queued: int, capacity: int) -> None:
         """Record a service's busy workers and queue length after a change."""
         self._services.append((t, service, busy, queued, capacity))
+
+    def set_open_requests(self, rows: list[tuple]) -> None:
+        """The requests not over where the run stopped (rows in :data:`REQUEST_COLUMNS` order), shown after the
+        others; each call replaces the last (a run continued later has other ones). Closing a streamed trace
+        writes them.
+
+        >>> t = Trace()
+        >>> t.add_request(("s1", 1, "stt", 1, 0.5, 0.5, 0.9, "served"))
+        >>> t.set_open_requests([("s1", 2, "stt", 1, 3.0, math.nan, math.nan, "waiting")])
+        >>> t.requests_frame()["outcome"].tolist()
+        ['served', 'waiting']
+        """
+        self._open_requests = list(rows)
 
     def add_turn(self, rec: Sequence[Any]) -> int:
         """Record a turn (its values in :data:`TURN_COLUMNS` order); returns its row, for :meth:`update_turn`."""
@@ -466,8 +513,9 @@ class Trace:
 
     def nbytes(self) -> int:
         """Bytes the trace holds in memory (Arrow buffers, the turns block and pending rows; an estimate)."""
-        pending = sum(len(t.pending) for t in (self._events, self._services)) * 400
-        arrow = sum(b.nbytes for t in (self._events, self._services) for b in t.batches)
+        tables = (self._events, self._services, self._requests)
+        pending = sum(len(t.pending) for t in tables) * 400
+        arrow = sum(b.nbytes for t in tables for b in t.batches)
         return arrow + pending + self._turns.numbers.nbytes + len(self._turns.text) * 80
 
     # Frames ----------------------------------------------------------------------------------------
@@ -516,6 +564,19 @@ class Trace:
         """Busy workers and queue length of each service after every change (``service`` a categorical)."""
         return _frame(self._services.columns(), dict.fromkeys(("busy", "queued", "capacity"), "int64"))
 
+    def _request_batches(self, size: int = CHUNK_ROWS) -> Iterator[pa.RecordBatch]:
+        """The requests table's rows in record batches, those still open at the end last."""
+        yield from self._requests.batches_of(size)
+        if self._open_requests:
+            yield _batch(self._open_requests, REQUEST_SCHEMA, self._requests.row_type)
+
+    def requests_frame(self) -> pd.DataFrame:
+        """One row per request sent to a service (see :data:`REQUEST_COLUMNS`); ``service`` and ``outcome``
+        are categoricals."""
+        table = pa.Table.from_batches(list(self._request_batches(ROW_GROUP_ROWS)), schema=REQUEST_SCHEMA)
+        return _frame(((name, table.column(name)) for name in REQUEST_COLUMNS),
+                      {"turn_id": "int64", "attempt": "int64"})
+
     def kafka_windows_frame(self) -> pd.DataFrame:
         """Every Kafka stall or outage in force: start, end (s), topic (a service or ``all``), cause."""
         return pd.DataFrame(self._windows, columns=list(KAFKA_WINDOW_COLUMNS))
@@ -557,7 +618,10 @@ class Trace:
         (Nothing to do without ``sink``.)"""
         if self.sink is None:
             return
-        for table in (self._events, self._services):
+        for row in self._open_requests:  # the run is over: they go to the file with the others
+            self._requests.append(row)
+        self._open_requests = []
+        for table in (self._events, self._services, self._requests):
             table.close()
         if self._turns_file is None:  # not closed yet: the turns are still held
             self._write_small(self.sink)
@@ -576,18 +640,20 @@ class Trace:
         self.kafka_windows_frame().to_parquet(folder / "kafka_windows.parquet", index=False)
 
     def to_parquet(self, folder: str | Path) -> list[Path]:
-        """Write the four tables as Parquet into ``folder`` (``events``, ``turns``, ``services``,
-        ``kafka_windows``; the header in ``events.parquet``'s metadata). :meth:`from_parquet` reads them back
-        exactly. A streamed trace is already there; then only what is missing is written."""
+        """Write the five tables as Parquet into ``folder`` (``events``, ``turns``, ``services``,
+        ``kafka_windows``, ``requests``; the header in ``events.parquet``'s metadata). :meth:`from_parquet` reads
+        them back exactly. A streamed trace is already there; then only what is missing is written."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        names = [out / f"{n}.parquet" for n in ("events", "turns", "services", "kafka_windows")]
-        for table, path in ((self._events, names[0]), (self._services, names[2])):
+        names = [out / f"{n}.parquet" for n in ("events", "turns", "services", "kafka_windows", "requests")]
+        for table, path, batches in ((self._events, names[0], self._events.batches_of),
+                                     (self._services, names[2], self._services.batches_of),
+                                     (self._requests, names[4], self._request_batches)):
             if table.sink is not None and table.sink.resolve() == path.resolve():
                 table.close()  # streamed there, or read from there: the file is this table already
                 continue
             with pq.ParquetWriter(path, table.schema.with_metadata(self._file_metadata())) as writer:
-                for batch in table.batches_of(ROW_GROUP_ROWS):
+                for batch in batches(ROW_GROUP_ROWS):
                     writer.write_batch(batch)
         self._write_small(out)
         return names
@@ -604,7 +670,8 @@ class Trace:
             trace = cls(header)
             windows = pd.read_parquet(folder / "kafka_windows.parquet")
             trace._events.sink, trace._services.sink = events, folder / "services.parquet"
-            for table in (trace._events, trace._services):
+            trace._requests.sink = folder / "requests.parquet"  # a folder saved before requests were kept: none
+            for table in (trace._events, trace._services, trace._requests):
                 table.rows_in_batches = pq.read_metadata(table.sink).num_rows if table.sink.exists() else 0
             trace._spill_turns(folder / "turns.parquet", pq.read_metadata(folder / "turns.parquet").num_rows)
         except (OSError, ValueError, pa.ArrowException) as exc:
@@ -613,7 +680,8 @@ class Trace:
         return trace
 
     def to_jsonl(self, path: str | Path) -> None:
-        """Write the trace as JSON Lines: a header, then events, turns, service samples and Kafka windows.
+        """Write the trace as JSON Lines: a header, then events, turns, service samples, requests and Kafka
+        windows.
 
         Byte for byte the same for the same run: fixed key order, no NaN (missing values are left out).
         """
@@ -625,6 +693,7 @@ class Trace:
                     ("turn", TURN_COLUMNS, [[turns[c].tolist() for c in TURN_COLUMNS]]),
                     ("service", SERVICE_COLUMNS, ([c.to_pylist() for c in b.columns]
                                                   for b in self._services.batches_of())),
+                    ("request", REQUEST_COLUMNS, ([c.to_pylist() for c in b.columns] for b in self._request_batches())),
                     ("kafka_window", KAFKA_WINDOW_COLUMNS, [list(zip(*self._windows, strict=True))])):
                 for batch in batches:
                     for row in zip(*batch, strict=True):
@@ -775,7 +844,7 @@ def json_lines(path: str | Path, not_json: str = "not JSON") -> Iterator[tuple[i
 
 
 _INT_COLUMNS = frozenset({"turn_id", "seq", "buffer_size", "audio_bytes", "stt_timeouts", "llm_timeouts",
-                          "tts_timeouts", "busy", "queued", "capacity"})
+                          "tts_timeouts", "busy", "queued", "capacity", "attempt"})
 #: What a state transition (an event with ``seq >= 0``) needs to be replayed as a wire message.
 TRANSITION_COLUMNS = ("t", "session_id", "turn_id", "event", "status", "state", "stt", "llm", "tts",
                       "buffer_size")
@@ -788,7 +857,9 @@ def _expected_type(column: str) -> tuple[type, ...]:
 
 
 _COLUMN_TYPES = {c: _expected_type(c) for c in (*EVENT_COLUMNS, *TURN_COLUMNS, *SERVICE_COLUMNS,
-                                                *KAFKA_WINDOW_COLUMNS)}
+                                                *REQUEST_COLUMNS, *KAFKA_WINDOW_COLUMNS)}
+#: The fields a request record of a JSON Lines trace must have (its times may be missing: NaN).
+_REQUEST_NEEDS = ("session_id", "turn_id", "service", "attempt", "outcome")
 _TYPE_NAMES = {(str,): "a string", (int,): "an integer", (int, float): "a number"}
 
 
@@ -798,8 +869,9 @@ def _read_trace(path: str | Path) -> tuple[Trace, list[int]]:
     event_lines: list[int] = []
     turns: list[tuple] = []
     tables = {"event": (EVENT_COLUMNS, trace._events.pending), "turn": (TURN_COLUMNS, turns),
-              "service": (SERVICE_COLUMNS, trace._services.pending), "kafka_window": (KAFKA_WINDOW_COLUMNS,
-                                                                                     trace._windows)}
+              "service": (SERVICE_COLUMNS, trace._services.pending),
+              "request": (REQUEST_COLUMNS, trace._requests.pending),
+              "kafka_window": (KAFKA_WINDOW_COLUMNS, trace._windows)}
     for number, obj in json_lines(path, not_json="not a pipesim trace record"):
         where = f"{path}:{number}"
         record = obj.pop("record", None) if isinstance(obj, dict) else None
@@ -830,6 +902,10 @@ def _read_trace(path: str | Path) -> tuple[Trace, list[int]]:
             raise TraceError(f"{where}: busy, queued or capacity out of range")
         if record == "service" and not set(SERVICE_COLUMNS) <= set(obj):
             raise TraceError(f"{where}: a service sample needs {', '.join(SERVICE_COLUMNS)}")
+        if record == "request" and not set(_REQUEST_NEEDS) <= set(obj):
+            raise TraceError(f"{where}: a request needs {', '.join(_REQUEST_NEEDS)}")
+        if record == "request" and not all(-2**31 <= obj[c] < 2**31 for c in ("turn_id", "attempt")):
+            raise TraceError(f"{where}: turn_id or attempt out of range")
         rows.append(tuple(obj.get(c, -1 if c == "seq" else None if c in _TEXT_COLUMNS or c in _INT_COLUMNS else _NAN)
                           for c in columns))
         if record == "event":

@@ -236,10 +236,12 @@ def test_a_trace_event_costs_well_under_200_bytes():
     sim = Simulation(Scenario.model_validate({"sessions": {"arrivals": {"kind": "at_once", "count": 300}}}),
                      seed=1)
     sim.run()
-    sim.trace._events.flush()
-    sim.trace._services.flush()
+    for table in (sim.trace._events, sim.trace._services, sim.trace._requests):
+        table.flush()
     assert sim.trace.n_events > 40_000
-    assert sim.trace.nbytes() / sim.trace.n_events < 100
+    requests = sum(batch.nbytes for batch in sim.trace._requests.batches)  # ~4 a turn, ~40 bytes each
+    assert requests / len(sim.trace._requests) < 50
+    assert (sim.trace.nbytes() - requests) / sim.trace.n_events < 100
 
 
 def test_streaming_lets_the_budget_take_a_run_that_would_not_fit_in_memory():

@@ -113,13 +113,20 @@ class _Work(NamedTuple):
     per_token: float = 0.0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashed by identity: the open requests are a dict of them
 class _Job:
-    """One request in a service's consumer queue, then on a worker until ``release_at``."""
+    """One request sent to a service (an attempt): in Kafka, then in the consumer's queue (``req``), then on
+    a worker until ``release_at``; its row of the requests table is written when it is over."""
 
     name: str
-    req: simpy.resources.resource.Request
+    session_id: str
+    turn_id: int
+    attempt: int
+    req: simpy.resources.resource.Request | None = None
+    enqueued: float = math.nan
+    started: float = math.nan
     release_at: float = math.nan
+    outcome: str | None = None  # once known (see pipesim.trace.REQUEST_OUTCOMES)
 
 
 class _Turn:
@@ -254,6 +261,9 @@ class Simulation:
         # (len(users) is what Resource.count returns), its capacity never changes.
         self._pool_state = {name: (pool.users, pool.queue, pool.capacity) for name, pool in self.pools.items()}
         self._service_sample = self.trace.service_sample
+        self._add_request = self.trace.add_request
+        #: Requests sent and not over yet, in the order they were sent (a dict: an ordered set).
+        self._open_requests: dict[_Job, None] = {}
         self.sessions: dict[str, _Session] = {}
         self.expected_sessions = self._count_expected()
         self.on_session_end: Callable[[str], None] | None = None
@@ -293,6 +303,9 @@ class Simulation:
         self.start()
         with _rare_garbage_collection():
             self.env.run(until=horizon)
+        self.trace.set_open_requests([
+            (job.session_id, job.turn_id, job.name, job.attempt, job.enqueued, job.started, _NAN,
+             job.outcome or "waiting") for job in self._open_requests])
 
     def control(self, session_id: str, action: str) -> Transition:
         """Apply a conversation control now. ``start`` on an unknown session creates it (live mode).
@@ -679,7 +692,9 @@ class Simulation:
         response all count. The orchestrator then backs off and sends a new request; the stale one lives on
         (:meth:`_stale`): Kafka still delivers it, and the consumer either serves it, wasting a worker, or
         drops it when it reads it (``kafka.stale_requests``). A worker whose answer came too late works to
-        the end of its job all the same. ``plan()`` is called when a worker takes a request.
+        the end of its job all the same. ``plan()`` is called when a worker takes a request. Each attempt is a
+        row of the requests table, written when it is over (``pipesim.trace.REQUEST_OUTCOMES`` says what
+        became of it).
 
         Fills the stage's kafka/queue/service/retry/timeouts columns: ``queue`` is the time every attempt
         waited for a worker, ``retry`` the rest of the time lost to timed-out attempts (their Kafka legs,
@@ -697,20 +712,23 @@ class Simulation:
         while True:
             sent = env._now
             deadline = sent + timeout
+            job = _Job(name, sid, turn.turn_id, attempt + 1)
+            self._open_requests[job] = None
             d_req = kafka_delay(name, sent, kafka_latency())
             if d_req > timeout:  # still in Kafka at the deadline
                 yield env.timeout(timeout)
                 if turn.done:
+                    self._end_request(job, "cancelled", _NAN)  # never delivered
                     return None
-                env.process(self._stale(s, turn, name, None, sent + d_req, deadline, plan))
+                env.process(self._stale(s, turn, job, sent + d_req, deadline, plan))
             else:
                 yield env.timeout(d_req)
                 if turn.done:
+                    self._end_request(job, "cancelled", _NAN)
                     return None
                 model_event(env._now, sid, turn.turn_id, "request_delivered", name, d_req)
-                queued = env._now
-                req = pool.request()
-                job = _Job(name, req)
+                queued = job.enqueued = env._now
+                req = job.req = pool.request()
                 turn.requests.append(job)
                 self._sample(name)
                 if req._value is _PENDING:  # every worker busy: wait for one, or for the deadline
@@ -722,7 +740,7 @@ class Simulation:
                     if turn.done:
                         return None
                     self._sample(name)  # granted: a released worker passed to this request shows as busy
-                    started = env._now
+                    started = job.started = env._now
                     mgr.service_started(sid, name, started)
                     work = plan()
                     self._hold(turn, job, work.busy)
@@ -730,6 +748,7 @@ class Simulation:
                     d_resp = kafka_delay(name, started + work.first_response, kafka_latency(),
                                          give_up_after=max(0.0, deadline - started - work.first_response))
                     arrival = started + work.first_response + d_resp
+                    job.outcome = "served" if arrival <= deadline else "timed_out"
                     if arrival <= deadline:
                         yield env.timeout(arrival - env._now)
                         if turn.done:
@@ -753,30 +772,33 @@ class Simulation:
                 else:  # still queued at the deadline
                     waited += deadline - queued
                     turn.requests.remove(job)
-                    env.process(self._stale(s, turn, name, job, queued, deadline, plan))
+                    env.process(self._stale(s, turn, job, queued, deadline, plan))
             rec[i_queue] = waited
             rec[i_retry] = env._now - requested - waited
             if not (yield from self._timed_out(s, turn, name, attempt)):
                 return None
             attempt += 1
 
-    def _stale(self, s: _Session, turn: _Turn, name: str, job: _Job | None, delivered: float, deadline: float,
+    def _stale(self, s: _Session, turn: _Turn, job: _Job, delivered: float, deadline: float,
                plan: Callable[[], _Work]) -> Generator[simpy.Event, Any, None]:
-        """A request the orchestrator gave up on: Kafka delivers it (``job`` is None while it is in transit)
+        """A request the orchestrator gave up on: Kafka delivers it (``job.req`` is None while it is in transit)
         and the consumer queues it; when a worker reads it, it serves it (``stale_requests: served``: the
         consumer cannot know) or skips it (``dropped``: it checks the request's deadline)."""
-        env = self.env
-        if job is None:
+        env, name = self.env, job.name
+        if job.req is None:
             yield env.timeout(delivered - env._now)
             self.trace.model_event(env._now, s.id, turn.turn_id, "request_delivered", name, detail="stale")
-            job = _Job(name, self.pools[name].request())
+            job.enqueued = env._now
+            job.req = self.pools[name].request()
             self._sample(name)
         yield job.req
         self._sample(name)
         if self.scenario.kafka.stale_requests == "dropped":
             self.trace.model_event(env._now, s.id, turn.turn_id, "stale_request_dropped", name, env._now - deadline)
+            job.outcome = "dropped"  # read and skipped: it leaves the queue with no worker time
             self._release(job)
             return
+        job.started, job.outcome = env._now, "stale"
         work = plan()
         self._hold(turn, job, work.busy)
         self.trace.model_event(env._now, s.id, turn.turn_id, "stale_request_served", name, work.busy)
@@ -915,6 +937,14 @@ class Simulation:
         if job.req in pool.users:
             pool.release(job.req)
             self._sample(job.name)
+            # No outcome yet: granted, and its turn ended before its process woke to take it (same instant).
+            self._end_request(job, job.outcome or "cancelled", self.env._now)
+
+    def _end_request(self, job: _Job, outcome: str, finished: float) -> None:
+        """``job`` is over: its row of the requests table."""
+        del self._open_requests[job]
+        self._add_request((job.session_id, job.turn_id, job.name, job.attempt, job.enqueued, job.started, finished,
+                           outcome))
 
     def _sample(self, name: str) -> None:
         users, queue, capacity = self._pool_state[name]
@@ -930,6 +960,7 @@ class Simulation:
             if job.req._value is _PENDING:  # not triggered
                 job.req.cancel()
                 self._sample(job.name)
+                self._end_request(job, "cancelled", now)
             elif job.req in self.pools[job.name].users:
                 if job.release_at > now:
                     self._add_busy(turn, job.name, now - job.release_at)  # freed before its planned end

@@ -92,6 +92,11 @@ def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
     * ``goodput``: complete turns per second of the window;
     * ``kafka_timeouts_per_turn``: Kafka timeouts (every service) per kept turn: the attempts beyond one
       per request, the retry amplification;
+    * ``failed_share``: failed / kept turns; ``timeout_failed_share``: those that failed by ``timeout``
+      (:func:`pipesim.analysis.failure_cause`: what more workers buy back, unlike poor audio);
+    * ``collapse_share``: :func:`pipesim.analysis.collapse_share`, the share of the turns that started in
+      the run's last third that failed by timeout; above :data:`~pipesim.analysis.COLLAPSE_SHARE` the run
+      *collapsed* (it did not recover from overload);
     * ``<service>_utilisation``: the worker time the kept turns brought (``<service>_busy``, stale work
       included) / (capacity x window): the fraction of time a worker is busy in steady state, rho of
       :class:`pipesim.theory.MMc`; above 1 the service is overloaded (the excess is done after the window);
@@ -117,6 +122,10 @@ def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
     out["goodput"] = out["complete"] / window if window > 0 else math.nan
     timeouts = sum(int(kept[f"{svc}_timeouts"].sum()) for svc in SERVICES)
     out["kafka_timeouts_per_turn"] = timeouts / len(kept) if len(kept) else math.nan
+    out["failed_share"] = out["failed"] / len(kept) if len(kept) else math.nan
+    out["timeout_failed_share"] = (float((analysis.failure_cause(kept) == "timeout").sum()) / len(kept)
+                                   if len(kept) else math.nan)
+    out["collapse_share"] = analysis.collapse_share(turns, warmup_s)
     for svc in SERVICES:
         capacity = getattr(res.scenario.services, svc).capacity
         out[f"{svc}_utilisation"] = float(kept[f"{svc}_busy"].sum()) / (capacity * window) if window > 0 else math.nan
@@ -291,6 +300,30 @@ def format_summary(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def regime_notes(runs: pd.DataFrame, summary: pd.DataFrame,
+                 collapse_threshold: float = analysis.COLLAPSE_SHARE) -> list[str]:
+    """Lines saying how many replications collapsed (:func:`pipesim.analysis.collapse_share` above
+    ``collapse_threshold``) and which figures' intervals are wider than their means: the runs disagree, and
+    the mean of two regimes is the answer of neither.
+
+    >>> runs = pd.DataFrame({"collapse_share": [0.0, 0.99, 0.0], "goodput": [4.0, 0.1, 4.1]})
+    >>> print("\\n".join(regime_notes(runs, summarise(runs))))   # doctest: +ELLIPSIS
+    collapse: 1 of 3 replications collapsed (more than 50% of the turns ...): the runs split into two regimes, ...
+    ! the runs disagree (the interval is wider than the mean): collapse_share, goodput
+    """
+    notes = []
+    if "collapse_share" in runs:
+        collapsed = int((runs["collapse_share"] > collapse_threshold).sum())
+        split = (": the runs split into two regimes, and a mean of both describes neither"
+                 if 0 < collapsed < len(runs) else "")
+        notes.append(f"collapse: {collapsed} of {len(runs)} replications collapsed "
+                     f"({analysis.collapse_criterion(collapse_threshold)}){split}")
+    wide = summary.index[summary["half_width"] > summary["mean"].abs()]
+    if len(wide):
+        notes.append(f"! the runs disagree (the interval is wider than the mean): {', '.join(wide)}")
+    return notes
+
+
 # Running many simulations -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Task:
@@ -368,7 +401,8 @@ class Replications:
                 f"warm-up {self.warmup_s:g} s; mean ± half-width of the 95% Student-t interval across them")
 
     def __str__(self) -> str:
-        return f"{self._heading()}\n{format_summary(self.summary())}"
+        summary = self.summary()
+        return "\n".join([self._heading(), format_summary(summary), *regime_notes(self.runs, summary)])
 
     def __repr__(self) -> str:
         return f"<Replications {self.scenario.name!r} n={len(self.runs)} base_seed={self.base_seed}>"

@@ -83,7 +83,7 @@ _STAGE_OF = {"end_of_utterance_delay": 0, "stt_stage": 1, "stt_queue": 1, "trans
              "llm_stage": 2, "llm_queue": 2, "ttft": 2, "tts_stage": 3, "tts_queue": 3, "e2e_latency": 4}
 _SERVICE_STAGE = {"stt": 1, "llm": 2, "tts": 3}
 _SLO_TEXT = re.compile(r"\s*(?P<figure>[^<>=!\s]*)\s*(?P<op><=|>=|=<|=>|==|!=|<|>|=)\s*(?P<value>.*?)\s*")
-_NUMBER = re.compile(r"(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>\S*)")
+_NUMBER = re.compile(r"(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>[A-Za-z%µ]*)")
 _EXAMPLE = "e.g. 'e2e_latency_p95 <= 1.5s'"
 
 

@@ -20,6 +20,11 @@ whole module or ``conftest.py``, override the ``pipesim_options`` fixture to ret
 
 :class:`AdminClient` also works on its own against ``pipesim serve`` (``AdminClient(url, token)``).
 
+For capacity, :func:`assert_slos_met` runs :func:`pipesim.check` and fails the test with its figures::
+
+    def test_latency_budget():
+        assert_slos_met("scenarios/baseline.yaml", ["e2e_latency_p95 <= 1.5s", "failed_share <= 0.05"], until=300)
+
 >>> AdminClient("http://127.0.0.1:8002/__admin").url
 'http://127.0.0.1:8002/__admin'
 """
@@ -29,16 +34,19 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import pytest
 
 from pipesim.errors import PipesimError
 
-__all__ = ["AdminClient", "AdminError", "PipesimServer", "pipesim_options", "pipesim_server"]
+if TYPE_CHECKING:
+    from pipesim.slo import CheckResult
+
+__all__ = ["AdminClient", "AdminError", "PipesimServer", "assert_slos_met", "pipesim_options", "pipesim_server"]
 
 
 class AdminError(PipesimError):
@@ -197,6 +205,24 @@ def pipesim_server(request: pytest.FixtureRequest, pipesim_options: dict[str, An
                             background=background)
     finally:
         background.stop()
+
+
+def assert_slos_met(scenario: Any, slos: Iterable[str] = (), **options: Any) -> CheckResult:
+    """Fail the test unless every SLO is met (:func:`pipesim.check` with ``options``, e.g. ``until=``,
+    ``max_replications=``); the failure message is check's table: each SLO, its mean, interval, runs and
+    verdict, and how many runs collapsed. Returns the :class:`~pipesim.slo.CheckResult`.
+
+    >>> result = assert_slos_met({"sessions": {"arrivals": {"kind": "at_once", "count": 20}}},
+    ...                          ["e2e_latency_p95 <= 10s"], until=60)
+    >>> result.verdict
+    'met'
+    """
+    from pipesim.slo import check
+
+    result = check(scenario, slos, **options)
+    if not result.passed:
+        raise AssertionError(f"SLOs not met ({result.verdict}):\n{result}")
+    return result
 
 
 def pytest_configure(config: pytest.Config) -> None:

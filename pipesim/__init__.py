@@ -34,11 +34,11 @@ _EXPORTS = {
     "replicate": "pipesim.replications",
     "sweep": "pipesim.replications",
     "SLO": "pipesim.slo",
-    "CheckResult": "pipesim.slo",
-    "check": "pipesim.slo",
+    "CheckResult": "pipesim.gate",
+    "check": "pipesim.gate",
 }
 _SUBMODULES = ("analysis", "plots", "live", "protocol", "scenario", "state", "model", "trace", "results",
-               "calibration", "replications", "theory", "slo")
+               "calibration", "replications", "theory", "slo", "gate")
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 __version__ = "0.1.0"
 

@@ -44,6 +44,11 @@ STAGES = ("end_of_utterance_delay", "stt_stage", "llm_stage", "tts_stage")
 #: (``ttfb`` is left out: it is ``tts_stage`` under another name).
 FIGURES = (*STAGES, "transcription_delay", "ttft", "e2e_latency")
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+#: The latency figures measured per run (:func:`pipesim.replications.run_metrics`, SLOs): those of a run's
+#: summary, and each service's wait for a worker.
+RUN_FIGURES = (*FIGURES, *(f"{svc}_queue" for svc in SERVICES))
+#: The statistics of each latency figure measured per run: the mean and these quantiles.
+RUN_QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 
 
 def percentiles(df: pd.DataFrame, columns: Sequence[str] = FIGURES, by: str | Sequence[str] | None = None,

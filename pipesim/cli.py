@@ -224,7 +224,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from pipesim.slo import check, write_reports
+    from pipesim.gate import check, write_reports
 
     scn = _load(args.scenario)
     if args.set:

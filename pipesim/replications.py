@@ -55,10 +55,8 @@ from pipesim.vocabulary import SERVICES
 Metrics = Callable[[Results], Mapping[str, Any]]
 ScenarioLike = Scenario | str | Path | dict[str, Any]
 
-#: The latency figures measured per run: those of a run's summary, and each service's wait for a worker.
-FIGURES = (*analysis.FIGURES, *(f"{svc}_queue" for svc in SERVICES))
-#: The statistics of each latency figure measured per run: the mean and these quantiles.
-QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+#: The latency figures measured per run, and their statistics (defined beside the turns' columns).
+FIGURES, QUANTILES = analysis.RUN_FIGURES, analysis.RUN_QUANTILES
 #: A percentile is flagged when, in some replication, fewer turns than this lie beyond it (n (1 - q) < 10),
 #: and a mean when fewer turns than this lie behind it: such a figure is set by a handful of turns.
 MIN_TAIL_TURNS = 10

@@ -44,7 +44,7 @@ import pytest
 from pipesim.errors import PipesimError
 
 if TYPE_CHECKING:
-    from pipesim.slo import CheckResult
+    from pipesim.gate import CheckResult
 
 __all__ = ["AdminClient", "AdminError", "PipesimServer", "assert_slos_met", "pipesim_options", "pipesim_server"]
 
@@ -217,7 +217,7 @@ def assert_slos_met(scenario: Any, slos: Iterable[str] = (), **options: Any) -> 
     >>> result.verdict
     'met'
     """
-    from pipesim.slo import check
+    from pipesim.gate import check
 
     result = check(scenario, slos, **options)
     if not result.passed:

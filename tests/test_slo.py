@@ -28,19 +28,10 @@ import pipesim
 from pipesim.analysis import collapse_share, failure_cause
 from pipesim.cli import main
 from pipesim.errors import ScenarioError, SLOError
+from pipesim.gate import check, slo_metrics
 from pipesim.replications import replicate, replication_seeds, run_metrics
 from pipesim.scenario import Scenario, load_scenario
-from pipesim.slo import (
-    OPERATORS,
-    SLO,
-    SLO_FIGURES,
-    check,
-    judge,
-    judge_runs,
-    merge_slos,
-    parse_slo,
-    slo_metrics,
-)
+from pipesim.slo import OPERATORS, SLO, SLO_FIGURES, judge, judge_runs, merge_slos, parse_slo
 from pipesim.testing import assert_slos_met
 from pipesim.trace import TURN_COLUMNS
 

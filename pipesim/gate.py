@@ -269,8 +269,8 @@ def check(scenario: ScenarioLike, slos: Iterable[str | SLO] = (), *, replication
 
 
 def write_reports(result: CheckResult, junit: str | Path | None = None, json_path: str | Path | None = None) -> None:
-    """Write the JUnit XML and JSON reports of a check where asked."""
-    if junit:
-        Path(junit).write_text(result.to_junit(), encoding="utf-8")
-    if json_path:
-        Path(json_path).write_text(result.to_json(), encoding="utf-8")
+    """Write the JUnit XML and JSON reports of a check where asked (creating their folders)."""
+    for path, text in ((junit, result.to_junit), (json_path, result.to_json)):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text(), encoding="utf-8")

@@ -468,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replications before any verdict (default: 3)")
     p.add_argument("--max-replications", type=_count, metavar="N",
                    help="add replications one at a time until every SLO is decided or N ran (default: 30)")
-    p.add_argument("--seed", type=int, help="base seed of the replications (default: the scenario's)")
+    p.add_argument("--seed", type=_bounded(int, lambda v: v >= 0, ">= 0", "a whole number"),
+                   help="base seed of the replications (default: the scenario's)")
     p.add_argument("--until", type=_positive, help="stop every run at this simulated time, seconds")
     p.add_argument("--warmup", type=_seconds, default=0.0, metavar="S",
                    help="leave out turns whose utterance ended in the first S seconds")

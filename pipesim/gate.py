@@ -244,6 +244,8 @@ def check(scenario: ScenarioLike, slos: Iterable[str | SLO] = (), *, replication
     if not 0 <= collapse_threshold < 1:
         raise ValueError(f"collapse_threshold must be a share in [0, 1), got {collapse_threshold!r}")
     base = scn.seed if seed is None else seed
+    if isinstance(base, bool) or not isinstance(base, int) or base < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {base!r}")
     seeds = replication_seeds(base, max_replications)
     metrics = functools.partial(slo_metrics, warmup_s=warmup_s)
     rows: list[dict[str, Any]] = []

@@ -283,9 +283,11 @@ def test_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and says in err and "Traceback" not in err, err
-    with pytest.raises(SystemExit) as exited:
-        main(["check", light, "--slo", "goodput >= 1", "--collapse-share", "1.5"])
-    assert exited.value.code == 2
+    for flag, value in [("--collapse-share", "1.5"), ("--seed", "-1"), ("--max-replications", "0")]:
+        with pytest.raises(SystemExit) as exited:
+            main(["check", light, "--slo", "goodput >= 1", flag, value])
+        assert exited.value.code == 2
+        assert f"argument {flag}: must be" in capsys.readouterr().err
 
 
 def test_scenario_slos_and_command_line_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

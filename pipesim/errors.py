@@ -108,3 +108,7 @@ class IllegalTransition(StateError):
 
 class SLOError(PipesimError, ValueError):
     """An SLO that does not read ``FIGURE OP VALUE`` (e.g. ``e2e_latency_p95 <= 1.5s``); the message says why."""
+
+
+class PlanError(PipesimError, ValueError):
+    """A capacity plan that cannot start (an unknown service, a bad cost, no load to measure); says which."""

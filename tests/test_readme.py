@@ -188,8 +188,9 @@ def clone_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         return real(scenario, seed=seed, until=HORIZON_S if until is None else min(until, HORIZON_S),
                     progress=progress, out=out)
 
-    monkeypatch.setattr(pipesim.results, "simulate", simulate)
+    # pipesim's names are imported on first use: patch pipesim first, so that what it restores is the real one
     monkeypatch.setattr(pipesim, "simulate", simulate)
+    monkeypatch.setattr(pipesim.results, "simulate", simulate)
     return tmp_path
 
 

@@ -28,11 +28,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipesim.errors import PlanError
+from pipesim.errors import PlanError, SLOError
 from pipesim.gate import CheckResult, check
 from pipesim.replications import ScenarioLike, replication_seeds
 from pipesim.results import simulate
 from pipesim.scenario import Scenario, as_scenario
+from pipesim.slo import merge_slos
 from pipesim.theory import min_servers
 from pipesim.vocabulary import SERVICES
 
@@ -152,6 +153,9 @@ def plan(scenario: ScenarioLike, slos: Iterable[str] = (), *, costs: Mapping[str
     if any(not (0 <= c < math.inf) for c in cost_of.values()):
         raise PlanError(f"a cost per worker must be a finite number >= 0, got {cost_of}")
     slos = list(slos)
+    if not merge_slos(scn.slo, slos):
+        raise SLOError("no SLO to plan for: give one (e.g. --slo 'e2e_latency_p95 <= 1.5s') or an slo: list in "
+                       "the scenario")
     base = scn.seed if seed is None else seed
     loads = service_loads(scn, base, until, warmup_s)
     out = PlanResult(scn.name, {s: loads[s] for s in services}, {s: cost_of[s] for s in services})

@@ -60,6 +60,8 @@ def test_plan_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["plan", str(scenario), "--slo", SLOS[0], "--until", "90", "--services", "stt,gpu"]) == 2
     err = capsys.readouterr().err
     assert err == "pipesim: error: no such service: gpu (services: stt, llm, tts)\n"
+    assert main(["plan", str(scenario), "--until", "90"]) == 2
+    assert capsys.readouterr().err.startswith("pipesim: error: no SLO to plan for")
     with pytest.raises(SystemExit) as exited:
         main(["plan", str(scenario), "--slo", SLOS[0], "--cost", "llm=-1"])
     assert exited.value.code == 2 and "argument --cost: expected SERVICE=COST" in capsys.readouterr().err

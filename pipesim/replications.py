@@ -482,14 +482,19 @@ class SweepResult:
 
     def table(self, metrics: Sequence[str] = SHOWN, confidence: float = 0.95) -> pd.DataFrame:
         """One row per grid point, one text column per metric: mean ± half-width (latencies in ms), ``!``
-        where :func:`summarise` warns."""
+        where :func:`summarise` warns; then ``collapsed``, how many of its replications collapsed (see
+        :func:`regime_notes`)."""
         summary = self.summary(confidence)
+        collapsed = [int((runs["collapse_share"] > analysis.COLLAPSE_SHARE).sum()) if "collapse_share" in runs
+                     else None for _, runs in self.points()]
         rows = {}
-        for key, part in summary.groupby(level=list(range(len(self.params))), sort=False):
+        for i, (key, part) in enumerate(summary.groupby(level=list(range(len(self.params))), sort=False)):
             part = part.droplevel(list(range(len(self.params))))
             rows[key] = {(f"{m}_ms" if _is_latency(m) else m):
                          _format(part.loc[m, "mean"], part.loc[m, "half_width"], ms=_is_latency(m))
                          + (" !" if part.loc[m, "warning"] else "") for m in metrics}
+            if collapsed[i] is not None:
+                rows[key]["collapsed"] = f"{collapsed[i]}/{self.replications}"
         out = pd.DataFrame.from_dict(rows, orient="index")
         out.index = pd.MultiIndex.from_tuples(
             [k if isinstance(k, tuple) else (k,) for k in out.index], names=self.params)
@@ -511,6 +516,9 @@ class SweepResult:
         if notes:
             notes.append(f"  (! marks a percentile with fewer than {MIN_TAIL_TURNS} turns beyond it in some "
                          "replication: simulate more sessions or a longer run; summary() has every warning)")
+        if "collapse_share" in self.runs and (self.runs["collapse_share"] > analysis.COLLAPSE_SHARE).any():
+            notes.append(f"collapsed: replications in which {analysis.collapse_criterion()}; where some did and "
+                         "some did not, the runs split into two regimes and their mean describes neither")
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             return "\n".join([self._heading(), self.table().to_string(), *notes])
 

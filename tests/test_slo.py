@@ -29,7 +29,7 @@ from pipesim.analysis import collapse_share, failure_cause
 from pipesim.cli import main
 from pipesim.errors import ScenarioError, SLOError
 from pipesim.gate import check, slo_metrics
-from pipesim.replications import replicate, replication_seeds, run_metrics
+from pipesim.replications import replicate, replication_seeds, run_metrics, sweep
 from pipesim.scenario import Scenario, load_scenario
 from pipesim.slo import OPERATORS, SLO, SLO_FIGURES, judge, judge_runs, merge_slos, parse_slo
 from pipesim.testing import assert_slos_met
@@ -254,6 +254,10 @@ def test_replications_name_collapse(capsys: pytest.CaptureFixture[str]) -> None:
     text = str(reps)
     assert "1 of 3 replications collapsed" in text and "two regimes" in text
     assert "! the runs disagree (the interval is wider than the mean): collapse_share, goodput" in text
+    result = sweep(OVERLOADED, {"services.llm.capacity": [1, 20]}, replications=2, workers=1, progress=False,
+                   until=120)
+    assert result.table()["collapsed"].tolist() == ["2/2", "0/2"]
+    assert "collapsed: replications in which more than 50%" in str(result)
 
 
 def _write(tmp_path: Path, data: dict[str, Any]) -> Path:

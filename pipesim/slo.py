@@ -1,4 +1,4 @@
-"""Service-level objectives: one small language, one evaluator, and :func:`check`, the CI gate.
+"""Service-level objectives: one small language and one evaluator (``pipesim check`` is :mod:`pipesim.gate`).
 
 An SLO reads ``FIGURE OP VALUE``: a per-run figure (the names of :func:`pipesim.replications.run_metrics`),
 one of ``<=``, ``<``, ``>=``, ``>``, and a bound; times take a unit, ``ms`` or ``s``; shares and rates none.
@@ -15,16 +15,16 @@ pipesim.errors.SLOError: SLO 'e2e_latncy_p95 <= 1.5s': unknown figure 'e2e_latnc
 **How an SLO is judged.** From independent replications (seeds of
 :func:`~pipesim.replications.replication_seeds`), by the 95% Student-t interval of the figure's mean across
 runs: *met* when the whole interval is on the right side of the bound, *violated* when it is wholly on the
-wrong side, *undecided* otherwise. :func:`pipesim.gate.check` adds replications until every SLO is decided or it reaches
-``max_replications``.
+wrong side, *undecided* otherwise. :func:`pipesim.gate.check` adds replications until every SLO is decided
+or it reaches ``max_replications``.
 
 **Failed turns are not fast turns.** A percentile over completed turns improves when overload fails the slow
-ones. So the latency figures an SLO judges (:func:`pipesim.gate.slo_metrics`) count a turn that failed by ``timeout``
-(Kafka timed out past the retry budget: :data:`pipesim.analysis.FAILURE_CAUSES`) as infinitely late in the
-figures of the stage where it timed out and of every later stage (``e2e_latency`` always). A run where
-more than 5% of turns timed out has an infinite p95, and a configuration with such a run violates an upper
-bound on it. Turns that failed by poor audio (the user is re-prompted) or by a service error are left out
-of the figures they never reached: no worker buys them back; ``failed_share`` (every cause) and
+ones. So the latency figures an SLO judges (:func:`pipesim.gate.slo_metrics`) count a turn that failed by
+``timeout`` (Kafka timed out past the retry budget: :data:`pipesim.analysis.FAILURE_CAUSES`) as infinitely
+late in the figures of the stage where it timed out and of every later stage (``e2e_latency`` always). A
+run where more than 5% of turns timed out has an infinite p95, and a configuration with such a run violates
+an upper bound on it. Turns that failed by poor audio (the user is re-prompted) or by a service error are
+left out of the figures they never reached: no worker buys them back; ``failed_share`` (every cause) and
 ``timeout_failed_share`` judge them.
 
 **Collapse is a verdict, not noise.** Past capacity, runs of one configuration may split: some recover,

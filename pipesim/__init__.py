@@ -33,9 +33,12 @@ _EXPORTS = {
     "SweepResult": "pipesim.replications",
     "replicate": "pipesim.replications",
     "sweep": "pipesim.replications",
+    "SLO": "pipesim.slo",
+    "CheckResult": "pipesim.gate",
+    "check": "pipesim.gate",
 }
 _SUBMODULES = ("analysis", "plots", "live", "protocol", "scenario", "state", "model", "trace", "results",
-               "calibration", "replications", "theory")
+               "calibration", "replications", "theory", "slo", "gate")
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 __version__ = "0.1.0"
 

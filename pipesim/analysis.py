@@ -11,6 +11,7 @@ turns loaded from Parquet or concatenated across runs.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, get_args
@@ -44,6 +45,11 @@ STAGES = ("end_of_utterance_delay", "stt_stage", "llm_stage", "tts_stage")
 #: (``ttfb`` is left out: it is ``tts_stage`` under another name).
 FIGURES = (*STAGES, "transcription_delay", "ttft", "e2e_latency")
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+#: The latency figures measured per run (:func:`pipesim.replications.run_metrics`, SLOs): those of a run's
+#: summary, and each service's wait for a worker.
+RUN_FIGURES = (*FIGURES, *(f"{svc}_queue" for svc in SERVICES))
+#: The statistics of each latency figure measured per run: the mean and these quantiles.
+RUN_QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 
 
 def percentiles(df: pd.DataFrame, columns: Sequence[str] = FIGURES, by: str | Sequence[str] | None = None,
@@ -172,6 +178,67 @@ def failures(turns: pd.DataFrame | Any) -> pd.Series:
     # most first; ties in name order, so that the same run always prints the same lines
     order = sorted(causes.index, key=lambda cause: (-causes[cause], cause))
     return causes.reindex(order).astype("int64").rename("failed_turns").rename_axis("cause")
+
+
+#: What kind of failure a turn's ``error`` is (:func:`failure_cause` gives its words): ``timeout``: Kafka timed
+#: out past the retry budget (the turn ran
+#: out of time waiting for a worker or for Kafka: what more workers buy back, outages aside); ``audio``: the
+#: audio was too poor and the user is re-prompted; ``service_error``: the service answered with an error
+#: (``failure_probability``). Neither of the last two is bought back by more workers.
+FAILURE_KINDS = ("timeout", "audio", "service_error")
+#: A run *collapsed* when more than this share of the turns that started in the last third of it (after the
+#: warm-up) failed by ``timeout``: it did not recover from overload by the end (see :func:`collapse_share`).
+COLLAPSE_SHARE = 0.5
+
+
+def failure_kind(turns: pd.DataFrame) -> pd.Series:
+    """Each turn's kind of failure (one of :data:`FAILURE_KINDS`), None for a turn that did not fail.
+
+    A failure whose message is none of the known ones counts as ``timeout``: a CI gate errs on the safe side.
+
+    >>> turns = pd.DataFrame({"outcome": ["complete", "failed", "failed", "failed"],
+    ...     "error": [None, "stt: Kafka timed out 4 times (retry budget 3)",
+    ...               "stt: low audio quality (0.30), re-prompting the user", "llm: service error"]})
+    >>> failure_kind(turns).tolist()
+    [None, 'timeout', 'audio', 'service_error']
+    """
+    error = turns["error"].astype("string").fillna("")
+    cause = np.select([error.str.contains("low audio quality", regex=False),
+                       error.str.endswith(": service error")], ["audio", "service_error"], "timeout")
+    return pd.Series(np.where(turns["outcome"] == "failed", cause, None), index=turns.index, dtype=object)
+
+
+def collapse_criterion(threshold: float = COLLAPSE_SHARE) -> str:
+    """The collapse criterion of :func:`collapse_share`, in words.
+
+    >>> collapse_criterion(0.5)
+    'more than 50% of the turns that started in the last third of a run, after the warm-up, failed by timeout'
+    """
+    return (f"more than {threshold:.0%} of the turns that started in the last third of a run, after the warm-up, "
+            "failed by timeout")
+
+
+def collapse_share(turns: pd.DataFrame, warmup_s: float = 0.0) -> float:
+    """The share of the finished turns that started (``speech_start``) in the last third of the run after
+    ``warmup_s`` (up to the last turn's start) and failed by ``timeout``; NaN when no turn finished there.
+
+    A system pushed past capacity can stay overloaded (retries and stale work keep the queues full) or recover;
+    runs of one configuration may split between the two. A run whose share is above :data:`COLLAPSE_SHARE`
+    did not recover: it *collapsed*.
+
+    >>> turns = pd.DataFrame({"speech_start": [10.0, 20.0, 80.0, 90.0], "outcome": ["failed", "complete",
+    ...     "failed", "complete"], "error": ["stt: Kafka timed out 4 times (retry budget 3)", None,
+    ...     "llm: Kafka timed out 4 times (retry budget 3)", None]})
+    >>> collapse_share(turns)
+    0.5
+    """
+    start = turns["speech_start"]
+    begin = float(warmup_s)
+    end = float(start.max()) if len(turns) else math.nan
+    if not end > begin:
+        return math.nan
+    late = turns[(start >= begin + 2 * (end - begin) / 3) & turns["outcome"].notna()]
+    return float((failure_kind(late) == "timeout").mean()) if len(late) else math.nan
 
 
 # Grouping columns --------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The ``pipesim`` command line: run | serve | replay | validate | schema | sweep | fit | record | load | examples.
+"""The ``pipesim`` command line: run | serve | replay | validate | schema | sweep | check | plan | fit | record | load |
+examples.
 
 A user's mistake (a bad file, a bad flag: any :class:`~pipesim.errors.PipesimError`) prints one clear
 ``pipesim: error: ...`` message and exits 2; tracebacks are for pipesim's own bugs.
@@ -240,6 +241,55 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from pipesim.gate import check, write_reports
+
+    scn = _load(args.scenario)
+    if args.set:
+        scn = scn.override(_overrides(args.set))
+    if args.replications is not None and (args.min_replications is not None or args.max_replications is not None):
+        raise UserError("--replications N runs exactly N: leave out --min-replications and --max-replications")
+    lowest, highest = args.min_replications or 3, args.max_replications or 30
+    if lowest > highest:
+        raise UserError(f"--min-replications {lowest} is more than --max-replications {highest}")
+    threshold = {} if args.collapse_share is None else {"collapse_threshold": args.collapse_share}
+    result = check(scn, args.slo, replications=args.replications, min_replications=lowest,
+                   max_replications=highest, seed=args.seed, until=args.until, warmup_s=args.warmup,
+                   workers=args.workers, collapse_violates=not args.allow_collapse,
+                   progress=None if args.progress else False, **threshold)
+    print(result)
+    write_reports(result, args.junit, args.json)
+    return result.exit_code
+
+
+def _cost(text: str) -> tuple[str, float]:
+    service, sep, value = text.partition("=")
+    try:
+        cost = float(value)
+    except ValueError:
+        cost = math.nan
+    if not sep or not 0 <= cost < math.inf:
+        raise argparse.ArgumentTypeError(f"expected SERVICE=COST, a number >= 0 per worker, e.g. llm=4, got {text!r}")
+    return service, cost
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from pipesim.plan import plan
+
+    scn = _load(args.scenario)
+    if args.set:
+        scn = scn.override(_overrides(args.set))
+    result = plan(scn, args.slo, costs=dict(args.cost), services=args.services.split(","),
+                  max_trials=args.max_trials, seed=args.seed, until=args.until, warmup_s=args.warmup,
+                  max_replications=args.max_replications, workers=args.workers,
+                  progress=None if args.progress else False)
+    print(result)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            fh.write(result.to_json())
+    return result.exit_code
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -331,7 +381,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run, "serve": _cmd_serve, "replay": _cmd_replay, "validate": _cmd_validate,
     "schema": _cmd_schema, "sweep": _cmd_sweep, "fit": _cmd_fit, "record": _cmd_record,
-    "load": _cmd_load, "examples": _cmd_examples,
+    "load": _cmd_load, "check": _cmd_check, "plan": _cmd_plan, "examples": _cmd_examples,
 }
 
 
@@ -518,6 +568,58 @@ def build_parser() -> argparse.ArgumentParser:
                         "pipesim on every worker)")
     p.add_argument("--out", metavar="FILE.csv", help="write one row per run (parameters, seed, figures in seconds)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: one on a terminal)")
+
+    p = _command(sub, "check", "judge service-level objectives from replications: exit 0 when every SLO is met, "
+                               "1 when one is violated, 3 when some stay undecided, 2 on a usage or file error")
+    p.add_argument("scenario", help="scenario file or bundled name (its slo: list is judged, with --slo)")
+    p.add_argument("--slo", action="append", default=[], metavar="'FIGURE OP VALUE'",
+                   help="an objective, e.g. 'e2e_latency_p95 <= 1.5s', 'failed_share <= 0.05', 'goodput >= 2.8'; "
+                        "replaces the scenario's SLO on the same figure and direction; repeatable")
+    p.add_argument("--set", action="append", type=_assignment, default=[], metavar="PATH=VALUE",
+                   help="override a scenario field by its dotted path, e.g. services.llm.capacity=8; repeatable")
+    p.add_argument("--replications", type=_count, metavar="N", help="run exactly N replications")
+    p.add_argument("--min-replications", type=_count, metavar="N",
+                   help="replications before any verdict (default: 3)")
+    p.add_argument("--max-replications", type=_count, metavar="N",
+                   help="add replications one at a time until every SLO is decided or N ran (default: 30)")
+    p.add_argument("--seed", type=_bounded(int, lambda v: v >= 0, ">= 0", "a whole number"),
+                   help="base seed of the replications (default: the scenario's)")
+    p.add_argument("--until", type=_positive, help="stop every run at this simulated time, seconds")
+    p.add_argument("--warmup", type=_seconds, default=0.0, metavar="S",
+                   help="leave out turns whose utterance ended in the first S seconds")
+    p.add_argument("--workers", type=_count, default=1, metavar="N",
+                   help="processes per round of replications (the verdicts do not depend on it)")
+    p.add_argument("--collapse-share", type=_bounded(float, lambda v: 0 <= v < 1, "a share in [0, 1)"),
+                   metavar="X", help="a run collapsed when more than this share of the turns that started in its "
+                                     "last third failed by timeout (default: 0.5)")
+    p.add_argument("--allow-collapse", action="store_true",
+                   help="judge a configuration with collapsed runs by its figures alone (default: it violates "
+                        "every SLO)")
+    p.add_argument("--junit", metavar="FILE", help="write the verdicts as JUnit XML (one testcase per SLO)")
+    p.add_argument("--json", metavar="FILE", help="write the verdicts and figures as JSON")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+
+    p = _command(sub, "plan", "the least-cost workers per service whose replications meet every SLO (exit 0 with "
+                              "an answer, 1 without, 2 on a usage or file error)")
+    p.add_argument("scenario", help="scenario file or bundled name (its slo: list is judged, with --slo)")
+    p.add_argument("--slo", action="append", default=[], metavar="'FIGURE OP VALUE'",
+                   help="an objective, as for pipesim check; repeatable")
+    p.add_argument("--set", action="append", type=_assignment, default=[], metavar="PATH=VALUE",
+                   help="override a scenario field by its dotted path; repeatable")
+    p.add_argument("--cost", action="append", type=_cost, default=[], metavar="SERVICE=COST",
+                   help="cost of one worker of a service, e.g. llm=4 (default: 1 each); repeatable")
+    p.add_argument("--services", default="stt,llm,tts", help="the services whose workers are planned")
+    p.add_argument("--max-trials", type=_count, default=20, metavar="N", help="configurations judged at most")
+    p.add_argument("--max-replications", type=_count, default=30, metavar="N",
+                   help="replications per configuration at most (they are added until every SLO is decided)")
+    p.add_argument("--seed", type=_bounded(int, lambda v: v >= 0, ">= 0", "a whole number"),
+                   help="base seed of the replications, the same for every configuration (default: the scenario's)")
+    p.add_argument("--until", type=_positive, help="stop every run at this simulated time, seconds")
+    p.add_argument("--warmup", type=_seconds, default=0.0, metavar="S",
+                   help="leave out turns whose utterance ended in the first S seconds")
+    p.add_argument("--workers", type=_count, default=1, metavar="N", help="processes per round of replications")
+    p.add_argument("--json", metavar="FILE", help="write every configuration tried and the answer as JSON")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
 
     p = _command(sub, "examples", "copy the bundled scenarios, measurement CSVs and notebooks into a folder, "
                                   "as files to edit")

@@ -104,3 +104,11 @@ class IllegalTransition(StateError):
         text = (f"session {self.session_id!r}: {self.part} cannot go from {self.current!r} to "
                 f"{self.requested!r} on {self.event}")
         return f"{text} ({self.reason})" if self.reason else text
+
+
+class SLOError(PipesimError, ValueError):
+    """An SLO that does not read ``FIGURE OP VALUE`` (e.g. ``e2e_latency_p95 <= 1.5s``); the message says why."""
+
+
+class PlanError(PipesimError, ValueError):
+    """A capacity plan that cannot start (an unknown service, a bad cost, no load to measure); says which."""

@@ -55,10 +55,8 @@ from pipesim.vocabulary import SERVICES
 Metrics = Callable[[Results], Mapping[str, Any]]
 ScenarioLike = Scenario | str | Path | dict[str, Any]
 
-#: The latency figures measured per run: those of a run's summary, and each service's wait for a worker.
-FIGURES = (*analysis.FIGURES, *(f"{svc}_queue" for svc in SERVICES))
-#: The statistics of each latency figure measured per run: the mean and these quantiles.
-QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+#: The latency figures measured per run, and their statistics (defined beside the turns' columns).
+FIGURES, QUANTILES = analysis.RUN_FIGURES, analysis.RUN_QUANTILES
 #: A percentile is flagged when, in some replication, fewer turns than this lie beyond it (n (1 - q) < 10),
 #: and a mean when fewer turns than this lie behind it: such a figure is set by a handful of turns.
 MIN_TAIL_TURNS = 10
@@ -92,6 +90,11 @@ def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
     * ``goodput``: complete turns per second of the window;
     * ``kafka_timeouts_per_turn``: Kafka timeouts (every service) per kept turn: the attempts beyond one
       per request, the retry amplification;
+    * ``failed_share``: failed / kept turns; ``timeout_failed_share``: those that failed by ``timeout``
+      (:func:`pipesim.analysis.failure_kind`: what more workers buy back, unlike poor audio);
+    * ``collapse_share``: :func:`pipesim.analysis.collapse_share`, the share of the turns that started in
+      the run's last third that failed by timeout; above :data:`~pipesim.analysis.COLLAPSE_SHARE` the run
+      *collapsed* (it did not recover from overload);
     * ``<service>_utilisation``: the worker time the kept turns brought (``<service>_busy``, stale work
       included) / (capacity x window): the fraction of time a worker is busy in steady state, rho of
       :class:`pipesim.theory.MMc`; above 1 the service is overloaded (the excess is done after the window);
@@ -121,6 +124,10 @@ def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
     out["goodput"] = out["complete"] / window if window > 0 else math.nan
     timeouts = sum(int(kept[f"{svc}_timeouts"].sum()) for svc in SERVICES)
     out["kafka_timeouts_per_turn"] = timeouts / len(kept) if len(kept) else math.nan
+    out["failed_share"] = out["failed"] / len(kept) if len(kept) else math.nan
+    out["timeout_failed_share"] = (float((analysis.failure_kind(kept) == "timeout").sum()) / len(kept)
+                                   if len(kept) else math.nan)
+    out["collapse_share"] = analysis.collapse_share(turns, warmup_s)
     for svc in SERVICES:
         capacity = getattr(res.scenario.services, svc).capacity
         out[f"{svc}_utilisation"] = float(kept[f"{svc}_busy"].sum()) / (capacity * window) if window > 0 else math.nan
@@ -360,6 +367,30 @@ def format_summary(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def regime_notes(runs: pd.DataFrame, summary: pd.DataFrame,
+                 collapse_threshold: float = analysis.COLLAPSE_SHARE) -> list[str]:
+    """Lines saying how many replications collapsed (:func:`pipesim.analysis.collapse_share` above
+    ``collapse_threshold``) and which figures' intervals are wider than their means: the runs disagree, and
+    the mean of two regimes is the answer of neither.
+
+    >>> runs = pd.DataFrame({"collapse_share": [0.0, 0.99, 0.0], "goodput": [4.0, 0.1, 4.1]})
+    >>> print("\\n".join(regime_notes(runs, summarise(runs))))   # doctest: +ELLIPSIS
+    collapse: 1 of 3 replications collapsed (more than 50% of the turns ...): the runs split into two regimes, ...
+    ! the runs disagree (the interval is wider than the mean): collapse_share, goodput
+    """
+    notes = []
+    if "collapse_share" in runs:
+        collapsed = int((runs["collapse_share"] > collapse_threshold).sum())
+        split = (": the runs split into two regimes, and a mean of both describes neither"
+                 if 0 < collapsed < len(runs) else "")
+        notes.append(f"collapse: {collapsed} of {len(runs)} replications collapsed "
+                     f"({analysis.collapse_criterion(collapse_threshold)}){split}")
+    wide = summary.index[summary["half_width"] > summary["mean"].abs()]
+    if len(wide):
+        notes.append(f"! the runs disagree (the interval is wider than the mean): {', '.join(wide)}")
+    return notes
+
+
 # Running many simulations -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Task:
@@ -437,7 +468,8 @@ class Replications:
                 f"warm-up {self.warmup_s:g} s; mean ± half-width of the 95% Student-t interval across them")
 
     def __str__(self) -> str:
-        return f"{self._heading()}\n{format_summary(self.summary())}"
+        summary = self.summary()
+        return "\n".join([self._heading(), format_summary(summary), *regime_notes(self.runs, summary)])
 
     def __repr__(self) -> str:
         return f"<Replications {self.scenario.name!r} n={len(self.runs)} base_seed={self.base_seed}>"
@@ -519,14 +551,19 @@ class SweepResult:
 
     def table(self, metrics: Sequence[str] = SHOWN, confidence: float = 0.95) -> pd.DataFrame:
         """One row per grid point, one text column per metric: mean ± half-width (latencies in ms), ``!``
-        where :func:`summarise` warns."""
+        where :func:`summarise` warns; then ``collapsed``, how many of its replications collapsed (see
+        :func:`regime_notes`)."""
         summary = self.summary(confidence)
+        collapsed = [int((runs["collapse_share"] > analysis.COLLAPSE_SHARE).sum()) if "collapse_share" in runs
+                     else None for _, runs in self.points()]
         rows = {}
-        for key, part in summary.groupby(level=list(range(len(self.params))), sort=False):
+        for i, (key, part) in enumerate(summary.groupby(level=list(range(len(self.params))), sort=False)):
             part = part.droplevel(list(range(len(self.params))))
             rows[key] = {(f"{m}_ms" if _is_latency(m) else m):
                          _format(part.loc[m, "mean"], part.loc[m, "half_width"], ms=_is_latency(m))
                          + (" !" if part.loc[m, "warning"] else "") for m in metrics}
+            if collapsed[i] is not None:
+                rows[key]["collapsed"] = f"{collapsed[i]}/{self.replications}"
         out = pd.DataFrame.from_dict(rows, orient="index")
         out.index = pd.MultiIndex.from_tuples(
             [k if isinstance(k, tuple) else (k,) for k in out.index], names=self.params)
@@ -548,6 +585,9 @@ class SweepResult:
         if notes:
             notes.append(f"  (! marks a percentile with fewer than {MIN_TAIL_TURNS} turns beyond it in some "
                          "replication: simulate more sessions or a longer run; summary() has every warning)")
+        if "collapse_share" in self.runs and (self.runs["collapse_share"] > analysis.COLLAPSE_SHARE).any():
+            notes.append(f"collapsed: replications in which {analysis.collapse_criterion()}; where some did and "
+                         "some did not, the runs split into two regimes and their mean describes neither")
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             return "\n".join([self._heading(), self.table().to_string(), *notes])
 

@@ -49,6 +49,7 @@ import tomlkit.items
 import tomlkit.parser
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -365,6 +366,13 @@ def _closest_path(data: dict[str, Any], dotted: str) -> str:
     return f" (did you mean {'.'.join(fixed)!r}?)"
 
 
+def _valid_slo(text: str) -> str:
+    from pipesim.slo import parse_slo  # here: pipesim.slo runs replications, which load scenarios
+
+    parse_slo(text)
+    return text
+
+
 class Scenario(_Section):
     """Everything the model needs. Every field has a default; see ``scenarios/baseline.yaml``."""
 
@@ -377,6 +385,8 @@ class Scenario(_Section):
     services: Services = Services()
     kafka: Kafka = Kafka()
     sessions: Sessions = Sessions()
+    #: Service-level objectives ``pipesim check`` judges, e.g. ``e2e_latency_p95 <= 1.5s`` (see :mod:`pipesim.slo`).
+    slo: list[Annotated[str, AfterValidator(_valid_slo)]] = []
 
     def override(self, changes: dict[str, Any]) -> Scenario:
         """A copy with dotted-path fields replaced and the result validated.

@@ -20,6 +20,11 @@ whole module or ``conftest.py``, override the ``pipesim_options`` fixture to ret
 
 :class:`AdminClient` also works on its own against ``pipesim serve`` (``AdminClient(url, token)``).
 
+For capacity, :func:`assert_slos_met` runs :func:`pipesim.check` and fails the test with its figures::
+
+    def test_latency_budget():
+        assert_slos_met("scenarios/baseline.yaml", ["e2e_latency_p95 <= 1.5s", "failed_share <= 0.05"], until=300)
+
 >>> AdminClient("http://127.0.0.1:8002/__admin").url
 'http://127.0.0.1:8002/__admin'
 """
@@ -29,9 +34,9 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from pipesim.errors import PipesimError
@@ -41,7 +46,10 @@ try:
 except ImportError:  # the client needs the standard library alone; pytest, which loads the fixtures, has pytest
     pytest = None  # type: ignore[assignment]
 
-__all__ = ["AdminClient", "AdminError", "PipesimServer"]  # and, with pytest, the fixtures
+if TYPE_CHECKING:
+    from pipesim.gate import CheckResult
+
+__all__ = ["AdminClient", "AdminError", "PipesimServer", "assert_slos_met"]  # and, with pytest, the fixtures
 
 
 class AdminError(PipesimError):
@@ -219,3 +227,21 @@ if pytest is not None:
     def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", "pipesim(scenario=..., seed=..., speed=..., paused=..., ...): options of "
                                            "the pipesim_server fixture's server")
+
+
+def assert_slos_met(scenario: Any, slos: Iterable[str] = (), **options: Any) -> CheckResult:
+    """Fail the test unless every SLO is met (:func:`pipesim.check` with ``options``, e.g. ``until=``,
+    ``max_replications=``); the failure message is check's table: each SLO, its mean, interval, runs and
+    verdict, and how many runs collapsed. Returns the :class:`~pipesim.gate.CheckResult`.
+
+    >>> result = assert_slos_met({"sessions": {"arrivals": {"kind": "at_once", "count": 20}}},
+    ...                          ["e2e_latency_p95 <= 10s"], until=60)
+    >>> result.verdict
+    'met'
+    """
+    from pipesim.gate import check
+
+    result = check(scenario, slos, **options)
+    if not result.passed:
+        raise AssertionError(f"SLOs not met ({result.verdict}):\n{result}")
+    return result

@@ -15,10 +15,10 @@ without editing this file:
   a JSON object with a ``type`` is a wire message instead, parsed with ``pipesim.protocol.parse_message``.
 * ``bash``: every ``make ...`` line must name real Makefile targets (they are not run: they install, and
   they are *in a clone* only, as the README says); ``pip install`` lines are the install this test runs in;
-  ``cd DIR`` moves on to DIR; every ``pipesim ...`` line runs, globs expanded, and must exit 0: ``serve`` and
-  ``replay`` in a subprocess on a free port (``--port 0``), until ``/healthz`` answers ``ok``, then SIGINT,
-  which must exit 0; the others in this process (after install: each in a subprocess). Any other command
-  fails the test: teach this file about it.
+  ``cd DIR`` moves on to DIR; every ``pipesim ...`` line runs, globs expanded, and must exit 0 (or N when its
+  comment says ``exits N``): ``serve`` and ``replay`` in a subprocess on a free port (``--port 0``), until
+  ``/healthz`` answers ``ok``, then SIGINT, which must exit 0; the others in this process (after install: each
+  in a subprocess). Any other command fails the test: teach this file about it.
 * Blocks without a language (formulas, sample output) are prose.
 
 The one liberty taken: offline runs stop at ``HORIZON_S`` simulated seconds, so that a ``pipesim sweep``
@@ -86,9 +86,10 @@ def makefile_targets() -> set[str]:
     return {m.group(1) for m in re.finditer(r"^([A-Za-z0-9_.-]+)\s*:(?!=)", text, re.M)}
 
 
-def shell_lines(block: Block) -> list[tuple[int, list[str]]]:
-    """(README line, words) of each command, comments dropped, continuations joined."""
-    commands: list[tuple[int, list[str]]] = []
+def shell_lines(block: Block) -> list[tuple[int, list[str], int]]:
+    """(README line, words, exit status) of each command, comments dropped, continuations joined. The exit
+    status is 0 unless the command's comment says ``exits N`` (``pipesim check`` exits 1 on a violated SLO)."""
+    commands: list[tuple[int, list[str], int]] = []
     pending, start = "", 0
     for offset, raw in enumerate(block.text.splitlines()):
         if not pending:
@@ -98,9 +99,10 @@ def shell_lines(block: Block) -> list[tuple[int, list[str]]]:
             pending = pending[:-1] + " "
             continue
         words = shlex.split(pending, comments=True)
+        status = re.search(r"#.*\bexits (\d+)", pending)
         pending = ""
         if words:
-            commands.append((start, words))
+            commands.append((start, words, int(status.group(1)) if status else 0))
     return commands
 
 
@@ -163,7 +165,7 @@ def run_bash(block: Block, cwd: Path, installed: Path | None = None) -> Path:
     ``pipesim`` line is that install's command, run in a subprocess from the folder.
     """
     targets = makefile_targets()
-    for line, words in shell_lines(block):
+    for line, words, expected in shell_lines(block):
         where = f"README.md:{line}"
         if words[0] == "make":
             named = [w for w in words[1:] if not w.startswith("-") and "=" not in w]
@@ -183,14 +185,15 @@ def run_bash(block: Block, cwd: Path, installed: Path | None = None) -> Path:
                 run_server(argv, where, cwd, pipesim_command(installed))
             elif installed is not None:
                 done = subprocess.run([*pipesim_command(installed), *argv], cwd=cwd, capture_output=True, text=True)
-                assert done.returncode == 0, (f"{where}: {' '.join(words)} exited {done.returncode} after install:"
+                assert done.returncode == expected, (f"{where}: {' '.join(words)} exited {done.returncode}, not "
+                                                     f"{expected}, after install:"
                                               f"\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
             else:
                 try:
                     status = cli_main(argv)
                 except SystemExit as exc:  # argparse rejected the line
                     status = exc.code
-                assert status == 0, f"{where}: {' '.join(words)} exited {status}"
+                assert status == expected, f"{where}: {' '.join(words)} exited {status}, not {expected}"
         else:
             pytest.fail(f"{where}: {words[0]!r}: tests/test_readme.py does not know how to check this command")
     return cwd

@@ -92,8 +92,8 @@ class Load:
 
 
 def service_loads(scenario: ScenarioLike, seed: int | None = None, until: float | None = None,
-                  warmup_s: float = 0.0) -> dict[str, Load]:
-    """Each service's :class:`Load`, from one run with :data:`PILOT_CAPACITY` workers everywhere (the first
+                  warmup_s: float = 0.0, services: Sequence[str] = SERVICES) -> dict[str, Load]:
+    """Each of ``services``' :class:`Load`, from one run with :data:`PILOT_CAPACITY` workers everywhere (the first
     replication's seed), over the turns whose utterance ended after ``warmup_s``.
 
     >>> loads = service_loads({"sessions": {"arrivals": {"kind": "poisson", "rate_per_s": 1.0, "count": 30}}},
@@ -108,7 +108,7 @@ def service_loads(scenario: ScenarioLike, seed: int | None = None, until: float 
     kept = turns[~(turns["utterance_ended"] < warmup_s)]
     window = float(turns["utterance_ended"].max()) - warmup_s
     loads = {}
-    for svc in SERVICES:
+    for svc in services:
         busy = kept[f"{svc}_busy"]
         busy = busy[busy > 0]
         if not len(busy) or not window > 0:
@@ -362,7 +362,7 @@ def plan(scenario: ScenarioLike, slos: Iterable[str | SLO] = (), *,
         for value in (d.values[0], d.values[-1]):
             scn.override({d.path: value})
     services = [d.service for d in dims if d.service]
-    loads = service_loads(scn, base, until, warmup_s) if services else {}
+    loads = service_loads(scn, base, until, warmup_s, services) if services else {}
     dims = [Dimension(d.path, d.values, d.cost, loads[d.service].floor, loads[d.service].first_guess(chosen, d.service))
             if d.service else d for d in dims]
     out = Plan(scn.name, chosen, dims, {s: loads[s] for s in services}, base, until, warmup_s)

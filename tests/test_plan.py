@@ -102,7 +102,8 @@ def test_the_answer_does_not_depend_on_workers(small_plan: Plan) -> None:
 def test_headroom_is_the_highest_met_load() -> None:
     scenario = single_stage_scenario(2.0, 0.5, 2, 600, seed=5)
     slo = "stt_queue_mean <= 0.1s"
-    found = headroom(scenario, [slo], find="sessions.arrivals.rate_per_s", tolerance=0.1, until=None, warmup_s=20)
+    found = headroom(scenario, [slo], find="sessions.arrivals.rate_per_s", tolerance=0.1, until=None, warmup_s=20,
+                     max_replications=6)  # near the boundary, undecided after 6 runs counts as not met
     best = found.recommended["sessions.arrivals.rate_per_s"]
     above = found.evidence["sessions.arrivals.rate_per_s"]
     assert found.exit_code == 0 and found.chosen.verdict == "met" and above.verdict != "met"

@@ -587,10 +587,10 @@ def session_timeline(results: Run, session_id: str | None = None,
 # Saving ------------------------------------------------------------------------------------------------
 def plan_figure(result: Plan, pyplot: bool = True) -> Figure:
     """Each SLO's figure against each varied value of a :func:`pipesim.plan` (or ``headroom``): one panel per
-    SLO figure (rows) and varied path (columns), over the configurations evaluated that equal the
-    recommendation in every other path: the mean and its interval per point (green met, red violated, amber
-    undecided), the SLO's bound (dashed), the recommendation (a vertical line); a point whose mean is infinite
-    or with a collapsed run is a cross at the top of the panel.
+    SLO figure (rows) and varied path (columns), every configuration evaluated a point: the mean and its
+    interval (green met, red violated, amber undecided; faded when it differs from the recommendation in
+    another path), the SLO's bound (dashed), the recommendation (a vertical line); a point whose mean is
+    infinite or with a collapsed run is a cross at the top of the panel.
 
     >>> from pipesim.plan import plan
     >>> sessions = {"arrivals": {"kind": "poisson", "rate_per_s": 1.0, "count": 40}, "turns": 2}
@@ -608,30 +608,31 @@ def plan_figure(result: Plan, pyplot: bool = True) -> Figure:
                           pyplot=pyplot, squeeze=False)
     for col, path in enumerate(paths):
         others = [p for p in paths if p != path]
-        points = table[(table[others] == pd.Series({p: centre[p] for p in others})).all(axis=1)] if others else table
-        points = points.drop_duplicates(subset=path).sort_values(path)
+        on_slice = ((table[others] == pd.Series({p: centre[p] for p in others})).all(axis=1).to_numpy()
+                    if others else np.ones(len(table), dtype=bool))
         for row, figure in enumerate(figures):
             ax = axes[row][col]
             slos = [slo for slo in result.slos if slo.figure == figure]
             unit = slos[0].unit
             scale = 1.0 / ({"ms": 0.001, "s": 1.0}[unit] if unit else 1.0)
-            mean, low, high = (points[f"{figure} {k}"].to_numpy(dtype=float) * scale
-                               for k in ("mean", "low", "high"))
-            x = points[path].to_numpy(dtype=float)
-            bad = ~np.isfinite(mean) | (points["collapsed"].to_numpy() > 0)
+            mean, low, high = (table[f"{figure} {k}"].to_numpy(dtype=float) * scale for k in ("mean", "low", "high"))
+            x = table[path].to_numpy(dtype=float)
+            bad = ~np.isfinite(mean) | (table["collapsed"].to_numpy() > 0)
             for slo in slos:
                 ax.axhline(slo.bound * scale, color="#555", linestyle="--", linewidth=1, label=f"SLO: {slo}")
             for verdict, colour in colours.items():
-                keep = (points["verdict"].to_numpy() == verdict) & ~bad
-                if keep.any():
-                    err = np.nan_to_num(np.vstack([mean[keep] - low[keep], high[keep] - mean[keep]]))
-                    ax.errorbar(x[keep], mean[keep], yerr=err, fmt="o", color=colour, capsize=3, label=verdict)
+                for faded in (True, False):
+                    keep = (table["verdict"].to_numpy() == verdict) & ~bad & (on_slice != faded)
+                    if keep.any():
+                        err = np.nan_to_num(np.vstack([mean[keep] - low[keep], high[keep] - mean[keep]]))
+                        ax.errorbar(x[keep], mean[keep], yerr=err, fmt="o", color=colour, capsize=3,
+                                    alpha=0.3 if faded else 1.0, label=None if faded else verdict)
             if bad.any():
                 finite = np.concatenate([high[~bad & np.isfinite(high)], mean[~bad & np.isfinite(mean)],
                                          [s.bound * scale for s in slos]])
                 top = float(finite.max()) * 1.15 if len(finite) else 1.0
                 ax.scatter(x[bad], np.full(bad.sum(), top), marker="x", color=colours["violated"], s=50,
-                           label="collapsed or infinite")
+                           alpha=np.where(on_slice[bad], 1.0, 0.3), label="collapsed or infinite")
             if path in centre:
                 ax.axvline(float(centre[path]), color="#0969da", linewidth=1.5, alpha=0.6,
                            label=f"{'recommended' if result.recommended else 'best tried'}: {centre[path]:g}")

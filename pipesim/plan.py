@@ -350,10 +350,11 @@ class _Judge:
 def plan(scenario: ScenarioLike, slos: Iterable[str | SLO] = (), *,
          vary: Mapping[str, Sequence[int | float] | str], costs: Mapping[str, float] | None = None,
          load: Mapping[str, Any] | None = None, seed: int | None = None, until: float | None = DEFAULT_UNTIL_S,
-         warmup_s: float = DEFAULT_WARMUP_S, progress: bool | None = False, **check_options: Any) -> Plan:
+         warmup_s: float = DEFAULT_WARMUP_S, progress: bool | None = None, **check_options: Any) -> Plan:
     """The cheapest configuration of the ``vary`` paths ({path: values, or ``"LOW..HIGH"``}) meeting every
     SLO, by the search of the module's docstring; cost is the sum of value x ``costs[path]`` (default 1).
-    ``load`` overrides scenario fields first (e.g. ``{"sessions.arrivals.rate_per_s": 3}``);
+    ``load`` overrides scenario fields first (e.g. ``{"sessions.arrivals.rate_per_s": 3}``); ``progress``:
+    a bar counting runs (None: on a terminal or in Jupyter, as :func:`~pipesim.replications.sweep`);
     ``check_options`` go to :func:`pipesim.gate.check` (``max_replications``, ``workers``, ``client``, ...).
     See the module's docstring for an example."""
     scn, chosen, base = _setup(scenario, slos, load, seed)
@@ -422,7 +423,7 @@ def _step_down(d: Dimension, i: int) -> float:
 def headroom(scenario: ScenarioLike, slos: Iterable[str | SLO] = (), *, find: str = "sessions.arrivals.rate_per_s",
              load: Mapping[str, Any] | None = None, tolerance: float = 0.02, max_doublings: int = 8,
              seed: int | None = None, until: float | None = DEFAULT_UNTIL_S, warmup_s: float = DEFAULT_WARMUP_S,
-             progress: bool | None = False, **check_options: Any) -> Plan:
+             progress: bool | None = None, **check_options: Any) -> Plan:
     """The highest value of ``find`` (a load, e.g. the arrival rate; capacities as the scenario has them) at
     which every SLO is met: from the scenario's value, doubled until not met (or halved until met), then
     bisected until the met and unmet values are within ``tolerance`` (relative) of each other. A verdict

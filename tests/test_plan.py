@@ -99,6 +99,16 @@ def test_the_answer_does_not_depend_on_workers(small_plan: Plan) -> None:
     assert again.to_json() == small_plan.to_json()
 
 
+def test_a_plan_on_dask_is_the_same_plan() -> None:
+    distributed = pytest.importorskip("distributed")
+    vary = {"services.llm.capacity": "1..16"}
+    here = plan(SMALL, SLOS, vary=vary, **QUICK)
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        on_dask = plan(SMALL, SLOS, vary=vary, client=client, **QUICK)
+    assert on_dask.to_json() == here.to_json() and here.recommended
+
+
 def test_headroom_is_the_highest_met_load() -> None:
     scenario = single_stage_scenario(2.0, 0.5, 2, 600, seed=5)
     slo = "stt_queue_mean <= 0.1s"

@@ -266,23 +266,25 @@ class Plan:
         for svc, load in self.loads.items():
             lines.append(f"  {svc}: {load.rate_per_s:.3g} requests/s x {load.busy_s:.3g} s busy: utilisation "
                          f"below 1 from {load.floor} workers")
+        priced = self.question == "plan"
         for e in self.evaluations:
             why = f": {', '.join(e.violates)}" if e.violates else ""
-            lines.append(f"  {self._values(e.values)}  cost {e.cost:g}  {e.verdict} ({len(e.result.runs)} runs, "
-                         f"{e.role}){why}")
+            cost = f"  cost {e.cost:g}" if priced else ""
+            lines.append(f"  {self._values(e.values)}{cost}  {e.verdict} ({len(e.result.runs)} runs, {e.role}){why}")
         lines.append(f"{len(self.evaluations)} configurations, {self.runs} runs")
         if self.chosen is None:
             top = self.evaluations[-1] if self.evaluations else None
             said = f": the best tried, {self._values(top.values)}, violates {', '.join(top.violates)}" if top else ""
             return "\n".join([*lines, f"no configuration meets every SLO{said} (exit 1)"])
-        lines.append(f"recommended: {self._values(self.chosen.values)}  (cost {self.chosen.cost:g})")
+        lines.append(f"recommended: {self._values(self.chosen.values)}  (cost {self.chosen.cost:g})" if priced else
+                     f"highest met: {self._values(self.chosen.values)}")
         lines += str(self.chosen.result).splitlines()[1:-2]
         for path, e in self.evidence.items():
+            what = f"one step cheaper in {path}" if priced else "lowest not met"
             if isinstance(e, str):
-                lines.append(f"  one step cheaper in {path}: {e}")
+                lines.append(f"  {what}: {e}")
             else:
-                lines.append(f"  one step cheaper in {path}: {path}={e.values[path]:g} is {e.verdict}: "
-                             f"{', '.join(e.violates)}")
+                lines.append(f"  {what}: {path}={e.values[path]:g} is {e.verdict}: {', '.join(e.violates)}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -119,6 +119,9 @@ def test_headroom_is_the_highest_met_load() -> None:
     assert found.exit_code == 0 and found.chosen.verdict == "met" and above.verdict != "met"
     assert 0 < above.values["sessions.arrivals.rate_per_s"] - best <= 0.1 * above.values[
         "sessions.arrivals.rate_per_s"]
+    printed = str(found)
+    assert f"highest met: sessions.arrivals.rate_per_s={best:g}" in printed and "lowest not met: " in printed
+    assert "cost" not in printed
     # theory: 2 workers of mean 0.5 s wait 0.1 s on average at about 1.65 arrivals/s; the bisection answers
     # within its tolerance and the noise of 600 turns
     boundary = next(r / 100 for r in range(100, 400) if MMc(r / 100, 2.0, 2).mean_wait > 0.1)

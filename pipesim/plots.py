@@ -423,7 +423,8 @@ def kafka_timeouts(results: Run, window: float = 10.0, ax: Axes | None = None) -
     ax.set_ylim(0, top * 1.4)  # room for the legend and the note above the data
     ax.set_ylabel(f"per {window:g} s")
     ax.set_xlabel("time since start of run (s)")
-    ax.legend(loc="upper right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a run without incidents has nothing to label
+        ax.legend(loc="upper right", fontsize=8)
     ax.set_title("Kafka timeouts and failed turns, by cause")
     return ax
 

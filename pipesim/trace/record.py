@@ -24,7 +24,7 @@ from pipesim import _jsonsafe
 from pipesim.errors import TraceError
 from pipesim.protocol import wire_messages
 from pipesim.state import Transition
-from pipesim.trace import storage
+from pipesim.trace import storage  # its sizes are read as storage.X when used: one setattr there changes them
 from pipesim.trace.columns import (
     EVENT_COLUMNS,
     EVENT_SCHEMA,

@@ -328,7 +328,7 @@ def utilisation(results: Run | pd.DataFrame, window: float = 10.0, ax: Axes | No
     table = analysis.utilisation(services, window, end=end)
     if table.empty:
         return _empty(ax, "no service activity", "Service utilisation")
-    for name, g in table.groupby("service", sort=False):
+    for name, g in table.groupby("service", sort=False, observed=True):
         x = np.append(g["start"].to_numpy(), g["end"].iloc[-1])
         y = np.append(g["utilisation"].to_numpy(), g["utilisation"].iloc[-1]) * 100
         ax.step(x, y, where="post", color=SERVICE_COLOURS.get(str(name)),
@@ -352,7 +352,7 @@ def queue_length(results: Run | pd.DataFrame, ax: Axes | None = None) -> Axes:
     services = results if isinstance(results, pd.DataFrame) else results.services
     if services.empty:
         return _empty(ax, "no service activity", "Queue length")
-    for name, g in analysis.settled_services(services).groupby("service", sort=False):
+    for name, g in analysis.settled_services(services).groupby("service", sort=False, observed=True):
         ax.step(g["t"], g["queued"], where="post", color=SERVICE_COLOURS.get(str(name)), lw=1.2,
                 label=str(name).upper())
     ax.set_ylim(bottom=0)

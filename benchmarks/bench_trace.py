@@ -23,6 +23,7 @@ import pipesim
 from pipesim import trace as trace_module
 from pipesim.model import Simulation
 from pipesim.scenario import load_scenario
+from pipesim.trace.storage import ChunkedTable
 
 
 def timed(action):  # noqa: ANN001, ANN201 - any callable, its result
@@ -58,7 +59,7 @@ def main() -> None:
     rows = list(itertools.islice(trace_module.event_rows(trace), trace_module.CHUNK_ROWS))
     flushes = []
     for _ in range(5):
-        table = trace_module._Table(trace_module.EVENT_SCHEMA, len(rows), None, None)
+        table = ChunkedTable(trace_module.EVENT_SCHEMA, len(rows), None, None)
         table.pending.extend(rows)
         flushes.append(timed(table.flush)[1])
     figures["flush_us_per_event_row"] = min(flushes) / len(rows) * 1e6

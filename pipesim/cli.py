@@ -160,6 +160,8 @@ _seconds = _bounded(float, lambda v: 0 <= v < math.inf, ">= 0 seconds")
 _count = _bounded(int, lambda v: v >= 1, ">= 1", "a whole number")
 _port = _bounded(int, lambda v: 0 <= v <= 65535, "0..65535", "a port number")
 _journal_size = _bounded(int, lambda v: 0 <= v <= 10_000_000, "0..10000000", "a whole number")
+#: A scenario's seed: what numpy's SeedSequence takes and a run folder stores (a 64-bit integer).
+_seed = _bounded(int, lambda v: 0 <= v < 2**63, "0..2**63-1", "a whole number")
 
 
 def _wide_tables() -> Any:
@@ -421,14 +423,18 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """The top-level parser: an option its command does not know is one line naming it, with the closest
-    option the command has (argparse would print the top-level usage and ``unrecognized arguments``)."""
+    """pipesim's parsers: a mistake is one line; an option its command does not know is named, with the
+    closest option the command has (argparse would print the top-level usage and ``unrecognized arguments``)."""
 
     commands: Any = None  # the sub-parsers' action: its ``choices`` map each command to its parser
 
     def add_subparsers(self, **kwargs: Any) -> Any:
         self.commands = super().add_subparsers(**kwargs)
         return self.commands
+
+    def error(self, message: str) -> Any:
+        """Every mistake on the command line is one line (argparse would print the usage above it)."""
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help says what it takes)\n")
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
         parsed, extras = self.parse_known_args(args, namespace)
@@ -498,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "run", "simulate a scenario offline and print the latency summary")
     p.add_argument("scenario", help="scenario file, or the name of a bundled one (baseline, load_spike, ...)")
-    p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--seed", type=_seed, help="override the scenario's seed")
     p.add_argument("--until", type=_positive, help="stop at this simulated time, seconds")
     p.add_argument("--out", help="stream the trace to this folder as the run goes, then write every table "
                    "(Parquet) and the scenario there")
@@ -522,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", nargs="?", default="frontend_demo",
                    help="scenario file or bundled name (default: frontend_demo)")
     _add_server_options(p)
-    p.add_argument("--seed", type=int, help="override the scenario's seed (default: the scenario's)")
+    p.add_argument("--seed", type=_seed, help="override the scenario's seed (default: the scenario's)")
     p.add_argument("--record", help="record every message sent to this JSON Lines file (default: none)")
     p.add_argument("--owner-only", action="store_true",
                    help="a connection may pause, resume or stop only the sessions it started itself (default: "
@@ -595,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "numbers)")
     p.add_argument("--warmup", type=_seconds, default=0.0, metavar="S",
                    help="leave out turns whose utterance ended in the first S seconds")
-    p.add_argument("--seed", type=int, help="base seed of the replications (default: the scenario's)")
+    p.add_argument("--seed", type=_seed, help="base seed of the replications (default: the scenario's)")
     p.add_argument("--until", type=_positive, help="stop every run at this simulated time, seconds")
     p.add_argument("--workers", type=_count, metavar="N", help="local processes (default: one per CPU)")
     p.add_argument("--dask", metavar="ADDRESS",
@@ -617,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replications before any verdict (default: 3)")
     p.add_argument("--max-replications", type=_count, metavar="N",
                    help="add replications one at a time until every SLO is decided or N ran (default: 30)")
-    p.add_argument("--seed", type=_bounded(int, lambda v: v >= 0, ">= 0", "a whole number"),
+    p.add_argument("--seed", type=_seed,
                    help="base seed of the replications (default: the scenario's)")
     p.add_argument("--until", type=_positive, help="stop every run at this simulated time, seconds")
     p.add_argument("--warmup", type=_seconds, default=0.0, metavar="S",
@@ -658,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a scenario field by its dotted path; repeatable")
     p.add_argument("--max-replications", type=_count, default=30, metavar="N",
                    help="replications per configuration at most (added until every SLO is decided)")
-    p.add_argument("--seed", type=_bounded(int, lambda v: v >= 0, ">= 0", "a whole number"),
+    p.add_argument("--seed", type=_seed,
                    help="base seed of the replications, the same for every configuration (default: the scenario's)")
     p.add_argument("--until", type=_positive, help="stop every run at this simulated time, seconds (default: 150)")
     p.add_argument("--warmup", type=_seconds, metavar="S",

@@ -46,9 +46,9 @@ import pandas as pd
 from pipesim.errors import PlanError, SLOError
 from pipesim.gate import CheckResult, check
 from pipesim.replications import QUANTILES, ScenarioLike, replication_seeds
-from pipesim.results import _progress_bar_class, simulate
+from pipesim.results import simulate
 from pipesim.scenario import Scenario, as_scenario
-from pipesim.slo import SLO, _plain, merge_slos
+from pipesim.slo import SLO, merge_slos
 from pipesim.theory import min_servers
 from pipesim.vocabulary import SERVICES
 
@@ -246,8 +246,8 @@ class Plan:
         return {"recommended": self.recommended, "cost": self.cost, "question": self.question,
                 "scenario": self.scenario, "slos": [str(s) for s in self.slos], "seed": self.seed,
                 "until": self.until, "warmup_s": self.warmup_s, "runs": self.runs,
-                "vary": {d.path: {"values": list(d.values), "cost": d.cost, "floor": _plain(d.floor),
-                                  "first_guess": _plain(d.guess)} for d in self.dimensions},
+                "vary": {d.path: {"values": list(d.values), "cost": d.cost, "floor": _finite(d.floor),
+                                  "first_guess": _finite(d.guess)} for d in self.dimensions},
                 "loads": {s: {"rate_per_s": v.rate_per_s, "busy_s": v.busy_s, "floor": v.floor}
                           for s, v in self.loads.items()},
                 "evidence": {p: e if isinstance(e, str) else evaluation(e) for p, e in self.evidence.items()},
@@ -292,6 +292,10 @@ class Plan:
                f"configurations>"
 
 
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 def _dimensions(vary: Mapping[str, Sequence[int | float] | str], costs: Mapping[str, float]) -> list[Dimension]:
     unknown = [p for p in costs if p not in vary]
     if unknown:
@@ -327,7 +331,9 @@ class _Judge:
 
     def __init__(self, scn: Scenario, out: Plan, progress: bool | None, check_options: dict[str, Any]) -> None:
         self.scn, self.out, self.options, self.seen = scn, out, check_options, {}
-        self.bar = (None if progress is False else _progress_bar_class()(
+        from tqdm.auto import tqdm  # the widget in Jupyter (pipesim[notebooks] has ipywidgets), else text
+
+        self.bar = (None if progress is False else tqdm(
             desc=f"planning {scn.name}", unit="run", disable=None if progress is None else not progress))
 
     def __call__(self, values: dict[str, int | float], role: str) -> Evaluation:

@@ -329,7 +329,7 @@ def utilisation(results: Run | pd.DataFrame, window: float = 10.0, ax: Axes | No
     table = analysis.utilisation(services, window, end=end)
     if table.empty:
         return _empty(ax, "no service activity", "Service utilisation")
-    for name, g in table.groupby("service", sort=False):
+    for name, g in table.groupby("service", sort=False, observed=True):
         x = np.append(g["start"].to_numpy(), g["end"].iloc[-1])
         y = np.append(g["utilisation"].to_numpy(), g["utilisation"].iloc[-1]) * 100
         ax.step(x, y, where="post", color=SERVICE_COLOURS.get(str(name)),
@@ -353,7 +353,7 @@ def queue_length(results: Run | pd.DataFrame, ax: Axes | None = None) -> Axes:
     services = results if isinstance(results, pd.DataFrame) else results.services
     if services.empty:
         return _empty(ax, "no service activity", "Queue length")
-    for name, g in analysis.settled_services(services).groupby("service", sort=False):
+    for name, g in analysis.settled_services(services).groupby("service", sort=False, observed=True):
         ax.step(g["t"], g["queued"], where="post", color=SERVICE_COLOURS.get(str(name)), lw=1.2,
                 label=str(name).upper())
     ax.set_ylim(bottom=0)
@@ -424,7 +424,8 @@ def kafka_timeouts(results: Run, window: float = 10.0, ax: Axes | None = None) -
     ax.set_ylim(0, top * 1.4)  # room for the legend and the note above the data
     ax.set_ylabel(f"per {window:g} s")
     ax.set_xlabel("time since start of run (s)")
-    ax.legend(loc="upper right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a run without incidents has nothing to label
+        ax.legend(loc="upper right", fontsize=8)
     ax.set_title("Kafka timeouts and failed turns, by cause")
     return ax
 

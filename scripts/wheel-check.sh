@@ -4,9 +4,10 @@
 # folder run the commands a new user runs first. `make test` calls this, so a file left out of the package
 # (a bundled scenario, the dashboard page) fails CI.
 #
-# Then the other Pythons pyproject.toml admits: the wheel is installed into a venv of Python 3.12 with the
-# oldest pandas, pyarrow and numpy pyproject.toml admits, and of Python 3.13 with the newest; in each, a run
-# and one run's fingerprint (turns_sha256), which must equal PYTHON's. Those interpreters are found as
+# Then the other Pythons pyproject.toml admits: the wheel is installed into a venv of Python 3.12 with every
+# runtime dependency at the oldest release series pyproject.toml admits (so that its lower bounds stay true),
+# and of Python 3.13 with the newest; in each, a run streamed to a folder (--out), read back, and one run's
+# fingerprint (turns_sha256): the fingerprints must equal PYTHON's. Those interpreters are found as
 # pythonX.Y on PATH or under pyenv ($PYENV_ROOT/versions/X.Y.*, default ~/.pyenv; a fresh CI machine gets
 # them with `pyenv install 3.12 3.13`); a version not found is skipped, saying so.
 #
@@ -37,10 +38,14 @@ find_python() {  # an interpreter of Python $1 that runs (a pyenv shim of a vers
     done
 }
 
-# The fingerprint's bytes pass through these libraries: their oldest admitted versions, e.g. pandas==2.1.*.
+# A run folder read back: the fingerprints of its turns and of its sessions (which `pipesim run --out` builds
+# from the events file it streamed).
+FOLDER_FINGERPRINTS='import sys, pipesim; from pipesim.replications import turns_digest
+res = pipesim.Results.load(sys.argv[1]); print(turns_digest(res.turns), turns_digest(res.sessions))'
+# Every runtime dependency at the oldest release series admitted, e.g. pandas>=2.1 as pandas==2.1.*.
 OLDEST=$("$PYTHON" -c 'import re, tomllib
 deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-print(" ".join(re.sub(r">=([0-9.]+).*", r"==\1.*", d) for d in deps if re.match(r"(pandas|pyarrow|numpy)>=", d)))')
+print(" ".join(re.sub(r">=([0-9.]+).*", r"==\1.*", d) for d in deps))')
 
 step "building the sdist and wheel"
 # From a copy of the files git would commit (tracked or new, not ignored): a stale build/ or *.egg-info here
@@ -65,25 +70,33 @@ step "pipesim validate baseline"
 step "pipesim run baseline --until 20"
 "$BIN/pipesim" run baseline --until 20 >/dev/null
 
-step "pipesim serve --port 0, GET /healthz, SIGINT"
-"$BIN/pipesim" serve --port 0 >serve.log 2>&1 &
-SERVER_PID=$!
-URL=
-for _ in $(seq 100); do
-    URL=$(grep -o 'dashboard http://[0-9.:]*/' serve.log | cut -d' ' -f2 || true)
-    [ -n "$URL" ] && break
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.1
-done
-[ -n "$URL" ] || { echo "wheel-check: pipesim serve did not start:"; cat serve.log; exit 1; }
-HEALTH=$("$BIN/python" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' \
-    "${URL}healthz")
-[ "$(echo "$HEALTH" | tr -d '[:space:]')" = ok ] || { echo "wheel-check: /healthz said: $HEALTH"; exit 1; }
-kill -INT "$SERVER_PID"
-STATUS=0
-wait "$SERVER_PID" || STATUS=$?
-SERVER_PID=
-[ "$STATUS" = 0 ] || { echo "wheel-check: pipesim serve exited $STATUS on SIGINT:"; cat serve.log; exit 1; }
+check_serve() {  # pipesim serve of the venv whose bin/ is $1: its pages and the admin API answer; SIGINT ends it
+    step "pipesim serve --port 0, GET /healthz and the admin API's health and OpenAPI document, SIGINT"
+    : >serve.log  # emptied before the server starts: a previous server's address must not be read as its
+    "$1/pipesim" serve --port 0 >serve.log 2>&1 &
+    SERVER_PID=$!
+    local url= admin= health status=0
+    for _ in $(seq 100); do
+        url=$(grep -o 'dashboard http://[0-9.:]*/' serve.log | cut -d' ' -f2 || true)
+        [ -n "$url" ] && break
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -n "$url" ] || { echo "wheel-check: pipesim serve did not start:"; cat serve.log; exit 1; }
+    health=$("$1/python" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+        "${url}healthz")
+    [ "$(echo "$health" | tr -d '[:space:]')" = ok ] || { echo "wheel-check: /healthz said: $health"; exit 1; }
+    admin=$(grep -o 'admin API http://[0-9.:]*/__admin' serve.log | cut -d' ' -f3)
+    "$1/python" -c 'import json, sys, urllib.request
+for path in ("/health", "/openapi.json"):
+    json.load(urllib.request.urlopen(sys.argv[1] + path))' "$admin" || { echo "wheel-check: the admin API $admin" \
+        "failed:"; cat serve.log; exit 1; }
+    kill -INT "$SERVER_PID"
+    wait "$SERVER_PID" || status=$?
+    SERVER_PID=
+    [ "$status" = 0 ] || { echo "wheel-check: pipesim serve exited $status on SIGINT:"; cat serve.log; exit 1; }
+}
+check_serve "$BIN"
 
 # The README's commands as its reader runs them after `pip install`: every command block, top to bottom, from
 # an empty folder of its own, with this venv's pipesim (PYTHON, maybe a path relative to the checkout, runs
@@ -92,8 +105,10 @@ step "the README's commands, from an empty folder"
 (cd "$ROOT" && PIPESIM_INSTALLED_BIN="$BIN" "$PYTHON" -m pytest -q -p no:cacheprovider \
     tests/test_readme.py::test_readme_commands_after_install)
 
-step "one run's fingerprint"
+step "one run's fingerprint, and a run folder's"
 EXPECTED=$("$BIN/python" -c "$FINGERPRINT")
+"$BIN/pipesim" run baseline --until 20 --out "$TMP/out" >/dev/null
+EXPECTED_FOLDER=$("$BIN/python" -c "$FOLDER_FINGERPRINTS" "$TMP/out")
 for VERSION in 3.12 3.13; do
     OTHER=$(find_python "$VERSION")
     PINS=$([ "$VERSION" = 3.12 ] && echo "$OLDEST" || true)
@@ -106,8 +121,13 @@ for VERSION in 3.12 3.13; do
     "$OTHER" -m venv "$TMP/venv-$VERSION"
     # shellcheck disable=SC2086  # PINS: one word per requirement
     "$TMP/venv-$VERSION/bin/python" -m pip install --quiet --disable-pip-version-check "$WHEEL" $PINS
-    step "Python $VERSION: pipesim run baseline --until 20, and the same run's fingerprint"
-    "$TMP/venv-$VERSION/bin/pipesim" run baseline --until 20 >/dev/null
+    step "Python $VERSION: pipesim run baseline --until 20 --out DIR --csv --jsonl, the folder read back, and" \
+         "one run's fingerprint"
+    "$TMP/venv-$VERSION/bin/pipesim" run baseline --until 20 --out "$TMP/out-$VERSION" --csv --jsonl >/dev/null
+    GOT=$("$TMP/venv-$VERSION/bin/python" -c "$FOLDER_FINGERPRINTS" "$TMP/out-$VERSION")
+    [ "$GOT" = "$EXPECTED_FOLDER" ] || { echo "wheel-check: Python $VERSION read back the run folder's turns and" \
+        "sessions with the fingerprints $GOT, $("$BIN/python" --version) with $EXPECTED_FOLDER"; exit 1; }
+    check_serve "$TMP/venv-$VERSION/bin"
     GOT=$("$TMP/venv-$VERSION/bin/python" -c "$FINGERPRINT")
     [ "$GOT" = "$EXPECTED" ] || { echo "wheel-check: Python $VERSION gave the fingerprint $GOT," \
                                       "$("$BIN/python" --version) gave $EXPECTED"; exit 1; }

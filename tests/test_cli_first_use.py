@@ -129,3 +129,24 @@ def test_a_dask_scheduler_nobody_runs_fails_in_seconds(capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"pipesim: error: --dask {address}: cannot reach the Dask "
                                                    f"scheduler: ")
+
+
+def _commands_with_a_seed() -> list[tuple[str, list[str]]]:
+    cases = []
+    for name, command in _commands().items():
+        if any("--seed" in action.option_strings for action in command._actions):
+            rest = ["baseline"] if any(a.dest == "scenario" for a in command._actions) else []
+            cases.append((name, rest))
+    return cases
+
+
+@pytest.mark.parametrize(("command", "rest"), _commands_with_a_seed())
+@pytest.mark.parametrize("seed", ["-1", str(2**63), "1.5"])
+def test_every_seed_flag_refuses_what_no_run_can_use_in_one_line(command: str, rest: list[str], seed: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: ``run --seed -1`` ran with a seed the scenario file refuses, and ``run --replications`` and
+    ``sweep`` ended in numpy's traceback (SeedSequence takes no negative seed)."""
+    with pytest.raises(SystemExit) as exited:
+        main([command, *rest, "--seed", seed])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and "--seed" in err, err

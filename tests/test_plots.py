@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -194,7 +195,9 @@ def test_save_standard_figures_of_a_run_without_incidents(tmp_path: Path) -> Non
                               "services": {"stt": {"failure_probability": 0}}, "quality": {"snr_mean_db": 40}},
                              progress=False)
     assert quiet.incidents().empty
-    paths = plots.save_standard_figures(quiet, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warned of a legend with nothing to label
+        paths = plots.save_standard_figures(quiet, tmp_path)
     assert len(paths) == 6 and all(p.stat().st_size > 5_000 for p in paths)
 
 

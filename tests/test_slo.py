@@ -33,7 +33,7 @@ from pipesim.replications import replicate, replication_seeds, run_metrics, swee
 from pipesim.scenario import Scenario, load_scenario
 from pipesim.slo import OPERATORS, SLO, SLO_FIGURES, judge, judge_runs, merge_slos, parse_slo
 from pipesim.testing import assert_slos_met
-from pipesim.trace import TURN_COLUMNS
+from pipesim.trace import REQUEST_COLUMNS, TURN_COLUMNS
 
 # Quick runs (~0.2 s each): a light load that meets generous SLOs.
 LIGHT = {"name": "light", "seed": 3,
@@ -44,6 +44,8 @@ OVERLOADED = {"name": "overloaded", "seed": 3,
               "services": {"llm": {"capacity": 1}}, "kafka": {"max_retries": 0}}
 TIMEOUT = "llm: Kafka timed out 4 times (retry budget 3)"
 AUDIO = "stt: low audio quality (0.30), re-prompting the user"
+#: A run's requests table with no rows: the synthetic runs here are turns alone.
+NO_REQUESTS = pd.DataFrame(columns=list(REQUEST_COLUMNS))
 
 
 # The language --------------------------------------------------------------------------------------------
@@ -185,7 +187,7 @@ def test_a_timed_out_turn_is_infinitely_late_from_its_stage_on() -> None:
          "ttft": math.nan, "e2e_latency": math.nan},
         {"outcome": "failed", "error": AUDIO, "speech_start": 1.0, "utterance_ended": 2.0, "stt_queue": 0.2},
     ]
-    res = SimpleNamespace(turns=_turns(rows), scenario=Scenario())
+    res = SimpleNamespace(turns=_turns(rows), requests=NO_REQUESTS, scenario=Scenario())
     plain, slo = run_metrics(res), slo_metrics(res)
     assert plain["e2e_latency_p95"] == 1.0 and plain["e2e_latency_n"] == 18  # over completed turns: looks fine
     assert slo["e2e_latency_n"] == 19 and slo["e2e_latency_mean"] == math.inf  # the audio failure left out
@@ -201,7 +203,8 @@ def test_percentile_touching_an_infinite_turn_is_infinite() -> None:
         values = [1.0] * (20 - n_late)
         rows = [{"outcome": "complete", "utterance_ended": 1.0, "e2e_latency": v} for v in values]
         rows += [{"outcome": "failed", "error": TIMEOUT, "utterance_ended": 1.0}] * n_late
-        got = slo_metrics(SimpleNamespace(turns=_turns(rows), scenario=Scenario()))["e2e_latency_p95"]
+        run = SimpleNamespace(turns=_turns(rows), requests=NO_REQUESTS, scenario=Scenario())
+        got = slo_metrics(run)["e2e_latency_p95"]
         finite = np.quantile(np.array(values + [1e300] * n_late), 0.95) <= 1.0
         assert (got == 1.0) if finite else got == math.inf, (n_late, got)
 

@@ -25,7 +25,7 @@ from pipesim.model.budget import check_budget, estimate_run
 from pipesim.results import Results
 from pipesim.scenario import Scenario, bundled_scenarios
 from pipesim.state import Transition
-from pipesim.trace import EVENT_SCHEMA, SERVICE_SCHEMA, TURN_COLUMNS, Trace
+from pipesim.trace import EVENT_SCHEMA, SERVICE_SCHEMA, TURN_COLUMNS, Trace, storage
 
 #: Where the columnar trace changed a dtype on purpose: codes (categoricals) instead of strings.
 CATEGORICAL = {"events": {"session_id", "event", "service", "status", "state", "stt", "llm", "tts", "error"},
@@ -90,7 +90,7 @@ def assert_same_run(a: Results, b: Results, frames: tuple[str, ...] = trace_refe
 @pytest.mark.parametrize("name", ["kafka_timeouts", "many_chunks", "empty"])
 def test_save_and_load_give_back_every_frame_and_every_figure_input(runs, tmp_path, monkeypatch, name):
     if name == "many_chunks":  # each chunk has its own string dictionaries: they must meet again on load
-        monkeypatch.setattr(trace, "CHUNK_ROWS", 4_096)
+        monkeypatch.setattr(storage, "CHUNK_ROWS", 4_096)
         res = pipesim.simulate("barge_in", seed=5, progress=False)
         monkeypatch.undo()
         assert len(res.trace._events.batches) > 5
@@ -119,7 +119,7 @@ def test_save_and_load_give_back_every_frame_and_every_figure_input(runs, tmp_pa
 
 
 def test_a_run_held_in_memory_is_saved_in_row_groups_not_in_its_chunks(runs, tmp_path, monkeypatch):
-    monkeypatch.setattr(trace, "ROW_GROUP_ROWS", 5_000)  # the run's trace holds chunks of CHUNK_ROWS (4,096) rows
+    monkeypatch.setattr(storage, "ROW_GROUP_ROWS", 5_000)  # the run's trace holds chunks of CHUNK_ROWS (4,096) rows
     monkeypatch.setattr(pipesim.results, "MESSAGE_GROUP_ROWS", 5_000)
     res = runs["kafka_timeouts"]
     res.save(tmp_path)
@@ -131,16 +131,16 @@ def test_a_run_held_in_memory_is_saved_in_row_groups_not_in_its_chunks(runs, tmp
 
 
 def test_a_run_streamed_to_parquet_in_chunks_is_the_run_held_in_memory(runs, tmp_path, monkeypatch):
-    monkeypatch.setattr(trace, "CHUNK_ROWS", 1_000)
-    monkeypatch.setattr(trace, "ROW_GROUP_ROWS", 5_000)
+    monkeypatch.setattr(storage, "CHUNK_ROWS", 1_000)
+    monkeypatch.setattr(storage, "ROW_GROUP_ROWS", 5_000)
     held = []
 
-    def spy(self: trace._Table) -> None:
+    def spy(self: storage.ChunkedTable) -> None:
         held.append(len(self.pending) + sum(b.num_rows for b in self.batches) + self._unwritten_rows)
         flush(self)
 
-    flush = trace._Table.flush
-    monkeypatch.setattr(trace._Table, "flush", spy)
+    flush = storage.ChunkedTable.flush
+    monkeypatch.setattr(storage.ChunkedTable, "flush", spy)
     streamed = pipesim.simulate("kafka_timeouts", seed=42, progress=False, out=tmp_path)
     monkeypatch.undo()
     events = pq.ParquetFile(tmp_path / "events.parquet")
@@ -213,7 +213,7 @@ def test_a_chunk_holds_its_rows_values_column_by_column(data):
         rows = data.draw(st.lists(row_values(schema), max_size=40))
         if schema is EVENT_SCHEMA:  # the state manager's rows are Transition tuples, the model's plain ones
             rows = [Transition(*r) if data.draw(st.booleans()) else r for r in rows]
-        table = trace._Table(schema, chunk_rows=10**6, limit=None, sink=None)
+        table = storage.ChunkedTable(schema, chunk_rows=10**6, limit=None, sink=None)
         table.pending.extend(rows)
         table.flush()
         got = table.table()

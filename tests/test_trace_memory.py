@@ -17,7 +17,7 @@ import pipesim
 from pipesim import analysis
 from pipesim import trace as trace_module
 from pipesim.results import Results
-from pipesim.trace import Trace
+from pipesim.trace import Trace, storage
 
 SMALL = {"sessions": {"arrivals": {"kind": "at_once", "count": 20}}}
 
@@ -58,7 +58,7 @@ print(json.dumps({"rows": len(frame), "arrow_peak": pool.max_memory(), "arrow_he
 
 
 def test_the_events_frame_of_a_run_folder_is_built_one_arrow_column_at_a_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(trace_module, "ROW_GROUP_ROWS", 20_000)
+    monkeypatch.setattr(storage, "ROW_GROUP_ROWS", 20_000)
     trace = Trace(sink=tmp_path)
     for i in range(200_000):
         trace.model_event(i * 0.01, f"s{i % 500}", i // 500, "speech_ended", value=0.5)

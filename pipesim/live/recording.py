@@ -45,11 +45,11 @@ from pipesim.trace import (
     TRANSITION_COLUMNS,
     Trace,
     TraceError,
-    _read_trace,
     event_rows,
     json_lines,
     transition_from_row,
 )
+from pipesim.trace import read_jsonl as _read_trace
 from pipesim.vocabulary import SERVER_MESSAGE_TYPES
 
 RECORDING_VERSION = 1

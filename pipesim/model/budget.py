@@ -83,7 +83,8 @@ def _sessions(scenario: Scenario, horizon: float) -> float:
     if end <= times[0]:
         return 0.0
     grid = np.append(times[times < end], end)  # the area under the piecewise-linear rate up to ``end``
-    return float(np.trapezoid(np.interp(grid, times, rates), grid))
+    rate = np.interp(grid, times, rates)
+    return float((np.diff(grid) * (rate[1:] + rate[:-1]) / 2.0).sum())  # np.trapezoid's sum (NumPy >= 2 only)
 
 
 def estimate_run(scenario: Scenario, until: float | None = None, streaming: bool = False) -> RunEstimate:

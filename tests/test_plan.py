@@ -174,6 +174,8 @@ def test_plan_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], small_
     ([], "nothing to vary"),
     (["--find", "sessions.arrivals.rate_per_s", "--services", "llm"], "--find asks for the highest load"),
     (["--find", "sessions.turns.nope"], "--find sessions.turns.nope: no such field"),
+    (["--find", "sessions.arrivals.rate_per_s", "--cost", "llm=2"], "--cost prices the varied paths of a plan"),
+    (["--services", "llm", "--workers", "2", "--dask", "tcp://127.0.0.1:1"], "--workers is for local processes"),
 ])
 def test_plan_usage_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
                                         error: str) -> None:

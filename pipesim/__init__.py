@@ -36,6 +36,9 @@ _EXPORTS = {
     "SLO": "pipesim.slo",
     "CheckResult": "pipesim.gate",
     "check": "pipesim.gate",
+    "Plan": "pipesim.plan",
+    "plan": "pipesim.plan",
+    "headroom": "pipesim.plan",
 }
 _SUBMODULES = ("analysis", "plots", "live", "protocol", "scenario", "state", "model", "trace", "results",
                "calibration", "replications", "theory", "slo", "gate")

@@ -265,30 +265,65 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cost(text: str) -> tuple[str, float]:
-    service, sep, value = text.partition("=")
+    path, sep, value = text.partition("=")
     try:
         cost = float(value)
     except ValueError:
         cost = math.nan
-    if not sep or not 0 <= cost < math.inf:
-        raise argparse.ArgumentTypeError(f"expected SERVICE=COST, a number >= 0 per worker, e.g. llm=4, got {text!r}")
-    return service, cost
+    if not sep or not path or not 0 <= cost < math.inf:
+        raise argparse.ArgumentTypeError(f"expected PATH=COST, a number >= 0 per unit, e.g. "
+                                         f"services.llm.capacity=2.4, got {text!r}")
+    return path, cost
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from pipesim.plan import plan
+    from pipesim.plan import DEFAULT_UNTIL_S, DEFAULT_WARMUP_S, headroom, plan, write_json
+    from pipesim.vocabulary import SERVICES
 
     scn = _load(args.scenario)
     if args.set:
         scn = scn.override(_overrides(args.set))
-    result = plan(scn, args.slo, costs=dict(args.cost), services=args.services.split(","),
-                  max_trials=args.max_trials, seed=args.seed, until=args.until, warmup_s=args.warmup,
-                  max_replications=args.max_replications, workers=args.workers,
-                  progress=None if args.progress else False)
+    vary = dict(args.vary)
+    for svc in (s.strip() for s in (args.services or "").split(",") if s.strip()):
+        if svc not in SERVICES:
+            raise UserError(f"--services {args.services}: no such service {svc!r} (services: {', '.join(SERVICES)})")
+        vary.setdefault(f"services.{svc}.capacity", "1..64")
+    if args.find and vary:
+        raise UserError("--find asks for the highest load at fixed capacities: leave out --vary and --services "
+                        "(set capacities with --set)")
+    if not args.find and not vary:
+        raise UserError("nothing to vary: give --vary PATH=LOW..HIGH (e.g. --vary services.llm.capacity=1..64) "
+                        "or --find PATH")
+    if args.dask and args.workers is not None:
+        raise UserError("--workers is for local processes; a Dask cluster has its own workers")
+    options: dict[str, Any] = {
+        "load": _overrides(args.load), "seed": args.seed, "max_replications": args.max_replications,
+        "until": DEFAULT_UNTIL_S if args.until is None else args.until,
+        "warmup_s": DEFAULT_WARMUP_S if args.warmup is None else args.warmup,
+        "workers": args.workers or 1, "progress": False if args.no_progress else None}
+    client = _dask_client(args.dask) if args.dask else None
+    try:
+        if args.find:
+            if args.cost:
+                raise UserError("--cost prices the varied paths of a plan: --find has none")
+            result = headroom(scn, args.slo, find=args.find, client=client, **options)
+        else:
+            costs = {f"services.{p}.capacity" if p in SERVICES else p: c for p, c in args.cost}
+            result = plan(scn, args.slo, vary=vary, costs=costs, client=client, **options)
+    finally:
+        if client is not None:
+            client.close()
     print(result)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            fh.write(result.to_json())
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plots and result.evaluations:
+        from pathlib import Path
+
+        folder = Path(args.plots)
+        folder.mkdir(parents=True, exist_ok=True)
+        result.plot(pyplot=False).savefig(folder / f"{result.question}.png", dpi=110)
+        print(f"wrote {folder / f'{result.question}.png'}")
     return result.exit_code
 
 
@@ -605,27 +640,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write the verdicts and figures as JSON")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
 
-    p = _command(sub, "plan", "the least-cost workers per service whose replications meet every SLO (exit 0 with "
-                              "an answer, 1 without, 2 on a usage or file error)")
+    p = _command(sub, "plan", "the least-cost configuration whose replications meet every SLO, or with --find the "
+                              "highest load that still does (exit 0 with an answer, 1 without, 2 on a usage or "
+                              "file error)")
     p.add_argument("scenario", help="scenario file or bundled name (its slo: list is judged, with --slo)")
     p.add_argument("--slo", action="append", default=[], metavar="'FIGURE OP VALUE'",
                    help="an objective, as for pipesim check; repeatable")
+    p.add_argument("--vary", action="append", type=_assignment, default=[], metavar="PATH=LOW..HIGH",
+                   help="a dotted path to plan and its values: integers LOW..HIGH, or V1,V2,...; e.g. "
+                        "services.llm.capacity=1..64; repeatable")
+    p.add_argument("--services", metavar="stt,llm,tts",
+                   help="shorthand: --vary services.X.capacity=1..64 for each service named")
+    p.add_argument("--cost", action="append", type=_cost, default=[], metavar="PATH=COST",
+                   help="cost of one unit of a varied path, e.g. services.llm.capacity=2.4 (or llm=2.4; default: "
+                        "1 each); repeatable")
+    p.add_argument("--load", action="append", type=_assignment, default=[], metavar="PATH=VALUE",
+                   help="the load to plan for, e.g. sessions.arrivals.rate_per_s=3 (a scenario override); "
+                        "repeatable")
+    p.add_argument("--find", metavar="PATH",
+                   help="instead of a plan, the highest value of PATH (e.g. sessions.arrivals.rate_per_s) at which "
+                        "every SLO is met, by bisection, the capacities as the scenario (and --set) has them")
     p.add_argument("--set", action="append", type=_assignment, default=[], metavar="PATH=VALUE",
                    help="override a scenario field by its dotted path; repeatable")
-    p.add_argument("--cost", action="append", type=_cost, default=[], metavar="SERVICE=COST",
-                   help="cost of one worker of a service, e.g. llm=4 (default: 1 each); repeatable")
-    p.add_argument("--services", default="stt,llm,tts", help="the services whose workers are planned")
-    p.add_argument("--max-trials", type=_count, default=20, metavar="N", help="configurations judged at most")
     p.add_argument("--max-replications", type=_count, default=30, metavar="N",
-                   help="replications per configuration at most (they are added until every SLO is decided)")
+                   help="replications per configuration at most (added until every SLO is decided)")
     p.add_argument("--seed", type=_seed,
                    help="base seed of the replications, the same for every configuration (default: the scenario's)")
-    p.add_argument("--until", type=_positive, help="stop every run at this simulated time, seconds")
-    p.add_argument("--warmup", type=_seconds, default=0.0, metavar="S",
-                   help="leave out turns whose utterance ended in the first S seconds")
-    p.add_argument("--workers", type=_count, default=1, metavar="N", help="processes per round of replications")
-    p.add_argument("--json", metavar="FILE", help="write every configuration tried and the answer as JSON")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--until", type=_positive, help="stop every run at this simulated time, seconds (default: 150)")
+    p.add_argument("--warmup", type=_seconds, metavar="S",
+                   help="leave out turns whose utterance ended in the first S seconds (default: 30)")
+    p.add_argument("--workers", type=_count, metavar="N",
+                   help="processes per round of replications (default: 1; the answer does not depend on it)")
+    p.add_argument("--dask", metavar="ADDRESS",
+                   help="run on this Dask scheduler instead, e.g. tcp://HOST:8786 (needs pipesim[dask])")
+    p.add_argument("--json", metavar="FILE", help="write the answer and every configuration evaluated as JSON")
+    p.add_argument("--plots", metavar="DIR", help="write the SLO figures against each varied value (plan.png, "
+                                                  "or headroom.png with --find)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: one on a terminal)")
 
     p = _command(sub, "examples", "copy the bundled scenarios, measurement CSVs and notebooks into a folder, "
                                   "as files to edit")

@@ -214,14 +214,14 @@ def _number(value: float) -> str:
 def check(scenario: ScenarioLike, slos: Iterable[str | SLO] = (), *, replications: int | None = None,
           min_replications: int = 3, max_replications: int = 30, seed: int | None = None, until: float | None = None,
           warmup_s: float = 0.0, workers: int = 1, confidence: float = 0.95, collapse_threshold: float = COLLAPSE_SHARE,
-          collapse_violates: bool = True, progress: bool | None = False) -> CheckResult:
+          collapse_violates: bool = True, progress: bool | None = False, client: Any = None) -> CheckResult:
     """Judge the scenario's SLOs (its ``slo:`` list, with ``slos`` added or replacing those on the same figure
     and direction) from replications, added until every SLO is decided (met or violated) or
     ``max_replications`` ran (``replications``: exactly that many).
 
     Replication ``k`` always has seed ``replication_seeds(seed, k + 1)[k]`` and the decision is taken after
     each replication in that order, so the answer is the same whatever ``workers`` run them (a round runs
-    ``workers`` at once; replications past the deciding one are not used).
+    ``workers`` at once, or on the Dask ``client``; replications past the deciding one are not used).
 
     >>> result = check({"sessions": {"arrivals": {"kind": "at_once", "count": 30}}},
     ...                ["e2e_latency_p95 <= 5s", "failed_share <= 0.5"], until=60)
@@ -258,7 +258,7 @@ def check(scenario: ScenarioLike, slos: Iterable[str | SLO] = (), *, replication
     while not decided and len(rows) < max_replications:
         batch = max(workers, min_replications - len(rows))
         todo = seeds[len(rows):min(len(rows) + batch, max_replications)]
-        rows += _execute([_Task(scn, s, warmup_s, until, metrics) for s in todo], workers, None, progress,
+        rows += _execute([_Task(scn, s, warmup_s, until, metrics) for s in todo], workers, client, progress,
                          f"checking {scn.name}")
         for k in range(max(used + 1, min_replications), len(rows) + 1):
             used = k

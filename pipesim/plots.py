@@ -26,13 +26,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter, NullLocator
 
 from pipesim import analysis
 from pipesim.vocabulary import SERVICES
 
 if TYPE_CHECKING:
     from pipesim.analysis import Run
+    from pipesim.plan import Plan
 
 MS = 1000.0
 #: One colour per service, used by every figure.
@@ -585,6 +586,67 @@ def session_timeline(results: Run, session_id: str | None = None,
 
 
 # Saving ------------------------------------------------------------------------------------------------
+def plan_figure(result: Plan, pyplot: bool = True) -> Figure:
+    """Each SLO's figure against each varied value of a :func:`pipesim.plan` (or ``headroom``): one panel per
+    SLO figure (rows) and varied path (columns), every configuration evaluated a point: the mean and its
+    interval (green met, red violated, amber undecided; faded when it differs from the recommendation in
+    another path), the SLO's bound (dashed), the recommendation (a vertical line); a point whose mean is
+    infinite or with a collapsed run is a cross at the top of the panel.
+
+    >>> from pipesim.plan import plan
+    >>> sessions = {"arrivals": {"kind": "poisson", "rate_per_s": 1.0, "count": 40}, "turns": 2}
+    >>> found = plan({"sessions": sessions}, ["e2e_latency_p95 <= 3s"], vary={"services.llm.capacity": "1..8"},
+    ...              until=60, warmup_s=0)
+    >>> [ax.get_xlabel() for ax in plan_figure(found, pyplot=False).axes]
+    ['services.llm.capacity']
+    """
+    colours = {"met": "#1a7f37", "violated": "#cf222e", "undecided": "#9a6700"}
+    figures = list(dict.fromkeys(slo.figure for slo in result.slos))
+    paths = [d.path for d in result.dimensions]
+    table = result.table
+    centre = result.recommended or (result.evaluations[-1].values if result.evaluations else {})
+    fig, axes = _subplots(len(figures), len(paths), figsize=(4.5 * len(paths) + 1, 3.2 * len(figures) + 0.6),
+                          pyplot=pyplot, squeeze=False)
+    for col, path in enumerate(paths):
+        others = [p for p in paths if p != path]
+        on_slice = ((table[others] == pd.Series({p: centre[p] for p in others})).all(axis=1).to_numpy()
+                    if others else np.ones(len(table), dtype=bool))
+        for row, figure in enumerate(figures):
+            ax = axes[row][col]
+            slos = [slo for slo in result.slos if slo.figure == figure]
+            unit = slos[0].unit
+            scale = 1.0 / ({"ms": 0.001, "s": 1.0}[unit] if unit else 1.0)
+            mean, low, high = (table[f"{figure} {k}"].to_numpy(dtype=float) * scale for k in ("mean", "low", "high"))
+            x = table[path].to_numpy(dtype=float)
+            bad = ~np.isfinite(mean) | (table["collapsed"].to_numpy() > 0)
+            for slo in slos:
+                ax.axhline(slo.bound * scale, color="#555", linestyle="--", linewidth=1, label=f"SLO: {slo}")
+            for verdict, colour in colours.items():
+                for faded in (True, False):
+                    keep = (table["verdict"].to_numpy() == verdict) & ~bad & (on_slice != faded)
+                    if keep.any():
+                        err = np.nan_to_num(np.vstack([mean[keep] - low[keep], high[keep] - mean[keep]]))
+                        ax.errorbar(x[keep], mean[keep], yerr=err, fmt="o", color=colour, capsize=3,
+                                    alpha=0.3 if faded else 1.0, label=None if faded else verdict)
+            if bad.any():
+                finite = np.concatenate([high[~bad & np.isfinite(high)], mean[~bad & np.isfinite(mean)],
+                                         [s.bound * scale for s in slos]])
+                top = float(finite.max()) * 1.15 if len(finite) else 1.0
+                ax.scatter(x[bad], np.full(bad.sum(), top), marker="x", color=colours["violated"], s=50,
+                           alpha=np.where(on_slice[bad], 1.0, 0.3), label="collapsed or infinite")
+            if path in centre:
+                ax.axvline(float(centre[path]), color="#0969da", linewidth=1.5, alpha=0.6,
+                           label=f"{'recommended' if result.recommended else 'best tried'}: {centre[path]:g}")
+            ax.set_xlabel(path)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=all(float(v).is_integer() for v in x)))
+            ax.set_ylabel(f"{figure}{f' ({unit})' if unit else ''}")
+            ax.grid(alpha=0.3)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{result.question} {result.scenario}")
+    return fig
+
+
 def save_standard_figures(results: Run, out_dir: str | Path, dpi: int = 110,
                           session_id: str | None = None, window: float | None = None) -> list[Path]:
     """Write the standard figures of a run as PNG into ``out_dir`` and return their paths:

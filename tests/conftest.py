@@ -47,12 +47,14 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
     return asyncio.run(bounded())
 
 
-def talking_scenario(background: int = 0, name: str = "live-test", seed: int = 5, **extra: Any) -> Scenario:
+def talking_scenario(background: int = 0, name: str = "live-test", seed: int = 5,
+                     sessions: dict[str, Any] | None = None, **extra: Any) -> Scenario:
     """Sessions that keep talking (1,000 turns, no barge-in), ``background`` of them started by the scenario
-    at t = 0; ``extra`` replaces top-level sections."""
+    at t = 0; ``sessions`` adds or replaces fields of the sessions section, ``extra`` replaces top-level
+    sections."""
     data: dict[str, Any] = {"name": name, "seed": seed,
                             "sessions": {"arrivals": {"kind": "at_once", "count": background}, "turns": 1000,
-                                         "barge_in_probability": 0.0}}
+                                         "barge_in_probability": 0.0, **(sessions or {})}}
     data.update(extra)
     return Scenario.model_validate(data)
 

@@ -36,11 +36,14 @@ demo: $(RUN_STAMP)
 	$(BIN)/pipesim run $(SCENARIO) --out out/demo --plots out/demo/plots
 
 ## make test: the whole test suite (unit, model, notebooks, live server, browser end-to-end) in parallel
-## workers, then the built wheel installed into a clean venv. Whatever the tests install is installed here,
-## once, before the workers start.
+## workers and, meanwhile, the built wheel installed into a clean venv (its output follows pytest's).
+## Whatever the tests install is installed here, once, before the workers start.
 test: $(DEV_STAMP) browser npm-packages
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
-	bash scripts/wheel-check.sh $(BIN)/python
+	@bash scripts/wheel-check.sh $(BIN)/python >$(VENV)/wheel-check.log 2>&1 & wheel=$$!; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile; tests=$$?; \
+	wait $$wheel; checked=$$?; cat $(VENV)/wheel-check.log; \
+	[ $$checked = 0 ] || echo "make test: scripts/wheel-check.sh failed (above)"; \
+	[ $$tests = 0 ] && [ $$checked = 0 ]
 
 ## make wheel-check: build the wheel, install it into a fresh venv, run pipesim from an empty folder
 wheel-check: $(DEV_STAMP)

@@ -8,8 +8,12 @@ SCENARIO ?= baseline
 RUN_STAMP = $(VENV)/.installed-run
 DEV_STAMP = $(VENV)/.installed-dev
 LAB_STAMP = $(VENV)/.installed-lab
+# pytest's worker processes (pytest-xdist): auto is one per CPU
+TEST_WORKERS ?= auto
+# npm writes node_modules/.package-lock.json on every install: newer than package-lock.json = installed
+NPM_STAMPS = frontend/node_modules/.package-lock.json tests/rtvi_e2e/node_modules/.package-lock.json
 
-.PHONY: demo test serve lab notebooks lint bench clean browser types wheel-check frontend-test
+.PHONY: demo test serve lab notebooks lint bench clean browser npm-packages types wheel-check frontend-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +35,15 @@ $(LAB_STAMP): pyproject.toml | $(BIN)/python
 demo: $(RUN_STAMP)
 	$(BIN)/pipesim run $(SCENARIO) --out out/demo --plots out/demo/plots
 
-## make test: the whole test suite (unit, model, notebooks, live server, browser end-to-end), then the
-## built wheel installed into a clean venv
-test: $(DEV_STAMP) browser
-	$(BIN)/python -m pytest
-	bash scripts/wheel-check.sh $(BIN)/python
+## make test: the whole test suite (unit, model, notebooks, live server, browser end-to-end) in parallel
+## workers and, meanwhile, the built wheel installed into a clean venv (its output follows pytest's).
+## Whatever the tests install is installed here, once, before the workers start.
+test: $(DEV_STAMP) browser npm-packages
+	@bash scripts/wheel-check.sh $(BIN)/python >$(VENV)/wheel-check.log 2>&1 & wheel=$$!; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile; tests=$$?; \
+	wait $$wheel; checked=$$?; cat $(VENV)/wheel-check.log; \
+	[ $$checked = 0 ] || echo "make test: scripts/wheel-check.sh failed (above)"; \
+	[ $$tests = 0 ] && [ $$checked = 0 ]
 
 ## make wheel-check: build the wheel, install it into a fresh venv, run pipesim from an empty folder
 wheel-check: $(DEV_STAMP)
@@ -70,6 +78,13 @@ bench: $(DEV_STAMP)
 
 browser:
 	@bash scripts/install-browser.sh
+
+## make npm-packages: the pinned npm packages the tests use (npm ci where a package-lock.json is newer)
+npm-packages: $(NPM_STAMPS)
+
+%/node_modules/.package-lock.json: %/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then cd $* && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm-packages: npm not found; the tests that need $*/node_modules will be skipped" >&2; fi
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -1,7 +1,10 @@
 import asyncio
+import fcntl
 import gc
+import hashlib
 import shutil
 import subprocess
+import tempfile
 from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
@@ -17,17 +20,23 @@ matplotlib.use("Agg")  # tests never open windows
 
 def npm_modules(folder: Path, *needed: str) -> Path:
     """``folder/node_modules`` as ``folder/package-lock.json`` pins it: ``npm ci`` when one of ``needed``
-    (paths inside it) is missing or the lock is newer than the install; skips when Node.js/npm is absent."""
+    (paths inside it) is missing or the lock is newer than the install; skips when Node.js/npm is absent.
+
+    ``make test`` installs them before pytest starts (``make npm-packages``); when pytest runs alone, a file
+    lock lets one worker install while the others wait for it (two ``npm ci`` at once break each other)."""
     if not (shutil.which("node") and shutil.which("npm")):
         pytest.skip(f"Node.js/npm not installed: cannot install the npm packages of {folder.name}/")
     modules = folder / "node_modules"
     stamp = modules / ".package-lock.json"  # npm writes it on every install
-    installed = stamp.exists() and all((modules / name).exists() for name in needed)
-    if not installed or stamp.stat().st_mtime < (folder / "package-lock.json").stat().st_mtime:
-        proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=folder,
-                              capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            pytest.fail(f"npm ci in {folder}/ failed:\n{proc.stdout}\n{proc.stderr}")
+    lock_name = "pipesim-npm-" + hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16] + ".lock"
+    with open(Path(tempfile.gettempdir()) / lock_name, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        installed = stamp.exists() and all((modules / name).exists() for name in needed)
+        if not installed or stamp.stat().st_mtime < (folder / "package-lock.json").stat().st_mtime:
+            proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=folder,
+                                  capture_output=True, text=True, timeout=600)
+            if proc.returncode != 0:
+                pytest.fail(f"npm ci in {folder}/ failed:\n{proc.stdout}\n{proc.stderr}")
     return modules
 
 
@@ -47,12 +56,14 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
     return asyncio.run(bounded())
 
 
-def talking_scenario(background: int = 0, name: str = "live-test", seed: int = 5, **extra: Any) -> Scenario:
+def talking_scenario(background: int = 0, name: str = "live-test", seed: int = 5,
+                     sessions: dict[str, Any] | None = None, **extra: Any) -> Scenario:
     """Sessions that keep talking (1,000 turns, no barge-in), ``background`` of them started by the scenario
-    at t = 0; ``extra`` replaces top-level sections."""
+    at t = 0; ``sessions`` adds or replaces fields of the sessions section, ``extra`` replaces top-level
+    sections."""
     data: dict[str, Any] = {"name": name, "seed": seed,
                             "sessions": {"arrivals": {"kind": "at_once", "count": background}, "turns": 1000,
-                                         "barge_in_probability": 0.0}}
+                                         "barge_in_probability": 0.0, **(sessions or {})}}
     data.update(extra)
     return Scenario.model_validate(data)
 

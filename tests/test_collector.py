@@ -7,6 +7,7 @@ import gc
 import weakref
 
 import pytest
+from conftest import run
 
 from pipesim.live.collector import ServingCollector
 
@@ -97,7 +98,7 @@ def test_the_schedule_ticks_on_the_running_loop_and_stops():
         assert c.ticks == ticks  # nothing after stop
         return c
 
-    c = asyncio.run(main())
+    c = run(main())
     assert c.ticks >= 3
     assert gc.get_freeze_count() == 0
 

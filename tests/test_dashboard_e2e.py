@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from pipesim.scenario import Scenario
+from conftest import talking_scenario
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -43,18 +42,8 @@ LANE_COLOURS = {"idle": "rgb(154, 165, 177)", "waiting": "rgb(240, 162, 2)", "ex
                 "complete": "rgb(46, 158, 91)"}
 
 #: No background sessions; sessions started from the page talk quickly and keep talking.
-SCENARIO = Scenario.model_validate({
-    "name": "dashboard_e2e",
-    "seed": 5,
-    "sessions": {
-        "arrivals": {"kind": "at_once", "count": 0},
-        "turns": 1000,
-        "first_speech_delay_s": 0.2,
-        "utterance_s": 1.0,
-        "think_time_s": 0.3,
-        "barge_in_probability": 0.0,
-    },
-})
+SCENARIO = talking_scenario(name="dashboard_e2e", seed=5,
+                            sessions={"first_speech_delay_s": 0.2, "utterance_s": 1.0, "think_time_s": 0.3})
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import talking_scenario
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection, connect
@@ -25,8 +26,7 @@ from pipesim.live import BackgroundServer, LiveServer, serve_in_background
 from pipesim.protocol import MAX_MESSAGE_BYTES, ConversationControl, ProtocolError, parse_message
 from pipesim.vocabulary import CLIENT_MESSAGE_TYPES
 
-QUIET = {"name": "fuzz", "seed": 3,
-         "sessions": {"arrivals": {"kind": "at_once", "count": 0}, "turns": 1000, "barge_in_probability": 0.0}}
+QUIET = talking_scenario(name="fuzz", seed=3)
 FIELDS = {
     "conversation_control": {"action": "start", "session_id": "fz"},
     "fault_injection": {"fault": "kafka_stall", "service": "llm", "duration_s": 1.0},

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import cyclic_garbage_kinds, run
+from conftest import cyclic_garbage_kinds, run, talking_scenario
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.server import ServerProtocol
@@ -29,8 +29,7 @@ from pipesim.model.simulation import _Session
 from pipesim.scenario import Scenario
 from pipesim.state import IllegalTransition, Transition, UnknownSession
 
-SCENARIO = Scenario.model_validate({"name": "memory-test", "seed": 3, "sessions": {
-    "arrivals": {"kind": "at_once", "count": 0}, "turns": 1000, "barge_in_probability": 0.0}})
+SCENARIO = talking_scenario(name="memory-test", seed=3)
 
 
 def about(session_id: str, **fields: Any) -> Any:
@@ -173,11 +172,10 @@ def test_a_closed_connection_is_freed_by_reference_counting_alone() -> None:
 # a stopped and forgotten session's model objects must be freed by reference counting alone.
 
 #: Sessions that fail, time out, queue (one worker each) and barge in: every way a turn can end.
-ROUGH = Scenario.model_validate({
-    "name": "churn-test", "seed": 11,
-    "sessions": {"arrivals": {"kind": "at_once", "count": 0}, "turns": 1000, "barge_in_probability": 0.3},
-    "services": {name: {"failure_probability": 0.1, "capacity": 1} for name in ("stt", "llm", "tts")},
-    "kafka": {"request_timeout_s": 1.0, "stalls": {"rate_per_hour": 600}}})
+ROUGH = talking_scenario(
+    name="churn-test", seed=11, sessions={"barge_in_probability": 0.3},
+    services={name: {"failure_probability": 0.1, "capacity": 1} for name in ("stt", "llm", "tts")},
+    kafka={"request_timeout_s": 1.0, "stalls": {"rate_per_hour": 600}})
 
 
 @contextmanager

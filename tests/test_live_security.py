@@ -20,20 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run
+from conftest import run, talking_scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipesim.cli import main as cli_main
 from pipesim.live import LiveClient, LiveError, LiveServer, ReplayServer, serve_in_background
 from pipesim.live.access import Access, is_loopback
-from pipesim.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-Token-42"
-QUIET = Scenario.model_validate({"name": "security", "seed": 2,
-                                 "sessions": {"arrivals": {"kind": "at_once", "count": 1}, "turns": 1000,
-                                              "barge_in_probability": 0.0}})
+QUIET = talking_scenario(1, name="security", seed=2)
 
 
 def handshake(port: int, headers: dict[str, str] | None = None, target: str = "/ws") -> tuple[int, str]:

@@ -22,12 +22,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import npm_modules
+from conftest import npm_modules, talking_scenario
 from test_rtvi import TURN, turns_in_order
 from websockets.sync.client import connect
 
 from pipesim.live.rtvi import RTVI_VERSION
-from pipesim.scenario import Scenario
 
 HERE = Path(__file__).resolve().parent / "rtvi_e2e"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -43,11 +42,8 @@ CALLBACKS = {"onUserStartedSpeaking": "user-started-speaking", "onUserStoppedSpe
              "onBotStartedSpeaking": "bot-started-speaking", "onBotStoppedSpeaking": "bot-stopped-speaking",
              "onBotOutput": "bot-output"}
 #: No background sessions; the RTVI session's user waits 2 s (the microphone streams meanwhile), then talks.
-SCENARIO = Scenario.model_validate({
-    "name": "rtvi_e2e", "seed": 3,
-    "sessions": {"arrivals": {"kind": "at_once", "count": 0}, "turns": 1000, "first_speech_delay_s": 2.0,
-                 "utterance_s": 1.0, "think_time_s": 1.0, "barge_in_probability": 0.0},
-})
+SCENARIO = talking_scenario(name="rtvi_e2e", seed=3,
+                            sessions={"first_speech_delay_s": 2.0, "utterance_s": 1.0, "think_time_s": 1.0})
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipesim.cli import main
@@ -56,7 +56,12 @@ def test_a_huge_integer_is_one_problem_with_its_line(tmp_path, fmt, digits):
 # 2. and 3. Depth, size and aliases --------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["yaml", "json", "toml"])
 @given(depth=st.integers(MAX_DEPTH + 1, 3000))
-@FILE_SETTINGS
+@example(depth=MAX_DEPTH + 1)  # one past the limit
+@example(depth=3000)  # past Python's recursion limit, where a recursive parser crashes
+# Depth is all that varies, and every depth past the limit meets the same check (a count of the collections
+# open, refused once it passes MAX_DEPTH): the two ends above and 18 more are enough (60 depths made the YAML
+# case take seconds: PyYAML's scanner reads the whole file first).
+@settings(FILE_SETTINGS, max_examples=20)
 def test_deep_nesting_is_refused_with_its_line(tmp_path, fmt, depth):
     [msg] = problems(tmp_path, f"d.{fmt}", nested(fmt, depth))
     assert msg.startswith(f"d.{fmt}:1") and "nested deeper than" in msg, msg

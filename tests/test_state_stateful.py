@@ -10,9 +10,8 @@ every step for every known session, and an observer (:class:`Ledger`) checks the
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -62,7 +61,8 @@ def predict(cur: Model | None, ev: str, service: str | None, size: int, quality:
         return refuse(UnknownSession)
     if ev == "create_session":
         return refuse()
-    new = copy.deepcopy(cur)
+    # A deep copy (the two dicts are its only mutable fields), written out: copy.deepcopy took half the time.
+    new = replace(cur, services=dict(cur.services), retries=dict(cur.retries))
 
     def reset(state: str) -> None:
         new.state, new.services = state, dict(IDLE)

@@ -79,8 +79,9 @@ def figure_inputs(res: Results) -> dict[str, Any]:
 def assert_same_run(a: Results, b: Results, frames: tuple[str, ...] = trace_reference.FRAMES[:-1]) -> None:
     for name in frames:
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True, obj=name)
+    others = figure_inputs(b)
     for name, value in figure_inputs(a).items():
-        other = figure_inputs(b)[name]
+        other = others[name]
         if isinstance(value, pd.DataFrame):
             pd.testing.assert_frame_equal(value, other, check_exact=True, obj=name)
         else:

@@ -520,10 +520,8 @@ class _Ops:
                 sid = msg.session_id
                 if sid is not None and sid not in server.sim.manager:
                     raise AdminError(404, "unknown_session", f"disconnect: unknown session {sid!r}")
-                targets = [c for c in list(server._clients) if sid is None or sid in c.watched]
-                for target in targets:
-                    server._drop(target, 4000, "fault injection: disconnect")
-                return FaultApplied(applied={**applied, "until_t": now, "disconnected": len(targets)})
+                disconnected = server.hub.disconnect(sid)
+                return FaultApplied(applied={**applied, "until_t": now, "disconnected": disconnected})
             try:
                 server.sim.inject_fault(msg.fault, msg.service, msg.duration_s)
             except ValueError as exc:
@@ -579,7 +577,7 @@ class _Ops:
                 self._push_seq[sid] = out["seq"] + 1
         if "timestamp" in fields:
             out.setdefault("timestamp", now)
-        server._broadcast(sid, out, now)
+        server.hub.publish(sid, out, now)
 
     # Reset
     async def reset(self) -> Clock:
@@ -596,8 +594,7 @@ class _Ops:
         for sid in old.manager.session_ids:
             if old.manager.status(sid) != "stopped":
                 snap = old.manager.snapshot(sid, now)
-                server._broadcast(sid, {"type": "session_ended", "session_id": sid, "timestamp": now,
-                                        "seq": snap.seq + 1, "reason": "reset"}, now)
+                server.hub.session_ended(sid, now, snap.seq + 1, "reset")
         if server.journal is not None:
             server.journal.clear()
         if server.recorder is not None:  # the new model's time starts at 0 again: a new segment keeps it replayable

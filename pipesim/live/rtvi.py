@@ -34,8 +34,6 @@ their timing and length come from the model. No bot audio is sent: every callbac
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,7 +46,7 @@ from websockets.exceptions import ConnectionClosed
 from pipesim import __version__ as pipesim_version
 from pipesim._jsonsafe import MAX_DEPTH, unsendable
 from pipesim.errors import IllegalTransition, ProtocolError, UnknownSession
-from pipesim.live.connection import RTVI_PATH, Client
+from pipesim.live.connection import CLOSE_NORMAL, RTVI_PATH, Client
 from pipesim.live.rtvi_codec import decode_frame, encode_message
 from pipesim.protocol import MAX_MESSAGE_BYTES, wire_messages
 from pipesim.state import Transition
@@ -65,7 +63,6 @@ log = logging.getLogger("pipesim.live.rtvi")
 #: (``RTVI_PROTOCOL_VERSION`` of ``@pipecat-ai/client-js`` 1.13.1; tests/test_rtvi.py checks it).
 RTVI_VERSION = "2.1.0"
 LABEL = "rtvi-ai"
-CLOSE_NORMAL = 1000
 #: Words of the synthetic transcripts and replies (what they say does not matter, only that it is text).
 _USER_WORDS = ("could", "you", "check", "my", "order", "status", "please", "and", "the", "delivery", "date",
                "for", "tomorrow", "is", "it", "possible", "to", "change", "address", "thanks")
@@ -182,6 +179,7 @@ class RtviDialect:
 
     def __init__(self, server: LiveServer) -> None:
         self.server = server
+        self.hub = server.hub
         self.sim = server.sim
         #: Every RTVI connection that has sent ``client-ready``, by session id (kept after it closes, without
         #: its socket, until its session is forgotten).
@@ -199,12 +197,9 @@ class RtviDialect:
     # The socket ----------------------------------------------------------------------------------------
     async def serve(self, ws: ServerConnection) -> None:
         """Run one RTVI socket until it closes; its session (if any) is stopped then."""
-        server = self.server
         client = _RtviClient(ws, watch_all=False, watched=set())
         conn = RtviConnection(client)
-        server._limit_send_buffer(ws)
-        server._clients.add(client)  # so that shutdown and the ``disconnect`` fault reach it
-        client.writer = asyncio.ensure_future(server._writer(client))
+        self.hub.attach(client)  # so that shutdown and the ``disconnect`` fault reach it
         log.info("RTVI client %s connected", client.name)
         try:
             while True:
@@ -217,7 +212,7 @@ class RtviDialect:
         except ConnectionClosed:
             pass
         finally:
-            server._detach(client)
+            self.hub.detach(client)
             self._end_session(conn)
             log.info("RTVI client %s disconnected", client.name)
             conn.client = None  # the record stays until its session is forgotten; the socket goes
@@ -229,7 +224,7 @@ class RtviDialect:
         if data is not None:
             envelope["data"] = data
         if conn.client is not None:
-            self.server._offer(conn.client, encode_message(envelope))  # type: ignore[arg-type]
+            self.hub.offer(conn.client, encode_message(envelope))
 
     def _error(self, conn: RtviConnection, id_: str | None, text: str) -> None:
         conn.errors += 1
@@ -341,15 +336,7 @@ class RtviDialect:
             self._close_later(client)
 
     def _close_later(self, client: _RtviClient) -> None:
-        async def close() -> None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await client.queue.join()
-            self.server._drop(client, CLOSE_NORMAL, "session ended")
-
-        task = asyncio.ensure_future(close())
-        self.server._tasks.add(task)
-        task.add_done_callback(self.server._tasks.discard)
+        self.hub.close_when_drained(client, CLOSE_NORMAL, "session ended")
 
     # The model's events -> RTVI ---------------------------------------------------------------------
     def _on_transition(self, tr: Transition) -> None:

@@ -135,18 +135,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
 from pipesim import _jsonsafe
 from pipesim.errors import LiveError
 from pipesim.live.access import Access, RedactingLogger
 from pipesim.live.collector import ServingCollector
-from pipesim.live.connection import RTVI_PATH, Client
+from pipesim.live.connection import CLOSE_GOING_AWAY, CLOSE_NORMAL, RTVI_PATH, Client, free_protocol
 from pipesim.live.encode import encode_transition
+from pipesim.live.hub import Hub
 from pipesim.live.journal import DEFAULT_JOURNAL_SIZE, Journal
 from pipesim.live.pacer import Pacer
 from pipesim.live.playback import Playback
@@ -174,9 +173,6 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: Frames above this are refused by the websockets library itself (close code 1009); between
 #: MAX_MESSAGE_BYTES and this, pipesim answers ``too_large`` and keeps the connection.
 MAX_FRAME_BYTES = 4 * MAX_MESSAGE_BYTES
-CLOSE_SLOW = 1013
-CLOSE_GOING_AWAY = 1001
-CLOSE_FAULT = 4000
 #: Events (and service samples; a sixteenth as many turns) a live server's trace keeps by default: a ring, so
 #: that memory stays bounded however long it runs (~60 bytes an event in the trace).
 DEFAULT_TRACE_LIMIT = 200_000
@@ -198,39 +194,26 @@ class _BaseServer:
                  static_dir: str | Path | None = None, allow_origins: Iterable[str] = (),
                  allow_hosts: Iterable[str] = (), token: str | None = None, admin_port: int | None = None,
                  admin_token: str | None = None, journal_size: int = DEFAULT_JOURNAL_SIZE) -> None:
-        if client_queue < 1:
-            raise ValueError(f"client_queue must be >= 1, got {client_queue}")
         self.host, self.port = host, port
         #: The handshake checks: Origin allowlist, Host check, token (see :mod:`pipesim.live.access`).
         self.access = Access.build(host, allow_origins, allow_hosts, token)
         #: WebSocket handshakes refused by :attr:`access`, since the start.
         self.refused = 0
         self.record_path = Path(record) if record is not None else None
-        self.client_queue = client_queue
         self.close_timeout = close_timeout
-        self.send_buffer = send_buffer
         self.static_dir = Path(static_dir) if static_dir is not None else STATIC_DIR
-        #: Clients disconnected for being too slow, since the start.
-        self.slow_disconnects = 0
         self.recorder: Recorder | None = None
         #: The process's garbage collector when this server's process owns it (``pipesim serve``): in /stats.
         self.collector: ServingCollector | None = None
-        self._clients: set[Client] = set()
-        # Who gets a message about a session: the unfiltered clients, and the watchers of that session
-        # (indexed, so a broadcast costs O(its recipients), not O(clients)).
-        self._watch_all: set[Client] = set()
-        self._watchers: dict[str, set[Client]] = {}
-        # Messages on their way straight to a socket, written at the end of the current step (_flush).
-        self._pending: dict[Client, list[bytes]] = {}
-        self._flush_handle: asyncio.Handle | None = None
         self._server: Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._stopped: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._t0 = 0.0
         #: Every inbound and outbound message (bounded; None when ``journal_size`` is 0): see the admin API.
         self.journal: Journal | None = Journal(journal_size) if journal_size > 0 else None
+        #: The connections and the way out to them (publish, send, the slow-client rule, close).
+        self.hub = Hub(client_queue=client_queue, close_timeout=close_timeout, send_buffer=send_buffer,
+                       journal=self.journal, journal_t=lambda: self._journal_t())
         self._connections = itertools.count(1)
         #: The admin API's listener (``admin_port`` None: no admin API).
         self.admin: AdminListener | None = None
@@ -258,7 +241,12 @@ class _BaseServer:
     @property
     def clients(self) -> int:
         """Connected WebSocket clients."""
-        return len(self._clients)
+        return len(self.hub.clients)
+
+    @property
+    def slow_disconnects(self) -> int:
+        """Clients disconnected for being too slow, since the start."""
+        return self.hub.slow_disconnects
 
     @property
     def running(self) -> bool:
@@ -269,11 +257,11 @@ class _BaseServer:
         if self._server is not None:
             raise RuntimeError("the server is already started")
         self._loop = asyncio.get_running_loop()
-        self._t0 = self._loop.time()
+        self.hub.start(self._loop)
         self._stopped = asyncio.Event()
         if self.record_path is not None:
             try:
-                self.recorder = Recorder(self.record_path, self._record_header())
+                self.recorder = self.hub.recorder = Recorder(self.record_path, self._record_header())
             except OSError as exc:
                 raise LiveError(f"cannot write the recording {self.record_path}: {exc.strerror}") from None
         token = self.access.token
@@ -320,22 +308,13 @@ class _BaseServer:
             if self.admin is not None:
                 await self.admin.stop()
             await self._on_stop()
-            self._flush()
-            clients = list(self._clients)
-            # Let what is already queued reach the clients (bounded: a slow client must not hold us up).
-            drains = [asyncio.ensure_future(c.queue.join()) for c in clients if not c.closing]
-            if drains:
-                _, pending = await asyncio.wait(drains, timeout=1.0)
-                for task in pending:
-                    task.cancel()
-            await asyncio.gather(*(self._close(c, CLOSE_GOING_AWAY, "server shutting down") for c in clients))
+            await self.hub.shutdown()
             # Anything that connected meanwhile, or is mid-handshake, gets the same treatment.
             self._server.close(close_connections=True, code=CLOSE_GOING_AWAY, reason="server shutting down")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.close_timeout + 1.0):
                     await self._server.wait_closed()
-            for task in list(self._tasks):
-                task.cancel()
+            self.hub.cancel_tasks()
         finally:
             if self.recorder is not None:
                 self.recorder.close()
@@ -379,7 +358,7 @@ class _BaseServer:
     def _stats(self) -> dict[str, Any]:
         """``GET /stats``: counters for load tests and monitoring."""
         gc = self.collector.as_dict() if self.collector is not None and self.collector.running else None
-        return {"kind": self.kind, "clients": len(self._clients), "slow_disconnects": self.slow_disconnects,
+        return {"kind": self.kind, "clients": len(self.hub.clients), "slow_disconnects": self.hub.slow_disconnects,
                 "refused": self.refused, "gc": gc}
 
     def _on_control(self, client: Client, msg: ConversationControl) -> None:
@@ -393,167 +372,6 @@ class _BaseServer:
 
     async def _serve_rtvi(self, ws: ServerConnection) -> None:
         raise NotImplementedError
-
-    # Broadcast -------------------------------------------------------------------------------------
-    def _broadcast(self, session_id: str | None, message: dict[str, Any], t: float) -> None:
-        """Send one message about ``session_id`` to every client watching it, and record it.
-
-        (A message about no session, a recorded ``error`` in a replay, goes to the unfiltered clients.)"""
-        self._broadcast_text(session_id, dumps(message), t)  # serialised once, whatever the number of clients
-
-    def _broadcast_text(self, session_id: str | None, text: str, t: float) -> None:
-        """:meth:`_broadcast` of a message already serialised."""
-        if self.journal is not None:
-            self.journal.outbound_text(session_id, text, t)
-        if self.recorder is not None:
-            assert self._loop is not None
-            self.recorder.write(self._loop.time() - self._t0, t, text)
-        watchers = self._watchers.get(session_id) if session_id is not None else None
-        data: bytes | None = None
-        pending = self._pending
-        # Copies: an offer may drop a slow client, which changes these sets.
-        for client in (*self._watch_all, *watchers) if watchers else tuple(self._watch_all):
-            if client in pending or self._writable(client):
-                # Straight to the socket, without waking a writer task per client and message (what the
-                # profile showed to dominate): collected, then written with one system call per client
-                # at the end of this pacer step (see _flush).
-                if data is None:
-                    data = text.encode()
-                pending.setdefault(client, []).append(data)
-            else:
-                self._offer(client, text)
-        if pending and self._flush_handle is None and self._loop is not None:
-            self._flush_handle = self._loop.call_soon(self._flush)
-
-    @staticmethod
-    def _writable(client: Client) -> bool:
-        """Whether a message may go straight to the socket: nothing queued before it (order), and the
-        transport below its high-water mark, where ``send`` would wait (else the message waits in the
-        queue, which measures how far behind the client is). The writer task writes a message the moment
-        it takes it from the queue, so an empty queue means that nothing of this client's is waiting."""
-        ws = client.ws
-        return (not client.closing and client.queue.empty() and ws.state is State.OPEN
-                and ws.transport.get_write_buffer_size() < ws.transport.get_write_buffer_limits()[1])
-
-    def _flush(self, only: Client | None = None) -> None:
-        """Write the collected messages: all of them, or ``only`` that client's (before anything else of
-        its goes through the queue, to keep the order)."""
-        if only is not None:
-            batches = {only: self._pending.pop(only)} if only in self._pending else {}
-        else:
-            self._flush_handle = None
-            batches, self._pending = self._pending, {}
-        for client, frames in batches.items():
-            ws = client.ws
-            if client.closing or ws.state is not State.OPEN:
-                continue  # as a send would: nothing more reaches a closing connection
-            try:
-                for frame in frames:
-                    ws.protocol.send_text(frame)
-                # The frames, compressed for this connection, in one write (one system call).
-                ws.transport.writelines(ws.protocol.data_to_send())
-            except Exception as exc:  # a broken connection: its handler sees it close
-                log.debug("writing to %s failed: %s", client.name, exc)
-
-    def _register(self, client: Client) -> None:
-        """Into the broadcast: every message about what the client watches now reaches its queue."""
-        self._clients.add(client)
-        if client.watch_all:
-            self._watch_all.add(client)
-        for sid in client.watched:
-            self._watch(client, sid)
-
-    def _watch(self, client: Client, session_id: str) -> None:
-        """``client`` watches ``session_id`` from now on (by its filter or by a control)."""
-        client.watched.add(session_id)
-        if not client.closing and not client.watch_all:  # (an unfiltered client gets it already)
-            self._watchers.setdefault(session_id, set()).add(client)
-
-    def _unwatch(self, client: Client, session_id: str) -> None:
-        client.watched.discard(session_id)
-        watchers = self._watchers.get(session_id)
-        if watchers is not None:
-            watchers.discard(client)
-            if not watchers:
-                del self._watchers[session_id]
-
-    def _send(self, client: Client, message: dict[str, Any] | BaseModel) -> None:
-        if self.journal is not None:
-            data = message.model_dump(mode="json") if isinstance(message, BaseModel) else message
-            self.journal.outbound(client.id, data, self._journal_t())
-            if data.get("type") == "error" and client.inbound is not None:
-                client.inbound["result"] = {"error": {"code": data["code"], "message": data["message"]}}
-        self._offer(client, dumps(message))
-
-    def _error(self, client: Client, code: str, message: str, session_id: str | None = None) -> None:
-        self._send(client, {"type": "error", "code": code, "message": message, "session_id": session_id})
-
-    def _offer(self, client: Client, text: str) -> None:
-        if client.closing:
-            return
-        if client in self._pending:
-            self._flush(only=client)
-        if client.queue.qsize() >= self.client_queue:
-            self.slow_disconnects += 1
-            log.warning("client %s is %d messages behind: disconnecting it", client.name,
-                        client.queue.qsize())
-            self._drop(client, CLOSE_SLOW, f"too slow: {client.queue.qsize()} messages queued")
-            return
-        client.queue.put_nowait(text)
-
-    def _detach(self, client: Client) -> None:
-        """No more messages for this client: out of the broadcast, its writer stopped."""
-        client.closing = True
-        self._pending.pop(client, None)
-        self._clients.discard(client)
-        self._watch_all.discard(client)
-        for sid in client.watched:
-            watchers = self._watchers.get(sid)
-            if watchers is not None:
-                watchers.discard(client)
-                if not watchers:
-                    del self._watchers[sid]
-        if client.writer is not None:
-            client.writer.cancel()
-            client.writer = None  # the task's frame holds the client: no cycle left for the collector
-
-    def _drop(self, client: Client, code: int, reason: str) -> None:
-        """Disconnect a client without waiting for it (callable from the pacer's callbacks)."""
-        if client.closing:
-            return
-        self._detach(client)
-        task = asyncio.ensure_future(self._close(client, code, reason))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _close(self, client: Client, code: int, reason: str) -> None:
-        self._detach(client)
-        try:
-            # close() waits for the peer's close frame, and first for room in the write buffer, which a
-            # client that does not read never makes: bound it and abort the TCP connection after that.
-            async with asyncio.timeout(self.close_timeout):
-                await client.ws.close(code, reason)
-        except TimeoutError:
-            client.ws.transport.abort()
-        except Exception:  # a connection that breaks while closing is closed all the same
-            client.ws.transport.abort()
-
-    async def _writer(self, client: Client) -> None:
-        ws, queue = client.ws, client.queue
-        try:
-            while True:
-                text = await queue.get()
-                try:
-                    await ws.send(text)
-                finally:
-                    queue.task_done()
-        except ConnectionClosed:
-            pass
-        finally:
-            # Unblock stop()'s queue.join() for whatever will never be sent now.
-            while not queue.empty():
-                queue.get_nowait()
-                queue.task_done()
 
     # Connections -----------------------------------------------------------------------------------
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -626,16 +444,11 @@ class _BaseServer:
         assert ws.request is not None
         if urlsplit(ws.request.path).path == RTVI_PATH:
             await self._serve_rtvi(ws)
-            await _free_protocol(ws)
+            await free_protocol(ws)
             return
         wanted = [sid for sid in parse_qs(urlsplit(ws.request.path).query).get("session_id", []) if sid]
         client = Client(ws, watch_all=not wanted, watched=set(wanted), id=f"c{next(self._connections)}")
-        self._limit_send_buffer(ws)
-        # Snapshot and registration with no await in between: no transition can fall between the two.
-        for message in self._snapshot(client):
-            client.queue.put_nowait(dumps(message))
-        self._register(client)
-        client.writer = asyncio.ensure_future(self._writer(client))
+        self.hub.attach(client, [dumps(message) for message in self._snapshot(client)])
         log.info("client %s connected (%s)", client.name, "all sessions" if client.watch_all else
                  ", ".join(repr(sid) for sid in sorted(client.watched)))  # repr: ids may hold newlines
         self._on_connect(client)
@@ -646,24 +459,15 @@ class _BaseServer:
         except ConnectionClosed:
             pass
         finally:
-            self._detach(client)
+            self.hub.detach(client)
             log.info("client %s disconnected", client.name)
-        await _free_protocol(ws)
-
-    def _limit_send_buffer(self, ws: ServerConnection) -> None:
-        # The kernel grows a socket's send buffer to megabytes on its own; a client that stopped reading
-        # would then be thousands of messages behind before its queue even starts to fill. A bounded
-        # buffer keeps "client_queue messages behind" close to the truth (and is plenty for a dashboard).
-        sock = ws.transport.get_extra_info("socket")
-        if self.send_buffer is not None and sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+        await free_protocol(ws)
 
     def _on_message(self, client: Client, raw: bytes) -> None:
         if self.journal is None:
             self._handle_message(client, raw)
             return
-        # Journal the frame first, then let _send() fill in the error it causes, if any.
+        # Journal the frame first, then let the hub's send() fill in the error it causes, if any.
         client.inbound = self.journal.inbound(client.id, _journal_view(raw), self._journal_t())
         try:
             self._handle_message(client, raw)
@@ -674,12 +478,12 @@ class _BaseServer:
 
     def _handle_message(self, client: Client, raw: bytes) -> None:
         if len(raw) > MAX_MESSAGE_BYTES:
-            self._error(client, "too_large", f"message is {len(raw)} bytes, the limit is {MAX_MESSAGE_BYTES}")
+            self.hub.error(client, "too_large", f"message is {len(raw)} bytes, the limit is {MAX_MESSAGE_BYTES}")
             return
         try:
             msg = parse_message(raw, allowed=CLIENT_MESSAGE_TYPES)
         except ProtocolError as exc:
-            self._error(client, "bad_message", str(exc))
+            self.hub.error(client, "bad_message", str(exc))
             return
         try:
             if isinstance(msg, ConversationControl):
@@ -688,18 +492,15 @@ class _BaseServer:
                 self._on_fault(client, msg)
         except Exception as exc:  # a pipesim bug: say so to the client, keep everything else running
             log.exception("handling %r failed", msg)
-            self._error(client, "unsupported", f"internal error handling {getattr(msg, 'type', msg)}: {exc}")
+            self.hub.error(client, "unsupported", f"internal error handling {getattr(msg, 'type', msg)}: {exc}")
 
     def _disconnect(self, client: Client, msg: FaultInjection, known: Callable[[str], bool]) -> None:
         """The ``disconnect`` fault: close the connections that watch ``msg.session_id`` by name."""
         sid = msg.session_id
         if sid is not None and not known(sid):
-            self._error(client, "unknown_session", f"disconnect: unknown session {sid!r}", sid)
+            self.hub.error(client, "unknown_session", f"disconnect: unknown session {sid!r}", sid)
             return
-        targets = [c for c in self._clients if sid is None or sid in c.watched]
-        log.info("fault injection: disconnecting %d client(s) watching %s", len(targets), sid or "anything")
-        for target in targets:
-            self._drop(target, CLOSE_FAULT, "fault injection: disconnect")
+        self.hub.disconnect(sid)
 
     @property
     def _display_host(self) -> str:
@@ -723,29 +524,6 @@ def _journal_view(raw: bytes) -> dict[str, Any]:
             if isinstance(data, dict):
                 return data
     return {"raw": raw[:200].decode("utf-8", "replace")}
-
-
-async def _free_protocol(ws: ServerConnection) -> None:
-    """Once the connection is closed, let reference counting free its protocol.
-
-    websockets (17.x) leaves a closed connection's ``ServerProtocol`` in a reference cycle with its own
-    parser generator, and with it the permessage-deflate state: ~80 KB of zlib buffers per connection,
-    outside Python's heap, so the serving collector's trigger (Python's heap doubled) never saw them and a
-    churn soak's RSS grew without bound. Once the connection is closed nothing steps the parser again, and
-    closing it ends the cycle. A connection that ended without a close handshake (a peer that aborted or
-    vanished, a close that timed out, a protocol error) keeps the parser's exception in ``parser_exc``, whose
-    traceback holds the parse frame and so the protocol: the same cycle, so those tracebacks go too (the
-    exceptions stay, for ``close_exc``).
-    """
-    await ws.wait_closed()
-    parser = getattr(ws.protocol, "parser", None)
-    if parser is not None and hasattr(parser, "close"):
-        parser.close()
-    exc, seen = getattr(ws.protocol, "parser_exc", None), set()
-    while isinstance(exc, BaseException) and id(exc) not in seen:
-        seen.add(id(exc))
-        exc.__traceback__ = None
-        exc = exc.__cause__ or exc.__context__
 
 
 class LiveServer(_BaseServer):
@@ -810,7 +588,7 @@ class LiveServer(_BaseServer):
         if self._rtvi is not None:
             for conn in list(self._rtvi.connections.values()):
                 if (client := conn.closable) is not None:
-                    self._drop(client, 1000, reason)
+                    self.hub.drop(client, CLOSE_NORMAL, reason)
             self._rtvi = None
 
     @property
@@ -850,7 +628,7 @@ class LiveServer(_BaseServer):
 
     def _on_transition(self, tr: Transition) -> None:
         for text in encode_transition(tr):
-            self._broadcast_text(tr.session_id, text, tr.t)
+            self.hub.publish_text(tr.session_id, text, tr.t)
         if tr.event == "session_stopped" and self.forget_after is not None:
             # A model event, so the grace period is simulated time, and the forgetting happens outside
             # the state manager's delivery of this transition.
@@ -895,26 +673,26 @@ class LiveServer(_BaseServer):
             sid = msg.session_id
             exists = sid in self.sim.manager
             if self.owner_only and exists and sid not in client.owned:
-                self._error(client, "forbidden", f"{msg.action}: session {sid!r} was not started by this "
+                self.hub.error(client, "forbidden", f"{msg.action}: session {sid!r} was not started by this "
                             "connection (the server lets a connection control only the sessions it started)", sid)
                 return
             added = sid not in client.watched
             # Watch before applying, so that the control's own transitions reach this client.
-            self._watch(client, sid)
+            self.hub.watch(client, sid)
             try:
                 self.sim.control(sid, msg.action)
             except UnknownSession:
-                self._error(client, "unknown_session",
+                self.hub.error(client, "unknown_session",
                             f"{msg.action}: unknown session {sid!r} (send start to create it)", sid)
             except IllegalTransition as exc:
-                self._error(client, "illegal_control", f"{msg.action}: {exc}", sid)
+                self.hub.error(client, "illegal_control", f"{msg.action}: {exc}", sid)
             else:
                 added = False
                 if not exists:
                     client.owned.add(sid)
             finally:
                 if added:
-                    self._unwatch(client, sid)
+                    self.hub.unwatch(client, sid)
 
     def _on_fault(self, client: Client, msg: FaultInjection) -> None:
         if msg.fault == "disconnect":
@@ -924,7 +702,7 @@ class LiveServer(_BaseServer):
             try:
                 self.sim.inject_fault(msg.fault, msg.service, msg.duration_s)
             except ValueError as exc:
-                self._error(client, "bad_message", f"fault_injection: {exc}", msg.session_id)
+                self.hub.error(client, "bad_message", f"fault_injection: {exc}", msg.session_id)
                 return
         log.info("fault injection: %s %s for %.1f s at t=%.3f", msg.fault, msg.service or "all topics",
                  msg.duration_s, now)
@@ -1024,15 +802,14 @@ class ReplayServer(_BaseServer):
         self._position = t
         for sid, gone in before.items():
             if sid not in now:
-                self._broadcast(sid, {"type": "session_ended", "session_id": sid, "timestamp": t,
-                                      "seq": (gone.seq or 0) + 1, "reason": "replay seek"}, t)
+                self.hub.session_ended(sid, t, (gone.seq or 0) + 1, "replay seek")
         self._latest.clear()
         for sid, at in now.items():
             if at.created is not None and (backwards or sid not in before):
-                self._broadcast(sid, at.created, t)
+                self.hub.publish(sid, at.created, t)
             if at.latest is not None:
                 self._latest[sid] = at.latest
-                self._broadcast(sid, {**at.latest, "event": "snapshot", "timestamp": t, "seq": at.seq}, t)
+                self.hub.publish(sid, {**at.latest, "event": "snapshot", "timestamp": t, "seq": at.seq}, t)
         return self._moved_clock()
 
     def _moved_clock(self) -> dict[str, Any]:
@@ -1086,7 +863,7 @@ class ReplayServer(_BaseServer):
                     self._latest[sid] = message
                 elif sid is not None and message["type"] == "session_ended":
                     self._latest.pop(sid, None)
-                self._broadcast(sid, message, t)
+                self.hub.publish(sid, message, t)
             if len(batch) == 100:
                 await asyncio.sleep(0)  # behind: let the writers run
                 continue
@@ -1110,7 +887,7 @@ class ReplayServer(_BaseServer):
                         await self._wake.wait()
 
     def _on_control(self, client: Client, msg: ConversationControl) -> None:
-        self._error(client, "unsupported",
+        self.hub.error(client, "unsupported",
                     f"{msg.action}: this server replays {self.source}; controls cannot change it",
                     msg.session_id)
 
@@ -1119,7 +896,7 @@ class ReplayServer(_BaseServer):
             known = {m[1].get("session_id") for m in self._items}
             self._disconnect(client, msg, lambda sid: sid in known)
             return
-        self._error(client, "unsupported", f"{msg.fault}: this server replays {self.source}; "
+        self.hub.error(client, "unsupported", f"{msg.fault}: this server replays {self.source}; "
                     "only the disconnect fault is available", msg.session_id)
 
 

@@ -34,7 +34,7 @@ import json
 import re
 import socket
 from collections.abc import Awaitable, Callable, Generator
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import uvicorn
 from fastapi import Body, FastAPI, Query, Request, Response
@@ -47,13 +47,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipesim import _jsonsafe
 from pipesim.errors import LiveError
 from pipesim.live.access import Access
+from pipesim.live.clock import Clock as ServerClock
+from pipesim.live.hub import Hub
+from pipesim.live.journal import Journal
 from pipesim.live.pacer import Pacer
+from pipesim.live.source import LiveModel
 from pipesim.protocol import FaultInjection, ProtocolError, json_schemas, parse_message, wire_messages
 from pipesim.state import IllegalTransition, Transition, UnknownSession
 from pipesim.vocabulary import SERVER_MESSAGE_TYPES, FaultKind, PipelineState, ServiceName, ServiceState, SessionStatus
 
-if TYPE_CHECKING:
-    from pipesim.live.server import LiveServer, _BaseServer
+
+class Served(Protocol):
+    """What the admin API is handed (a :class:`~pipesim.live.server.LiveServer` or ``ReplayServer`` is one):
+    the hub, the clock, the journal, the access checks, and the live model (None: a replay of ``source``)."""
+
+    kind: Literal["live", "replay"]
+    hub: Hub
+    timekeeper: ServerClock
+    journal: Journal | None
+    access: Access
+    model: LiveModel | None
+    source: str | None
 
 PREFIX = "/__admin"
 ADMIN_HOST = "127.0.0.1"
@@ -337,37 +351,36 @@ class _Passed:
 class _Ops:
     """What the endpoints do to a server (the one place that knows the server's insides)."""
 
-    def __init__(self, server: _BaseServer) -> None:
+    def __init__(self, server: Served) -> None:
         self.server = server
         self._admin_ids = itertools.count(1)
         self.created_by_admin: set[str] = set()
         self._push_seq: dict[str, int] = {}  # next seq of sessions the model does not know
         # One clock-moving request at a time: a second step/advance/run-until/reset waits for the first.
         self._moving = asyncio.Lock()
+        if server.model is not None:
+            server.model.on_reset(self._forget_admin)
 
     # Shared helpers
     @property
-    def live(self) -> LiveServer:
-        if self.server.kind != "live":
-            raise AdminError(409, "unsupported", f"this server replays {getattr(self.server, 'source', '?')}; "
+    def live(self) -> LiveModel:
+        """The live model (a replay has none: 409)."""
+        if self.server.model is None:
+            raise AdminError(409, "unsupported", f"this server replays {self.server.source}; "
                              "only the clock, seek, the journal and health are available")
-        return self.server
+        return self.server.model
 
     def clock(self) -> Clock:
-        s = self.server
-        if s.kind == "live":
-            return Clock(t=s.pacer.now(), paused=s.pacer.paused, speed=s.pacer.speed,
-                         next_event_t=s.pacer.next_event_t)
-        return Clock(**s.clock())
+        return Clock(**self.server.timekeeper.reading())
 
     def session(self, sid: str) -> Session:
-        server = self.live
-        mgr = server.sim.manager
+        model = self.live
+        mgr = model.sim.manager
         if sid not in mgr:
             raise AdminError(404, "unknown_session", f"unknown session {sid!r}")
-        snap = mgr.snapshot(sid, server.pacer.now())
+        snap = mgr.snapshot(sid, model.pacer.now())
         stopped = snap.status == "stopped"
-        if server.sim._reserved(sid) is not None:
+        if model.scripted(sid):
             by = "scenario"
         elif sid in self.created_by_admin:
             by = "admin"
@@ -382,66 +395,49 @@ class _Ops:
         return [self.session(sid) for sid in self.live.sim.manager.session_ids]
 
     def create(self, body: CreateSession) -> Session:
-        server = self.live
+        model = self.live
         sid = body.session_id
-        while sid is None or (body.session_id is None and sid in server.sim.manager):
+        while sid is None or (body.session_id is None and sid in model.sim.manager):
             sid = f"admin-{next(self._admin_ids):04d}"
-        with server.pacer.applying():
-            try:
-                server.sim.add_session(sid, turns=body.turns, audio_quality=body.audio_quality, start=body.start)
-            except IllegalTransition as exc:
-                raise AdminError(409, "illegal_control", f"create: {exc}") from None
+        try:
+            model.add_session(sid, turns=body.turns, audio_quality=body.audio_quality, start=body.start)
+        except IllegalTransition as exc:
+            raise AdminError(409, "illegal_control", f"create: {exc}") from None
         self.created_by_admin.add(sid)
         return self.session(sid)
 
     def control(self, sid: str, action: str) -> Session:
-        server = self.live
-        if sid not in server.sim.manager:
+        model = self.live
+        if sid not in model.sim.manager:
             raise AdminError(404, "unknown_session", f"{action}: unknown session {sid!r} "
                              "(create it with POST /__admin/sessions)")
-        with server.pacer.applying():
-            try:
-                server.sim.control(sid, action)
-            except UnknownSession:
-                raise AdminError(404, "unknown_session", f"{action}: unknown session {sid!r}") from None
-            except IllegalTransition as exc:
-                raise AdminError(409, "illegal_control", f"{action}: {exc}") from None
+        try:
+            model.control(sid, action)
+        except UnknownSession:
+            raise AdminError(404, "unknown_session", f"{action}: unknown session {sid!r}") from None
+        except IllegalTransition as exc:
+            raise AdminError(409, "illegal_control", f"{action}: {exc}") from None
         return self.session(sid)
 
     # Clock
     def pause(self) -> Clock:
-        s = self.server
-        if s.kind == "live":
-            s.pacer.pause()
-        else:
-            self._replay_call("pause")
+        self.server.timekeeper.pause()
         return self.clock()
 
     def resume(self) -> Clock:
-        s = self.server
-        if s.kind == "live":
-            s.pacer.resume()
-        else:
-            self._replay_call("resume")
+        self.server.timekeeper.resume()
         return self.clock()
 
     def set_speed(self, speed: float) -> Clock:
-        s = self.server
-        if s.kind == "live":
-            s.pacer.set_speed(speed)
-        else:
-            self._replay_call("set_speed", speed)
+        self.server.timekeeper.set_speed(speed)
         return self.clock()
 
     def seek(self, t: float) -> Clock:
-        if self.server.kind == "live":
+        if not self.server.timekeeper.seekable:
             raise AdminError(409, "unsupported", "seek: only a replay can seek; a live model moves forward "
                              "(use clock/advance or reset)")
-        self._replay_call("seek", t)
+        self.server.timekeeper.seek(t)
         return self.clock()
-
-    def _replay_call(self, name: str, *args: Any) -> None:
-        getattr(self.server, name)(*args)
 
     @contextlib.contextmanager
     def _watching(self, limit: int) -> Generator[_Passed, None, None]:
@@ -472,26 +468,26 @@ class _Ops:
                           transitions_total=passed.total, truncated=passed.total > len(passed.kept))
 
     async def run_until(self, body: RunUntilBody) -> RunUntilResult:
-        server = self.live
+        model = self.live
         sid, wanted = body.session_id, body.until.wanted()
         if not wanted:
             raise AdminError(422, "bad_request", "body.until: name at least one of status, state, "
                              "services.stt, services.llm, services.tts")
-        if sid not in server.sim.manager and server.sim._reserved(sid) is None:
+        if sid not in model.sim.manager and not model.scripted(sid):
             raise AdminError(404, "unknown_session", f"run-until: unknown session {sid!r} (and the scenario "
                              "will not create it)")
 
         def matches(tr: Transition) -> bool:
             return tr.session_id == sid and all(getattr(tr, k) == v for k, v in wanted.items())
 
-        pacer = server.pacer
+        pacer = model.pacer
         pacer.pause()
-        reached = sid in server.sim.manager and matches(server.sim.manager.snapshot(sid, pacer.now()))
+        reached = sid in model.sim.manager and matches(model.sim.manager.snapshot(sid, pacer.now()))
         if not reached:
             async with self._moving:
                 reached = await self._run_until(pacer, matches, body)
         if not reached:
-            where = self.session(sid).model_dump() if sid in server.sim.manager else None
+            where = self.session(sid).model_dump() if sid in model.sim.manager else None
             raise AdminError(408, "timeout", f"run-until: session {sid!r} did not reach "
                              f"{json.dumps(body.until.model_dump(by_alias=True, exclude_none=True))} within "
                              f"{body.timeout_s:g} simulated s (or {body.wall_timeout_s:g} wall s)",
@@ -511,27 +507,28 @@ class _Ops:
 
     # Faults and pushes
     def fault(self, body: FaultBody) -> FaultApplied:
-        server = self.live
+        model = self.live
         # The same validation as the WebSocket fault_injection (one source of truth for the fields).
         msg = FaultInjection.model_validate({"type": "fault_injection", **body.model_dump(exclude_none=True)})
-        with server.pacer.applying() as now:
-            applied: dict[str, Any] = {"fault": msg.fault, "session_id": msg.session_id, "from_t": now}
-            if msg.fault == "disconnect":
+        if msg.fault == "disconnect":
+            with model.applying() as now:
                 sid = msg.session_id
-                if sid is not None and sid not in server.sim.manager:
+                if sid is not None and sid not in model.sim.manager:
                     raise AdminError(404, "unknown_session", f"disconnect: unknown session {sid!r}")
-                disconnected = server.hub.disconnect(sid)
-                return FaultApplied(applied={**applied, "until_t": now, "disconnected": disconnected})
-            try:
-                server.sim.inject_fault(msg.fault, msg.service, msg.duration_s)
-            except ValueError as exc:
-                raise AdminError(422, "bad_request", f"body: {exc}") from None
-            return FaultApplied(applied={**applied, "service": msg.service, "duration_s": msg.duration_s,
-                                         "until_t": now + msg.duration_s})
+                disconnected = self.server.hub.disconnect(sid)
+            return FaultApplied(applied={"fault": msg.fault, "session_id": sid, "from_t": now, "until_t": now,
+                                         "disconnected": disconnected})
+        try:
+            now = model.inject_fault(msg.fault, msg.service, msg.duration_s)
+        except ValueError as exc:
+            raise AdminError(422, "bad_request", f"body: {exc}") from None
+        return FaultApplied(applied={"fault": msg.fault, "session_id": msg.session_id, "from_t": now,
+                                     "service": msg.service, "duration_s": msg.duration_s,
+                                     "until_t": now + msg.duration_s})
 
     def push(self, sid: str, body: PushBody, allow_unknown: bool = False) -> Scheduled:
-        server = self.live
-        if not allow_unknown and sid not in server.sim.manager:
+        model = self.live
+        if not allow_unknown and sid not in model.sim.manager:
             # As every other /sessions/{id}/... does: a misspelt id must not go unnoticed.
             raise AdminError(404, "unknown_session", f"push: unknown session {sid!r} (add ?allow_unknown=true "
                              "to send to the watchers of an id the model does not know)")
@@ -553,23 +550,23 @@ class _Ops:
                     text = f"body.messages[{i}].message: {text}"
                 raise AdminError(422, "bad_request", text) from None
             checked.append((item.after_s, message))
-        env = server.sim.env
+        env = model.sim.env
         for after_s, message in checked:
             if after_s == 0:
                 self._deliver(sid, message)
             else:  # a SimPy timeout: a paused clock holds it, step/advance release it on time
                 event = env.timeout(after_s)
                 event.callbacks.append(lambda _e, m=message: self._deliver(sid, m))
-        server.pacer.wake()
+        model.pacer.wake()
         return Scheduled(scheduled=len(checked))
 
     def _deliver(self, sid: str, message: dict[str, Any]) -> None:
-        server = self.live
-        now = server.sim.env.now
+        model = self.live
+        now = model.sim.env.now
         out = {**message, "session_id": sid}
         fields = _filled(out.get("type"), {"seq": 0, "timestamp": 0.0})
         if "seq" in fields and "seq" not in out:
-            mgr = server.sim.manager
+            mgr = model.sim.manager
             if sid in mgr:
                 out["seq"] = mgr.reserve_seq(sid)
             else:
@@ -577,7 +574,7 @@ class _Ops:
                 self._push_seq[sid] = out["seq"] + 1
         if "timestamp" in fields:
             out.setdefault("timestamp", now)
-        server.hub.publish(sid, out, now)
+        self.server.hub.publish(sid, out, now)
 
     # Reset
     async def reset(self) -> Clock:
@@ -585,29 +582,14 @@ class _Ops:
             return await self._reset()
 
     async def _reset(self) -> Clock:
-        server = self.live
-        paused, speed, batch = server.pacer.paused, server.pacer.speed, server.pacer.batch
-        await server._on_stop()  # the pacer stops and the server no longer hears the old model
-        old = server.sim
-        now = old.env.now
-        # The old model's sessions vanish: tell their watchers as a stop would.
-        for sid in old.manager.session_ids:
-            if old.manager.status(sid) != "stopped":
-                snap = old.manager.snapshot(sid, now)
-                server.hub.session_ended(sid, now, snap.seq + 1, "reset")
-        if server.journal is not None:
-            server.journal.clear()
-        if server.recorder is not None:  # the new model's time starts at 0 again: a new segment keeps it replayable
-            server.recorder.new_segment("reset")
+        await self.live.reset()  # the server, the RTVI dialect and this (_forget_admin) hear of it
+        return self.clock()
+
+    def _forget_admin(self, old: Any) -> None:
+        """On a reset: what the admin API created is gone with the old model."""
         self.created_by_admin.clear()
         self._push_seq.clear()
         self._admin_ids = itertools.count(1)
-        server.drop_rtvi("reset")
-        server.sim = server.new_model(old.seed)
-        server.pacer = Pacer(server.sim.env, speed, batch=batch)
-        server.pacer.paused = paused
-        server._on_start()  # the scenario's own sessions at t = 0, broadcast as on a fresh start
-        return self.clock()
 
 
 # What each operation answers (the OpenAPI document) ------------------------------------------------------
@@ -663,7 +645,7 @@ _LIVE_ONLY = "This server replays a recording: only the clock, seek, the journal
 
 
 # The app -------------------------------------------------------------------------------------------
-def build_app(server: _BaseServer | None = None, *, token: str | None = None) -> FastAPI:
+def build_app(server: Served | None = None, *, token: str | None = None) -> FastAPI:
     """The FastAPI app of ``server`` (None: an app for its OpenAPI document only)."""
     app = FastAPI(title="pipesim admin API", version="1", openapi_url=f"{PREFIX}/openapi.json",
                   docs_url=None, redoc_url=None,
@@ -735,11 +717,9 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
         """Whether the server answers, and what it serves: a live model (its scenario and seed) or a replay
         (its file)."""
         s = get_ops().server
-        scenario = getattr(s, "scenario", None)
-        sim = getattr(s, "sim", None)
-        return Health(kind=s.kind,
-                      scenario=scenario.name if scenario is not None else getattr(s, "source", None),
-                      seed=sim.seed if sim is not None else None)
+        model = s.model
+        return Health(kind=s.kind, scenario=model.scenario.name if model is not None else s.source,
+                      seed=model.sim.seed if model is not None else None)
 
     @app.get(f"{PREFIX}/sessions", response_model=SessionList,
              responses=_responses({"sessions": [_SESSION]}, 409, e409=_LIVE_ONLY))
@@ -985,7 +965,7 @@ class _EmbeddedServer(uvicorn.Server):
 class AdminListener:
     """The admin API of one server on ``127.0.0.1:port`` (``0``: a free port, then in :attr:`port`)."""
 
-    def __init__(self, server: _BaseServer, port: int, token: str | None = None) -> None:
+    def __init__(self, server: Served, port: int, token: str | None = None) -> None:
         self.server, self.port, self.token = server, port, token or None
         self._uvicorn: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None

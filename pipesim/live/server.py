@@ -142,14 +142,17 @@ from websockets.http11 import Request, Response
 from pipesim import _jsonsafe
 from pipesim.errors import LiveError
 from pipesim.live.access import Access, RedactingLogger
+from pipesim.live.clock import Clock, PacerClock, PlaybackClock
 from pipesim.live.collector import ServingCollector
-from pipesim.live.connection import CLOSE_GOING_AWAY, CLOSE_NORMAL, RTVI_PATH, Client, free_protocol
+from pipesim.live.connection import CLOSE_GOING_AWAY, RTVI_PATH, Client, free_protocol
 from pipesim.live.encode import encode_transition
 from pipesim.live.hub import Hub
 from pipesim.live.journal import DEFAULT_JOURNAL_SIZE, Journal
 from pipesim.live.pacer import Pacer
 from pipesim.live.playback import Playback
 from pipesim.live.recording import Recorder, load_replay
+from pipesim.live.rtvi import RtviDialect
+from pipesim.live.source import DEFAULT_TRACE_LIMIT, LiveModel
 from pipesim.model import Simulation
 from pipesim.protocol import (
     MAX_MESSAGE_BYTES,
@@ -158,7 +161,6 @@ from pipesim.protocol import (
     ProtocolError,
     dumps,
     parse_message,
-    wire_messages,
 )
 from pipesim.scenario import Scenario, as_scenario
 from pipesim.state import IllegalTransition, Transition, UnknownSession
@@ -173,9 +175,6 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: Frames above this are refused by the websockets library itself (close code 1009); between
 #: MAX_MESSAGE_BYTES and this, pipesim answers ``too_large`` and keeps the connection.
 MAX_FRAME_BYTES = 4 * MAX_MESSAGE_BYTES
-#: Events (and service samples; a sixteenth as many turns) a live server's trace keeps by default: a ring, so
-#: that memory stays bounded however long it runs (~60 bytes an event in the trace).
-DEFAULT_TRACE_LIMIT = 200_000
 _FALLBACK_PAGE = """<!doctype html><meta charset="utf-8"><title>pipesim</title>
 <h1>pipesim live server</h1>
 <p>The dashboard page is not installed (<code>pipesim/live/static/index.html</code>).
@@ -188,6 +187,12 @@ class _BaseServer:
 
     #: What serves the messages: a model in real time, or a replay of a recording (the admin API asks).
     kind: ClassVar[Literal["live", "replay"]]
+    #: Its :class:`~pipesim.live.clock.Clock`, as the admin API drives it (the pacer's or the playback's).
+    timekeeper: Clock
+    #: The live model (None: a replay, of :attr:`source`).
+    model: LiveModel | None = None
+    #: What a replay plays (None: a live model).
+    source: str | None = None
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 8001, record: str | Path | None = None,
                  client_queue: int = 1000, close_timeout: float = 2.0, send_buffer: int | None = 128 * 1024,
@@ -562,42 +567,42 @@ class LiveServer(_BaseServer):
                          admin_port=admin_port, admin_token=admin_token, journal_size=journal_size)
         #: Clients may control only the sessions they started on the same connection.
         self.owner_only = owner_only
-        if forget_after is not None and not forget_after >= 0:
-            raise ValueError(f"forget_after must be >= 0 or None, got {forget_after}")
-        #: Simulated seconds after which a stopped session is forgotten (None: never); see "Memory".
-        self.forget_after = forget_after
-        #: Stopped sessions forgotten so far.
-        self.forgotten = 0
         self.scenario = as_scenario(scenario)
-        self.trace_limit = trace_limit
-        #: The one model; its ``trace`` keeps the most recent ``trace_limit`` events (None: everything).
-        self.sim = self.new_model(seed)
-        self.pacer = Pacer(self.sim.env, speed)
-        self._unsubscribe: Callable[[], None] | None = None
-        self._pacer_task: asyncio.Task[None] | None = None
-        self._rtvi: Any = None  # pipesim.live.rtvi.RtviDialect, made by the first /rtvi connection
+        #: The simulation and its pacer: the one owner of both (a reset goes through it).
+        self.model: LiveModel = LiveModel(self.scenario, seed=seed, speed=speed, trace_limit=trace_limit,
+                               forget_after=forget_after)
+        self.model.subscribe(self._on_transition)
+        self.model.on_reset(self._on_reset)
+        self.timekeeper = PacerClock(lambda: self.model.pacer)
+        self._rtvi: RtviDialect | None = None  # made by the first /rtvi connection
 
     _serves_rtvi = True
 
-    def new_model(self, seed: int | None) -> Simulation:
-        """The live model of this server's scenario (at start, and again on an admin reset)."""
-        return Simulation(self.scenario, seed=seed, live=True, trace_limit=self.trace_limit)
-
-    def drop_rtvi(self, reason: str) -> None:
-        """Close every RTVI socket (their sessions are gone, e.g. on a reset); the next one starts afresh."""
-        if self._rtvi is not None:
-            for conn in list(self._rtvi.connections.values()):
-                if (client := conn.closable) is not None:
-                    self.hub.drop(client, CLOSE_NORMAL, reason)
-            self._rtvi = None
+    @property
+    def sim(self) -> Simulation:
+        """The model (a reset replaces it: read it here each time)."""
+        return self.model.sim
 
     @property
-    def rtvi(self) -> Any:
-        """The RTVI dialect on ``/rtvi`` (:class:`pipesim.live.rtvi.RtviDialect`): its connections by session."""
-        if self._rtvi is None:
-            from pipesim.live.rtvi import RtviDialect  # it builds on this module
+    def pacer(self) -> Pacer:
+        """The model's pacer (a reset replaces it)."""
+        return self.model.pacer
 
-            self._rtvi = RtviDialect(self)
+    @property
+    def forgotten(self) -> int:
+        """Stopped sessions forgotten so far."""
+        return self.model.forgotten
+
+    @property
+    def forget_after(self) -> float | None:
+        """Simulated seconds after which a stopped session is forgotten (None: never); see "Memory"."""
+        return self.model.forget_after
+
+    @property
+    def rtvi(self) -> RtviDialect:
+        """The RTVI dialect on ``/rtvi``: its connections by session."""
+        if self._rtvi is None:
+            self._rtvi = RtviDialect(self.hub, self.model)
         return self._rtvi
 
     async def _serve_rtvi(self, ws: ServerConnection) -> None:
@@ -614,39 +619,31 @@ class LiveServer(_BaseServer):
         return self.pacer.now()
 
     def _on_start(self) -> None:
-        self._unsubscribe = self.sim.manager.subscribe(self._on_transition)
-        self.sim.start()  # the scenario's arrivals and scripted sessions, at simulated time 0
-        self._pacer_task = asyncio.ensure_future(self.pacer.run())
+        self.model.start()  # the scenario's arrivals and scripted sessions, at simulated time 0
 
     async def _on_stop(self) -> None:
-        if self._pacer_task is not None:
-            self._pacer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pacer_task
-        if self._unsubscribe is not None:
-            self._unsubscribe()
+        await self.model.stop()
 
     def _on_transition(self, tr: Transition) -> None:
         for text in encode_transition(tr):
             self.hub.publish_text(tr.session_id, text, tr.t)
-        if tr.event == "session_stopped" and self.forget_after is not None:
-            # A model event, so the grace period is simulated time, and the forgetting happens outside
-            # the state manager's delivery of this transition.
-            sid = tr.session_id
-            self.sim.env.timeout(self.forget_after).callbacks.append(lambda _: self._forget(sid))
 
-    def _forget(self, session_id: str) -> None:
-        if session_id in self.sim.manager and self.sim.manager.status(session_id) == "stopped":
-            self.sim.forget(session_id)
-            self.forgotten += 1
-            if self._rtvi is not None:
-                self._rtvi.connections.pop(session_id, None)
+    def _on_reset(self, old: Simulation) -> None:
+        now = old.env.now
+        # The old model's sessions vanish: tell their watchers as a stop would.
+        for sid in old.manager.session_ids:
+            if old.manager.status(sid) != "stopped":
+                self.hub.session_ended(sid, now, old.manager.snapshot(sid, now).seq + 1, "reset")
+        if self.journal is not None:
+            self.journal.clear()
+        if self.recorder is not None:  # the new model's time starts at 0 again: a new segment keeps it replayable
+            self.recorder.new_segment("reset")
 
     def _stats(self) -> dict[str, Any]:
         pacer, loop = self.pacer, self._loop
-        origin = pacer._origin_wall
+        origin, origin_sim = pacer.origin
         clock = {"speed": pacer.speed, "paused": pacer.paused, "sim_now": self.sim.env.now,
-                 "origin_sim": pacer._origin_sim,
+                 "origin_sim": origin_sim,
                  # Simulated time t happens at wall time origin + (t - origin_sim) / speed; monotonic is
                  # time.monotonic() of this machine (what the event loop uses), unix is time.time().
                  "origin_monotonic": origin,
@@ -657,19 +654,10 @@ class LiveServer(_BaseServer):
                 "sessions": len(self.sim.sessions), "forgotten": self.forgotten}
 
     def _snapshot(self, client: Client) -> list[dict[str, Any]]:
-        mgr = self.sim.manager
-        now = self.pacer.catch_up()
-        out = []
-        # A client of one session (?session_id=X, the usual) looks at that one, not at every session: a
-        # thousand handshakes would otherwise cost a million look-ups. Several: in the order they were created.
-        ids = client.watched if len(client.watched) == 1 and not client.watch_all else mgr.session_ids
-        for sid in ids:
-            if sid in mgr and client.wants(sid) and mgr.status(sid) != "stopped":
-                out.append(wire_messages(mgr.snapshot(sid, now))[0])
-        return out
+        return self.model.snapshots(client.watch_all, client.watched)
 
     def _on_control(self, client: Client, msg: ConversationControl) -> None:
-        with self.pacer.applying():
+        with self.model.applying():
             sid = msg.session_id
             exists = sid in self.sim.manager
             if self.owner_only and exists and sid not in client.owned:
@@ -698,12 +686,11 @@ class LiveServer(_BaseServer):
         if msg.fault == "disconnect":
             self._disconnect(client, msg, lambda sid: sid in self.sim.manager)
             return
-        with self.pacer.applying() as now:
-            try:
-                self.sim.inject_fault(msg.fault, msg.service, msg.duration_s)
-            except ValueError as exc:
-                self.hub.error(client, "bad_message", f"fault_injection: {exc}", msg.session_id)
-                return
+        try:
+            now = self.model.inject_fault(msg.fault, msg.service, msg.duration_s)
+        except ValueError as exc:
+            self.hub.error(client, "bad_message", f"fault_injection: {exc}", msg.session_id)
+            return
         log.info("fault injection: %s %s for %.1f s at t=%.3f", msg.fault, msg.service or "all topics",
                  msg.duration_s, now)
 
@@ -741,6 +728,7 @@ class ReplayServer(_BaseServer):
             raise ValueError("nothing to replay")
         #: The cursor: position, pause, speed, seek (the admin API's replay clock drives it).
         self.playback = Playback(self._items, speed)
+        self.timekeeper = PlaybackClock(self.playback, seek=self._seek, moved=self._moved_clock)
         self.loop = loop
         #: Times the playback reached its end.
         self.plays = 0
@@ -766,25 +754,29 @@ class ReplayServer(_BaseServer):
 
     def clock(self) -> dict[str, Any]:
         """The replay's clock as the admin API shows it: ``t``, ``paused``, ``speed``, ``next_event_t``."""
-        pb = self.playback
-        return {"t": pb.position, "paused": pb.paused, "speed": pb.speed, "next_event_t": pb.next_t}
+        return self.timekeeper.reading()
 
     def pause(self) -> dict[str, Any]:
         """Hold the playback where it is; connected clients keep their connection and get nothing new."""
-        self.playback.pause()
-        return self._moved_clock()
+        self.timekeeper.pause()
+        return self.clock()
 
     def resume(self) -> dict[str, Any]:
         """Go on from where the playback was held."""
-        self.playback.resume()
-        return self._moved_clock()
+        self.timekeeper.resume()
+        return self.clock()
 
     def set_speed(self, speed: float) -> dict[str, Any]:
         """Play at ``speed`` (simulated seconds per wall second) from now on; ``ValueError`` unless > 0."""
-        self.playback.set_speed(speed)
-        return self._moved_clock()
+        self.timekeeper.set_speed(speed)
+        return self.clock()
 
     def seek(self, t: float) -> dict[str, Any]:
+        """Jump to simulated time ``t`` (see :meth:`_seek`) and play on from there."""
+        self.timekeeper.seek(t)
+        return self.clock()
+
+    def _seek(self, t: float) -> None:
         """Jump to simulated time ``t`` (clamped to the recording's span) and play on from there.
 
         Every watcher is brought to the state as of ``t``, as a client joining then would see it: a
@@ -810,12 +802,10 @@ class ReplayServer(_BaseServer):
             if at.latest is not None:
                 self._latest[sid] = at.latest
                 self.hub.publish(sid, {**at.latest, "event": "snapshot", "timestamp": t, "seq": at.seq}, t)
-        return self._moved_clock()
 
-    def _moved_clock(self) -> dict[str, Any]:
+    def _moved_clock(self) -> None:
         self._moved = True
         self._wake.set()
-        return self.clock()
 
     async def wait_finished(self) -> None:
         """Wait until the (first) playback has sent its last message."""

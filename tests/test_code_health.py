@@ -117,25 +117,26 @@ def test_python_dash_m_pipesim_is_the_cli():
 
 
 # Data flows one way ----------------------------------------------------------------------------------
-def _imports_of_every_module() -> dict[str, set[str]]:
-    """For each pipesim module, the pipesim modules it imports when it runs: at the top and inside functions
-    (a lazy import hides a cycle, it does not remove it). Imports under ``if TYPE_CHECKING:`` are left out:
-    they name the type of an object a module is handed (the admin API's server, say) and never run."""
+def _modules() -> dict[str, Path]:
+    """Every pipesim module by its dotted name."""
     def name_of(path: Path) -> str:
         parts = ["pipesim", *path.relative_to(PACKAGE).with_suffix("").parts]
         return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
-    modules = {name_of(path): path for path in PACKAGE.rglob("*.py")}
+    return {name_of(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def _imports_of_every_module() -> dict[str, set[str]]:
+    """For each pipesim module, the pipesim modules it imports: at the top, inside functions (a lazy import
+    hides a cycle, it does not remove it) and under ``if TYPE_CHECKING:`` (a module that needs the type of
+    what it is handed from a module that imports it is a circle all the same: the two cannot be read, nor
+    changed, apart)."""
+    modules = _modules()
     graph = {}
     for name, path in modules.items():
         imported = set()
         tree = ast.parse(path.read_text())
-        type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-                     and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
-                     for stmt in block.body for n in ast.walk(stmt)}
         for node in ast.walk(tree):
-            if id(node) in type_only:
-                continue
             if isinstance(node, ast.Import):
                 imported |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module:
@@ -171,3 +172,65 @@ def test_no_pipesim_module_imports_itself_through_others():
     assert cycles == []
     # model -> trace -> DataFrames -> figures: the read side never reaches back.
     assert "pipesim.results" not in graph["pipesim.plots"] and "pipesim.trace" not in graph["pipesim.analysis"]
+
+
+#: Private names still used across modules, each to be made public by the branch that owns its module.
+KNOWN_PRIVATE_USES = {
+    ("pipesim.calibration", "_subplots"),  # pipesim.plots
+    ("pipesim.replications", "_progress_bar_class"),  # pipesim.results
+    ("pipesim.live.recording", "_read_trace"),  # pipesim.trace
+    ("pipesim.live.source", "_reserved"),  # Simulation._reserved: which ids the scenario creates itself
+}
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_no_pipesim_module_uses_another_ones_private_names():
+    """A private name (``_x``, not a dunder) is its module's own. Another pipesim module may not reach it: not by
+    ``from m import _x``, not as ``m._x`` through an imported module, and not as ``obj._x`` where ``_x`` is
+    defined (a def, a class, an assignment) in another pipesim module and nowhere in this one. (Private names of
+    other libraries, ``env._now`` for speed, are their business; a private *module*, ``pipesim._jsonsafe``, is
+    the package's own.)"""
+    modules = _modules()
+    trees = {name: ast.parse(path.read_text()) for name, path in modules.items()}
+
+    def defined(tree: ast.AST) -> set[str]:
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(node.name)
+            elif isinstance(node, ast.Name | ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.id if isinstance(node, ast.Name) else node.attr)
+            elif isinstance(node, ast.arg):
+                names.add(node.arg)
+        return {n for n in names if _private(n)}
+
+    own = {name: defined(tree) for name, tree in trees.items()}
+    uses = set()
+    for name, tree in trees.items():
+        bound: dict[str, str] = {}  # local name -> the pipesim module it names
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                bound |= {(a.asname or a.name): a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom) and node.module in modules:
+                for a in node.names:
+                    if f"{node.module}.{a.name}" in modules:
+                        bound[a.asname or a.name] = f"{node.module}.{a.name}"
+                    elif _private(a.name):
+                        uses.add((name, a.name))
+        elsewhere = set().union(*(names for other, names in own.items() if other != name)) - own[name]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _private(node.attr):
+                through_module = isinstance(node.value, ast.Name) and bound.get(node.value.id, name) != name
+                if through_module or node.attr in elsewhere:
+                    uses.add((name, node.attr))
+    assert uses <= KNOWN_PRIVATE_USES, sorted(uses - KNOWN_PRIVATE_USES)
+
+
+def test_only_the_composition_imports_the_live_server():
+    """The hub, the dialects and the admin API are handed what they work on (imports point down to them)."""
+    graph = _imports_of_every_module()
+    assert {m for m, imported in graph.items() if "pipesim.live.server" in imported} <= \
+        {"pipesim.live", "pipesim.live.cli"}

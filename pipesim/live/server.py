@@ -20,7 +20,7 @@ Admin API
 ---------
 With ``admin_port`` (``pipesim serve`` by default: 8002), :mod:`pipesim.live.admin` serves
 ``http://127.0.0.1:PORT/__admin`` (always loopback) from the same event loop: sessions, the clock, faults,
-push, the journal (:attr:`_BaseServer.journal`: every inbound frame with its result, every outbound
+push, the journal (:attr:`BaseServer.journal`: every inbound frame with its result, every outbound
 message) and reset.
 
 Who may connect
@@ -145,6 +145,7 @@ from pipesim.live.access import Access, RedactingLogger
 from pipesim.live.clock import Clock, PacerClock, PlaybackClock
 from pipesim.live.collector import ServingCollector
 from pipesim.live.connection import CLOSE_GOING_AWAY, RTVI_PATH, Client, free_protocol
+from pipesim.live.dialect import DIALECTS, Dialect
 from pipesim.live.encode import encode_transition
 from pipesim.live.hub import Hub
 from pipesim.live.journal import DEFAULT_JOURNAL_SIZE, Journal
@@ -182,7 +183,7 @@ Connect a WebSocket client to <code>/ws</code> (all sessions) or <code>/ws?sessi
 """
 
 
-class _BaseServer:
+class BaseServer:
     """Connections, routing, broadcast, recording and shutdown; the subclasses bring the messages."""
 
     #: What serves the messages: a model in real time, or a replay of a recording (the admin API asks).
@@ -372,17 +373,19 @@ class _BaseServer:
     def _on_fault(self, client: Client, msg: FaultInjection) -> None:
         raise NotImplementedError
 
-    #: Whether ``/rtvi`` is served (its handshake passes the same access checks as ``/ws``).
-    _serves_rtvi = False
+    @property
+    def dialect_paths(self) -> tuple[str, ...]:
+        """The paths of the dialects served beside ``/ws`` (their handshakes pass the same checks)."""
+        return ()
 
-    async def _serve_rtvi(self, ws: ServerConnection) -> None:
+    async def _serve_dialect(self, path: str, ws: ServerConnection) -> None:
         raise NotImplementedError
 
     # Connections -----------------------------------------------------------------------------------
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         target = urlsplit(request.path)
         path = target.path
-        if path == "/ws" or (path == RTVI_PATH and self._serves_rtvi):
+        if path == "/ws" or path in self.dialect_paths:
             refusal = self._refusal(request, target.query)
             if refusal is None:
                 return None  # the WebSocket handshake goes on
@@ -447,8 +450,9 @@ class _BaseServer:
             await ws.close(CLOSE_GOING_AWAY, "server shutting down")
             return
         assert ws.request is not None
-        if urlsplit(ws.request.path).path == RTVI_PATH:
-            await self._serve_rtvi(ws)
+        path = urlsplit(ws.request.path).path
+        if path in self.dialect_paths:
+            await self._serve_dialect(path, ws)
             await free_protocol(ws)
             return
         wanted = [sid for sid in parse_qs(urlsplit(ws.request.path).query).get("session_id", []) if sid]
@@ -518,7 +522,7 @@ class _BaseServer:
         return f"<{type(self).__name__} {self.url} {state}, {self.clients} client(s)>"
 
 
-_S = TypeVar("_S", bound=_BaseServer)
+_S = TypeVar("_S", bound=BaseServer)
 
 
 def _journal_view(raw: bytes) -> dict[str, Any]:
@@ -531,7 +535,7 @@ def _journal_view(raw: bytes) -> dict[str, Any]:
     return {"raw": raw[:200].decode("utf-8", "replace")}
 
 
-class LiveServer(_BaseServer):
+class LiveServer(BaseServer):
     """The live mock backend: the scenario's model in real time, over the orchestrator's protocol.
 
     ``speed`` is simulated seconds per wall second; ``record`` a JSON Lines file of every message
@@ -574,9 +578,8 @@ class LiveServer(_BaseServer):
         self.model.subscribe(self._on_transition)
         self.model.on_reset(self._on_reset)
         self.timekeeper = PacerClock(lambda: self.model.pacer)
-        self._rtvi: RtviDialect | None = None  # made by the first /rtvi connection
-
-    _serves_rtvi = True
+        self._dialect_types = dict(DIALECTS)
+        self._dialects: dict[str, Dialect] = {}  # each made by its first connection
 
     @property
     def sim(self) -> Simulation:
@@ -599,14 +602,24 @@ class LiveServer(_BaseServer):
         return self.model.forget_after
 
     @property
+    def dialect_paths(self) -> tuple[str, ...]:
+        return tuple(self._dialect_types)
+
+    def dialect(self, path: str) -> Dialect:
+        """The dialect served on ``path`` (made from :data:`~pipesim.live.dialect.DIALECTS` on first use)."""
+        if path not in self._dialects:
+            self._dialects[path] = self._dialect_types[path](self.hub, self.model)
+        return self._dialects[path]
+
+    @property
     def rtvi(self) -> RtviDialect:
         """The RTVI dialect on ``/rtvi``: its connections by session."""
-        if self._rtvi is None:
-            self._rtvi = RtviDialect(self.hub, self.model)
-        return self._rtvi
+        dialect = self.dialect(RTVI_PATH)
+        assert isinstance(dialect, RtviDialect)
+        return dialect
 
-    async def _serve_rtvi(self, ws: ServerConnection) -> None:
-        await self.rtvi.serve(ws)
+    async def _serve_dialect(self, path: str, ws: ServerConnection) -> None:
+        await self.dialect(path).serve(ws)
 
     @property
     def speed(self) -> float:
@@ -695,7 +708,7 @@ class LiveServer(_BaseServer):
                  msg.duration_s, now)
 
 
-class ReplayServer(_BaseServer):
+class ReplayServer(BaseServer):
     """Serves a recording or a trace over the live protocol, at its original timing divided by ``speed``.
 
     ``source`` is a file (see :func:`~pipesim.live.recording.load_replay`) or ``(t, message)`` pairs.

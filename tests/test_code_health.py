@@ -233,4 +233,4 @@ def test_only_the_composition_imports_the_live_server():
     """The hub, the dialects and the admin API are handed what they work on (imports point down to them)."""
     graph = _imports_of_every_module()
     assert {m for m, imported in graph.items() if "pipesim.live.server" in imported} <= \
-        {"pipesim.live", "pipesim.live.cli"}
+        {"pipesim.live", "pipesim.live.cli", "pipesim.live.replay", "pipesim.live.background"}

@@ -31,7 +31,8 @@ from typing import Any, TextIO
 from pipesim.live.collector import ServingCollector
 from pipesim.live.connection import RTVI_PATH
 from pipesim.live.recording import load_replay
-from pipesim.live.server import BaseServer, LiveServer, ReplayServer
+from pipesim.live.replay import ReplayServer
+from pipesim.live.server import BaseServer, LiveServer
 from pipesim.scenario import load_scenario
 
 DEFAULT_ADMIN_PORT = 8002

@@ -3,7 +3,7 @@
 :class:`LiveServer` runs the same :class:`~pipesim.model.Simulation` as an offline run, stepped in real
 time by a :class:`~pipesim.live.pacer.Pacer`; every state-manager transition becomes the wire messages of
 :func:`pipesim.protocol.wire_messages`, broadcast to the clients that watch its session.
-:class:`ReplayServer` plays a recording or a trace over the same protocol.
+:class:`~pipesim.live.replay.ReplayServer` plays a recording or a trace over the same protocol.
 
 Endpoints (HTTP and WebSocket share the port)
 ---------------------------------------------
@@ -104,11 +104,11 @@ Limits
 
 Replay
 ------
-``pipesim replay FILE`` (:class:`ReplayServer`) plays a recording or a trace: playback starts when the
-first client connects, from the first message, at the original simulated timing divided by ``speed``;
+``pipesim replay FILE`` (:class:`~pipesim.live.replay.ReplayServer`) plays a recording or a trace: playback starts
+when the first client connects, from the first message, at the original simulated timing divided by ``speed``;
 ``--loop`` starts again after the last message (the same session ids are created again). Watching rules,
 snapshots (the last update of each session not yet ended), limits and ``disconnect`` work as live;
-controls and model faults get ``error`` ``unsupported``. :meth:`ReplayServer.pause`, ``resume``,
+controls and model faults get ``error`` ``unsupported``. :meth:`~pipesim.live.replay.ReplayServer.pause`, ``resume``,
 ``set_speed`` and ``seek`` (the admin API's replay clock) move its :class:`~pipesim.live.playback.Playback`
 cursor; a seek brings every watcher to the state as of ``t``, as a client joining then would see it.
 
@@ -128,11 +128,10 @@ import logging
 import mimetypes
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -142,7 +141,7 @@ from websockets.http11 import Request, Response
 from pipesim import _jsonsafe
 from pipesim.errors import LiveError
 from pipesim.live.access import Access, RedactingLogger
-from pipesim.live.clock import Clock, PacerClock, PlaybackClock
+from pipesim.live.clock import Clock, PacerClock
 from pipesim.live.collector import ServingCollector
 from pipesim.live.connection import CLOSE_GOING_AWAY, RTVI_PATH, Client, free_protocol
 from pipesim.live.dialect import DIALECTS, Dialect
@@ -150,8 +149,7 @@ from pipesim.live.encode import encode_transition
 from pipesim.live.hub import Hub
 from pipesim.live.journal import DEFAULT_JOURNAL_SIZE, Journal
 from pipesim.live.pacer import Pacer
-from pipesim.live.playback import Playback
-from pipesim.live.recording import Recorder, load_replay
+from pipesim.live.recording import Recorder
 from pipesim.live.rtvi import RtviDialect
 from pipesim.live.source import DEFAULT_TRACE_LIMIT, LiveModel
 from pipesim.model import Simulation
@@ -503,7 +501,7 @@ class BaseServer:
             log.exception("handling %r failed", msg)
             self.hub.error(client, "unsupported", f"internal error handling {getattr(msg, 'type', msg)}: {exc}")
 
-    def _disconnect(self, client: Client, msg: FaultInjection, known: Callable[[str], bool]) -> None:
+    def disconnect_fault(self, client: Client, msg: FaultInjection, known: Callable[[str], bool]) -> None:
         """The ``disconnect`` fault: close the connections that watch ``msg.session_id`` by name."""
         sid = msg.session_id
         if sid is not None and not known(sid):
@@ -697,7 +695,7 @@ class LiveServer(BaseServer):
 
     def _on_fault(self, client: Client, msg: FaultInjection) -> None:
         if msg.fault == "disconnect":
-            self._disconnect(client, msg, lambda sid: sid in self.sim.manager)
+            self.disconnect_fault(client, msg, lambda sid: sid in self.sim.manager)
             return
         try:
             now = self.model.inject_fault(msg.fault, msg.service, msg.duration_s)
@@ -706,314 +704,3 @@ class LiveServer(BaseServer):
             return
         log.info("fault injection: %s %s for %.1f s at t=%.3f", msg.fault, msg.service or "all topics",
                  msg.duration_s, now)
-
-
-class ReplayServer(BaseServer):
-    """Serves a recording or a trace over the live protocol, at its original timing divided by ``speed``.
-
-    ``source`` is a file (see :func:`~pipesim.live.recording.load_replay`) or ``(t, message)`` pairs.
-    Playback starts when the first client connects, from the first message (so nobody misses the
-    beginning); ``loop=True`` starts again after the last one. Controls and model faults are answered with
-    ``error`` ``unsupported`` (a replay cannot change); ``disconnect`` works as live.
-
-    >>> server = ReplayServer([(0.0, {"type": "session_created", "session_id": "a", "timestamp": 0.0,
-    ...                                 "seq": 0})], port=0)
-    >>> server.messages
-    1
-    """
-
-    kind = "replay"
-
-    def __init__(self, source: str | Path | Iterable[tuple[float, dict[str, Any]]], *, speed: float = 1.0,
-                 loop: bool = False, host: str = "127.0.0.1", port: int = 8001,
-                 record: str | Path | None = None, client_queue: int = 1000, close_timeout: float = 2.0,
-                 send_buffer: int | None = 128 * 1024, static_dir: str | Path | None = None,
-                 allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = (),
-                 token: str | None = None, admin_port: int | None = None, admin_token: str | None = None,
-                 journal_size: int = DEFAULT_JOURNAL_SIZE) -> None:
-        super().__init__(host=host, port=port, record=record, client_queue=client_queue,
-                         close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
-                         allow_origins=allow_origins, allow_hosts=allow_hosts, token=token,
-                         admin_port=admin_port, admin_token=admin_token, journal_size=journal_size)
-        self.source = str(source) if isinstance(source, str | Path) else "<messages>"
-        self._items = load_replay(source) if isinstance(source, str | Path) else list(source)
-        if not self._items:
-            raise ValueError("nothing to replay")
-        #: The cursor: position, pause, speed, seek (the admin API's replay clock drives it).
-        self.playback = Playback(self._items, speed)
-        self.timekeeper = PlaybackClock(self.playback, seek=self._seek, moved=self._moved_clock)
-        self.loop = loop
-        #: Times the playback reached its end.
-        self.plays = 0
-        self._player: asyncio.Task[None] | None = None
-        self._latest: dict[str, dict[str, Any]] = {}  # last update of each session not yet ended
-        self._position = self._items[0][0]
-        self._finished: asyncio.Event | None = None
-        self._wake = asyncio.Event()  # the cursor moved (seek, resume, speed): look at the schedule again
-        self._moved = False  # the clock was driven before the first client came: do not restart it then
-
-    @property
-    def messages(self) -> int:
-        """How many messages one playback sends."""
-        return len(self._items)
-
-    @property
-    def speed(self) -> float:
-        return self.playback.speed
-
-    @property
-    def paused(self) -> bool:
-        return self.playback.paused
-
-    def clock(self) -> dict[str, Any]:
-        """The replay's clock as the admin API shows it: ``t``, ``paused``, ``speed``, ``next_event_t``."""
-        return self.timekeeper.reading()
-
-    def pause(self) -> dict[str, Any]:
-        """Hold the playback where it is; connected clients keep their connection and get nothing new."""
-        self.timekeeper.pause()
-        return self.clock()
-
-    def resume(self) -> dict[str, Any]:
-        """Go on from where the playback was held."""
-        self.timekeeper.resume()
-        return self.clock()
-
-    def set_speed(self, speed: float) -> dict[str, Any]:
-        """Play at ``speed`` (simulated seconds per wall second) from now on; ``ValueError`` unless > 0."""
-        self.timekeeper.set_speed(speed)
-        return self.clock()
-
-    def seek(self, t: float) -> dict[str, Any]:
-        """Jump to simulated time ``t`` (see :meth:`_seek`) and play on from there."""
-        self.timekeeper.seek(t)
-        return self.clock()
-
-    def _seek(self, t: float) -> None:
-        """Jump to simulated time ``t`` (clamped to the recording's span) and play on from there.
-
-        Every watcher is brought to the state as of ``t``, as a client joining then would see it: a
-        session that no longer exists at ``t`` gets ``session_ended`` (reason ``"replay seek"``); one that
-        does gets a ``snapshot`` of its last update before ``t``, preceded by its ``session_created``
-        when it is new to the client or the seek went back (seq 0 again: the client starts the session
-        afresh, as after ``--loop``). Then the messages from ``t`` on follow. ``ValueError`` for a ``t``
-        that is not a finite number.
-        """
-        pb = self.playback
-        before = pb.sessions_at()
-        backwards = t < pb.position
-        pb.seek(t)
-        now, t = pb.sessions_at(), pb.position
-        self._position = t
-        for sid, gone in before.items():
-            if sid not in now:
-                self.hub.session_ended(sid, t, (gone.seq or 0) + 1, "replay seek")
-        self._latest.clear()
-        for sid, at in now.items():
-            if at.created is not None and (backwards or sid not in before):
-                self.hub.publish(sid, at.created, t)
-            if at.latest is not None:
-                self._latest[sid] = at.latest
-                self.hub.publish(sid, {**at.latest, "event": "snapshot", "timestamp": t, "seq": at.seq}, t)
-
-    def _moved_clock(self) -> None:
-        self._moved = True
-        self._wake.set()
-
-    async def wait_finished(self) -> None:
-        """Wait until the (first) playback has sent its last message."""
-        if self._finished is None:
-            raise RuntimeError("the server is not started")
-        await self._finished.wait()
-
-    def _record_header(self) -> dict[str, Any]:
-        return {"replay_of": self.source, "speed": self.speed}
-
-    def _journal_t(self) -> float:
-        return self.playback.position
-
-    def _stats(self) -> dict[str, Any]:
-        return {**super()._stats(), "clock": self.clock()}
-
-    def _on_start(self) -> None:
-        self._finished = asyncio.Event()
-
-    async def _on_stop(self) -> None:
-        if self._player is not None:
-            self._player.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._player
-
-    def _on_connect(self, client: Client) -> None:
-        if self._player is None:
-            if not self._moved:
-                self.playback.restart()  # from the first message, now: nobody misses the beginning
-            self._player = asyncio.ensure_future(self._play())
-
-    def _snapshot(self, client: Client) -> list[dict[str, Any]]:
-        return [{**m, "event": "snapshot", "timestamp": self._position}
-                for sid, m in self._latest.items() if client.wants(sid)]
-
-    async def _play(self) -> None:
-        pb = self.playback
-        counted = False  # this pass's end is counted in plays
-        while True:
-            batch = pb.due(limit=100)
-            for t, message in batch:
-                self._position = t
-                sid = message.get("session_id")
-                if sid is not None and message["type"] == "pipeline_state_update":
-                    self._latest[sid] = message
-                elif sid is not None and message["type"] == "session_ended":
-                    self._latest.pop(sid, None)
-                self.hub.publish(sid, message, t)
-            if len(batch) == 100:
-                await asyncio.sleep(0)  # behind: let the writers run
-                continue
-            if not pb.finished:
-                counted = False
-            elif not counted:
-                counted = True
-                self.plays += 1
-                assert self._finished is not None
-                self._finished.set()
-                if self.loop:
-                    self._latest.clear()
-                    pb.restart()
-                    continue
-            # Sleep until the next message is due, or until the clock is paused, resumed, sped or sought.
-            delay = pb.next_delay()
-            self._wake.clear()
-            if delay is None or delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
-
-    def _on_control(self, client: Client, msg: ConversationControl) -> None:
-        self.hub.error(client, "unsupported",
-                    f"{msg.action}: this server replays {self.source}; controls cannot change it",
-                    msg.session_id)
-
-    def _on_fault(self, client: Client, msg: FaultInjection) -> None:
-        if msg.fault == "disconnect":
-            known = {m[1].get("session_id") for m in self._items}
-            self._disconnect(client, msg, lambda sid: sid in known)
-            return
-        self.hub.error(client, "unsupported", f"{msg.fault}: this server replays {self.source}; "
-                    "only the disconnect fault is available", msg.session_id)
-
-
-# Notebooks -------------------------------------------------------------------------------------------
-_T = TypeVar("_T")
-
-
-class BackgroundServer(Generic[_S]):
-    """A server running in a thread with its own event loop, so it works from Jupyter (whose loop is
-    already running) or any synchronous code. Use :func:`serve_in_background` or
-    :func:`replay_in_background`; call :meth:`stop` when done (or use it as a context manager).
-
-    Touch the model only through :meth:`call`, which runs a function on the server's loop:
-    ``bg.call(lambda: bg.server.sim.trace.events_frame())``.
-    """
-
-    def __init__(self, server: _S, timeout: float = 30.0) -> None:
-        self.server: _S = server
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_requested: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._main, name=f"pipesim-{type(server).__name__}",
-                                        daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise LiveError(f"the server did not start within {timeout} s")
-        if self._error is not None:
-            raise self._error
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def http_url(self) -> str:
-        return self.server.http_url
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def call(self, fn: Callable[[], _T], timeout: float = 10.0) -> _T:
-        """Run ``fn()`` on the server's event loop thread and return its result."""
-        if self._loop is None or not self.running:
-            raise RuntimeError("the server is not running")
-
-        async def run() -> _T:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server (clients get 1001, the recording is closed) and wait for its thread."""
-        if self._loop is not None and self._stop_requested is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop_requested.set)
-        self._thread.join(timeout)
-
-    def _main(self) -> None:
-        asyncio.run(self._run())
-
-    async def _run(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop_requested = asyncio.Event()
-        try:
-            await self.server.start()
-        except BaseException as exc:  # handed to the caller's thread
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        await self._stop_requested.wait()
-        await self.server.stop()
-
-    def __enter__(self) -> BackgroundServer[_S]:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"<BackgroundServer {self.server!r}>"
-
-    def _repr_html_(self) -> str:
-        s = self.server
-        return (f"<b>pipesim {type(s).__name__}</b> on <code>{s.url}</code> "
-                f"(dashboard <a href='{s.http_url}' target='_blank'>{s.http_url}</a>), "
-                f"{'running' if self.running else 'stopped'}")
-
-
-def serve_in_background(scenario: Scenario | str | Path | dict[str, Any] = "frontend_demo", *,
-                        port: int = 8001, host: str = "127.0.0.1", speed: float = 1.0,
-                        seed: int | None = None, record: str | Path | None = None,
-                        **kwargs: Any) -> BackgroundServer[LiveServer]:
-    """Start a :class:`LiveServer` in a background thread; returns once it listens.
-
-    >>> server = serve_in_background("frontend_demo", port=0)   # doctest: +SKIP
-    >>> server.url                                                # doctest: +SKIP
-    'ws://127.0.0.1:53211/ws'
-    >>> server.stop()                                             # doctest: +SKIP
-    """
-    return BackgroundServer(LiveServer(scenario, port=port, host=host, speed=speed, seed=seed, record=record,
-                                       **kwargs))
-
-
-def replay_in_background(source: str | Path | Iterable[tuple[float, dict[str, Any]]], *, port: int = 8001,
-                         host: str = "127.0.0.1", speed: float = 1.0, loop: bool = False,
-                         **kwargs: Any) -> BackgroundServer[ReplayServer]:
-    """Start a :class:`ReplayServer` in a background thread; returns once it listens.
-
-    >>> server = replay_in_background("out/trace.jsonl", port=0, speed=5)   # doctest: +SKIP
-    """
-    return BackgroundServer(ReplayServer(source, port=port, host=host, speed=speed, loop=loop, **kwargs))

@@ -123,9 +123,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
-import mimetypes
 import os
 import socket
 import time
@@ -150,6 +148,7 @@ from pipesim.live.hub import Hub
 from pipesim.live.journal import DEFAULT_JOURNAL_SIZE, Journal
 from pipesim.live.pacer import Pacer
 from pipesim.live.recording import Recorder
+from pipesim.live.routes import STATIC_DIR, answer, handshake_refusal
 from pipesim.live.rtvi import RtviDialect
 from pipesim.live.source import DEFAULT_TRACE_LIMIT, LiveModel
 from pipesim.model import Simulation
@@ -170,15 +169,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pipesim.live")
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: Frames above this are refused by the websockets library itself (close code 1009); between
 #: MAX_MESSAGE_BYTES and this, pipesim answers ``too_large`` and keeps the connection.
 MAX_FRAME_BYTES = 4 * MAX_MESSAGE_BYTES
-_FALLBACK_PAGE = """<!doctype html><meta charset="utf-8"><title>pipesim</title>
-<h1>pipesim live server</h1>
-<p>The dashboard page is not installed (<code>pipesim/live/static/index.html</code>).
-Connect a WebSocket client to <code>/ws</code> (all sessions) or <code>/ws?session_id=ID</code>.</p>
-"""
 
 
 class BaseServer:
@@ -384,64 +377,14 @@ class BaseServer:
         target = urlsplit(request.path)
         path = target.path
         if path == "/ws" or path in self.dialect_paths:
-            refusal = self._refusal(request, target.query)
+            refusal = handshake_refusal(self.access, request, target.query)
             if refusal is None:
                 return None  # the WebSocket handshake goes on
             self.refused += 1
             host, port = (connection.remote_address or ("?", 0))[:2]
             log.warning("refused a WebSocket connection from %s:%s: %s", host, port, refusal)
             return connection.respond(403, f"{refusal}\n")
-        if path == "/healthz":
-            return connection.respond(200, "ok\n")
-        if path == "/stats":
-            return self._text_response(connection, 200, json.dumps(self._stats()), "application/json")
-        if path in ("/", "/index.html"):
-            page = self.static_dir / "index.html"
-            if page.is_file():
-                return self._file_response(connection, page)
-            return self._text_response(connection, 200, _FALLBACK_PAGE, "text/html; charset=utf-8")
-        if path.startswith("/static/"):
-            # Look the name up among the files that exist rather than handing it to the file system: no
-            # name (too long, NUL, ../, undecodable) can then fail or escape.
-            target = self._static_files().get(path.removeprefix("/static/"))
-            if target is not None:
-                return self._file_response(connection, target)
-        return connection.respond(404, "not found\n")
-
-    def _static_files(self) -> dict[str, Path]:
-        """The dashboard's files by their name under ``/static/`` (a handful: listed on every request)."""
-        base = self.static_dir
-        return {p.relative_to(base).as_posix(): p for p in base.rglob("*") if p.is_file()} if base.is_dir() else {}
-
-    def _refusal(self, request: Request, query: str) -> str | None:
-        headers: dict[str, str] = {}
-        for name in ("Host", "Origin", "Authorization"):
-            values = request.headers.get_all(name)
-            if len(values) > 1:
-                return f"more than one {name} header"
-            if values:
-                headers[name] = values[0]
-        return self.access.refusal(headers, parse_qs(query))
-
-    @staticmethod
-    def _text_response(connection: ServerConnection, status: int, body: str | bytes,
-                       content_type: str) -> Response:
-        response = connection.respond(status, "")
-        data = body.encode() if isinstance(body, str) else body
-        response.body = data
-        # Headers are multi-valued: setting appends, so delete the plain-text defaults first.
-        for name, value in (("Content-Length", str(len(data))), ("Content-Type", content_type)):
-            del response.headers[name]
-            response.headers[name] = value
-        return response
-
-    def _file_response(self, connection: ServerConnection, path: Path) -> Response:
-        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        if content_type.startswith("text/") or content_type in ("application/javascript", "application/json"):
-            content_type += "; charset=utf-8"
-        response = self._text_response(connection, 200, path.read_bytes(), content_type)
-        response.headers["Cache-Control"] = "no-cache"
-        return response
+        return answer(connection, path, self.static_dir, self._stats)
 
     async def _handler(self, ws: ServerConnection) -> None:
         if self._stopping:

@@ -122,7 +122,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import socket
@@ -130,13 +129,11 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from pipesim import _jsonsafe
 from pipesim.errors import LiveError
 from pipesim.live.access import Access, RedactingLogger
 from pipesim.live.clock import Clock, PacerClock
@@ -151,18 +148,15 @@ from pipesim.live.recording import Recorder
 from pipesim.live.routes import STATIC_DIR, answer, handshake_refusal
 from pipesim.live.rtvi import RtviDialect
 from pipesim.live.source import DEFAULT_TRACE_LIMIT, LiveModel
+from pipesim.live.ws import WsDialect
 from pipesim.model import Simulation
 from pipesim.protocol import (
     MAX_MESSAGE_BYTES,
     ConversationControl,
     FaultInjection,
-    ProtocolError,
-    dumps,
-    parse_message,
 )
 from pipesim.scenario import Scenario, as_scenario
 from pipesim.state import IllegalTransition, Transition, UnknownSession
-from pipesim.vocabulary import CLIENT_MESSAGE_TYPES
 
 if TYPE_CHECKING:
     from pipesim.live.admin import AdminListener
@@ -211,7 +205,9 @@ class BaseServer:
         #: The connections and the way out to them (publish, send, the slow-client rule, close).
         self.hub = Hub(client_queue=client_queue, close_timeout=close_timeout, send_buffer=send_buffer,
                        journal=self.journal, journal_t=lambda: self._journal_t())
-        self._connections = itertools.count(1)
+        #: The seed's protocol on ``/ws``: what a client watches, its controls and faults (this server's hooks).
+        self.ws = WsDialect(self.hub, snapshot=self._snapshot, on_control=self._on_control,
+                            on_fault=self._on_fault, on_connect=self._on_connect)
         #: The admin API's listener (``admin_port`` None: no admin API).
         self.admin: AdminListener | None = None
         if admin_port is not None:
@@ -396,61 +392,12 @@ class BaseServer:
             await self._serve_dialect(path, ws)
             await free_protocol(ws)
             return
-        wanted = [sid for sid in parse_qs(urlsplit(ws.request.path).query).get("session_id", []) if sid]
-        client = Client(ws, watch_all=not wanted, watched=set(wanted), id=f"c{next(self._connections)}")
-        self.hub.attach(client, [dumps(message) for message in self._snapshot(client)])
-        log.info("client %s connected (%s)", client.name, "all sessions" if client.watch_all else
-                 ", ".join(repr(sid) for sid in sorted(client.watched)))  # repr: ids may hold newlines
-        self._on_connect(client)
-        try:
-            while True:
-                raw = await ws.recv(decode=False)
-                self._on_message(client, raw)
-        except ConnectionClosed:
-            pass
-        finally:
-            self.hub.detach(client)
-            log.info("client %s disconnected", client.name)
+        await self.ws.serve(ws)
         await free_protocol(ws)
 
-    def _on_message(self, client: Client, raw: bytes) -> None:
-        if self.journal is None:
-            self._handle_message(client, raw)
-            return
-        # Journal the frame first, then let the hub's send() fill in the error it causes, if any.
-        client.inbound = self.journal.inbound(client.id, _journal_view(raw), self._journal_t())
-        try:
-            self._handle_message(client, raw)
-        finally:
-            if client.inbound["result"] is None:
-                client.inbound["result"] = "applied"
-            client.inbound = None
-
-    def _handle_message(self, client: Client, raw: bytes) -> None:
-        if len(raw) > MAX_MESSAGE_BYTES:
-            self.hub.error(client, "too_large", f"message is {len(raw)} bytes, the limit is {MAX_MESSAGE_BYTES}")
-            return
-        try:
-            msg = parse_message(raw, allowed=CLIENT_MESSAGE_TYPES)
-        except ProtocolError as exc:
-            self.hub.error(client, "bad_message", str(exc))
-            return
-        try:
-            if isinstance(msg, ConversationControl):
-                self._on_control(client, msg)
-            elif isinstance(msg, FaultInjection):
-                self._on_fault(client, msg)
-        except Exception as exc:  # a pipesim bug: say so to the client, keep everything else running
-            log.exception("handling %r failed", msg)
-            self.hub.error(client, "unsupported", f"internal error handling {getattr(msg, 'type', msg)}: {exc}")
-
     def disconnect_fault(self, client: Client, msg: FaultInjection, known: Callable[[str], bool]) -> None:
-        """The ``disconnect`` fault: close the connections that watch ``msg.session_id`` by name."""
-        sid = msg.session_id
-        if sid is not None and not known(sid):
-            self.hub.error(client, "unknown_session", f"disconnect: unknown session {sid!r}", sid)
-            return
-        self.hub.disconnect(sid)
+        """The ``disconnect`` fault of ``/ws``: see :meth:`WsDialect.disconnect_fault`."""
+        self.ws.disconnect_fault(client, msg, known)
 
     @property
     def _display_host(self) -> str:
@@ -464,16 +411,6 @@ class BaseServer:
 
 
 _S = TypeVar("_S", bound=BaseServer)
-
-
-def _journal_view(raw: bytes) -> dict[str, Any]:
-    """An inbound frame as the journal shows it: its JSON object, else ``{"raw": ...}`` (cut)."""
-    if len(raw) <= MAX_MESSAGE_BYTES:
-        with contextlib.suppress(ValueError, RecursionError):
-            data = _jsonsafe.loads(raw.decode("utf-8"))
-            if isinstance(data, dict):
-                return data
-    return {"raw": raw[:200].decode("utf-8", "replace")}
 
 
 class LiveServer(BaseServer):

@@ -233,4 +233,11 @@ def test_only_the_composition_imports_the_live_server():
     """The hub, the dialects and the admin API are handed what they work on (imports point down to them)."""
     graph = _imports_of_every_module()
     assert {m for m, imported in graph.items() if "pipesim.live.server" in imported} <= \
-        {"pipesim.live", "pipesim.live.cli", "pipesim.live.replay", "pipesim.live.background"}
+        {"pipesim.live", "pipesim.live.cli", "pipesim.live.liveserver", "pipesim.live.replay",
+                                                              "pipesim.live.background"}
+
+
+def test_each_file_of_the_live_package_is_one_room():
+    """A file over 500 lines holds more than one job: split it along the layers of docs/architecture.md."""
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (PACKAGE / "live").glob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 500} == {}

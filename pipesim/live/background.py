@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pipesim.errors import LiveError
+from pipesim.live.liveserver import LiveServer
 from pipesim.live.replay import ReplayServer
-from pipesim.live.server import BaseServer, LiveServer
+from pipesim.live.server import BaseServer
 from pipesim.scenario import Scenario
 
 _S = TypeVar("_S", bound=BaseServer)

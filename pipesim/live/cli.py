@@ -30,9 +30,10 @@ from typing import Any, TextIO
 
 from pipesim.live.collector import ServingCollector
 from pipesim.live.connection import RTVI_PATH
+from pipesim.live.liveserver import LiveServer
 from pipesim.live.recording import load_replay
 from pipesim.live.replay import ReplayServer
-from pipesim.live.server import BaseServer, LiveServer
+from pipesim.live.server import BaseServer
 from pipesim.scenario import load_scenario
 
 DEFAULT_ADMIN_PORT = 8002

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import socket
 from collections.abc import Awaitable, Callable, Generator
@@ -41,7 +40,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipesim.errors import LiveError
-from pipesim.live.access import Access
+from pipesim.live.access import Access, bearer, same_token
 from pipesim.live.admin_models import (
     EXAMPLE_CLOCK,
     EXAMPLE_MOVED,
@@ -111,10 +110,10 @@ def build_app(server: Served | None = None, *, token: str | None = None) -> Fast
             return error_response(403, "forbidden", refusal.replace("--allow-host", "the admin API answers loopback "
                                                             "names only"))
         if token is not None:
-            scheme, _, given = (headers.get("authorization") or "").strip().partition(" ")
-            if scheme.lower() != "bearer" or not given.strip():
+            given = bearer(headers.get("authorization"))
+            if given is None:
                 return error_response(401, "unauthorized", "this admin API needs a token: Authorization: Bearer TOKEN")
-            if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode()):
+            if not same_token(given, token):
                 return error_response(401, "unauthorized", "wrong admin token")
         if request.method in ("POST", "PUT", "PATCH") and _has_body(request):
             ctype = headers.get("content-type", "").split(";")[0].strip().lower()

@@ -620,11 +620,11 @@ class Calibration:
 
 def _panels(n: int, pyplot: bool) -> tuple[Figure, list[Any]]:
     """A figure of ``n`` panels, two to a row; panels beyond ``n`` are hidden."""
-    from pipesim.plots import _subplots
+    from pipesim.plots import subplots
 
     ncols = min(n, 2)
     nrows = math.ceil(n / ncols)
-    fig, axes = _subplots(nrows, ncols, figsize=(5.2 * ncols, 4.0 * nrows), pyplot=pyplot, squeeze=False)
+    fig, axes = subplots(nrows, ncols, figsize=(5.2 * ncols, 4.0 * nrows), pyplot=pyplot, squeeze=False)
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)

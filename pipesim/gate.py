@@ -28,9 +28,9 @@ import pandas as pd
 
 from pipesim.analysis import COLLAPSE_SHARE, collapse_criterion, failure_kind
 from pipesim.errors import SLOError
-from pipesim.replications import FIGURES, QUANTILES, ScenarioLike, _execute, _Task, replication_seeds, run_metrics
+from pipesim.replications import FIGURES, QUANTILES, RunTask, ScenarioLike, execute_runs, replication_seeds, run_metrics
 from pipesim.scenario import as_scenario
-from pipesim.slo import SLO, TIME_UNITS, Judgement, _plain, collapsed_runs, judge_runs, merge_slos
+from pipesim.slo import SLO, TIME_UNITS, Judgement, collapsed_runs, json_number, judge_runs, merge_slos
 
 #: The stage of each latency figure (0: before STT, 1: STT, 2: LLM, 3: TTS, 4: the whole turn): a turn that
 #: timed out at a stage is infinitely late in that stage's figures and every later one.
@@ -129,7 +129,7 @@ class CheckResult:
                 "collapse": {"criterion": collapse_criterion(self.collapse_threshold),
                              "threshold": self.collapse_threshold, "violates": self.collapse_violates,
                              "collapsed_runs": self.collapsed,
-                             "shares": [_plain(float(v)) for v in self.runs["collapse_share"]]},
+                             "shares": [json_number(float(v)) for v in self.runs["collapse_share"]]},
                 "slos": [j.to_dict() for j in self.judgements], "verdict": self.verdict, "exit_code": self.exit_code,
                 "turns_sha256": list(self.runs["turns_sha256"])}
 
@@ -258,7 +258,7 @@ def check(scenario: ScenarioLike, slos: Iterable[str | SLO] = (), *, replication
     while not decided and len(rows) < max_replications:
         batch = max(workers, min_replications - len(rows))
         todo = seeds[len(rows):min(len(rows) + batch, max_replications)]
-        rows += _execute([_Task(scn, s, warmup_s, until, metrics) for s in todo], workers, client, progress,
+        rows += execute_runs([RunTask(scn, s, warmup_s, until, metrics) for s in todo], workers, client, progress,
                          f"checking {scn.name}")
         for k in range(max(used + 1, min_replications), len(rows) + 1):
             used = k

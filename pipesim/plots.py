@@ -33,7 +33,6 @@ from pipesim.vocabulary import SERVICES
 
 if TYPE_CHECKING:
     from pipesim.analysis import Run
-    from pipesim.plan import Plan
 
 MS = 1000.0
 #: One colour per service, used by every figure.
@@ -73,7 +72,7 @@ def _turns(data: Run | pd.DataFrame) -> pd.DataFrame:
     return data if isinstance(data, pd.DataFrame) else data.turns
 
 
-def _subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8, 4.5), pyplot: bool = True,
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8, 4.5), pyplot: bool = True,
               **kw: Any) -> tuple[Figure, Any]:
     """New axes: through pyplot (shown inline in Jupyter) or as a bare Figure (saved, never registered)."""
     if pyplot:
@@ -87,7 +86,7 @@ def _subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8,
 def _axes(ax: Axes | None, figsize: tuple[float, float] = (8, 4.5)) -> Axes:
     if ax is not None:
         return ax
-    return _subplots(figsize=figsize)[1]
+    return subplots(figsize=figsize)[1]
 
 
 def _ms_axis(axis: Any) -> None:
@@ -223,7 +222,7 @@ def latency_histograms(data: Run | pd.DataFrame, columns: Sequence[str] = _HIST_
     if ax is None:
         ncols = min(3, len(columns))
         nrows = -(-len(columns) // ncols)
-        fig, grid = _subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
+        fig, grid = subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
         axes = list(grid.ravel())
         for extra in axes[len(columns):]:
             extra.set_visible(False)
@@ -371,7 +370,7 @@ def service_load(results: Run, window: float = 10.0, ax: Sequence[Axes] | None =
     >>> plots.service_load(res)   # doctest: +SKIP
     """
     if ax is None:
-        fig, axes = _subplots(2, 1, figsize=(10, 6), sharex=True)
+        fig, axes = subplots(2, 1, figsize=(10, 6), sharex=True)
     else:
         axes = list(ax)
         fig = axes[0].figure
@@ -436,7 +435,7 @@ def over_time(results: Run, window: float = 10.0, ax: Sequence[Axes] | None = No
     >>> plots.over_time(res)   # doctest: +SKIP
     """
     if ax is None:
-        fig, axes = _subplots(2, 1, figsize=(10, 6.5), sharex=True, height_ratios=[3, 2])
+        fig, axes = subplots(2, 1, figsize=(10, 6.5), sharex=True, height_ratios=[3, 2])
     else:
         axes = list(ax)
         fig = axes[0].figure
@@ -492,7 +491,7 @@ def session_timeline(results: Run, session_id: str | None = None,
     ev = results.events
     tr = ev[(ev["session_id"] == session_id) & (ev["seq"] >= 0)].sort_values("seq", kind="stable")
     if ax is None:
-        fig, axes = _subplots(2, 1, figsize=(12, 5.5), sharex=True, height_ratios=[3, 2])
+        fig, axes = subplots(2, 1, figsize=(12, 5.5), sharex=True, height_ratios=[3, 2])
     else:
         axes = list(ax)
         fig = axes[0].figure
@@ -586,7 +585,7 @@ def session_timeline(results: Run, session_id: str | None = None,
 
 
 # Saving ------------------------------------------------------------------------------------------------
-def plan_figure(result: Plan, pyplot: bool = True) -> Figure:
+def plan_figure(result: Any, pyplot: bool = True) -> Figure:  # a pipesim.plan.Plan: plan imports plots
     """Each SLO's figure against each varied value of a :func:`pipesim.plan` (or ``headroom``): one panel per
     SLO figure (rows) and varied path (columns), every configuration evaluated a point: the mean and its
     interval (green met, red violated, amber undecided; faded when it differs from the recommendation in
@@ -605,7 +604,7 @@ def plan_figure(result: Plan, pyplot: bool = True) -> Figure:
     paths = [d.path for d in result.dimensions]
     table = result.table
     centre = result.recommended or (result.evaluations[-1].values if result.evaluations else {})
-    fig, axes = _subplots(len(figures), len(paths), figsize=(4.5 * len(paths) + 1, 3.2 * len(figures) + 0.6),
+    fig, axes = subplots(len(figures), len(paths), figsize=(4.5 * len(paths) + 1, 3.2 * len(figures) + 0.6),
                           pyplot=pyplot, squeeze=False)
     for col, path in enumerate(paths):
         others = [p for p in paths if p != path]
@@ -672,22 +671,22 @@ def save_standard_figures(results: Run, out_dir: str | Path, dpi: int = 110,
         written.append(path)
         fig.clear()
 
-    fig, ax = _subplots(figsize=(9, 5.5), pyplot=False)
+    fig, ax = subplots(figsize=(9, 5.5), pyplot=False)
     latency_cdf(results, ax=ax)
     save(fig, "latency_cdf")
-    fig, grid = _subplots(2, 3, figsize=(12.6, 6), pyplot=False)
+    fig, grid = subplots(2, 3, figsize=(12.6, 6), pyplot=False)
     latency_histograms(results, ax=list(grid.ravel()))
     save(fig, "latency_histograms")
-    fig, ax = _subplots(figsize=(9, 5.5), pyplot=False)
+    fig, ax = subplots(figsize=(9, 5.5), pyplot=False)
     breakdown_bars(results, ax=ax)
     save(fig, "latency_breakdown")
-    fig, axes = _subplots(2, 1, figsize=(10, 6), pyplot=False, sharex=True)
+    fig, axes = subplots(2, 1, figsize=(10, 6), pyplot=False, sharex=True)
     service_load(results, window, ax=list(axes))
     save(fig, "service_load")
-    fig, axes = _subplots(2, 1, figsize=(10, 6.5), pyplot=False, sharex=True, height_ratios=[3, 2])
+    fig, axes = subplots(2, 1, figsize=(10, 6.5), pyplot=False, sharex=True, height_ratios=[3, 2])
     over_time(results, window, ax=list(axes))
     save(fig, "over_time")
-    fig, axes = _subplots(2, 1, figsize=(12, 5.5), pyplot=False, sharex=True, height_ratios=[3, 2])
+    fig, axes = subplots(2, 1, figsize=(12, 5.5), pyplot=False, sharex=True, height_ratios=[3, 2])
     session_timeline(results, session_id, ax=list(axes))
     save(fig, "session_timeline")
     return written

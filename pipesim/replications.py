@@ -48,7 +48,7 @@ import scipy.stats
 
 from pipesim import analysis
 from pipesim.errors import ScenarioError
-from pipesim.results import Results, _progress_bar_class, simulate
+from pipesim.results import Results, progress_bar_class, simulate
 from pipesim.scenario import Scenario, as_scenario
 from pipesim.vocabulary import SERVICES
 
@@ -393,7 +393,7 @@ def regime_notes(runs: pd.DataFrame, summary: pd.DataFrame,
 
 # Running many simulations -------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Task:
+class RunTask:
     """One simulation to run somewhere: a picklable function of nothing but its fields."""
 
     scenario: Scenario
@@ -403,18 +403,18 @@ class _Task:
     metrics: Metrics | None
 
 
-def _run_task(task: _Task) -> dict[str, Any]:
+def _run_task(task: RunTask) -> dict[str, Any]:
     res = simulate(task.scenario, seed=task.seed, until=task.until, progress=False)
     return dict(run_metrics(res, task.warmup_s) if task.metrics is None else task.metrics(res))
 
 
-def _execute(tasks: list[_Task], workers: int | None, client: Any, progress: bool | None,
+def execute_runs(tasks: list[RunTask], workers: int | None, client: Any, progress: bool | None,
              desc: str) -> list[dict[str, Any]]:
     """Run every task; results in task order, whoever ran them and whenever they finished."""
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     bar = (None if progress is False else
-           _progress_bar_class()(total=len(tasks), desc=desc, unit="run",
+           progress_bar_class()(total=len(tasks), desc=desc, unit="run",
                                  disable=None if progress is None else not progress))
     results: list[dict[str, Any] | None] = [None] * len(tasks)
     try:
@@ -503,7 +503,7 @@ def replicate(scenario: ScenarioLike, n: int = 20, warmup_s: float = 0.0, seed: 
     scn = as_scenario(scenario)
     base = scn.seed if seed is None else seed
     seeds = replication_seeds(base, n)
-    rows = _execute([_Task(scn, s, warmup_s, until, metrics) for s in seeds], workers, None, progress,
+    rows = execute_runs([RunTask(scn, s, warmup_s, until, metrics) for s in seeds], workers, None, progress,
                     f"replicating {scn.name}")
     return Replications(scn, base, warmup_s, pd.DataFrame([{"seed": s, **row} for s, row in zip(seeds, rows,
                                                                                                 strict=True)]))
@@ -638,8 +638,8 @@ def sweep(scenario: ScenarioLike, grid: Mapping[str, Sequence[Any]], replication
     scenarios = [scn.override(dict(zip(params, point, strict=True))) for point in points]
     base = scn.seed if seed is None else seed
     seeds = replication_seeds(base, replications)
-    tasks = [_Task(s, seeds[r], warmup_s, until, None) for s in scenarios for r in range(replications)]
-    rows = _execute(tasks, workers, client, progress, f"sweep of {scn.name}")
+    tasks = [RunTask(s, seeds[r], warmup_s, until, None) for s in scenarios for r in range(replications)]
+    rows = execute_runs(tasks, workers, client, progress, f"sweep of {scn.name}")
     records = [{**dict(zip(params, point, strict=True)), "replication": r, "seed": seeds[r],
                 **rows[i * replications + r]}
                for i, point in enumerate(points) for r in range(replications)]

@@ -290,13 +290,13 @@ class Results:
                 f"{len(self.sessions)} sessions)<br>{facts}{causes}{self.summary().to_html()}")
 
 
-def _progress_bar_class() -> type:
+def progress_bar_class() -> type:
     """tqdm's bar for here: the notebook widget in Jupyter with ipywidgets, else the text bar.
 
     ``tqdm.auto`` makes the same choice, but warns ``TqdmWarning: IProgress not found`` into the notebook
     when ipywidgets is missing; the text bar needs no apology.
 
-    >>> _progress_bar_class().__name__ in ("tqdm", "tqdm_notebook")
+    >>> progress_bar_class().__name__ in ("tqdm", "tqdm_notebook")
     True
     """
     if importlib.util.find_spec("ipywidgets") is None:
@@ -310,7 +310,7 @@ def _progress_bar(sim: Simulation, enabled: bool | None) -> Any:
     if enabled is False:
         return None
     # disable=None: a bar on a terminal or in Jupyter, nothing when output is not a TTY (CI logs).
-    bar = _progress_bar_class()(total=sim.expected_sessions, desc=f"simulating {sim.scenario.name}",
+    bar = progress_bar_class()(total=sim.expected_sessions, desc=f"simulating {sim.scenario.name}",
                                unit="session", disable=None if enabled is None else not enabled, leave=False)
     sim.on_session_end = lambda _sid: bar.update(1)
     return bar

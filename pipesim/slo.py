@@ -175,12 +175,18 @@ class Judgement:
     def to_dict(self) -> dict[str, Any]:
         """As plain data (JSON-ready: infinities as the strings ``"inf"``, ``"-inf"``, NaN as None)."""
         return {"slo": str(self.slo), "figure": self.slo.figure, "op": self.slo.op, "bound": self.slo.bound,
-                "unit": self.slo.unit, "mean": _plain(self.mean), "low": _plain(self.low), "high": _plain(self.high),
+                "unit": self.slo.unit, "mean": json_number(self.mean), "low": json_number(self.low),
+                "high": json_number(self.high),
                 "replications": self.replications, "infinite_runs": self.infinite_runs, "verdict": self.verdict,
                 "reason": self.reason}
 
 
-def _plain(value: float) -> float | str | None:
+def json_number(value: float) -> float | str | None:
+    """A figure as JSON can carry it: NaN as null, infinities as "inf" / "-inf".
+
+    >>> json_number(float("inf")), json_number(float("nan")), json_number(1.5)
+    ('inf', None, 1.5)
+    """
     return None if math.isnan(value) else value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 

@@ -117,25 +117,26 @@ def test_python_dash_m_pipesim_is_the_cli():
 
 
 # Data flows one way ----------------------------------------------------------------------------------
-def _imports_of_every_module() -> dict[str, set[str]]:
-    """For each pipesim module, the pipesim modules it imports when it runs: at the top and inside functions
-    (a lazy import hides a cycle, it does not remove it). Imports under ``if TYPE_CHECKING:`` are left out:
-    they name the type of an object a module is handed (the admin API's server, say) and never run."""
+def _modules() -> dict[str, Path]:
+    """Every pipesim module by its dotted name."""
     def name_of(path: Path) -> str:
         parts = ["pipesim", *path.relative_to(PACKAGE).with_suffix("").parts]
         return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
-    modules = {name_of(path): path for path in PACKAGE.rglob("*.py")}
+    return {name_of(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def _imports_of_every_module() -> dict[str, set[str]]:
+    """For each pipesim module, the pipesim modules it imports: at the top, inside functions (a lazy import
+    hides a cycle, it does not remove it) and under ``if TYPE_CHECKING:`` (a module that needs the type of
+    what it is handed from a module that imports it is a circle all the same: the two cannot be read, nor
+    changed, apart)."""
+    modules = _modules()
     graph = {}
     for name, path in modules.items():
         imported = set()
         tree = ast.parse(path.read_text())
-        type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-                     and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
-                     for stmt in block.body for n in ast.walk(stmt)}
         for node in ast.walk(tree):
-            if id(node) in type_only:
-                continue
             if isinstance(node, ast.Import):
                 imported |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module:
@@ -173,62 +174,61 @@ def test_no_pipesim_module_imports_itself_through_others():
     assert "pipesim.results" not in graph["pipesim.plots"] and "pipesim.trace" not in graph["pipesim.analysis"]
 
 
-# No module reaches into another --------------------------------------------------------------------------
-#: Private names that one pipesim module still takes from another. The list may only shrink: a new entry
-#: means a name wants to be public (documented) or a function wants to move to where it is used.
-PRIVATE_NAMES_TAKEN = {
-    # The live refactor (the live server's rooms) removes these.
-    "pipesim.live.admin <- pipesim.live.server._BaseServer",
-    "pipesim.live.cli <- pipesim.live.server._BaseServer",
-    # Older than the test; each wants a public name.
-    "pipesim.calibration <- pipesim.plots._subplots",
-    "pipesim.gate <- pipesim.replications._Task",
-    "pipesim.gate <- pipesim.replications._execute",
-    "pipesim.gate <- pipesim.slo._plain",
-    "pipesim.replications <- pipesim.results._progress_bar_class",
-}
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
 
 
-def _private_names_taken() -> set[str]:
-    """``importer <- module._name`` for each private name a pipesim module imports from another
-    (``from pipesim.x import _y``) or reads off one it imported (``x._y``). A private module
-    (``pipesim._jsonsafe``) is the package's own: importing it is fine, its public names are public."""
-    def name_of(path: Path) -> str:
-        parts = ["pipesim", *path.relative_to(PACKAGE).with_suffix("").parts]
-        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def test_no_pipesim_module_uses_another_ones_private_names():
+    """A private name (``_x``, not a dunder) is its module's own. Another pipesim module may not reach it: not by
+    ``from m import _x``, not as ``m._x`` through an imported module, and not as ``obj._x`` where ``_x`` is
+    defined (a def, a class, an assignment) in another pipesim module and nowhere in this one. (Private names of
+    other libraries, ``env._now`` for speed, are their business; a private *module*, ``pipesim._jsonsafe``, is
+    the package's own.)"""
+    modules = _modules()
+    trees = {name: ast.parse(path.read_text()) for name, path in modules.items()}
 
-    def private(name: str) -> bool:
-        return name.startswith("_") and not name.endswith("__")
+    def defined(tree: ast.AST) -> set[str]:
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(node.name)
+            elif isinstance(node, ast.Name | ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.id if isinstance(node, ast.Name) else node.attr)
+            elif isinstance(node, ast.arg):
+                names.add(node.arg)
+        return {n for n in names if _private(n)}
 
-    modules = {name_of(path): path for path in PACKAGE.rglob("*.py")}
-    taken = set()
-    for importer, path in modules.items():
-        tree = ast.parse(path.read_text())
-        bound = {}  # a local name -> the pipesim module it is
+    own = {name: defined(tree) for name, tree in trees.items()}
+    uses = set()
+    for name, tree in trees.items():
+        bound: dict[str, str] = {}  # local name -> the pipesim module it names
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
-                bound.update({alias.asname or alias.name: alias.name for alias in node.names
-                              if alias.name in modules})
-            elif isinstance(node, ast.ImportFrom):
-                package = importer.split(".")[:None if path.name == "__init__.py" else -1]
-                base = node.module or "" if not node.level else ".".join(
-                    [*package[:len(package) + 1 - node.level], *filter(None, [node.module])])
-                if base.split(".")[0] != "pipesim":
-                    continue
-                for alias in node.names:
-                    if f"{base}.{alias.name}" in modules:
-                        bound[alias.asname or alias.name] = f"{base}.{alias.name}"
-                    elif private(alias.name):
-                        taken.add(f"{importer} <- {base}.{alias.name}")
+                bound |= {(a.asname or a.name): a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom) and node.module in modules:
+                for a in node.names:
+                    if f"{node.module}.{a.name}" in modules:
+                        bound[a.asname or a.name] = f"{node.module}.{a.name}"
+                    elif _private(a.name):
+                        uses.add((name, a.name))
+        elsewhere = set().union(*(names for other, names in own.items() if other != name)) - own[name]
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and private(node.attr):
-                owner = bound.get(node.value.id) if isinstance(node.value, ast.Name) else ast.unparse(node.value)
-                if owner in modules and owner != importer and f"{owner}.{node.attr}" not in modules:
-                    taken.add(f"{importer} <- {owner}.{node.attr}")
-    return taken
+            if isinstance(node, ast.Attribute) and _private(node.attr):
+                through_module = isinstance(node.value, ast.Name) and bound.get(node.value.id, name) != name
+                if through_module or node.attr in elsewhere:
+                    uses.add((name, node.attr))
+    assert uses == set(), "make these public (documented) or move them where they are used"
 
 
-def test_no_pipesim_module_uses_a_private_name_of_another():
-    taken = _private_names_taken()
-    assert taken - PRIVATE_NAMES_TAKEN == set(), "make these public (documented) or move them where they are used"
-    assert PRIVATE_NAMES_TAKEN - taken == set(), "gone: take them off PRIVATE_NAMES_TAKEN"
+def test_only_the_composition_imports_the_live_server():
+    """The hub, the dialects and the admin API are handed what they work on (imports point down to them)."""
+    graph = _imports_of_every_module()
+    assert {m for m, imported in graph.items() if "pipesim.live.server" in imported} <= \
+        {"pipesim.live", "pipesim.live.cli", "pipesim.live.liveserver", "pipesim.live.replay",
+                                                              "pipesim.live.background"}
+
+
+def test_each_file_of_the_live_package_is_one_room():
+    """A file over 500 lines holds more than one job: split it along the layers of docs/architecture.md."""
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (PACKAGE / "live").glob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 500} == {}

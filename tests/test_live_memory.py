@@ -115,7 +115,7 @@ def test_an_unfiltered_client_that_controls_a_session_gets_each_message_once_and
             while server.clients:
                 await asyncio.sleep(0.01)
             # Disconnected clients are out of the broadcast index (a long-running server's memory).
-            assert not server._watchers and not server._watch_all
+            assert not server.hub.watched_sessions and not server.hub.unfiltered
 
     run(main())
 
@@ -153,7 +153,7 @@ def test_a_closed_connection_is_freed_by_reference_counting_alone() -> None:
                 async with LiveClient(server.url, session_id="x") as watcher:
                     await watcher.control("start", "x")
                     await watcher.expect(about("x", event="audio"))
-                    (client,) = server._clients
+                    (client,) = server.hub.clients
                     freed = weakref.ref(client), weakref.ref(client.ws)
                     del client
                 while server.clients:
@@ -334,6 +334,6 @@ def test_churned_connections_free_their_sessions_and_leave_only_library_cycles_b
     sessions, protocols, kinds = run(main())
     assert sessions == 0
     assert not [kind for kind in kinds if kind.partition(".")[0] in ("pipesim", "simpy", "websockets")], kinds
-    assert protocols == 0  # pipesim closes websockets' parser once the connection is closed (server._free_protocol)
+    assert protocols == 0  # pipesim closes websockets' parser once the connection is closed (connection.free_protocol)
     transports = kinds["asyncio.selector_events._SelectorSocketTransport"]
     assert transports <= (0 if sys.version_info >= (3, 12) else 2 * churned), kinds

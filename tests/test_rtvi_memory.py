@@ -25,9 +25,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.server import ServerProtocol
 
 from pipesim.live import LiveClient, LiveServer
+from pipesim.live.connection import free_protocol
 from pipesim.live.rtvi import RtviDialect
 from pipesim.live.rtvi_codec import decode_frame
-from pipesim.live.server import _free_protocol
 from pipesim.model.simulation import _Session
 from pipesim.scenario import Scenario
 
@@ -81,12 +81,12 @@ async def churn_one(server: LiveServer, way: str, freed: list[weakref.ref[Any]])
                 await send(ws, "client-message", {"t": "ping", "d": 1}, "m")
                 await until(ws, "server-response")
                 await until(ws, "bot-started-speaking")  # a model event (first_audio) has been delivered
-            (client,) = server._clients
+            (client,) = server.hub.clients
             freed += [weakref.ref(client), weakref.ref(client.ws), weakref.ref(client.ws.protocol)]
             del client
             await end(server, ws, way, sid)
     finally:  # the test's client runs in this process: its side of the connection is left out of the count
-        await _free_protocol(ws)  # type: ignore[arg-type]
+        await free_protocol(ws)  # type: ignore[arg-type]
 
 
 async def end(server: LiveServer, ws: ClientConnection, way: str, sid: str | None) -> None:
@@ -103,7 +103,7 @@ async def end(server: LiveServer, ws: ClientConnection, way: str, sid: str | Non
         ws.transport.pause_reading()
         async with LiveClient(server.url) as seed:
             await seed.send({"type": "fault_injection", "fault": "disconnect", "session_id": sid})
-            while len(server._clients) > 1:
+            while len(server.hub.clients) > 1:
                 await asyncio.sleep(0.01)
         ws.transport.abort()
     elif way == "bad frames":
@@ -179,19 +179,19 @@ def test_churned_rtvi_connections_are_freed_by_reference_counting_and_leave_only
 
 
 def test_a_ws_connection_its_client_aborted_is_freed_by_reference_counting() -> None:
-    # The seed's /ws goes through the same cleanup (server._free_protocol) as /rtvi: a client that drops the
+    # The seed's /ws goes through the same cleanup (connection.free_protocol) as /rtvi: a client that drops the
     # TCP connection without a close handshake must not leave its ServerProtocol to the cyclic collector.
     async def main() -> list[Any]:
         async with LiveServer(scenario(1000), port=0, speed=40) as server:
             with cyclic_collector_off():
                 ws = await connect(f"{server.url}?session_id=x", ping_interval=None)
-                while not server._clients:
+                while not server.hub.clients:
                     await asyncio.sleep(0.01)
-                (client,) = server._clients
+                (client,) = server.hub.clients
                 freed = [weakref.ref(client), weakref.ref(client.ws), weakref.ref(client.ws.protocol)]
                 del client
                 ws.transport.abort()
-                await _free_protocol(ws)  # type: ignore[arg-type]  # (the test's client side)
+                await free_protocol(ws)  # type: ignore[arg-type]  # (the test's client side)
                 while server.clients:
                     await asyncio.sleep(0.01)
                 await asyncio.sleep(0.1)

@@ -16,17 +16,13 @@ The watching rules, limits and close codes are documented in :mod:`pipesim.live.
 >>> server.stop()                                                                # doctest: +SKIP
 """
 
+from pipesim.errors import LiveError
+from pipesim.live.background import BackgroundServer, replay_in_background, serve_in_background
 from pipesim.live.client import LiveClient
+from pipesim.live.liveserver import LiveServer
 from pipesim.live.pacer import Pacer
 from pipesim.live.recording import Recorder, ReplayError, load_replay
-from pipesim.live.server import (
-    BackgroundServer,
-    LiveError,
-    LiveServer,
-    ReplayServer,
-    replay_in_background,
-    serve_in_background,
-)
+from pipesim.live.replay import ReplayServer
 
 __all__ = ["BackgroundServer", "LiveClient", "LiveError", "LiveServer", "Pacer", "Recorder", "ReplayError",
            "ReplayServer", "load_replay", "replay_in_background", "serve_in_background"]

@@ -102,10 +102,10 @@ class Access:
         if origin is not None and not self._origin_allowed(origin.strip(), host_header or ""):
             return f"Origin {origin[:100]!r} is not allowed (see --allow-origin)"
         if self.token is not None:
-            given = _bearer(headers.get("Authorization")) or (query.get("token") or [None])[0]
+            given = bearer(headers.get("Authorization")) or (query.get("token") or [None])[0]
             if given is None:
                 return "a token is required (Authorization: Bearer, or the token query parameter)"
-            if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token.encode()):
+            if not same_token(given, self.token):
                 return "wrong token"
         return None
 
@@ -120,11 +120,21 @@ class Access:
         return is_loopback(parts.hostname or "") or parts.netloc == host_header.lower()
 
 
-def _bearer(value: str | None) -> str | None:
+def bearer(value: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header (None: no header, another scheme, no token).
+
+    >>> bearer(" bearer  abc "), bearer("Basic abc")
+    ('abc', None)
+    """
     if value is None:
         return None
     scheme, _, credentials = value.strip().partition(" ")
     return credentials.strip() or None if scheme.lower() == "bearer" else None
+
+
+def same_token(given: str, token: str) -> bool:
+    """Whether ``given`` is ``token``, compared in constant time (a token is never compared otherwise)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode())
 
 
 class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -28,655 +28,72 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import itertools
 import json
-import re
 import socket
 from collections.abc import Awaitable, Callable, Generator
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import uvicorn
-from fastapi import Body, FastAPI, Query, Request, Response
+from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipesim import _jsonsafe
 from pipesim.errors import LiveError
-from pipesim.live.access import Access
-from pipesim.live.pacer import Pacer
-from pipesim.protocol import FaultInjection, ProtocolError, json_schemas, parse_message, wire_messages
-from pipesim.state import IllegalTransition, Transition, UnknownSession
-from pipesim.vocabulary import SERVER_MESSAGE_TYPES, FaultKind, PipelineState, ServiceName, ServiceState, SessionStatus
+from pipesim.live.access import Access, bearer, same_token
+from pipesim.live.admin_models import (
+    EXAMPLE_CLOCK,
+    EXAMPLE_MOVED,
+    EXAMPLE_SESSION,
+    LIVE_ONLY,
+    NO_SESSION,
+    AdminError,
+    AdvanceBody,
+    Cleared,
+    Clock,
+    ClockMoved,
+    CreateSession,
+    ErrorBody,
+    FaultApplied,
+    FaultBody,
+    GuardedJSONRoute,
+    Health,
+    JournalEntries,
+    PushBody,
+    RunUntilBody,
+    RunUntilResult,
+    Scheduled,
+    SeekBody,
+    Session,
+    SessionList,
+    SpeedBody,
+    StepBody,
+    error_response,
+    field_path,
+    json_error,
+    responses_of,
+)
+from pipesim.live.admin_ops import Operations, Served
 
-if TYPE_CHECKING:
-    from pipesim.live.server import LiveServer, _BaseServer
+__all__ = ["ADMIN_HOST", "PREFIX", "AdminError", "AdminListener", "Clock", "ErrorBody", "Served", "build_app",
+           "openapi"]
 
 PREFIX = "/__admin"
 ADMIN_HOST = "127.0.0.1"
 
 
-# Models ----------------------------------------------------------------------------------------------
-class _Body(BaseModel):
-    # A misspelt option must not be ignored silently: a test would assert against the wrong setup.
-    model_config = ConfigDict(extra="forbid")
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(description="unknown_session, illegal_control, bad_request, forbidden, unauthorized, "
-                                  "unsupported, timeout, not_found, ...")
-    message: str = Field(description="One line naming what is wrong.")
-
-
-class ErrorBody(BaseModel):
-    """The body of every 4xx/5xx answer."""
-
-    error: ErrorDetail
-
-
-class Health(BaseModel):
-    status: Literal["ok"] = "ok"
-    kind: Literal["live", "replay"]
-    scenario: str | None
-    seed: int | None
-
-
-class ServicesModel(BaseModel):
-    stt: ServiceState
-    llm: ServiceState
-    tts: ServiceState
-
-
-class Session(BaseModel):
-    """A session as the state manager has it now."""
-
-    session_id: str
-    status: SessionStatus
-    state: PipelineState
-    services: ServicesModel
-    turn_id: int
-    seq: int = Field(description="The seq of the last message sent about the session.")
-    buffer_size: int
-    audio_quality: float
-    created_by: Literal["scenario", "client", "admin"]
-
-
-class SessionList(BaseModel):
-    sessions: list[Session]
-
-
-class CreateSession(_Body):
-    session_id: Annotated[str | None, Field(min_length=1, max_length=200)] = None
-    turns: Annotated[int | None, Field(ge=1, le=10_000, description="User turns before the user hangs up.")] = None
-    audio_quality: Annotated[float | None, Field(gt=0.0, lt=1.0, allow_inf_nan=False, description=(
-        "The user's typical audio quality (0..1, exclusive): sets their microphone's SNR level.")) ] = None
-    start: bool = True
-
-
-class Clock(BaseModel):
-    t: float = Field(description="Simulated seconds.")
-    paused: bool
-    speed: float
-    next_event_t: float | None
-
-
-class SpeedBody(_Body):
-    speed: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
-
-
-#: Most transitions a clock move's answer lists by default (an hour of a busy model is millions of them).
-LISTED_TRANSITIONS = 1_000
-_Listed = Annotated[int, Field(ge=0, le=100_000, description="Most transitions the answer lists (the first ones); "
-                               "transitions_total counts them all.")]
-
-
-class StepBody(_Body):
-    count: Annotated[int, Field(ge=1, le=1_000_000)] = 1
-    limit: _Listed = LISTED_TRANSITIONS
-
-
-class AdvanceBody(_Body):
-    seconds: Annotated[float, Field(ge=0, le=1e7, allow_inf_nan=False)]
-    limit: _Listed = LISTED_TRANSITIONS
-
-
-class ClockMoved(BaseModel):
-    clock: Clock
-    transitions: list[dict[str, Any]] = Field(description="The wire messages of the first `limit` transitions "
-                                              "passed, in order.")
-    transitions_total: int = Field(description="How many transitions the clock passed.")
-    truncated: bool = Field(description="True when transitions lists fewer than transitions_total.")
-
-
-class Until(_Body):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    status: SessionStatus | None = None
-    state: PipelineState | None = None
-    stt: Annotated[ServiceState | None, Field(alias="services.stt")] = None
-    llm: Annotated[ServiceState | None, Field(alias="services.llm")] = None
-    tts: Annotated[ServiceState | None, Field(alias="services.tts")] = None
-
-    def wanted(self) -> dict[str, str]:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
-
-
-class RunUntilBody(_Body):
-    session_id: Annotated[str, Field(min_length=1, max_length=200)]
-    until: Until
-    timeout_s: Annotated[float, Field(gt=0, le=1e7, allow_inf_nan=False, description="Simulated seconds.")] = 60.0
-    wall_timeout_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 10.0
-
-
-class RunUntilResult(BaseModel):
-    clock: Clock
-    session: Session
-    reached: bool
-
-
-class FaultBody(_Body):
-    fault: FaultKind
-    service: ServiceName | None = None
-    duration_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 5.0
-    session_id: str | None = None
-
-
-class FaultApplied(BaseModel):
-    applied: dict[str, Any] = Field(description="What was applied, with from_t and until_t (simulated).")
-
-
-class PushItem(_Body):
-    message: dict[str, Any] = Field(description="A server message of the protocol; session_id, seq and "
-                                                "timestamp are filled in when absent.")
-    after_s: Annotated[float, Field(ge=0, le=1e7, allow_inf_nan=False)] = 0.0
-
-
-class PushBody(_Body):
-    messages: Annotated[list[PushItem], Field(min_length=1, max_length=10_000)]
-
-
-class Scheduled(BaseModel):
-    scheduled: int
-
-
-class JournalEntry(BaseModel):
-    id: int
-    wall_time: str
-    t: float
-    direction: Literal["in", "out"]
-    connection: str | None
-    session_id: str | None
-    type: str | None
-    message: dict[str, Any]
-    result: Any = Field(description='Inbound only: "applied" or {"error": {code, message}}.')
-
-
-class JournalEntries(BaseModel):
-    entries: list[JournalEntry]
-    last_id: int = Field(description="The id of the newest entry of the journal, whatever the filters (0 when "
-                                     "none was ever made): pass it as `since` to read only what comes next.")
-
-
-class Cleared(BaseModel):
-    cleared: int
-
-
-class SeekBody(_Body):
-    t: Annotated[float, Field(allow_inf_nan=False)]
-
-
-class AdminError(Exception):
-    """An admin request that cannot be honoured: answered with ``status`` and the error body."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-
-
-def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}, **extra}, status_code=status)
-
-
-def _field_path(loc: tuple[Any, ...]) -> str:
-    """``body.messages[1].message.state``; a key that is not a plain name is quoted (``until["\\n"]``), so the
-    path stays on one line whatever a client sends."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif not str(part).isidentifier():
-            out += f"[{json.dumps(str(part))[:80]}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-#: The tokens of a JSON text that say where a value is: strings, brackets, commas and colons.
-_JSON_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]')
-
-
-def _json_path_at(text: str, pos: int) -> str:
-    """The field path (``body.messages[0].after_s``) of the value at character ``pos`` of a JSON text, read
-    from the text before it (which the decoder took).
-
-    >>> _json_path_at('{"messages": [{"after_s": 1e999}]}', 26)
-    'body.messages[0].after_s'
-    """
-    parts: list[str | int | None] = []  # per open container: the key or index of the value being read
-    key: str | None = None
-    for match in _JSON_STRUCTURE.finditer(text, 0, pos):
-        token = match.group()
-        if token in "{[":
-            parts.append(0 if token == "[" else None)
-        elif token in "}]":
-            if parts:
-                parts.pop()
-        elif token == ",":
-            if parts:
-                last = parts[-1]
-                parts[-1] = last + 1 if isinstance(last, int) else None
-        elif token == ":":
-            if parts:
-                parts[-1] = key
-        else:
-            try:
-                key = json.loads(token)
-            except ValueError:
-                key = token[1:-1]
-    return _field_path(("body", *(p for p in parts if p is not None)))
-
-
-class _GuardedJSONRequest(Request):
-    """A request whose JSON body is read by pipesim's guarded reader: a huge integer or a deep nesting is a
-    ``JSONDecodeError`` with its position, which FastAPI answers as any bad JSON (422, naming where), instead
-    of the decoder's own error (a 400 that named nothing)."""
-
-    async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            raw = await self.body()
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise json.JSONDecodeError(f"not UTF-8 ({exc.reason})", raw.decode("utf-8", "replace"),
-                                           exc.start) from None
-            self._json = _jsonsafe.loads(text)
-        return self._json
-
-
-class _GuardedJSONRoute(APIRoute):
-    """FastAPI's route, handing its endpoint a :class:`_GuardedJSONRequest` (FastAPI's documented way to
-    change how a body is read: a custom ``APIRoute`` class)."""
-
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
-        handler = super().get_route_handler()
-
-        async def guarded(request: Request) -> Response:
-            return await handler(_GuardedJSONRequest(request.scope, request.receive))
-
-        return guarded
-
-
-# The operations ----------------------------------------------------------------------------------------
-class _Passed:
-    """The transitions a clock move passes: counted, the first ``limit`` kept (the answer stays bounded)."""
-
-    __slots__ = ("limit", "kept", "total")
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.total = limit, 0
-        self.kept: list[Transition] = []
-
-    def add(self, tr: Transition) -> None:
-        self.total += 1
-        if len(self.kept) < self.limit:
-            self.kept.append(tr)
-
-
-class _Ops:
-    """What the endpoints do to a server (the one place that knows the server's insides)."""
-
-    def __init__(self, server: _BaseServer) -> None:
-        self.server = server
-        self._admin_ids = itertools.count(1)
-        self.created_by_admin: set[str] = set()
-        self._push_seq: dict[str, int] = {}  # next seq of sessions the model does not know
-        # One clock-moving request at a time: a second step/advance/run-until/reset waits for the first.
-        self._moving = asyncio.Lock()
-
-    # Shared helpers
-    @property
-    def live(self) -> LiveServer:
-        if self.server.kind != "live":
-            raise AdminError(409, "unsupported", f"this server replays {getattr(self.server, 'source', '?')}; "
-                             "only the clock, seek, the journal and health are available")
-        return self.server
-
-    def clock(self) -> Clock:
-        s = self.server
-        if s.kind == "live":
-            return Clock(t=s.pacer.now(), paused=s.pacer.paused, speed=s.pacer.speed,
-                         next_event_t=s.pacer.next_event_t)
-        return Clock(**s.clock())
-
-    def session(self, sid: str) -> Session:
-        server = self.live
-        mgr = server.sim.manager
-        if sid not in mgr:
-            raise AdminError(404, "unknown_session", f"unknown session {sid!r}")
-        snap = mgr.snapshot(sid, server.pacer.now())
-        stopped = snap.status == "stopped"
-        if server.sim._reserved(sid) is not None:
-            by = "scenario"
-        elif sid in self.created_by_admin:
-            by = "admin"
-        else:
-            by = "client"
-        return Session(session_id=sid, status=snap.status, state=snap.state,
-                       services=ServicesModel(**snap.services), turn_id=snap.turn_id,
-                       seq=snap.seq + 1 if stopped else snap.seq,  # the session_ended that followed the stop
-                       buffer_size=snap.buffer_size, audio_quality=snap.audio_quality, created_by=by)
-
-    def sessions(self) -> list[Session]:
-        return [self.session(sid) for sid in self.live.sim.manager.session_ids]
-
-    def create(self, body: CreateSession) -> Session:
-        server = self.live
-        sid = body.session_id
-        while sid is None or (body.session_id is None and sid in server.sim.manager):
-            sid = f"admin-{next(self._admin_ids):04d}"
-        with server.pacer.applying():
-            try:
-                server.sim.add_session(sid, turns=body.turns, audio_quality=body.audio_quality, start=body.start)
-            except IllegalTransition as exc:
-                raise AdminError(409, "illegal_control", f"create: {exc}") from None
-        self.created_by_admin.add(sid)
-        return self.session(sid)
-
-    def control(self, sid: str, action: str) -> Session:
-        server = self.live
-        if sid not in server.sim.manager:
-            raise AdminError(404, "unknown_session", f"{action}: unknown session {sid!r} "
-                             "(create it with POST /__admin/sessions)")
-        with server.pacer.applying():
-            try:
-                server.sim.control(sid, action)
-            except UnknownSession:
-                raise AdminError(404, "unknown_session", f"{action}: unknown session {sid!r}") from None
-            except IllegalTransition as exc:
-                raise AdminError(409, "illegal_control", f"{action}: {exc}") from None
-        return self.session(sid)
-
-    # Clock
-    def pause(self) -> Clock:
-        s = self.server
-        if s.kind == "live":
-            s.pacer.pause()
-        else:
-            self._replay_call("pause")
-        return self.clock()
-
-    def resume(self) -> Clock:
-        s = self.server
-        if s.kind == "live":
-            s.pacer.resume()
-        else:
-            self._replay_call("resume")
-        return self.clock()
-
-    def set_speed(self, speed: float) -> Clock:
-        s = self.server
-        if s.kind == "live":
-            s.pacer.set_speed(speed)
-        else:
-            self._replay_call("set_speed", speed)
-        return self.clock()
-
-    def seek(self, t: float) -> Clock:
-        if self.server.kind == "live":
-            raise AdminError(409, "unsupported", "seek: only a replay can seek; a live model moves forward "
-                             "(use clock/advance or reset)")
-        self._replay_call("seek", t)
-        return self.clock()
-
-    def _replay_call(self, name: str, *args: Any) -> None:
-        getattr(self.server, name)(*args)
-
-    @contextlib.contextmanager
-    def _watching(self, limit: int) -> Generator[_Passed, None, None]:
-        """The transitions that happen inside the block: all counted, the first ``limit`` kept."""
-        passed = _Passed(limit)
-        unsubscribe = self.live.sim.manager.subscribe(passed.add)
-        try:
-            yield passed
-        finally:
-            unsubscribe()
-
-    async def step(self, count: int, limit: int = LISTED_TRANSITIONS, wall_timeout: float = 10.0) -> ClockMoved:
-        pacer = self.live.pacer
-        async with self._moving:
-            with self._watching(limit) as passed:
-                await pacer.run_until(lambda: passed.total >= count, wall_timeout=wall_timeout)
-        return self._moved(passed)
-
-    async def advance(self, seconds: float, limit: int = LISTED_TRANSITIONS) -> ClockMoved:
-        pacer = self.live.pacer
-        async with self._moving:
-            with self._watching(limit) as passed:
-                await pacer.advance(seconds)
-        return self._moved(passed)
-
-    def _moved(self, passed: _Passed) -> ClockMoved:
-        return ClockMoved(clock=self.clock(), transitions=[m for tr in passed.kept for m in wire_messages(tr)],
-                          transitions_total=passed.total, truncated=passed.total > len(passed.kept))
-
-    async def run_until(self, body: RunUntilBody) -> RunUntilResult:
-        server = self.live
-        sid, wanted = body.session_id, body.until.wanted()
-        if not wanted:
-            raise AdminError(422, "bad_request", "body.until: name at least one of status, state, "
-                             "services.stt, services.llm, services.tts")
-        if sid not in server.sim.manager and server.sim._reserved(sid) is None:
-            raise AdminError(404, "unknown_session", f"run-until: unknown session {sid!r} (and the scenario "
-                             "will not create it)")
-
-        def matches(tr: Transition) -> bool:
-            return tr.session_id == sid and all(getattr(tr, k) == v for k, v in wanted.items())
-
-        pacer = server.pacer
-        pacer.pause()
-        reached = sid in server.sim.manager and matches(server.sim.manager.snapshot(sid, pacer.now()))
-        if not reached:
-            async with self._moving:
-                reached = await self._run_until(pacer, matches, body)
-        if not reached:
-            where = self.session(sid).model_dump() if sid in server.sim.manager else None
-            raise AdminError(408, "timeout", f"run-until: session {sid!r} did not reach "
-                             f"{json.dumps(body.until.model_dump(by_alias=True, exclude_none=True))} within "
-                             f"{body.timeout_s:g} simulated s (or {body.wall_timeout_s:g} wall s)",
-                             session=where, clock=self.clock().model_dump())
-        return RunUntilResult(clock=self.clock(), session=self.session(sid), reached=True)
-
-    async def _run_until(self, pacer: Pacer, matches: Callable[[Transition], bool], body: RunUntilBody) -> bool:
-        """Step until a transition matches: checked as transitions come, so that the clock stops after the
-        model event that made it (a later transition of the same event may move the session on)."""
-        hit: list[Transition] = []
-        unsubscribe = self.live.sim.manager.subscribe(lambda tr: hit.append(tr) if matches(tr) else None)
-        try:
-            return await pacer.run_until(lambda: bool(hit), max_t=pacer.env.now + body.timeout_s,
-                                         wall_timeout=body.wall_timeout_s)
-        finally:
-            unsubscribe()
-
-    # Faults and pushes
-    def fault(self, body: FaultBody) -> FaultApplied:
-        server = self.live
-        # The same validation as the WebSocket fault_injection (one source of truth for the fields).
-        msg = FaultInjection.model_validate({"type": "fault_injection", **body.model_dump(exclude_none=True)})
-        with server.pacer.applying() as now:
-            applied: dict[str, Any] = {"fault": msg.fault, "session_id": msg.session_id, "from_t": now}
-            if msg.fault == "disconnect":
-                sid = msg.session_id
-                if sid is not None and sid not in server.sim.manager:
-                    raise AdminError(404, "unknown_session", f"disconnect: unknown session {sid!r}")
-                targets = [c for c in list(server._clients) if sid is None or sid in c.watched]
-                for target in targets:
-                    server._drop(target, 4000, "fault injection: disconnect")
-                return FaultApplied(applied={**applied, "until_t": now, "disconnected": len(targets)})
-            try:
-                server.sim.inject_fault(msg.fault, msg.service, msg.duration_s)
-            except ValueError as exc:
-                raise AdminError(422, "bad_request", f"body: {exc}") from None
-            return FaultApplied(applied={**applied, "service": msg.service, "duration_s": msg.duration_s,
-                                         "until_t": now + msg.duration_s})
-
-    def push(self, sid: str, body: PushBody, allow_unknown: bool = False) -> Scheduled:
-        server = self.live
-        if not allow_unknown and sid not in server.sim.manager:
-            # As every other /sessions/{id}/... does: a misspelt id must not go unnoticed.
-            raise AdminError(404, "unknown_session", f"push: unknown session {sid!r} (add ?allow_unknown=true "
-                             "to send to the watchers of an id the model does not know)")
-        checked: list[tuple[float, dict[str, Any]]] = []
-        for i, item in enumerate(body.messages):
-            message = dict(item.message)
-            if message.get("session_id", sid) != sid:
-                raise AdminError(422, "bad_request", f"body.messages[{i}].message.session_id: "
-                                 f"{message['session_id']!r} is not the session of the path, {sid!r}")
-            probe = {**_filled(message.get("type"), {"session_id": sid, "seq": 0, "timestamp": 0.0}), **message}
-            try:
-                parse_message(json.dumps(probe), allowed=SERVER_MESSAGE_TYPES)
-            except (ProtocolError, TypeError, ValueError) as exc:
-                type_name = message.get("type")
-                text = str(exc)
-                if isinstance(type_name, str):
-                    text = re.sub(rf"(^|; ){re.escape(type_name)}\.", rf"\1body.messages[{i}].message.", text)
-                if not text.startswith("body."):
-                    text = f"body.messages[{i}].message: {text}"
-                raise AdminError(422, "bad_request", text) from None
-            checked.append((item.after_s, message))
-        env = server.sim.env
-        for after_s, message in checked:
-            if after_s == 0:
-                self._deliver(sid, message)
-            else:  # a SimPy timeout: a paused clock holds it, step/advance release it on time
-                event = env.timeout(after_s)
-                event.callbacks.append(lambda _e, m=message: self._deliver(sid, m))
-        server.pacer.wake()
-        return Scheduled(scheduled=len(checked))
-
-    def _deliver(self, sid: str, message: dict[str, Any]) -> None:
-        server = self.live
-        now = server.sim.env.now
-        out = {**message, "session_id": sid}
-        fields = _filled(out.get("type"), {"seq": 0, "timestamp": 0.0})
-        if "seq" in fields and "seq" not in out:
-            mgr = server.sim.manager
-            if sid in mgr:
-                out["seq"] = mgr.reserve_seq(sid)
-            else:
-                out["seq"] = self._push_seq.get(sid, 0)
-                self._push_seq[sid] = out["seq"] + 1
-        if "timestamp" in fields:
-            out.setdefault("timestamp", now)
-        server._broadcast(sid, out, now)
-
-    # Reset
-    async def reset(self) -> Clock:
-        async with self._moving:
-            return await self._reset()
-
-    async def _reset(self) -> Clock:
-        server = self.live
-        paused, speed, batch = server.pacer.paused, server.pacer.speed, server.pacer.batch
-        await server._on_stop()  # the pacer stops and the server no longer hears the old model
-        old = server.sim
-        now = old.env.now
-        # The old model's sessions vanish: tell their watchers as a stop would.
-        for sid in old.manager.session_ids:
-            if old.manager.status(sid) != "stopped":
-                snap = old.manager.snapshot(sid, now)
-                server._broadcast(sid, {"type": "session_ended", "session_id": sid, "timestamp": now,
-                                        "seq": snap.seq + 1, "reason": "reset"}, now)
-        if server.journal is not None:
-            server.journal.clear()
-        if server.recorder is not None:  # the new model's time starts at 0 again: a new segment keeps it replayable
-            server.recorder.new_segment("reset")
-        self.created_by_admin.clear()
-        self._push_seq.clear()
-        self._admin_ids = itertools.count(1)
-        server.drop_rtvi("reset")
-        server.sim = server.new_model(old.seed)
-        server.pacer = Pacer(server.sim.env, speed, batch=batch)
-        server.pacer.paused = paused
-        server._on_start()  # the scenario's own sessions at t = 0, broadcast as on a fresh start
-        return self.clock()
-
-
-# What each operation answers (the OpenAPI document) ------------------------------------------------------
-_CLOCK = {"t": 12.5, "paused": True, "speed": 1.0, "next_event_t": 12.62}
-_SESSION = {"session_id": "demo-1", "status": "active", "state": "processing",
-            "services": {"stt": "complete", "llm": "executing", "tts": "idle"}, "turn_id": 2, "seq": 41,
-            "buffer_size": 0, "audio_quality": 0.82, "created_by": "scenario"}
-_UPDATE = {"type": "pipeline_state_update", "session_id": "demo-1", "state": "processing",
-           "services": {"stt": "complete", "llm": "executing", "tts": "idle"},
-           "metadata": {"buffer_size": 0, "audio_quality": 0.82}, "timestamp": 12.5, "seq": 41}
-_MOVED = {"clock": _CLOCK, "transitions": [_UPDATE], "transitions_total": 1, "truncated": False}
-
-#: The errors an operation may answer: why, and an example of the error body's code and message.
-_ERRORS: dict[int, tuple[str, str, str]] = {
-    400: ("A Host, Origin or Authorization header given more than once.", "bad_request",
-          "more than one Host header"),
-    401: ("The server was started with an admin token (--admin-token, $PIPESIM_ADMIN_TOKEN) and the request "
-          "did not carry it as Authorization: Bearer TOKEN.", "unauthorized", "wrong admin token"),
-    403: ("A Host that is not a loopback name, or an Origin the server does not allow (--allow-origin).",
-          "forbidden", "Origin 'http://evil.example' is not allowed"),
-    404: ("No session of this id.", "unknown_session", "unknown session 'demo-9'"),
-    408: ("The session did not reach the state in time (the body also carries the session and the clock).",
-          "timeout", "run-until: session 'demo-1' did not reach {\"services.llm\": \"executing\"} within 60 "
-          "simulated s (or 10 wall s)"),
-    409: ("Not possible now: a replay cannot change (only the clock, seek, the journal and health are "
-          "available), or the control is illegal in the session's state.", "illegal_control",
-          "pause: session 'demo-1' is paused"),
-    415: ("A body that is not application/json.", "bad_request",
-          "the body must be application/json, got 'text/plain'"),
-    422: ("A bad body or query parameter: the message names the field (body.messages[1].message.state), or "
-          "says the body is not JSON and where.", "bad_request",
-          "body.speed: Input should be greater than 0 (got -2)"),
-}
-#: Every operation may answer these: the access checks come before any handler.
-_ACCESS = (400, 401, 403)
-
-
-def _responses(example: Any, *errors: int, status: int = 200, **why: str) -> dict[int | str, dict[str, Any]]:
-    """The ``responses`` of an operation: its answer's example, then each error it may answer (besides the
-    access checks every operation has, and 415 for a POST) with why and an example; ``why`` overrides the
-    reason (``e404="..."``)."""
-    out: dict[int | str, dict[str, Any]] = {status: {"content": {"application/json": {"example": example}}}}
-    for code in sorted({*_ACCESS, *errors}):
-        reason, error_code, message = _ERRORS[code]
-        out[code] = {"model": ErrorBody, "description": why.get(f"e{code}", reason),
-                     "content": {"application/json": {"example": {"error": {"code": error_code,
-                                                                            "message": message}}}}}
-    return out
-
-
-_NO_SESSION = "No session of this id (on a replay: 409)."
-_LIVE_ONLY = "This server replays a recording: only the clock, seek, the journal and health are available."
-
-
 # The app -------------------------------------------------------------------------------------------
-def build_app(server: _BaseServer | None = None, *, token: str | None = None) -> FastAPI:
+def build_app(server: Served | None = None, *, token: str | None = None) -> FastAPI:
     """The FastAPI app of ``server`` (None: an app for its OpenAPI document only)."""
     app = FastAPI(title="pipesim admin API", version="1", openapi_url=f"{PREFIX}/openapi.json",
                   docs_url=None, redoc_url=None,
                   description=__doc__.split("\n>>>")[0] if __doc__ else None)
-    app.router.route_class = _GuardedJSONRoute
-    ops = _Ops(server) if server is not None else None
+    app.router.route_class = GuardedJSONRoute
+    ops = Operations(server) if server is not None else None
     access = Access.build(ADMIN_HOST, server.access.allow_origins if server is not None else ())
     token = token or None
 
-    def get_ops() -> _Ops:
+    def get_ops() -> Operations:
         if ops is None:
             raise AdminError(503, "unsupported", "no server behind this app")
         return ops
@@ -686,72 +103,70 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
         headers = request.headers
         for name in ("host", "origin", "authorization"):
             if len(headers.getlist(name)) > 1:
-                return _error(400, "bad_request", f"more than one {name.title()} header")
+                return error_response(400, "bad_request", f"more than one {name.title()} header")
         refusal = access.refusal({k: v for k, v in (("Host", headers.get("host")),
                                                     ("Origin", headers.get("origin"))) if v is not None}, {})
         if refusal is not None:
-            return _error(403, "forbidden", refusal.replace("--allow-host", "the admin API answers loopback "
+            return error_response(403, "forbidden", refusal.replace("--allow-host", "the admin API answers loopback "
                                                             "names only"))
         if token is not None:
-            scheme, _, given = (headers.get("authorization") or "").strip().partition(" ")
-            if scheme.lower() != "bearer" or not given.strip():
-                return _error(401, "unauthorized", "this admin API needs a token: Authorization: Bearer TOKEN")
-            if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode()):
-                return _error(401, "unauthorized", "wrong admin token")
+            given = bearer(headers.get("authorization"))
+            if given is None:
+                return error_response(401, "unauthorized", "this admin API needs a token: Authorization: Bearer TOKEN")
+            if not same_token(given, token):
+                return error_response(401, "unauthorized", "wrong admin token")
         if request.method in ("POST", "PUT", "PATCH") and _has_body(request):
             ctype = headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/json":
-                return _error(415, "bad_request", f"the body must be application/json, got {ctype or 'none'!r}")
+                return error_response(415, "bad_request", f"the body must be application/json, got {ctype or 'none'!r}")
         return await call_next(request)
 
     @app.exception_handler(AdminError)
     async def admin_error(request: Request, exc: AdminError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, **exc.extra)
+        return error_response(exc.status, exc.code, exc.message, **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errs = exc.errors()
         if errs and errs[0].get("type") == "json_invalid" and isinstance(exc.body, str):
-            return _error(422, "bad_request", _json_error(exc.body, errs[0]))
+            return error_response(422, "bad_request", json_error(exc.body, errs[0]))
         parts = []
         for err in errs[:5]:
-            where = _field_path(tuple(err.get("loc", ())))
+            where = field_path(tuple(err.get("loc", ())))
             value = err.get("input")
             shown = f" (got {json.dumps(value)[:80]})" if err.get("type") != "missing" and _jsonable(value) else ""
             parts.append(f"{where}: {err.get('msg', 'invalid')}{shown}")
-        return _error(422, "bad_request", "; ".join(parts) or "invalid request")
+        return error_response(422, "bad_request", "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
         message = f"no admin endpoint {request.method} {request.url.path}" if exc.status_code in (404, 405) \
             else str(exc.detail)
-        return _error(exc.status_code, code, message)
+        return error_response(exc.status_code, code, message)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:  # a pipesim bug: say so, keep serving
-        return _error(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
+        return error_response(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
 
-    @app.get(f"{PREFIX}/health", response_model=Health, responses=_responses(
+    @app.get(f"{PREFIX}/health", response_model=Health, responses=responses_of(
         {"status": "ok", "kind": "live", "scenario": "frontend_demo", "seed": 1}))
     async def health() -> Health:
         """Whether the server answers, and what it serves: a live model (its scenario and seed) or a replay
         (its file)."""
         s = get_ops().server
-        scenario = getattr(s, "scenario", None)
-        sim = getattr(s, "sim", None)
-        return Health(kind=s.kind,
-                      scenario=scenario.name if scenario is not None else getattr(s, "source", None),
-                      seed=sim.seed if sim is not None else None)
+        model = s.model
+        return Health(kind=s.kind, scenario=model.scenario.name if model is not None else s.source,
+                      seed=model.sim.seed if model is not None else None)
 
     @app.get(f"{PREFIX}/sessions", response_model=SessionList,
-             responses=_responses({"sessions": [_SESSION]}, 409, e409=_LIVE_ONLY))
+             responses=responses_of({"sessions": [EXAMPLE_SESSION]}, 409, e409=LIVE_ONLY))
     async def list_sessions() -> SessionList:
         """Every session of the model, as the state manager has it now."""
         return SessionList(sessions=get_ops().sessions())
 
-    @app.post(f"{PREFIX}/sessions", response_model=Session, status_code=201, responses=_responses(
-        {**_SESSION, "session_id": "admin-0001", "state": "listening", "created_by": "admin"}, 409, 415, 422,
+    @app.post(f"{PREFIX}/sessions", response_model=Session, status_code=201, responses=responses_of(
+        {**EXAMPLE_SESSION, "session_id": "admin-0001", "state": "listening", "created_by": "admin"}, 409, 415, 422,
         status=201, e409="The id is taken (or reserved by the scenario), or this server replays a recording."))
     async def create_session(body: Annotated[CreateSession | None, Body(openapi_examples={
             "generated id": {"value": {}}, "chosen": {"value": {"session_id": "abc", "turns": 2,
@@ -762,7 +177,7 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
         return get_ops().create(body or CreateSession())
 
     @app.get(f"{PREFIX}/sessions/{{session_id}}", response_model=Session,
-             responses=_responses(_SESSION, 404, 409, e404=_NO_SESSION, e409=_LIVE_ONLY))
+             responses=responses_of(EXAMPLE_SESSION, 404, 409, e404=NO_SESSION, e409=LIVE_ONLY))
     async def get_session(session_id: str) -> Session:
         """One session, as the state manager has it now."""
         return get_ops().session(session_id)
@@ -776,17 +191,17 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
                  name=f"{action}_session", summary=f"{action.title()} a session (as conversation_control)",
                  description=f"{action.title()} the session as a client's conversation_control would; its watchers "
                              "get the same messages. Answers the session as it is then.",
-                 responses=_responses({**_SESSION, "status": status}, 404, 409, 415, e404=_NO_SESSION,
+                 responses=responses_of({**EXAMPLE_SESSION, "status": status}, 404, 409, 415, e404=NO_SESSION,
                                       e409=f"{action} is illegal in the session's state (e.g. pause a paused "
                                            "session), or this server replays a recording."))(control)
 
     for action in ("start", "pause", "stop"):
         control_endpoint(action)
 
-    @app.post(f"{PREFIX}/sessions/{{session_id}}/push", response_model=Scheduled, responses=_responses(
+    @app.post(f"{PREFIX}/sessions/{{session_id}}/push", response_model=Scheduled, responses=responses_of(
         {"scheduled": 2}, 404, 409, 415, 422,
         e404="No session of this id (add ?allow_unknown=true to send to the watchers of an id the model does not "
-             "know).", e409=_LIVE_ONLY))
+             "know).", e409=LIVE_ONLY))
     async def push(session_id: str,
                    body: Annotated[PushBody, Body(openapi_examples={"a stall, then an error 2 s later": {"value": {
                        "messages": [{"message": {"type": "pipeline_state_update", "state": "processing",
@@ -804,31 +219,31 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
         clock holds the message)."""
         return get_ops().push(session_id, body, allow_unknown)
 
-    @app.get(f"{PREFIX}/clock", response_model=Clock, responses=_responses(_CLOCK))
+    @app.get(f"{PREFIX}/clock", response_model=Clock, responses=responses_of(EXAMPLE_CLOCK))
     async def clock() -> Clock:
         """The clock: simulated time ``t``, paused or not, speed, and when the next model event is due."""
         return get_ops().clock()
 
-    @app.post(f"{PREFIX}/clock/pause", response_model=Clock, responses=_responses(_CLOCK, 415))
+    @app.post(f"{PREFIX}/clock/pause", response_model=Clock, responses=responses_of(EXAMPLE_CLOCK, 415))
     async def pause() -> Clock:
         """Pause the clock: nothing moves (clients' controls are still answered, at the paused time)."""
         return get_ops().pause()
 
     @app.post(f"{PREFIX}/clock/resume", response_model=Clock,
-              responses=_responses({**_CLOCK, "paused": False}, 415))
+              responses=responses_of({**EXAMPLE_CLOCK, "paused": False}, 415))
     async def resume() -> Clock:
         """Resume the clock from where it was paused (no jump)."""
         return get_ops().resume()
 
     @app.post(f"{PREFIX}/clock/speed", response_model=Clock,
-              responses=_responses({**_CLOCK, "speed": 10.0}, 415, 422))
+              responses=responses_of({**EXAMPLE_CLOCK, "speed": 10.0}, 415, 422))
     async def speed(body: Annotated[SpeedBody, Body(openapi_examples={"ten times": {"value": {"speed": 10}}})],
                     ) -> Clock:
         """Run at ``speed`` simulated seconds per wall second from now on (no jump in simulated time)."""
         return get_ops().set_speed(body.speed)
 
     @app.post(f"{PREFIX}/clock/step", response_model=ClockMoved,
-              responses=_responses(_MOVED, 409, 415, 422, e409=_LIVE_ONLY))
+              responses=responses_of(EXAMPLE_MOVED, 409, 415, 422, e409=LIVE_ONLY))
     async def step(body: Annotated[StepBody | None, Body(openapi_examples={
             "three transitions": {"value": {"count": 3}}})] = None) -> ClockMoved:
         """Run the model to its next ``count`` state transitions, then pause; the answer lists the first
@@ -837,33 +252,33 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
         return await get_ops().step(body.count, body.limit)
 
     @app.post(f"{PREFIX}/clock/advance", response_model=ClockMoved,
-              responses=_responses(_MOVED, 409, 415, 422, e409=_LIVE_ONLY))
+              responses=responses_of(EXAMPLE_MOVED, 409, 415, 422, e409=LIVE_ONLY))
     async def advance(body: Annotated[AdvanceBody, Body(openapi_examples={
             "2.5 s": {"value": {"seconds": 2.5}}})]) -> ClockMoved:
         """Move simulated time by exactly ``seconds``, as fast as the model goes, then pause; the answer lists
         the first ``limit`` transitions passed and counts them all."""
         return await get_ops().advance(body.seconds, body.limit)
 
-    @app.post(f"{PREFIX}/clock/run-until", response_model=RunUntilResult, responses=_responses(
-        {"clock": _CLOCK, "session": _SESSION, "reached": True}, 404, 408, 409, 415, 422,
-        e404="No session of this id, and the scenario will not create one.", e409=_LIVE_ONLY))
+    @app.post(f"{PREFIX}/clock/run-until", response_model=RunUntilResult, responses=responses_of(
+        {"clock": EXAMPLE_CLOCK, "session": EXAMPLE_SESSION, "reached": True}, 404, 408, 409, 415, 422,
+        e404="No session of this id, and the scenario will not create one.", e409=LIVE_ONLY))
     async def run_until(body: Annotated[RunUntilBody, Body(openapi_examples={"LLM executing": {"value": {
             "session_id": "demo-1", "until": {"services.llm": "executing"}}}})]) -> RunUntilResult:
         """Run as fast as possible until the session matches every field of ``until``; the clock is left paused
         at that transition."""
         return await get_ops().run_until(body)
 
-    @app.post(f"{PREFIX}/faults", response_model=FaultApplied, responses=_responses(
+    @app.post(f"{PREFIX}/faults", response_model=FaultApplied, responses=responses_of(
         {"applied": {"fault": "kafka_stall", "session_id": None, "from_t": 12.5, "service": "llm",
                      "duration_s": 4.0, "until_t": 16.5}}, 404, 409, 415, 422,
-        e404="A disconnect of a session the model does not know.", e409=_LIVE_ONLY))
+        e404="A disconnect of a session the model does not know.", e409=LIVE_ONLY))
     async def faults(body: Annotated[FaultBody, Body(openapi_examples={"a 4 s Kafka stall of the LLM": {"value": {
             "fault": "kafka_stall", "service": "llm", "duration_s": 4}}})]) -> FaultApplied:
         """Inject a fault as a client's fault_injection would; the answer says what was applied and its window
         in simulated time."""
         return get_ops().fault(body)
 
-    @app.get(f"{PREFIX}/journal", response_model=JournalEntries, responses=_responses(
+    @app.get(f"{PREFIX}/journal", response_model=JournalEntries, responses=responses_of(
         {"entries": [{"id": 7, "wall_time": "2026-01-05T10:00:00.125000+00:00", "t": 12.5, "direction": "in",
                       "connection": "c1", "session_id": "demo-1", "type": "conversation_control",
                       "message": {"type": "conversation_control", "action": "pause", "session_id": "demo-1"},
@@ -883,21 +298,21 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
         return JournalEntries(entries=j.entries(session_id=session_id, type=type, direction=direction,
                                                 since=since, limit=limit), last_id=j.last_id)
 
-    @app.delete(f"{PREFIX}/journal", response_model=Cleared, responses=_responses({"cleared": 120}))
+    @app.delete(f"{PREFIX}/journal", response_model=Cleared, responses=responses_of({"cleared": 120}))
     async def clear_journal() -> Cleared:
         """Forget every entry of the journal (ids go on counting)."""
         j = get_ops().server.journal
         return Cleared(cleared=j.clear() if j is not None else 0)
 
     @app.post(f"{PREFIX}/reset", response_model=Clock,
-              responses=_responses({**_CLOCK, "t": 0.0, "next_event_t": 0.0}, 409, 415, e409=_LIVE_ONLY))
+              responses=responses_of({**EXAMPLE_CLOCK, "t": 0.0, "next_event_t": 0.0}, 409, 415, e409=LIVE_ONLY))
     async def reset() -> Clock:
         """Back to the scenario's start, same seed: watchers get session_ended (reason reset) for the old
         sessions, the journal is cleared, and a recording starts a new segment."""
         return await get_ops().reset()
 
-    @app.post(f"{PREFIX}/replay/seek", response_model=Clock, responses=_responses(
-        {**_CLOCK, "t": 50.5}, 409, 415, 422, e409="Only a replay can seek; a live model moves forward."))
+    @app.post(f"{PREFIX}/replay/seek", response_model=Clock, responses=responses_of(
+        {**EXAMPLE_CLOCK, "t": 50.5}, 409, 415, 422, e409="Only a replay can seek; a live model moves forward."))
     async def seek(body: Annotated[SeekBody, Body(openapi_examples={"to 50.5 s": {"value": {"t": 50.5}}})]) -> Clock:
         """``pipesim replay`` only: jump to simulated time ``t``; watchers get each session's state as of ``t``."""
         return get_ops().seek(body.t)
@@ -925,28 +340,6 @@ def build_app(server: _BaseServer | None = None, *, token: str | None = None) ->
     app.openapi = openapi_with_security  # type: ignore[method-assign]
 
     return app
-
-
-def _filled(type_name: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """The ``values`` whose fields the message type has (an ``error`` has no seq nor timestamp)."""
-    fields = _FIELDS.get(type_name) if isinstance(type_name, str) else None
-    return {k: v for k, v in values.items() if fields is None or k in fields}
-
-
-_FIELDS = {name: set(schema.get("properties", {})) for name, schema in json_schemas().items()}
-
-
-def _json_error(text: str, err: dict[str, Any]) -> str:
-    """The one line for a body FastAPI could not decode: the field where it failed, else that it is not JSON."""
-    loc = err.get("loc", ())
-    pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
-    reason = str((err.get("ctx") or {}).get("error", "not JSON"))
-    line = text.count("\n", 0, pos) + 1
-    column = pos - text.rfind("\n", 0, pos)
-    where = _json_path_at(text, pos)
-    if where == "body":
-        return f"body: not JSON: {reason} (line {line} column {column})"
-    return f"{where[:200]}: {reason} (line {line} column {column} of the body)"
 
 
 def _has_body(request: Request) -> bool:
@@ -988,7 +381,7 @@ class _EmbeddedServer(uvicorn.Server):
 class AdminListener:
     """The admin API of one server on ``127.0.0.1:port`` (``0``: a free port, then in :attr:`port`)."""
 
-    def __init__(self, server: _BaseServer, port: int, token: str | None = None) -> None:
+    def __init__(self, server: Served, port: int, token: str | None = None) -> None:
         self.server, self.port, self.token = server, port, token or None
         self._uvicorn: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None

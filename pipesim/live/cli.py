@@ -29,8 +29,11 @@ import time
 from typing import Any, TextIO
 
 from pipesim.live.collector import ServingCollector
+from pipesim.live.connection import RTVI_PATH
+from pipesim.live.liveserver import LiveServer
 from pipesim.live.recording import load_replay
-from pipesim.live.server import LiveServer, ReplayServer, _BaseServer
+from pipesim.live.replay import ReplayServer
+from pipesim.live.server import BaseServer
 from pipesim.scenario import load_scenario
 
 DEFAULT_ADMIN_PORT = 8002
@@ -114,7 +117,7 @@ def _admin(args: argparse.Namespace) -> dict[str, Any]:
             "journal_size": args.journal_size}
 
 
-def listening_line(server: _BaseServer) -> str:
+def listening_line(server: BaseServer) -> str:
     """The machine-readable first line of ``pipesim serve``/``replay`` (see the module docstring)."""
     admin = server.admin
     return json.dumps({"event": "listening", "ws": server.url, "http": server.http_url, "port": server.port,
@@ -122,14 +125,14 @@ def listening_line(server: _BaseServer) -> str:
                        "pid": os.getpid()}, separators=(",", ":"))
 
 
-def _run(server: _BaseServer, what: str) -> int:
+def _run(server: BaseServer, what: str) -> int:
     logging.basicConfig(level=logging.WARNING, format="pipesim: %(levelname)s: %(message)s")
     speed = getattr(server, "speed", 1.0)
     asyncio.run(_main(server, what, speed))
     return 0
 
 
-async def _main(server: _BaseServer, what: str, speed: float) -> None:
+async def _main(server: BaseServer, what: str, speed: float) -> None:
     await server.start()
     server.collector = ServingCollector()  # this process serves: no full collection in a burst
     server.collector.start()
@@ -142,7 +145,8 @@ async def _main(server: _BaseServer, what: str, speed: float) -> None:
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
     print(listening_line(server), flush=True)
     admin = f", admin API {server.admin_url}" if server.admin_url else ""
-    rtvi = f"Pipecat clients (RTVI) on {server.url.removesuffix('/ws')}/rtvi; " if server._serves_rtvi else ""
+    base = server.url.removesuffix("/ws")
+    rtvi = f"Pipecat clients (RTVI) on {base}{RTVI_PATH}; " if RTVI_PATH in server.dialect_paths else ""
     print(f"pipesim: serving {what} at {speed:g}x on {server.url} (dashboard {server.http_url}{admin}); {rtvi}"
           f"Ctrl-C to stop", file=sys.stderr, flush=True)
     try:

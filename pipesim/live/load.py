@@ -47,6 +47,7 @@ from pipesim import _jsonsafe
 from pipesim.errors import LiveError
 from pipesim.live.client import split_websocket_url
 from pipesim.live.collector import ServingCollector
+from pipesim.live.connection import CLOSE_SLOW
 from pipesim.live.lag import LagHistogram
 
 #: Handshakes started at once in each worker (a burst of thousands would be refused by the backlog).
@@ -142,7 +143,7 @@ async def _clients(url: str, sids: list[str | None], clock: dict[str, float] | N
                 if sid is not None and clock is not None:  # leave the server as we found it
                     await ws.send(json.dumps({**control, "action": "stop"}))
         except websockets.ConnectionClosed as exc:
-            if exc.rcvd is not None and exc.rcvd.code == 1013:
+            if exc.rcvd is not None and exc.rcvd.code == CLOSE_SLOW:
                 tally["slow"] += 1
             elif window[1] == 0 or time.monotonic() < window[1]:
                 tally["broken"] += 1

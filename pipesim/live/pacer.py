@@ -88,6 +88,12 @@ class Pacer:
         late = self.now() - self.env.peek()
         return late / self.speed if late > 0 and not self.paused else 0.0
 
+    @property
+    def origin(self) -> tuple[float | None, float]:
+        """``(wall, sim)``: simulated time ``sim`` happened at loop time ``wall`` (None before the pacer ran);
+        ``t`` happens at ``wall + (t - sim) / speed``."""
+        return self._origin_wall, self._origin_sim
+
     def wake(self) -> None:
         """Make the pacer re-read the schedule now (call after anything that schedules events)."""
         self._wake.set()

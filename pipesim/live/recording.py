@@ -47,9 +47,9 @@ from pipesim.trace import (
     TraceError,
     event_rows,
     json_lines,
+    read_jsonl,
     transition_from_row,
 )
-from pipesim.trace import read_jsonl as _read_trace
 from pipesim.vocabulary import SERVER_MESSAGE_TYPES
 
 RECORDING_VERSION = 1
@@ -214,7 +214,7 @@ def _count_lines(path: Path) -> int:
 
 def _load_trace(path: Path, report: Progress) -> list[tuple[float, dict[str, Any]]]:
     report(None)  # the trace reader parses the whole file first (half the time), without telling how far it is
-    trace, event_lines = _read_trace(path)
+    trace, event_lines = read_jsonl(path)
     rows = ((row, f"{path}:{number}") for row, number in zip(event_rows(trace), event_lines, strict=True))
     return _trace_messages(path, _reporting(rows, len(event_lines), report))
 

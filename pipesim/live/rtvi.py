@@ -34,12 +34,10 @@ their timing and length come from the model. No bot audio is sent: every callbac
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection
@@ -48,14 +46,14 @@ from websockets.exceptions import ConnectionClosed
 from pipesim import __version__ as pipesim_version
 from pipesim._jsonsafe import MAX_DEPTH, unsendable
 from pipesim.errors import IllegalTransition, ProtocolError, UnknownSession
-from pipesim.live.connection import RTVI_PATH, Client
+from pipesim.live.connection import CLOSE_NORMAL, RTVI_PATH, Client
+from pipesim.live.hub import Hub
 from pipesim.live.rtvi_codec import decode_frame, encode_message
+from pipesim.live.source import LiveModel
+from pipesim.model import Simulation
 from pipesim.protocol import MAX_MESSAGE_BYTES, wire_messages
 from pipesim.state import Transition
 from pipesim.vocabulary import RTVI_CLIENT_MESSAGE_TYPES
-
-if TYPE_CHECKING:
-    from pipesim.live.server import LiveServer
 
 __all__ = ["MAPPING", "RTVI_PATH", "RTVI_VERSION", "RtviConnection", "RtviDialect", "Rule", "mapping_markdown"]
 
@@ -65,7 +63,6 @@ log = logging.getLogger("pipesim.live.rtvi")
 #: (``RTVI_PROTOCOL_VERSION`` of ``@pipecat-ai/client-js`` 1.13.1; tests/test_rtvi.py checks it).
 RTVI_VERSION = "2.1.0"
 LABEL = "rtvi-ai"
-CLOSE_NORMAL = 1000
 #: Words of the synthetic transcripts and replies (what they say does not matter, only that it is text).
 _USER_WORDS = ("could", "you", "check", "my", "order", "status", "please", "and", "the", "delivery", "date",
                "for", "tomorrow", "is", "it", "possible", "to", "change", "address", "thanks")
@@ -170,6 +167,8 @@ class RtviConnection:
     reply: list[str] = field(default_factory=list)
     first_phrase: int = 0
     words: np.random.Generator | None = None  # the synthetic text's own stream
+    #: Its session vanished in a reset (the socket is closing): nothing it sends reaches the new model.
+    gone: bool = False
 
     @property
     def closable(self) -> _RtviClient | None:
@@ -178,17 +177,35 @@ class RtviConnection:
 
 
 class RtviDialect:
-    """The RTVI side of one :class:`~pipesim.live.server.LiveServer`: its sockets, by session."""
+    """The RTVI side of a live server: its sockets, by session. Handed the hub (the way out) and the
+    model (what the sockets drive); on a reset it closes its sockets and follows the new model."""
 
-    def __init__(self, server: LiveServer) -> None:
-        self.server = server
-        self.sim = server.sim
+    def __init__(self, hub: Hub, model: LiveModel) -> None:
+        self.hub = hub
+        self.model = model
         #: Every RTVI connection that has sent ``client-ready``, by session id (kept after it closes, without
         #: its socket, until its session is forgotten).
         self.connections: dict[str, RtviConnection] = {}
         self._next = 1
-        self.sim.manager.subscribe(self._on_transition)
-        self.sim.trace.subscribe_model_events(self._on_model_event)
+        self.sim: Simulation = model.sim
+        self._follow(model.sim)
+        model.on_reset(self._on_reset)
+        model.on_forget(lambda sid: self.connections.pop(sid, None))
+
+    def _follow(self, sim: Simulation) -> None:
+        self.sim = sim
+        sim.manager.subscribe(self._on_transition)
+        sim.trace.subscribe_model_events(self._on_model_event)
+
+    def _on_reset(self, old: Simulation) -> None:
+        """The sessions are gone: close every socket; the next connection starts afresh (``rtvi-1``)."""
+        for conn in list(self.connections.values()):
+            conn.gone = True
+            if (client := conn.closable) is not None:
+                self.hub.drop(client, CLOSE_NORMAL, "reset")
+        self.connections = {}
+        self._next = 1
+        self._follow(self.model.sim)
 
     def _on_model_event(self, row: tuple[Any, ...]) -> None:
         t, session_id, turn_id, _seq, event, service = row[:6]
@@ -199,12 +216,9 @@ class RtviDialect:
     # The socket ----------------------------------------------------------------------------------------
     async def serve(self, ws: ServerConnection) -> None:
         """Run one RTVI socket until it closes; its session (if any) is stopped then."""
-        server = self.server
         client = _RtviClient(ws, watch_all=False, watched=set())
         conn = RtviConnection(client)
-        server._limit_send_buffer(ws)
-        server._clients.add(client)  # so that shutdown and the ``disconnect`` fault reach it
-        client.writer = asyncio.ensure_future(server._writer(client))
+        self.hub.attach(client)  # so that shutdown and the ``disconnect`` fault reach it
         log.info("RTVI client %s connected", client.name)
         try:
             while True:
@@ -217,7 +231,7 @@ class RtviDialect:
         except ConnectionClosed:
             pass
         finally:
-            server._detach(client)
+            self.hub.detach(client)
             self._end_session(conn)
             log.info("RTVI client %s disconnected", client.name)
             conn.client = None  # the record stays until its session is forgotten; the socket goes
@@ -229,7 +243,7 @@ class RtviDialect:
         if data is not None:
             envelope["data"] = data
         if conn.client is not None:
-            self.server._offer(conn.client, encode_message(envelope))  # type: ignore[arg-type]
+            self.hub.offer(conn.client, encode_message(envelope))
 
     def _error(self, conn: RtviConnection, id_: str | None, text: str) -> None:
         conn.errors += 1
@@ -266,6 +280,8 @@ class RtviDialect:
             self._on_client_ready(conn, id_)
         elif conn.session_id is None:
             self._error(conn, id_, f"{type_[:80]}: send client-ready first")
+        elif conn.gone:
+            self._error(conn, id_, f"{type_[:80]}: the session is gone (the server was reset)")
         elif type_ == "disconnect-bot":
             self._end_session(conn)
         elif type_ == "send-text":
@@ -281,7 +297,7 @@ class RtviDialect:
             self._error(conn, id_, f"client-ready: this connection's bot is already ready "
                         f"(session {conn.session_id!r})")
             return
-        sim, pacer = self.sim, self.server.pacer
+        sim = self.sim
         while f"rtvi-{self._next}" in sim.manager:  # a seed client may have taken the name
             self._next += 1
         sid = f"rtvi-{self._next}"
@@ -294,11 +310,10 @@ class RtviDialect:
         self._send(conn, "bot-ready", {"version": RTVI_VERSION, "about": {
             "library": "pipesim", "library_version": pipesim_version, "session_id": sid}}, id_ or "")
         self.connections[sid] = conn
-        with pacer.applying():  # as a seed ``conversation_control start``: the session starts now
-            try:
-                sim.control(sid, "start")
-            except (IllegalTransition, UnknownSession) as exc:
-                self._error(conn, None, f"cannot create the session: {exc}")
+        try:  # as a seed ``conversation_control start``: the session starts now
+            self.model.control(sid, "start")
+        except (IllegalTransition, UnknownSession) as exc:
+            self._error(conn, None, f"cannot create the session: {exc}")
 
     def _on_send_text(self, conn: RtviConnection, id_: str | None, data: Any) -> None:
         content = data.get("content") if isinstance(data, dict) else None
@@ -306,13 +321,12 @@ class RtviDialect:
             self._error(conn, id_, "send-text: data.content must be a string")
             return
         assert conn.session_id is not None
-        with self.server.pacer.applying():
-            try:
-                self.sim.speak_now(conn.session_id)
-            except (IllegalTransition, UnknownSession) as exc:
-                self._error(conn, id_, f"send-text: {exc}")
-                return
-            conn.pending_text = content[:2000]
+        try:
+            self.model.speak_now(conn.session_id)
+        except (IllegalTransition, UnknownSession) as exc:
+            self._error(conn, id_, f"send-text: {exc}")
+            return
+        conn.pending_text = content[:2000]
 
     def _on_client_message(self, conn: RtviConnection, id_: str | None, data: Any) -> None:
         t = data.get("t") if isinstance(data, dict) else None
@@ -326,7 +340,7 @@ class RtviDialect:
             return
         assert conn.session_id is not None
         mgr = self.sim.manager
-        snap = mgr.snapshot(conn.session_id, self.server.pacer.catch_up())
+        snap = mgr.snapshot(conn.session_id, self.model.pacer.catch_up())
         self._send(conn, "server-response", {"t": t, "d": {
             "received": data.get("d"), "session_id": conn.session_id, "status": snap.status,
             "state": snap.state}}, id_ or "")
@@ -334,22 +348,14 @@ class RtviDialect:
     def _end_session(self, conn: RtviConnection) -> None:
         """Stop the connection's session (if it still runs) and close the socket once its queue drains."""
         sid = conn.session_id
-        if sid is not None and sid in self.sim.manager and self.sim.manager.status(sid) != "stopped":
-            with self.server.pacer.applying():
-                self.sim.control(sid, "stop")  # its transitions close the socket (session_stopped)
+        mgr = self.sim.manager
+        if sid is not None and not conn.gone and sid in mgr and mgr.status(sid) != "stopped":
+            self.model.control(sid, "stop")  # its transitions close the socket (session_stopped)
         elif (client := conn.closable) is not None:
             self._close_later(client)
 
     def _close_later(self, client: _RtviClient) -> None:
-        async def close() -> None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await client.queue.join()
-            self.server._drop(client, CLOSE_NORMAL, "session ended")
-
-        task = asyncio.ensure_future(close())
-        self.server._tasks.add(task)
-        task.add_done_callback(self.server._tasks.discard)
+        self.hub.close_when_drained(client, CLOSE_NORMAL, "session ended")
 
     # The model's events -> RTVI ---------------------------------------------------------------------
     def _on_transition(self, tr: Transition) -> None:

@@ -1,9 +1,9 @@
 """The live mock backend: the production orchestrator's WebSocket protocol, served by the real model.
 
-:class:`LiveServer` runs the same :class:`~pipesim.model.Simulation` as an offline run, stepped in real
-time by a :class:`~pipesim.live.pacer.Pacer`; every state-manager transition becomes the wire messages of
-:func:`pipesim.protocol.wire_messages`, broadcast to the clients that watch its session.
-:class:`ReplayServer` plays a recording or a trace over the same protocol.
+:class:`~pipesim.live.liveserver.LiveServer` runs the same :class:`~pipesim.model.Simulation` as an offline
+run, stepped in real time by a :class:`~pipesim.live.pacer.Pacer`; every state-manager transition becomes
+the wire messages of :func:`pipesim.protocol.wire_messages`, broadcast to the clients that watch its session.
+:class:`~pipesim.live.replay.ReplayServer` plays a recording or a trace over the same protocol.
 
 Endpoints (HTTP and WebSocket share the port)
 ---------------------------------------------
@@ -13,14 +13,14 @@ Endpoints (HTTP and WebSocket share the port)
   path is answered, whatever its length or characters (``NAME`` is looked up among the files that exist,
   never handed to the file system); a request line that is not ASCII is not HTTP, and the websockets
   library hangs up on it.
-* ``ws://HOST:PORT/rtvi`` -- (:class:`LiveServer` only) Pipecat's RTVI for ``@pipecat-ai/client-js``: one
+* ``ws://HOST:PORT/rtvi`` -- (the live server only) Pipecat's RTVI for ``@pipecat-ai/client-js``: one
   socket, one session (:mod:`pipesim.live.rtvi`). The access checks below apply to it as to ``/ws``.
 
 Admin API
 ---------
 With ``admin_port`` (``pipesim serve`` by default: 8002), :mod:`pipesim.live.admin` serves
 ``http://127.0.0.1:PORT/__admin`` (always loopback) from the same event loop: sessions, the clock, faults,
-push, the journal (:attr:`_BaseServer.journal`: every inbound frame with its result, every outbound
+push, the journal (:attr:`BaseServer.journal`: every inbound frame with its result, every outbound
 message) and reset.
 
 Who may connect
@@ -104,15 +104,16 @@ Limits
 
 Replay
 ------
-``pipesim replay FILE`` (:class:`ReplayServer`) plays a recording or a trace: playback starts when the
-first client connects, from the first message, at the original simulated timing divided by ``speed``;
+``pipesim replay FILE`` (:class:`~pipesim.live.replay.ReplayServer`) plays a recording or a trace: playback starts
+when the first client connects, from the first message, at the original simulated timing divided by ``speed``;
 ``--loop`` starts again after the last message (the same session ids are created again). Watching rules,
 snapshots (the last update of each session not yet ended), limits and ``disconnect`` work as live;
-controls and model faults get ``error`` ``unsupported``. :meth:`ReplayServer.pause`, ``resume``,
+controls and model faults get ``error`` ``unsupported``. :meth:`~pipesim.live.replay.ReplayServer.pause`, ``resume``,
 ``set_speed`` and ``seek`` (the admin API's replay clock) move its :class:`~pipesim.live.playback.Playback`
 cursor; a seek brings every watcher to the state as of ``t``, as a client joining then would see it.
 
 >>> from pipesim.scenario import Scenario
+>>> from pipesim.live import LiveServer
 >>> server = LiveServer(Scenario(), port=0)  # in a coroutine: await server.start() ... await server.stop()
 >>> server.host
 '127.0.0.1'
@@ -122,116 +123,86 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import json
 import logging
-import mimetypes
 import os
 import socket
-import threading
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
-from pipesim import _jsonsafe
 from pipesim.errors import LiveError
 from pipesim.live.access import Access, RedactingLogger
+from pipesim.live.clock import Clock
 from pipesim.live.collector import ServingCollector
-from pipesim.live.connection import RTVI_PATH, Client
-from pipesim.live.encode import encode_transition
+from pipesim.live.connection import CLOSE_GOING_AWAY, Client, free_protocol
+from pipesim.live.hub import Hub
 from pipesim.live.journal import DEFAULT_JOURNAL_SIZE, Journal
-from pipesim.live.pacer import Pacer
-from pipesim.live.playback import Playback
-from pipesim.live.recording import Recorder, load_replay
-from pipesim.model import Simulation
+from pipesim.live.recording import Recorder
+from pipesim.live.routes import STATIC_DIR, answer, handshake_refusal
+from pipesim.live.source import DEFAULT_TRACE_LIMIT, LiveModel
+from pipesim.live.ws import WsDialect
 from pipesim.protocol import (
     MAX_MESSAGE_BYTES,
     ConversationControl,
     FaultInjection,
-    ProtocolError,
-    dumps,
-    parse_message,
-    wire_messages,
 )
-from pipesim.scenario import Scenario, as_scenario
-from pipesim.state import IllegalTransition, Transition, UnknownSession
-from pipesim.vocabulary import CLIENT_MESSAGE_TYPES
 
 if TYPE_CHECKING:
     from pipesim.live.admin import AdminListener
 
+__all__ = ["DEFAULT_TRACE_LIMIT", "MAX_FRAME_BYTES", "BaseServer"]  # (the live server: pipesim.live.liveserver)
+
 log = logging.getLogger("pipesim.live")
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: Frames above this are refused by the websockets library itself (close code 1009); between
 #: MAX_MESSAGE_BYTES and this, pipesim answers ``too_large`` and keeps the connection.
 MAX_FRAME_BYTES = 4 * MAX_MESSAGE_BYTES
-CLOSE_SLOW = 1013
-CLOSE_GOING_AWAY = 1001
-CLOSE_FAULT = 4000
-#: Events (and service samples; a sixteenth as many turns) a live server's trace keeps by default: a ring, so
-#: that memory stays bounded however long it runs (~60 bytes an event in the trace).
-DEFAULT_TRACE_LIMIT = 200_000
-_FALLBACK_PAGE = """<!doctype html><meta charset="utf-8"><title>pipesim</title>
-<h1>pipesim live server</h1>
-<p>The dashboard page is not installed (<code>pipesim/live/static/index.html</code>).
-Connect a WebSocket client to <code>/ws</code> (all sessions) or <code>/ws?session_id=ID</code>.</p>
-"""
 
 
-class _BaseServer:
+class BaseServer:
     """Connections, routing, broadcast, recording and shutdown; the subclasses bring the messages."""
 
     #: What serves the messages: a model in real time, or a replay of a recording (the admin API asks).
     kind: ClassVar[Literal["live", "replay"]]
+    #: Its :class:`~pipesim.live.clock.Clock`, as the admin API drives it (the pacer's or the playback's).
+    timekeeper: Clock
+    #: The live model (None: a replay, of :attr:`source`).
+    model: LiveModel | None = None
+    #: What a replay plays (None: a live model).
+    source: str | None = None
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 8001, record: str | Path | None = None,
                  client_queue: int = 1000, close_timeout: float = 2.0, send_buffer: int | None = 128 * 1024,
                  static_dir: str | Path | None = None, allow_origins: Iterable[str] = (),
                  allow_hosts: Iterable[str] = (), token: str | None = None, admin_port: int | None = None,
                  admin_token: str | None = None, journal_size: int = DEFAULT_JOURNAL_SIZE) -> None:
-        if client_queue < 1:
-            raise ValueError(f"client_queue must be >= 1, got {client_queue}")
         self.host, self.port = host, port
         #: The handshake checks: Origin allowlist, Host check, token (see :mod:`pipesim.live.access`).
         self.access = Access.build(host, allow_origins, allow_hosts, token)
         #: WebSocket handshakes refused by :attr:`access`, since the start.
         self.refused = 0
         self.record_path = Path(record) if record is not None else None
-        self.client_queue = client_queue
         self.close_timeout = close_timeout
-        self.send_buffer = send_buffer
         self.static_dir = Path(static_dir) if static_dir is not None else STATIC_DIR
-        #: Clients disconnected for being too slow, since the start.
-        self.slow_disconnects = 0
         self.recorder: Recorder | None = None
         #: The process's garbage collector when this server's process owns it (``pipesim serve``): in /stats.
         self.collector: ServingCollector | None = None
-        self._clients: set[Client] = set()
-        # Who gets a message about a session: the unfiltered clients, and the watchers of that session
-        # (indexed, so a broadcast costs O(its recipients), not O(clients)).
-        self._watch_all: set[Client] = set()
-        self._watchers: dict[str, set[Client]] = {}
-        # Messages on their way straight to a socket, written at the end of the current step (_flush).
-        self._pending: dict[Client, list[bytes]] = {}
-        self._flush_handle: asyncio.Handle | None = None
         self._server: Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._stopped: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._t0 = 0.0
         #: Every inbound and outbound message (bounded; None when ``journal_size`` is 0): see the admin API.
         self.journal: Journal | None = Journal(journal_size) if journal_size > 0 else None
-        self._connections = itertools.count(1)
+        #: The connections and the way out to them (publish, send, the slow-client rule, close).
+        self.hub = Hub(client_queue=client_queue, close_timeout=close_timeout, send_buffer=send_buffer,
+                       journal=self.journal, journal_t=lambda: self._journal_t())
+        #: The seed's protocol on ``/ws``: what a client watches, its controls and faults (this server's hooks).
+        self.ws = WsDialect(self.hub, snapshot=self._snapshot, on_control=self._on_control,
+                            on_fault=self._on_fault, on_connect=self._on_connect)
         #: The admin API's listener (``admin_port`` None: no admin API).
         self.admin: AdminListener | None = None
         if admin_port is not None:
@@ -258,7 +229,17 @@ class _BaseServer:
     @property
     def clients(self) -> int:
         """Connected WebSocket clients."""
-        return len(self._clients)
+        return len(self.hub.clients)
+
+    @property
+    def slow_disconnects(self) -> int:
+        """Clients disconnected for being too slow, since the start."""
+        return self.hub.slow_disconnects
+
+    @property
+    def event_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop it runs on (None before :meth:`start`)."""
+        return self._loop
 
     @property
     def running(self) -> bool:
@@ -269,11 +250,11 @@ class _BaseServer:
         if self._server is not None:
             raise RuntimeError("the server is already started")
         self._loop = asyncio.get_running_loop()
-        self._t0 = self._loop.time()
+        self.hub.start(self._loop)
         self._stopped = asyncio.Event()
         if self.record_path is not None:
             try:
-                self.recorder = Recorder(self.record_path, self._record_header())
+                self.recorder = self.hub.recorder = Recorder(self.record_path, self._record_header())
             except OSError as exc:
                 raise LiveError(f"cannot write the recording {self.record_path}: {exc.strerror}") from None
         token = self.access.token
@@ -320,22 +301,13 @@ class _BaseServer:
             if self.admin is not None:
                 await self.admin.stop()
             await self._on_stop()
-            self._flush()
-            clients = list(self._clients)
-            # Let what is already queued reach the clients (bounded: a slow client must not hold us up).
-            drains = [asyncio.ensure_future(c.queue.join()) for c in clients if not c.closing]
-            if drains:
-                _, pending = await asyncio.wait(drains, timeout=1.0)
-                for task in pending:
-                    task.cancel()
-            await asyncio.gather(*(self._close(c, CLOSE_GOING_AWAY, "server shutting down") for c in clients))
+            await self.hub.shutdown()
             # Anything that connected meanwhile, or is mid-handshake, gets the same treatment.
             self._server.close(close_connections=True, code=CLOSE_GOING_AWAY, reason="server shutting down")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.close_timeout + 1.0):
                     await self._server.wait_closed()
-            for task in list(self._tasks):
-                task.cancel()
+            self.hub.cancel_tasks()
         finally:
             if self.recorder is not None:
                 self.recorder.close()
@@ -379,7 +351,7 @@ class _BaseServer:
     def _stats(self) -> dict[str, Any]:
         """``GET /stats``: counters for load tests and monitoring."""
         gc = self.collector.as_dict() if self.collector is not None and self.collector.running else None
-        return {"kind": self.kind, "clients": len(self._clients), "slow_disconnects": self.slow_disconnects,
+        return {"kind": self.kind, "clients": len(self.hub.clients), "slow_disconnects": self.hub.slow_disconnects,
                 "refused": self.refused, "gc": gc}
 
     def _on_control(self, client: Client, msg: ConversationControl) -> None:
@@ -388,318 +360,44 @@ class _BaseServer:
     def _on_fault(self, client: Client, msg: FaultInjection) -> None:
         raise NotImplementedError
 
-    #: Whether ``/rtvi`` is served (its handshake passes the same access checks as ``/ws``).
-    _serves_rtvi = False
+    @property
+    def dialect_paths(self) -> tuple[str, ...]:
+        """The paths of the dialects served beside ``/ws`` (their handshakes pass the same checks)."""
+        return ()
 
-    async def _serve_rtvi(self, ws: ServerConnection) -> None:
+    async def _serve_dialect(self, path: str, ws: ServerConnection) -> None:
         raise NotImplementedError
-
-    # Broadcast -------------------------------------------------------------------------------------
-    def _broadcast(self, session_id: str | None, message: dict[str, Any], t: float) -> None:
-        """Send one message about ``session_id`` to every client watching it, and record it.
-
-        (A message about no session, a recorded ``error`` in a replay, goes to the unfiltered clients.)"""
-        self._broadcast_text(session_id, dumps(message), t)  # serialised once, whatever the number of clients
-
-    def _broadcast_text(self, session_id: str | None, text: str, t: float) -> None:
-        """:meth:`_broadcast` of a message already serialised."""
-        if self.journal is not None:
-            self.journal.outbound_text(session_id, text, t)
-        if self.recorder is not None:
-            assert self._loop is not None
-            self.recorder.write(self._loop.time() - self._t0, t, text)
-        watchers = self._watchers.get(session_id) if session_id is not None else None
-        data: bytes | None = None
-        pending = self._pending
-        # Copies: an offer may drop a slow client, which changes these sets.
-        for client in (*self._watch_all, *watchers) if watchers else tuple(self._watch_all):
-            if client in pending or self._writable(client):
-                # Straight to the socket, without waking a writer task per client and message (what the
-                # profile showed to dominate): collected, then written with one system call per client
-                # at the end of this pacer step (see _flush).
-                if data is None:
-                    data = text.encode()
-                pending.setdefault(client, []).append(data)
-            else:
-                self._offer(client, text)
-        if pending and self._flush_handle is None and self._loop is not None:
-            self._flush_handle = self._loop.call_soon(self._flush)
-
-    @staticmethod
-    def _writable(client: Client) -> bool:
-        """Whether a message may go straight to the socket: nothing queued before it (order), and the
-        transport below its high-water mark, where ``send`` would wait (else the message waits in the
-        queue, which measures how far behind the client is). The writer task writes a message the moment
-        it takes it from the queue, so an empty queue means that nothing of this client's is waiting."""
-        ws = client.ws
-        return (not client.closing and client.queue.empty() and ws.state is State.OPEN
-                and ws.transport.get_write_buffer_size() < ws.transport.get_write_buffer_limits()[1])
-
-    def _flush(self, only: Client | None = None) -> None:
-        """Write the collected messages: all of them, or ``only`` that client's (before anything else of
-        its goes through the queue, to keep the order)."""
-        if only is not None:
-            batches = {only: self._pending.pop(only)} if only in self._pending else {}
-        else:
-            self._flush_handle = None
-            batches, self._pending = self._pending, {}
-        for client, frames in batches.items():
-            ws = client.ws
-            if client.closing or ws.state is not State.OPEN:
-                continue  # as a send would: nothing more reaches a closing connection
-            try:
-                for frame in frames:
-                    ws.protocol.send_text(frame)
-                # The frames, compressed for this connection, in one write (one system call).
-                ws.transport.writelines(ws.protocol.data_to_send())
-            except Exception as exc:  # a broken connection: its handler sees it close
-                log.debug("writing to %s failed: %s", client.name, exc)
-
-    def _register(self, client: Client) -> None:
-        """Into the broadcast: every message about what the client watches now reaches its queue."""
-        self._clients.add(client)
-        if client.watch_all:
-            self._watch_all.add(client)
-        for sid in client.watched:
-            self._watch(client, sid)
-
-    def _watch(self, client: Client, session_id: str) -> None:
-        """``client`` watches ``session_id`` from now on (by its filter or by a control)."""
-        client.watched.add(session_id)
-        if not client.closing and not client.watch_all:  # (an unfiltered client gets it already)
-            self._watchers.setdefault(session_id, set()).add(client)
-
-    def _unwatch(self, client: Client, session_id: str) -> None:
-        client.watched.discard(session_id)
-        watchers = self._watchers.get(session_id)
-        if watchers is not None:
-            watchers.discard(client)
-            if not watchers:
-                del self._watchers[session_id]
-
-    def _send(self, client: Client, message: dict[str, Any] | BaseModel) -> None:
-        if self.journal is not None:
-            data = message.model_dump(mode="json") if isinstance(message, BaseModel) else message
-            self.journal.outbound(client.id, data, self._journal_t())
-            if data.get("type") == "error" and client.inbound is not None:
-                client.inbound["result"] = {"error": {"code": data["code"], "message": data["message"]}}
-        self._offer(client, dumps(message))
-
-    def _error(self, client: Client, code: str, message: str, session_id: str | None = None) -> None:
-        self._send(client, {"type": "error", "code": code, "message": message, "session_id": session_id})
-
-    def _offer(self, client: Client, text: str) -> None:
-        if client.closing:
-            return
-        if client in self._pending:
-            self._flush(only=client)
-        if client.queue.qsize() >= self.client_queue:
-            self.slow_disconnects += 1
-            log.warning("client %s is %d messages behind: disconnecting it", client.name,
-                        client.queue.qsize())
-            self._drop(client, CLOSE_SLOW, f"too slow: {client.queue.qsize()} messages queued")
-            return
-        client.queue.put_nowait(text)
-
-    def _detach(self, client: Client) -> None:
-        """No more messages for this client: out of the broadcast, its writer stopped."""
-        client.closing = True
-        self._pending.pop(client, None)
-        self._clients.discard(client)
-        self._watch_all.discard(client)
-        for sid in client.watched:
-            watchers = self._watchers.get(sid)
-            if watchers is not None:
-                watchers.discard(client)
-                if not watchers:
-                    del self._watchers[sid]
-        if client.writer is not None:
-            client.writer.cancel()
-            client.writer = None  # the task's frame holds the client: no cycle left for the collector
-
-    def _drop(self, client: Client, code: int, reason: str) -> None:
-        """Disconnect a client without waiting for it (callable from the pacer's callbacks)."""
-        if client.closing:
-            return
-        self._detach(client)
-        task = asyncio.ensure_future(self._close(client, code, reason))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _close(self, client: Client, code: int, reason: str) -> None:
-        self._detach(client)
-        try:
-            # close() waits for the peer's close frame, and first for room in the write buffer, which a
-            # client that does not read never makes: bound it and abort the TCP connection after that.
-            async with asyncio.timeout(self.close_timeout):
-                await client.ws.close(code, reason)
-        except TimeoutError:
-            client.ws.transport.abort()
-        except Exception:  # a connection that breaks while closing is closed all the same
-            client.ws.transport.abort()
-
-    async def _writer(self, client: Client) -> None:
-        ws, queue = client.ws, client.queue
-        try:
-            while True:
-                text = await queue.get()
-                try:
-                    await ws.send(text)
-                finally:
-                    queue.task_done()
-        except ConnectionClosed:
-            pass
-        finally:
-            # Unblock stop()'s queue.join() for whatever will never be sent now.
-            while not queue.empty():
-                queue.get_nowait()
-                queue.task_done()
 
     # Connections -----------------------------------------------------------------------------------
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         target = urlsplit(request.path)
         path = target.path
-        if path == "/ws" or (path == RTVI_PATH and self._serves_rtvi):
-            refusal = self._refusal(request, target.query)
+        if path == "/ws" or path in self.dialect_paths:
+            refusal = handshake_refusal(self.access, request, target.query)
             if refusal is None:
                 return None  # the WebSocket handshake goes on
             self.refused += 1
             host, port = (connection.remote_address or ("?", 0))[:2]
             log.warning("refused a WebSocket connection from %s:%s: %s", host, port, refusal)
             return connection.respond(403, f"{refusal}\n")
-        if path == "/healthz":
-            return connection.respond(200, "ok\n")
-        if path == "/stats":
-            return self._text_response(connection, 200, json.dumps(self._stats()), "application/json")
-        if path in ("/", "/index.html"):
-            page = self.static_dir / "index.html"
-            if page.is_file():
-                return self._file_response(connection, page)
-            return self._text_response(connection, 200, _FALLBACK_PAGE, "text/html; charset=utf-8")
-        if path.startswith("/static/"):
-            # Look the name up among the files that exist rather than handing it to the file system: no
-            # name (too long, NUL, ../, undecodable) can then fail or escape.
-            target = self._static_files().get(path.removeprefix("/static/"))
-            if target is not None:
-                return self._file_response(connection, target)
-        return connection.respond(404, "not found\n")
-
-    def _static_files(self) -> dict[str, Path]:
-        """The dashboard's files by their name under ``/static/`` (a handful: listed on every request)."""
-        base = self.static_dir
-        return {p.relative_to(base).as_posix(): p for p in base.rglob("*") if p.is_file()} if base.is_dir() else {}
-
-    def _refusal(self, request: Request, query: str) -> str | None:
-        headers: dict[str, str] = {}
-        for name in ("Host", "Origin", "Authorization"):
-            values = request.headers.get_all(name)
-            if len(values) > 1:
-                return f"more than one {name} header"
-            if values:
-                headers[name] = values[0]
-        return self.access.refusal(headers, parse_qs(query))
-
-    @staticmethod
-    def _text_response(connection: ServerConnection, status: int, body: str | bytes,
-                       content_type: str) -> Response:
-        response = connection.respond(status, "")
-        data = body.encode() if isinstance(body, str) else body
-        response.body = data
-        # Headers are multi-valued: setting appends, so delete the plain-text defaults first.
-        for name, value in (("Content-Length", str(len(data))), ("Content-Type", content_type)):
-            del response.headers[name]
-            response.headers[name] = value
-        return response
-
-    def _file_response(self, connection: ServerConnection, path: Path) -> Response:
-        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        if content_type.startswith("text/") or content_type in ("application/javascript", "application/json"):
-            content_type += "; charset=utf-8"
-        response = self._text_response(connection, 200, path.read_bytes(), content_type)
-        response.headers["Cache-Control"] = "no-cache"
-        return response
+        return answer(connection, path, self.static_dir, self._stats)
 
     async def _handler(self, ws: ServerConnection) -> None:
         if self._stopping:
             await ws.close(CLOSE_GOING_AWAY, "server shutting down")
             return
         assert ws.request is not None
-        if urlsplit(ws.request.path).path == RTVI_PATH:
-            await self._serve_rtvi(ws)
-            await _free_protocol(ws)
+        path = urlsplit(ws.request.path).path
+        if path in self.dialect_paths:
+            await self._serve_dialect(path, ws)
+            await free_protocol(ws)
             return
-        wanted = [sid for sid in parse_qs(urlsplit(ws.request.path).query).get("session_id", []) if sid]
-        client = Client(ws, watch_all=not wanted, watched=set(wanted), id=f"c{next(self._connections)}")
-        self._limit_send_buffer(ws)
-        # Snapshot and registration with no await in between: no transition can fall between the two.
-        for message in self._snapshot(client):
-            client.queue.put_nowait(dumps(message))
-        self._register(client)
-        client.writer = asyncio.ensure_future(self._writer(client))
-        log.info("client %s connected (%s)", client.name, "all sessions" if client.watch_all else
-                 ", ".join(repr(sid) for sid in sorted(client.watched)))  # repr: ids may hold newlines
-        self._on_connect(client)
-        try:
-            while True:
-                raw = await ws.recv(decode=False)
-                self._on_message(client, raw)
-        except ConnectionClosed:
-            pass
-        finally:
-            self._detach(client)
-            log.info("client %s disconnected", client.name)
-        await _free_protocol(ws)
+        await self.ws.serve(ws)
+        await free_protocol(ws)
 
-    def _limit_send_buffer(self, ws: ServerConnection) -> None:
-        # The kernel grows a socket's send buffer to megabytes on its own; a client that stopped reading
-        # would then be thousands of messages behind before its queue even starts to fill. A bounded
-        # buffer keeps "client_queue messages behind" close to the truth (and is plenty for a dashboard).
-        sock = ws.transport.get_extra_info("socket")
-        if self.send_buffer is not None and sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
-
-    def _on_message(self, client: Client, raw: bytes) -> None:
-        if self.journal is None:
-            self._handle_message(client, raw)
-            return
-        # Journal the frame first, then let _send() fill in the error it causes, if any.
-        client.inbound = self.journal.inbound(client.id, _journal_view(raw), self._journal_t())
-        try:
-            self._handle_message(client, raw)
-        finally:
-            if client.inbound["result"] is None:
-                client.inbound["result"] = "applied"
-            client.inbound = None
-
-    def _handle_message(self, client: Client, raw: bytes) -> None:
-        if len(raw) > MAX_MESSAGE_BYTES:
-            self._error(client, "too_large", f"message is {len(raw)} bytes, the limit is {MAX_MESSAGE_BYTES}")
-            return
-        try:
-            msg = parse_message(raw, allowed=CLIENT_MESSAGE_TYPES)
-        except ProtocolError as exc:
-            self._error(client, "bad_message", str(exc))
-            return
-        try:
-            if isinstance(msg, ConversationControl):
-                self._on_control(client, msg)
-            elif isinstance(msg, FaultInjection):
-                self._on_fault(client, msg)
-        except Exception as exc:  # a pipesim bug: say so to the client, keep everything else running
-            log.exception("handling %r failed", msg)
-            self._error(client, "unsupported", f"internal error handling {getattr(msg, 'type', msg)}: {exc}")
-
-    def _disconnect(self, client: Client, msg: FaultInjection, known: Callable[[str], bool]) -> None:
-        """The ``disconnect`` fault: close the connections that watch ``msg.session_id`` by name."""
-        sid = msg.session_id
-        if sid is not None and not known(sid):
-            self._error(client, "unknown_session", f"disconnect: unknown session {sid!r}", sid)
-            return
-        targets = [c for c in self._clients if sid is None or sid in c.watched]
-        log.info("fault injection: disconnecting %d client(s) watching %s", len(targets), sid or "anything")
-        for target in targets:
-            self._drop(target, CLOSE_FAULT, "fault injection: disconnect")
+    def disconnect_fault(self, client: Client, msg: FaultInjection, known: Callable[[str], bool]) -> None:
+        """The ``disconnect`` fault of ``/ws``: see :meth:`WsDialect.disconnect_fault`."""
+        self.ws.disconnect_fault(client, msg, known)
 
     @property
     def _display_host(self) -> str:
@@ -712,528 +410,4 @@ class _BaseServer:
         return f"<{type(self).__name__} {self.url} {state}, {self.clients} client(s)>"
 
 
-_S = TypeVar("_S", bound=_BaseServer)
-
-
-def _journal_view(raw: bytes) -> dict[str, Any]:
-    """An inbound frame as the journal shows it: its JSON object, else ``{"raw": ...}`` (cut)."""
-    if len(raw) <= MAX_MESSAGE_BYTES:
-        with contextlib.suppress(ValueError, RecursionError):
-            data = _jsonsafe.loads(raw.decode("utf-8"))
-            if isinstance(data, dict):
-                return data
-    return {"raw": raw[:200].decode("utf-8", "replace")}
-
-
-async def _free_protocol(ws: ServerConnection) -> None:
-    """Once the connection is closed, let reference counting free its protocol.
-
-    websockets (17.x) leaves a closed connection's ``ServerProtocol`` in a reference cycle with its own
-    parser generator, and with it the permessage-deflate state: ~80 KB of zlib buffers per connection,
-    outside Python's heap, so the serving collector's trigger (Python's heap doubled) never saw them and a
-    churn soak's RSS grew without bound. Once the connection is closed nothing steps the parser again, and
-    closing it ends the cycle. A connection that ended without a close handshake (a peer that aborted or
-    vanished, a close that timed out, a protocol error) keeps the parser's exception in ``parser_exc``, whose
-    traceback holds the parse frame and so the protocol: the same cycle, so those tracebacks go too (the
-    exceptions stay, for ``close_exc``).
-    """
-    await ws.wait_closed()
-    parser = getattr(ws.protocol, "parser", None)
-    if parser is not None and hasattr(parser, "close"):
-        parser.close()
-    exc, seen = getattr(ws.protocol, "parser_exc", None), set()
-    while isinstance(exc, BaseException) and id(exc) not in seen:
-        seen.add(id(exc))
-        exc.__traceback__ = None
-        exc = exc.__cause__ or exc.__context__
-
-
-class LiveServer(_BaseServer):
-    """The live mock backend: the scenario's model in real time, over the orchestrator's protocol.
-
-    ``speed`` is simulated seconds per wall second; ``record`` a JSON Lines file of every message
-    broadcast; ``client_queue`` the slow-client limit (messages); ``send_buffer`` each client's socket
-    send buffer (bytes; None leaves the OS default); ``allow_origins``, ``allow_hosts`` and ``token`` who
-    may connect (see "Who may connect" above); ``owner_only`` lets a connection control only the sessions
-    it started. The scenario's own sessions (arrivals, scripted ones) run as they would offline; clients
-    add sessions with ``start``. ``port=0`` picks a free port.
-
-    >>> import asyncio
-    >>> from pipesim.scenario import Scenario
-    >>> quiet = Scenario.model_validate({"sessions": {"arrivals": {"kind": "at_once", "count": 0}}})
-    >>> async def demo():
-    ...     async with LiveServer(quiet, port=0, speed=10) as server:
-    ...         return server.url.startswith("ws://127.0.0.1:")
-    >>> asyncio.run(demo())
-    True
-    """
-
-    kind = "live"
-
-    def __init__(self, scenario: Scenario | str | Path | dict[str, Any], *, seed: int | None = None,
-                 speed: float = 1.0, host: str = "127.0.0.1", port: int = 8001,
-                 record: str | Path | None = None, client_queue: int = 1000, close_timeout: float = 2.0,
-                 send_buffer: int | None = 128 * 1024, static_dir: str | Path | None = None,
-                 allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = (), token: str | None = None,
-                 owner_only: bool = False, admin_port: int | None = None, admin_token: str | None = None,
-                 journal_size: int = DEFAULT_JOURNAL_SIZE, forget_after: float | None = 60.0,
-                 trace_limit: int | None = DEFAULT_TRACE_LIMIT) -> None:
-        super().__init__(host=host, port=port, record=record, client_queue=client_queue,
-                         close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
-                         allow_origins=allow_origins, allow_hosts=allow_hosts, token=token,
-                         admin_port=admin_port, admin_token=admin_token, journal_size=journal_size)
-        #: Clients may control only the sessions they started on the same connection.
-        self.owner_only = owner_only
-        if forget_after is not None and not forget_after >= 0:
-            raise ValueError(f"forget_after must be >= 0 or None, got {forget_after}")
-        #: Simulated seconds after which a stopped session is forgotten (None: never); see "Memory".
-        self.forget_after = forget_after
-        #: Stopped sessions forgotten so far.
-        self.forgotten = 0
-        self.scenario = as_scenario(scenario)
-        self.trace_limit = trace_limit
-        #: The one model; its ``trace`` keeps the most recent ``trace_limit`` events (None: everything).
-        self.sim = self.new_model(seed)
-        self.pacer = Pacer(self.sim.env, speed)
-        self._unsubscribe: Callable[[], None] | None = None
-        self._pacer_task: asyncio.Task[None] | None = None
-        self._rtvi: Any = None  # pipesim.live.rtvi.RtviDialect, made by the first /rtvi connection
-
-    _serves_rtvi = True
-
-    def new_model(self, seed: int | None) -> Simulation:
-        """The live model of this server's scenario (at start, and again on an admin reset)."""
-        return Simulation(self.scenario, seed=seed, live=True, trace_limit=self.trace_limit)
-
-    def drop_rtvi(self, reason: str) -> None:
-        """Close every RTVI socket (their sessions are gone, e.g. on a reset); the next one starts afresh."""
-        if self._rtvi is not None:
-            for conn in list(self._rtvi.connections.values()):
-                if (client := conn.closable) is not None:
-                    self._drop(client, 1000, reason)
-            self._rtvi = None
-
-    @property
-    def rtvi(self) -> Any:
-        """The RTVI dialect on ``/rtvi`` (:class:`pipesim.live.rtvi.RtviDialect`): its connections by session."""
-        if self._rtvi is None:
-            from pipesim.live.rtvi import RtviDialect  # it builds on this module
-
-            self._rtvi = RtviDialect(self)
-        return self._rtvi
-
-    async def _serve_rtvi(self, ws: ServerConnection) -> None:
-        await self.rtvi.serve(ws)
-
-    @property
-    def speed(self) -> float:
-        return self.pacer.speed
-
-    def _record_header(self) -> dict[str, Any]:
-        return {"scenario": self.scenario.name, "seed": self.sim.seed, "speed": self.pacer.speed}
-
-    def _journal_t(self) -> float:
-        return self.pacer.now()
-
-    def _on_start(self) -> None:
-        self._unsubscribe = self.sim.manager.subscribe(self._on_transition)
-        self.sim.start()  # the scenario's arrivals and scripted sessions, at simulated time 0
-        self._pacer_task = asyncio.ensure_future(self.pacer.run())
-
-    async def _on_stop(self) -> None:
-        if self._pacer_task is not None:
-            self._pacer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pacer_task
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-
-    def _on_transition(self, tr: Transition) -> None:
-        for text in encode_transition(tr):
-            self._broadcast_text(tr.session_id, text, tr.t)
-        if tr.event == "session_stopped" and self.forget_after is not None:
-            # A model event, so the grace period is simulated time, and the forgetting happens outside
-            # the state manager's delivery of this transition.
-            sid = tr.session_id
-            self.sim.env.timeout(self.forget_after).callbacks.append(lambda _: self._forget(sid))
-
-    def _forget(self, session_id: str) -> None:
-        if session_id in self.sim.manager and self.sim.manager.status(session_id) == "stopped":
-            self.sim.forget(session_id)
-            self.forgotten += 1
-            if self._rtvi is not None:
-                self._rtvi.connections.pop(session_id, None)
-
-    def _stats(self) -> dict[str, Any]:
-        pacer, loop = self.pacer, self._loop
-        origin = pacer._origin_wall
-        clock = {"speed": pacer.speed, "paused": pacer.paused, "sim_now": self.sim.env.now,
-                 "origin_sim": pacer._origin_sim,
-                 # Simulated time t happens at wall time origin + (t - origin_sim) / speed; monotonic is
-                 # time.monotonic() of this machine (what the event loop uses), unix is time.time().
-                 "origin_monotonic": origin,
-                 "origin_unix": None if origin is None or loop is None else time.time() - (loop.time() - origin),
-                 # Wall seconds the oldest due event waits: 0 once caught up (load tests wait for it).
-                 "behind_s": pacer.behind()}
-        return {**super()._stats(), "clock": clock, "pacer_lag": pacer.lag.as_dict(), "pacer_errors": pacer.errors,
-                "sessions": len(self.sim.sessions), "forgotten": self.forgotten}
-
-    def _snapshot(self, client: Client) -> list[dict[str, Any]]:
-        mgr = self.sim.manager
-        now = self.pacer.catch_up()
-        out = []
-        # A client of one session (?session_id=X, the usual) looks at that one, not at every session: a
-        # thousand handshakes would otherwise cost a million look-ups. Several: in the order they were created.
-        ids = client.watched if len(client.watched) == 1 and not client.watch_all else mgr.session_ids
-        for sid in ids:
-            if sid in mgr and client.wants(sid) and mgr.status(sid) != "stopped":
-                out.append(wire_messages(mgr.snapshot(sid, now))[0])
-        return out
-
-    def _on_control(self, client: Client, msg: ConversationControl) -> None:
-        with self.pacer.applying():
-            sid = msg.session_id
-            exists = sid in self.sim.manager
-            if self.owner_only and exists and sid not in client.owned:
-                self._error(client, "forbidden", f"{msg.action}: session {sid!r} was not started by this "
-                            "connection (the server lets a connection control only the sessions it started)", sid)
-                return
-            added = sid not in client.watched
-            # Watch before applying, so that the control's own transitions reach this client.
-            self._watch(client, sid)
-            try:
-                self.sim.control(sid, msg.action)
-            except UnknownSession:
-                self._error(client, "unknown_session",
-                            f"{msg.action}: unknown session {sid!r} (send start to create it)", sid)
-            except IllegalTransition as exc:
-                self._error(client, "illegal_control", f"{msg.action}: {exc}", sid)
-            else:
-                added = False
-                if not exists:
-                    client.owned.add(sid)
-            finally:
-                if added:
-                    self._unwatch(client, sid)
-
-    def _on_fault(self, client: Client, msg: FaultInjection) -> None:
-        if msg.fault == "disconnect":
-            self._disconnect(client, msg, lambda sid: sid in self.sim.manager)
-            return
-        with self.pacer.applying() as now:
-            try:
-                self.sim.inject_fault(msg.fault, msg.service, msg.duration_s)
-            except ValueError as exc:
-                self._error(client, "bad_message", f"fault_injection: {exc}", msg.session_id)
-                return
-        log.info("fault injection: %s %s for %.1f s at t=%.3f", msg.fault, msg.service or "all topics",
-                 msg.duration_s, now)
-
-
-class ReplayServer(_BaseServer):
-    """Serves a recording or a trace over the live protocol, at its original timing divided by ``speed``.
-
-    ``source`` is a file (see :func:`~pipesim.live.recording.load_replay`) or ``(t, message)`` pairs.
-    Playback starts when the first client connects, from the first message (so nobody misses the
-    beginning); ``loop=True`` starts again after the last one. Controls and model faults are answered with
-    ``error`` ``unsupported`` (a replay cannot change); ``disconnect`` works as live.
-
-    >>> server = ReplayServer([(0.0, {"type": "session_created", "session_id": "a", "timestamp": 0.0,
-    ...                                 "seq": 0})], port=0)
-    >>> server.messages
-    1
-    """
-
-    kind = "replay"
-
-    def __init__(self, source: str | Path | Iterable[tuple[float, dict[str, Any]]], *, speed: float = 1.0,
-                 loop: bool = False, host: str = "127.0.0.1", port: int = 8001,
-                 record: str | Path | None = None, client_queue: int = 1000, close_timeout: float = 2.0,
-                 send_buffer: int | None = 128 * 1024, static_dir: str | Path | None = None,
-                 allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = (),
-                 token: str | None = None, admin_port: int | None = None, admin_token: str | None = None,
-                 journal_size: int = DEFAULT_JOURNAL_SIZE) -> None:
-        super().__init__(host=host, port=port, record=record, client_queue=client_queue,
-                         close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
-                         allow_origins=allow_origins, allow_hosts=allow_hosts, token=token,
-                         admin_port=admin_port, admin_token=admin_token, journal_size=journal_size)
-        self.source = str(source) if isinstance(source, str | Path) else "<messages>"
-        self._items = load_replay(source) if isinstance(source, str | Path) else list(source)
-        if not self._items:
-            raise ValueError("nothing to replay")
-        #: The cursor: position, pause, speed, seek (the admin API's replay clock drives it).
-        self.playback = Playback(self._items, speed)
-        self.loop = loop
-        #: Times the playback reached its end.
-        self.plays = 0
-        self._player: asyncio.Task[None] | None = None
-        self._latest: dict[str, dict[str, Any]] = {}  # last update of each session not yet ended
-        self._position = self._items[0][0]
-        self._finished: asyncio.Event | None = None
-        self._wake = asyncio.Event()  # the cursor moved (seek, resume, speed): look at the schedule again
-        self._moved = False  # the clock was driven before the first client came: do not restart it then
-
-    @property
-    def messages(self) -> int:
-        """How many messages one playback sends."""
-        return len(self._items)
-
-    @property
-    def speed(self) -> float:
-        return self.playback.speed
-
-    @property
-    def paused(self) -> bool:
-        return self.playback.paused
-
-    def clock(self) -> dict[str, Any]:
-        """The replay's clock as the admin API shows it: ``t``, ``paused``, ``speed``, ``next_event_t``."""
-        pb = self.playback
-        return {"t": pb.position, "paused": pb.paused, "speed": pb.speed, "next_event_t": pb.next_t}
-
-    def pause(self) -> dict[str, Any]:
-        """Hold the playback where it is; connected clients keep their connection and get nothing new."""
-        self.playback.pause()
-        return self._moved_clock()
-
-    def resume(self) -> dict[str, Any]:
-        """Go on from where the playback was held."""
-        self.playback.resume()
-        return self._moved_clock()
-
-    def set_speed(self, speed: float) -> dict[str, Any]:
-        """Play at ``speed`` (simulated seconds per wall second) from now on; ``ValueError`` unless > 0."""
-        self.playback.set_speed(speed)
-        return self._moved_clock()
-
-    def seek(self, t: float) -> dict[str, Any]:
-        """Jump to simulated time ``t`` (clamped to the recording's span) and play on from there.
-
-        Every watcher is brought to the state as of ``t``, as a client joining then would see it: a
-        session that no longer exists at ``t`` gets ``session_ended`` (reason ``"replay seek"``); one that
-        does gets a ``snapshot`` of its last update before ``t``, preceded by its ``session_created``
-        when it is new to the client or the seek went back (seq 0 again: the client starts the session
-        afresh, as after ``--loop``). Then the messages from ``t`` on follow. ``ValueError`` for a ``t``
-        that is not a finite number.
-        """
-        pb = self.playback
-        before = pb.sessions_at()
-        backwards = t < pb.position
-        pb.seek(t)
-        now, t = pb.sessions_at(), pb.position
-        self._position = t
-        for sid, gone in before.items():
-            if sid not in now:
-                self._broadcast(sid, {"type": "session_ended", "session_id": sid, "timestamp": t,
-                                      "seq": (gone.seq or 0) + 1, "reason": "replay seek"}, t)
-        self._latest.clear()
-        for sid, at in now.items():
-            if at.created is not None and (backwards or sid not in before):
-                self._broadcast(sid, at.created, t)
-            if at.latest is not None:
-                self._latest[sid] = at.latest
-                self._broadcast(sid, {**at.latest, "event": "snapshot", "timestamp": t, "seq": at.seq}, t)
-        return self._moved_clock()
-
-    def _moved_clock(self) -> dict[str, Any]:
-        self._moved = True
-        self._wake.set()
-        return self.clock()
-
-    async def wait_finished(self) -> None:
-        """Wait until the (first) playback has sent its last message."""
-        if self._finished is None:
-            raise RuntimeError("the server is not started")
-        await self._finished.wait()
-
-    def _record_header(self) -> dict[str, Any]:
-        return {"replay_of": self.source, "speed": self.speed}
-
-    def _journal_t(self) -> float:
-        return self.playback.position
-
-    def _stats(self) -> dict[str, Any]:
-        return {**super()._stats(), "clock": self.clock()}
-
-    def _on_start(self) -> None:
-        self._finished = asyncio.Event()
-
-    async def _on_stop(self) -> None:
-        if self._player is not None:
-            self._player.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._player
-
-    def _on_connect(self, client: Client) -> None:
-        if self._player is None:
-            if not self._moved:
-                self.playback.restart()  # from the first message, now: nobody misses the beginning
-            self._player = asyncio.ensure_future(self._play())
-
-    def _snapshot(self, client: Client) -> list[dict[str, Any]]:
-        return [{**m, "event": "snapshot", "timestamp": self._position}
-                for sid, m in self._latest.items() if client.wants(sid)]
-
-    async def _play(self) -> None:
-        pb = self.playback
-        counted = False  # this pass's end is counted in plays
-        while True:
-            batch = pb.due(limit=100)
-            for t, message in batch:
-                self._position = t
-                sid = message.get("session_id")
-                if sid is not None and message["type"] == "pipeline_state_update":
-                    self._latest[sid] = message
-                elif sid is not None and message["type"] == "session_ended":
-                    self._latest.pop(sid, None)
-                self._broadcast(sid, message, t)
-            if len(batch) == 100:
-                await asyncio.sleep(0)  # behind: let the writers run
-                continue
-            if not pb.finished:
-                counted = False
-            elif not counted:
-                counted = True
-                self.plays += 1
-                assert self._finished is not None
-                self._finished.set()
-                if self.loop:
-                    self._latest.clear()
-                    pb.restart()
-                    continue
-            # Sleep until the next message is due, or until the clock is paused, resumed, sped or sought.
-            delay = pb.next_delay()
-            self._wake.clear()
-            if delay is None or delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
-
-    def _on_control(self, client: Client, msg: ConversationControl) -> None:
-        self._error(client, "unsupported",
-                    f"{msg.action}: this server replays {self.source}; controls cannot change it",
-                    msg.session_id)
-
-    def _on_fault(self, client: Client, msg: FaultInjection) -> None:
-        if msg.fault == "disconnect":
-            known = {m[1].get("session_id") for m in self._items}
-            self._disconnect(client, msg, lambda sid: sid in known)
-            return
-        self._error(client, "unsupported", f"{msg.fault}: this server replays {self.source}; "
-                    "only the disconnect fault is available", msg.session_id)
-
-
-# Notebooks -------------------------------------------------------------------------------------------
-_T = TypeVar("_T")
-
-
-class BackgroundServer(Generic[_S]):
-    """A server running in a thread with its own event loop, so it works from Jupyter (whose loop is
-    already running) or any synchronous code. Use :func:`serve_in_background` or
-    :func:`replay_in_background`; call :meth:`stop` when done (or use it as a context manager).
-
-    Touch the model only through :meth:`call`, which runs a function on the server's loop:
-    ``bg.call(lambda: bg.server.sim.trace.events_frame())``.
-    """
-
-    def __init__(self, server: _S, timeout: float = 30.0) -> None:
-        self.server: _S = server
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_requested: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._main, name=f"pipesim-{type(server).__name__}",
-                                        daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise LiveError(f"the server did not start within {timeout} s")
-        if self._error is not None:
-            raise self._error
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def http_url(self) -> str:
-        return self.server.http_url
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def call(self, fn: Callable[[], _T], timeout: float = 10.0) -> _T:
-        """Run ``fn()`` on the server's event loop thread and return its result."""
-        if self._loop is None or not self.running:
-            raise RuntimeError("the server is not running")
-
-        async def run() -> _T:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server (clients get 1001, the recording is closed) and wait for its thread."""
-        if self._loop is not None and self._stop_requested is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop_requested.set)
-        self._thread.join(timeout)
-
-    def _main(self) -> None:
-        asyncio.run(self._run())
-
-    async def _run(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop_requested = asyncio.Event()
-        try:
-            await self.server.start()
-        except BaseException as exc:  # handed to the caller's thread
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        await self._stop_requested.wait()
-        await self.server.stop()
-
-    def __enter__(self) -> BackgroundServer[_S]:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"<BackgroundServer {self.server!r}>"
-
-    def _repr_html_(self) -> str:
-        s = self.server
-        return (f"<b>pipesim {type(s).__name__}</b> on <code>{s.url}</code> "
-                f"(dashboard <a href='{s.http_url}' target='_blank'>{s.http_url}</a>), "
-                f"{'running' if self.running else 'stopped'}")
-
-
-def serve_in_background(scenario: Scenario | str | Path | dict[str, Any] = "frontend_demo", *,
-                        port: int = 8001, host: str = "127.0.0.1", speed: float = 1.0,
-                        seed: int | None = None, record: str | Path | None = None,
-                        **kwargs: Any) -> BackgroundServer[LiveServer]:
-    """Start a :class:`LiveServer` in a background thread; returns once it listens.
-
-    >>> server = serve_in_background("frontend_demo", port=0)   # doctest: +SKIP
-    >>> server.url                                                # doctest: +SKIP
-    'ws://127.0.0.1:53211/ws'
-    >>> server.stop()                                             # doctest: +SKIP
-    """
-    return BackgroundServer(LiveServer(scenario, port=port, host=host, speed=speed, seed=seed, record=record,
-                                       **kwargs))
-
-
-def replay_in_background(source: str | Path | Iterable[tuple[float, dict[str, Any]]], *, port: int = 8001,
-                         host: str = "127.0.0.1", speed: float = 1.0, loop: bool = False,
-                         **kwargs: Any) -> BackgroundServer[ReplayServer]:
-    """Start a :class:`ReplayServer` in a background thread; returns once it listens.
-
-    >>> server = replay_in_background("out/trace.jsonl", port=0, speed=5)   # doctest: +SKIP
-    """
-    return BackgroundServer(ReplayServer(source, port=port, host=host, speed=speed, loop=loop, **kwargs))
+_S = TypeVar("_S", bound=BaseServer)

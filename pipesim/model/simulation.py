@@ -319,7 +319,7 @@ class Simulation:
                 raise IllegalTransition(session_id, "lifecycle", "stopped", "start",
                                         "the session was stopped (and since forgotten); its id cannot be reused")
             if action == "start" and self.live:
-                reserved = self._reserved(session_id)
+                reserved = self.reserved_for(session_id)
                 if reserved:  # creating it now would make the scenario's own spawn of that id fail later
                     raise IllegalTransition(session_id, "lifecycle", "unknown", "create",
                                             f"the id is reserved: {reserved}")
@@ -357,7 +357,7 @@ class Simulation:
         >>> sim.sessions["abc"].n_turns, sim.sessions["abc"].snr_db == sim.scenario.quality.midpoint_db
         (2, True)
         """
-        reserved = self._reserved(session_id)
+        reserved = self.reserved_for(session_id)
         if reserved:
             raise IllegalTransition(session_id, "lifecycle", "unknown", "create", f"the id is reserved: {reserved}")
         tr = self._spawn(session_id, start=False)
@@ -421,7 +421,7 @@ class Simulation:
         """
         self.manager.forget(session_id)
         del self.sessions[session_id]
-        if self._reserved(session_id) is None:  # the scenario's own ids are refused anyway
+        if self.reserved_for(session_id) is None:  # the scenario's own ids are refused anyway
             self._forgotten.add(session_id)
 
     def inject_fault(self, fault: str, service: str | None = None, duration_s: float = 5.0) -> None:
@@ -438,7 +438,7 @@ class Simulation:
             raise ValueError(f"unknown fault {fault!r}")
 
     # Sessions --------------------------------------------------------------------------------------
-    def _reserved(self, session_id: str) -> str | None:
+    def reserved_for(self, session_id: str) -> str | None:
         """Why a live client may not create ``session_id`` (the scenario will), or None."""
         sessions = self.scenario.sessions
         for script in sessions.scripted:

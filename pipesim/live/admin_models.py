@@ -1,0 +1,347 @@
+"""The admin API's bodies and answers, its errors, its JSON reader, and what its OpenAPI document shows.
+
+Each body refuses a field it does not know (a misspelt option must not be ignored silently); a body that
+is not JSON, or a value the guarded reader refuses, is answered 422 naming where (:func:`json_error`).
+
+>>> json_path_at('{"messages": [{"after_s": 1e999}]}', 26)
+'body.messages[0].after_s'
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipesim import _jsonsafe
+from pipesim.vocabulary import FaultKind, PipelineState, ServiceName, ServiceState, SessionStatus
+
+
+# Models ----------------------------------------------------------------------------------------------
+class _Body(BaseModel):
+    # A misspelt option must not be ignored silently: a test would assert against the wrong setup.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="unknown_session, illegal_control, bad_request, forbidden, unauthorized, "
+                                  "unsupported, timeout, not_found, ...")
+    message: str = Field(description="One line naming what is wrong.")
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx/5xx answer."""
+
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    kind: Literal["live", "replay"]
+    scenario: str | None
+    seed: int | None
+
+
+class ServicesModel(BaseModel):
+    stt: ServiceState
+    llm: ServiceState
+    tts: ServiceState
+
+
+class Session(BaseModel):
+    """A session as the state manager has it now."""
+
+    session_id: str
+    status: SessionStatus
+    state: PipelineState
+    services: ServicesModel
+    turn_id: int
+    seq: int = Field(description="The seq of the last message sent about the session.")
+    buffer_size: int
+    audio_quality: float
+    created_by: Literal["scenario", "client", "admin"]
+
+
+class SessionList(BaseModel):
+    sessions: list[Session]
+
+
+class CreateSession(_Body):
+    session_id: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    turns: Annotated[int | None, Field(ge=1, le=10_000, description="User turns before the user hangs up.")] = None
+    audio_quality: Annotated[float | None, Field(gt=0.0, lt=1.0, allow_inf_nan=False, description=(
+        "The user's typical audio quality (0..1, exclusive): sets their microphone's SNR level.")) ] = None
+    start: bool = True
+
+
+class Clock(BaseModel):
+    t: float = Field(description="Simulated seconds.")
+    paused: bool
+    speed: float
+    next_event_t: float | None
+
+
+class SpeedBody(_Body):
+    speed: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
+
+
+#: Most transitions a clock move's answer lists by default (an hour of a busy model is millions of them).
+LISTED_TRANSITIONS = 1_000
+_Listed = Annotated[int, Field(ge=0, le=100_000, description="Most transitions the answer lists (the first ones); "
+                               "transitions_total counts them all.")]
+
+
+class StepBody(_Body):
+    count: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    limit: _Listed = LISTED_TRANSITIONS
+
+
+class AdvanceBody(_Body):
+    seconds: Annotated[float, Field(ge=0, le=1e7, allow_inf_nan=False)]
+    limit: _Listed = LISTED_TRANSITIONS
+
+
+class ClockMoved(BaseModel):
+    clock: Clock
+    transitions: list[dict[str, Any]] = Field(description="The wire messages of the first `limit` transitions "
+                                              "passed, in order.")
+    transitions_total: int = Field(description="How many transitions the clock passed.")
+    truncated: bool = Field(description="True when transitions lists fewer than transitions_total.")
+
+
+class Until(_Body):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    status: SessionStatus | None = None
+    state: PipelineState | None = None
+    stt: Annotated[ServiceState | None, Field(alias="services.stt")] = None
+    llm: Annotated[ServiceState | None, Field(alias="services.llm")] = None
+    tts: Annotated[ServiceState | None, Field(alias="services.tts")] = None
+
+    def wanted(self) -> dict[str, str]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class RunUntilBody(_Body):
+    session_id: Annotated[str, Field(min_length=1, max_length=200)]
+    until: Until
+    timeout_s: Annotated[float, Field(gt=0, le=1e7, allow_inf_nan=False, description="Simulated seconds.")] = 60.0
+    wall_timeout_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 10.0
+
+
+class RunUntilResult(BaseModel):
+    clock: Clock
+    session: Session
+    reached: bool
+
+
+class FaultBody(_Body):
+    fault: FaultKind
+    service: ServiceName | None = None
+    duration_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 5.0
+    session_id: str | None = None
+
+
+class FaultApplied(BaseModel):
+    applied: dict[str, Any] = Field(description="What was applied, with from_t and until_t (simulated).")
+
+
+class PushItem(_Body):
+    message: dict[str, Any] = Field(description="A server message of the protocol; session_id, seq and "
+                                                "timestamp are filled in when absent.")
+    after_s: Annotated[float, Field(ge=0, le=1e7, allow_inf_nan=False)] = 0.0
+
+
+class PushBody(_Body):
+    messages: Annotated[list[PushItem], Field(min_length=1, max_length=10_000)]
+
+
+class Scheduled(BaseModel):
+    scheduled: int
+
+
+class JournalEntry(BaseModel):
+    id: int
+    wall_time: str
+    t: float
+    direction: Literal["in", "out"]
+    connection: str | None
+    session_id: str | None
+    type: str | None
+    message: dict[str, Any]
+    result: Any = Field(description='Inbound only: "applied" or {"error": {code, message}}.')
+
+
+class JournalEntries(BaseModel):
+    entries: list[JournalEntry]
+    last_id: int = Field(description="The id of the newest entry of the journal, whatever the filters (0 when "
+                                     "none was ever made): pass it as `since` to read only what comes next.")
+
+
+class Cleared(BaseModel):
+    cleared: int
+
+
+class SeekBody(_Body):
+    t: Annotated[float, Field(allow_inf_nan=False)]
+
+
+class AdminError(Exception):
+    """An admin request that cannot be honoured: answered with ``status`` and the error body."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}, **extra}, status_code=status)
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
+    """``body.messages[1].message.state``; a key that is not a plain name is quoted (``until["\\n"]``), so the
+    path stays on one line whatever a client sends."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).isidentifier():
+            out += f"[{json.dumps(str(part))[:80]}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+#: The tokens of a JSON text that say where a value is: strings, brackets, commas and colons.
+_JSON_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]')
+
+
+def json_path_at(text: str, pos: int) -> str:
+    """The field path (``body.messages[0].after_s``) of the value at character ``pos`` of a JSON text, read
+    from the text before it (which the decoder took).
+
+    >>> json_path_at('{"messages": [{"after_s": 1e999}]}', 26)
+    'body.messages[0].after_s'
+    """
+    parts: list[str | int | None] = []  # per open container: the key or index of the value being read
+    key: str | None = None
+    for match in _JSON_STRUCTURE.finditer(text, 0, pos):
+        token = match.group()
+        if token in "{[":
+            parts.append(0 if token == "[" else None)
+        elif token in "}]":
+            if parts:
+                parts.pop()
+        elif token == ",":
+            if parts:
+                last = parts[-1]
+                parts[-1] = last + 1 if isinstance(last, int) else None
+        elif token == ":":
+            if parts:
+                parts[-1] = key
+        else:
+            try:
+                key = json.loads(token)
+            except ValueError:
+                key = token[1:-1]
+    return field_path(("body", *(p for p in parts if p is not None)))
+
+
+class _GuardedJSONRequest(Request):
+    """A request whose JSON body is read by pipesim's guarded reader: a huge integer or a deep nesting is a
+    ``JSONDecodeError`` with its position, which FastAPI answers as any bad JSON (422, naming where), instead
+    of the decoder's own error (a 400 that named nothing)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            raw = await self.body()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise json.JSONDecodeError(f"not UTF-8 ({exc.reason})", raw.decode("utf-8", "replace"),
+                                           exc.start) from None
+            self._json = _jsonsafe.loads(text)
+        return self._json
+
+
+class GuardedJSONRoute(APIRoute):
+    """FastAPI's route, handing its endpoint a :class:`_GuardedJSONRequest` (FastAPI's documented way to
+    change how a body is read: a custom ``APIRoute`` class)."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            return await handler(_GuardedJSONRequest(request.scope, request.receive))
+
+        return guarded
+
+
+# What each operation answers (the OpenAPI document) ------------------------------------------------------
+EXAMPLE_CLOCK = {"t": 12.5, "paused": True, "speed": 1.0, "next_event_t": 12.62}
+EXAMPLE_SESSION = {"session_id": "demo-1", "status": "active", "state": "processing",
+            "services": {"stt": "complete", "llm": "executing", "tts": "idle"}, "turn_id": 2, "seq": 41,
+            "buffer_size": 0, "audio_quality": 0.82, "created_by": "scenario"}
+EXAMPLE_UPDATE = {"type": "pipeline_state_update", "session_id": "demo-1", "state": "processing",
+           "services": {"stt": "complete", "llm": "executing", "tts": "idle"},
+           "metadata": {"buffer_size": 0, "audio_quality": 0.82}, "timestamp": 12.5, "seq": 41}
+EXAMPLE_MOVED = {"clock": EXAMPLE_CLOCK, "transitions": [EXAMPLE_UPDATE], "transitions_total": 1, "truncated": False}
+
+#: The errors an operation may answer: why, and an example of the error body's code and message.
+_ERRORS: dict[int, tuple[str, str, str]] = {
+    400: ("A Host, Origin or Authorization header given more than once.", "bad_request",
+          "more than one Host header"),
+    401: ("The server was started with an admin token (--admin-token, $PIPESIM_ADMIN_TOKEN) and the request "
+          "did not carry it as Authorization: Bearer TOKEN.", "unauthorized", "wrong admin token"),
+    403: ("A Host that is not a loopback name, or an Origin the server does not allow (--allow-origin).",
+          "forbidden", "Origin 'http://evil.example' is not allowed"),
+    404: ("No session of this id.", "unknown_session", "unknown session 'demo-9'"),
+    408: ("The session did not reach the state in time (the body also carries the session and the clock).",
+          "timeout", "run-until: session 'demo-1' did not reach {\"services.llm\": \"executing\"} within 60 "
+          "simulated s (or 10 wall s)"),
+    409: ("Not possible now: a replay cannot change (only the clock, seek, the journal and health are "
+          "available), or the control is illegal in the session's state.", "illegal_control",
+          "pause: session 'demo-1' is paused"),
+    415: ("A body that is not application/json.", "bad_request",
+          "the body must be application/json, got 'text/plain'"),
+    422: ("A bad body or query parameter: the message names the field (body.messages[1].message.state), or "
+          "says the body is not JSON and where.", "bad_request",
+          "body.speed: Input should be greater than 0 (got -2)"),
+}
+#: Every operation may answer these: the access checks come before any handler.
+_ACCESS = (400, 401, 403)
+
+
+def responses_of(example: Any, *errors: int, status: int = 200, **why: str) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of an operation: its answer's example, then each error it may answer (besides the
+    access checks every operation has, and 415 for a POST) with why and an example; ``why`` overrides the
+    reason (``e404="..."``)."""
+    out: dict[int | str, dict[str, Any]] = {status: {"content": {"application/json": {"example": example}}}}
+    for code in sorted({*_ACCESS, *errors}):
+        reason, error_code, message = _ERRORS[code]
+        out[code] = {"model": ErrorBody, "description": why.get(f"e{code}", reason),
+                     "content": {"application/json": {"example": {"error": {"code": error_code,
+                                                                            "message": message}}}}}
+    return out
+
+
+NO_SESSION = "No session of this id (on a replay: 409)."
+LIVE_ONLY = "This server replays a recording: only the clock, seek, the journal and health are available."
+
+
+def json_error(text: str, err: dict[str, Any]) -> str:
+    """The one line for a body FastAPI could not decode: the field where it failed, else that it is not JSON."""
+    loc = err.get("loc", ())
+    pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
+    reason = str((err.get("ctx") or {}).get("error", "not JSON"))
+    line = text.count("\n", 0, pos) + 1
+    column = pos - text.rfind("\n", 0, pos)
+    where = json_path_at(text, pos)
+    if where == "body":
+        return f"body: not JSON: {reason} (line {line} column {column})"
+    return f"{where[:200]}: {reason} (line {line} column {column} of the body)"

@@ -43,7 +43,8 @@ def grid_answer(scenario: pipesim.Scenario, slo: str, ranges: dict[str, tuple[in
     return {"points": len(verdicts), "runs": len(verdicts) * replications,
             "verdicts": {k: [verdict for _, verdict in verdicts].count(k) for k in ("met", "violated", "undecided")},
             "cheapest_cost": cheapest_cost,
-            "cheapest": [v for v in met if sum(v.values()) == cheapest_cost]}
+            "cheapest": [v for v in met if sum(v.values()) == cheapest_cost],
+            "verdict_of": {tuple(v.values()): verdict for v, verdict in verdicts}}
 
 
 def main() -> None:
@@ -72,6 +73,7 @@ def main() -> None:
     grid = grid_answer(scenario, args.slo, ranges, args.replications, args.until, args.warmup)
     grid_cpu = time.process_time() - started
 
+    verdict_of = grid.pop("verdict_of")
     figures: dict[str, Any] = {
         "benchmark": "plan", "scenario": scenario.name, "slo": args.slo, "until": args.until, "warmup_s": args.warmup,
         "ranges": {path: list(values) for path, values in ranges.items()}, "load_average": os.getloadavg()[0],
@@ -79,6 +81,9 @@ def main() -> None:
                  "recommended": plan.recommended, "cost": plan.cost},
         "grid": {**grid, "replications": args.replications, "cpu_s": grid_cpu},
     }
+    # Where the answers differ, the grid's fixed replications may have left the plan's answer undecided.
+    figures["grid_verdict_at_recommended"] = (verdict_of.get(tuple(plan.recommended.values()))
+                                              if plan.recommended else None)
     figures["same_cost"] = plan.cost == grid["cheapest_cost"]
     # Same answer: the plan's recommendation is one of the grid's cheapest met points (or both found none).
     figures["same_answer"] = plan.recommended in grid["cheapest"] if grid["cheapest"] else plan.recommended is None
@@ -91,7 +96,8 @@ def main() -> None:
     print(f"{'grid':6}{grid['points']:>16}{grid['runs']:>8}{grid_cpu:>9.1f}  "
           f"{grid['cheapest']} (cost {grid['cheapest_cost']}; {args.replications} runs a point)")
     print(f"plan runs count its pilot; grid verdicts {grid['verdicts']}; same cost: {figures['same_cost']}, "
-          f"same configuration: {figures['same_answer']}")
+          f"same configuration: {figures['same_answer']}; the grid's verdict at the plan's recommendation: "
+          f"{figures['grid_verdict_at_recommended']}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
 

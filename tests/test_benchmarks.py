@@ -87,3 +87,4 @@ def test_plan_quick_run_sets_the_plan_beside_the_grid(tmp_path):
     assert result["same_answer"] == (plan["recommended"] in grid["cheapest"] if grid["cheapest"] else
                                      plan["recommended"] is None)
     assert result["same_cost"] == (plan["cost"] == grid["cheapest_cost"])
+    assert result["grid_verdict_at_recommended"] in ("met", "violated", "undecided")

@@ -331,10 +331,11 @@ class _Judge:
 
     def __init__(self, scn: Scenario, out: Plan, progress: bool | None, check_options: dict[str, Any]) -> None:
         self.scn, self.out, self.options, self.seen = scn, out, check_options, {}
-        from tqdm.auto import tqdm  # the widget in Jupyter (pipesim[notebooks] has ipywidgets), else text
+        self.bar = None
+        if progress is not False:  # progress=False touches no tqdm: tqdm.auto warns in Jupyter without ipywidgets
+            from tqdm.auto import tqdm  # the widget in Jupyter (pipesim[notebooks] has ipywidgets), else text
 
-        self.bar = (None if progress is False else tqdm(
-            desc=f"planning {scn.name}", unit="run", disable=None if progress is None else not progress))
+            self.bar = tqdm(desc=f"planning {scn.name}", unit="run", disable=None if progress is None else not progress)
 
     def __call__(self, values: dict[str, int | float], role: str) -> Evaluation:
         key = tuple(values.items())

@@ -15,6 +15,7 @@ QUICK_RUNS = [
     ("bench_model.py", "model.json"),
     ("bench_live.py", "live.json"),
     ("bench_trace.py", "trace.json"),
+    ("bench_plan.py", "plan.json"),
 ]
 
 
@@ -71,3 +72,19 @@ def test_the_simulation_alone_is_the_same_simulation(scenario):
     alone = bench_model.run_pipesim(scn, without=("trace", "manager"))
     assert full["turns"] > 0
     assert (alone["events"], alone["turns_digest"]) == (full["events"], full["turns_digest"])
+
+
+def test_plan_quick_run_sets_the_plan_beside_the_grid(tmp_path):
+    out = tmp_path / "plan.json"
+    subprocess.run([sys.executable, str(BENCHMARKS / "bench_plan.py"), "--quick", "--json", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    result = json.loads(out.read_text(encoding="utf-8"))
+    plan, grid = result["plan"], result["grid"]
+    assert grid["points"] == math.prod(len(values) for values in result["ranges"].values())
+    assert grid["runs"] == grid["points"] * grid["replications"] and sum(grid["verdicts"].values()) == grid["points"]
+    assert plan["runs"] > plan["configurations"] > 0 and plan["cpu_s"] > 0 and grid["cpu_s"] > 0
+    # The same-answer check ran: the plan's recommendation set against the grid's cheapest met points.
+    assert result["same_answer"] == (plan["recommended"] in grid["cheapest"] if grid["cheapest"] else
+                                     plan["recommended"] is None)
+    assert result["same_cost"] == (plan["cost"] == grid["cheapest_cost"])
+    assert result["grid_verdict_at_recommended"] in ("met", "violated", "undecided")

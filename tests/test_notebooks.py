@@ -110,7 +110,7 @@ def test_notebook_runs_and_is_stored_with_its_outputs(path: Path, kernel: str, t
 
 
 def test_there_are_notebooks() -> None:
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05"]
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
     assert (ROOT / "notebooks").resolve() == execute_notebooks.NOTEBOOKS  # a clone's notebooks/ is the package's
 
 

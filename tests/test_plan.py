@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,15 @@ def test_plan_needs_an_slo_and_a_valid_cost(tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(SystemExit) as exited:
         main(["plan", str(scenario), "--slo", SLOS[0], "--cost", "llm=-1"])
     assert exited.value.code == 2 and "argument --cost: expected PATH=COST" in capsys.readouterr().err
+
+
+def test_plan_without_a_bar_imports_no_tqdm_auto() -> None:
+    """``progress=False`` asks for no bar, so tqdm.auto (which warns "IProgress not found" into a notebook
+    without ipywidgets) is never imported: notebooks/06_capacity_plan.ipynb stays free of the warning."""
+    code = ("import sys, pipesim.plan as p\n"
+            "sessions = {'arrivals': {'kind': 'poisson', 'rate_per_s': 1.0, 'count': 20}, 'turns': 2}\n"
+            "p.plan({'sessions': sessions}, ['e2e_latency_p95 <= 5s'], vary={'services.llm.capacity': '2..3'},"
+            " until=30, warmup_s=0, progress=False)\n"
+            "print('tqdm.auto' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-1000:]

@@ -193,16 +193,14 @@ def measurements_path(name_or_path: str | Path) -> Path:
     'measurements_example.csv'
     """
     from pipesim.scenario import BUNDLED_DIR
+    from pipesim.scenario.files import bundled_or_given
 
-    path = Path(name_or_path)
-    if path.exists() or path.suffix:
+    path = bundled_or_given(name_or_path, ".csv")
+    if path is not None:
         return path
-    bundled = BUNDLED_DIR / f"{path.name}.csv"
-    if bundled.exists():
-        return bundled
     names = sorted(p.stem for p in BUNDLED_DIR.glob("*.csv")
                    if set(p.read_text(encoding="utf-8").partition("\n")[0].split(",")) & set(_MEASURED))
-    raise CalibrationError(f"{path}: no such file, and no bundled measurements of that name "
+    raise CalibrationError(f"{name_or_path}: no such file, and no bundled measurements of that name "
                            f"(bundled: {', '.join(names)})")
 
 

@@ -2,11 +2,12 @@ import asyncio
 import fcntl
 import gc
 import hashlib
+import logging
 import shutil
 import subprocess
 import tempfile
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,23 @@ def cyclic_garbage_kinds() -> Counter[str]:
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
+
+
+@pytest.fixture
+def errors_logged() -> Iterator[list[logging.LogRecord]]:
+    """Every log record at ERROR or with a traceback, from any thread, while the test runs (the hostile-input
+    tests assert there is none: a client's mistake is answered, never logged as pipesim's failure)."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.ERROR or record.exc_info:
+                records.append(record)
+
+    handler = Keep(logging.DEBUG)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield records
+    finally:
+        root.removeHandler(handler)

@@ -96,25 +96,6 @@ def server() -> Iterator[BackgroundServer[LiveServer]]:
         yield bg
 
 
-@pytest.fixture
-def errors_logged() -> Iterator[list[logging.LogRecord]]:
-    """Every log record at ERROR or with a traceback, from any thread, while the test runs."""
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.levelno >= logging.ERROR or record.exc_info:
-                records.append(record)
-
-    handler = Keep(logging.DEBUG)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield records
-    finally:
-        root.removeHandler(handler)
-
-
 def receive_until_sentinel(ws: ClientConnection, sentinel: str) -> list[dict[str, Any]]:
     got = []
     while True:

@@ -258,25 +258,6 @@ def server() -> Iterator[BackgroundServer[LiveServer]]:
         yield bg
 
 
-@pytest.fixture
-def errors_logged() -> Iterator[list[logging.LogRecord]]:
-    """Every log record at ERROR or with a traceback, from any thread, while the test runs."""
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.levelno >= logging.ERROR or record.exc_info:
-                records.append(record)
-
-    handler = Keep(logging.DEBUG)
-    logger = logging.getLogger("pipesim")
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-
-
 def rtvi_url(server: BackgroundServer[LiveServer]) -> str:
     return server.url.removesuffix("/ws") + "/rtvi"
 

@@ -75,13 +75,25 @@ def scenario_path(name_or_path: str | Path) -> Path:
     >>> scenario_path("baseline").name
     'baseline.yaml'
     """
+    path = bundled_or_given(name_or_path, ".yaml")
+    if path is None:
+        raise ScenarioError([f"{name_or_path}: no such file, and no bundled scenario of that name; "
+                             f"{_bundled_hint(Path(name_or_path))}"])
+    return path
+
+
+def bundled_or_given(name_or_path: str | Path, suffix: str) -> Path | None:
+    """The path as given when it exists or has a suffix (its reader says what is wrong with it); else, for a
+    bare name, the bundled file ``name + suffix`` if there is one; else None.
+
+    >>> bundled_or_given("baseline", ".yaml").name, bundled_or_given("no_such", ".yaml")
+    ('baseline.yaml', None)
+    """
     path = Path(name_or_path)
     if path.exists() or path.suffix:
         return path
-    bundled = BUNDLED_DIR / f"{path.name}.yaml"
-    if bundled.exists():
-        return bundled
-    raise ScenarioError([f"{path}: no such file, and no bundled scenario of that name; {_bundled_hint(path)}"])
+    bundled = BUNDLED_DIR / f"{path.name}{suffix}"
+    return bundled if bundled.exists() else None
 
 
 def _bundled_hint(missing: Path) -> str:

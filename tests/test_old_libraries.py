@@ -31,17 +31,25 @@ def with_index_type(path, index_type: pa.DataType) -> None:
 
 @pytest.mark.parametrize("index_type", [pa.int8(), pa.int32(), pa.int64()], ids=str)
 def test_a_run_folder_whose_codes_read_back_with_other_index_widths_gives_the_same_frames(tmp_path, index_type):
+    """Every Parquet file of a run folder that has dictionary columns (events, services, requests, ...): before,
+    the lifecycle frame, and then the requests table (added later), failed to concatenate."""
     original = pipesim.simulate(RUN, seed=3, progress=False, out=tmp_path)
     expected = {"lifecycle": original.trace.lifecycle_frame(), "sessions": original.sessions,
-                "events": original.events, "services": original.services}
+                "events": original.events, "services": original.services, "requests": original.requests,
+                "turns": original.turns, "kafka_windows": original.kafka_windows}
     assert len(expected["lifecycle"]) == 10 and len(expected["sessions"]) == 5  # created and stopped, each
-    for name in ("events", "services"):
+    assert len(expected["requests"]) > 0
+    rewritten = [path.stem for path in sorted(tmp_path.glob("*.parquet"))
+                 if any(pa.types.is_dictionary(field.type) for field in pq.read_schema(path))]
+    assert {"events", "services", "requests"} <= set(rewritten)
+    for name in rewritten:
         with_index_type(tmp_path / f"{name}.parquet", index_type)
     (tmp_path / "sessions.parquet").unlink(missing_ok=True)  # so that Results.sessions is built from the events
 
     loaded = Results.load(tmp_path)
     got = {"lifecycle": Trace.from_parquet(tmp_path).lifecycle_frame(), "sessions": loaded.sessions,
-           "events": loaded.events, "services": loaded.services}
+           "events": loaded.events, "services": loaded.services, "requests": loaded.requests,
+           "turns": loaded.turns, "kafka_windows": loaded.kafka_windows}
     for name, frame in expected.items():
         pd.testing.assert_frame_equal(got[name], frame, obj=name)
 

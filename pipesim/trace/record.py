@@ -226,10 +226,7 @@ class Trace:
         kept = [batch.filter(pc.is_in(pc.cast(batch.column("event"), pa.string()),
                                       pa.array(["session_created", "session_stopped"])))
                 for batch in self._events.batches_of(storage.ROW_GROUP_ROWS, names)]
-        schema = pa.schema([self._events.schema.field(n) for n in names])
-        # Cast: a file's codes may come back with other index widths than the schema's (pyarrow 15 reads
-        # every dictionary column of a Parquet file with int32 indices).
-        table = (pa.Table.from_batches(kept) if kept else schema.empty_table()).cast(schema)
+        table = pa.Table.from_batches(kept, schema=pa.schema([self._events.schema.field(n) for n in names]))
         return to_frame(((name, table.column(name)) for name in names), {})
 
     def end_time(self) -> float:

@@ -114,7 +114,7 @@ class ChunkedTable:
         if self.sink is not None:
             if self._writer is not None:
                 self.close()
-            return pq.read_table(self.sink) if self.sink.exists() else self.schema.empty_table()
+            return as_schema(pq.read_table(self.sink), self.schema) if self.sink.exists() else self.schema.empty_table()
         table = pa.Table.from_batches(self.batches, schema=self.schema)
         if self.limit is not None and table.num_rows > self.limit:
             table = table.slice(table.num_rows - self.limit)
@@ -146,13 +146,27 @@ class ChunkedTable:
             if self._writer is not None:
                 self.close()
             if self.sink.exists():
-                yield from read_batches(self.sink, size, columns)
+                schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+                for batch in read_batches(self.sink, size, columns):
+                    yield from as_schema(pa.Table.from_batches([batch]), schema).to_batches()
             return
         table = self.table()
         if columns is not None:
             table = table.select(columns)
         for start in range(0, table.num_rows, size):  # ``size`` rows each, not the chunks' CHUNK_ROWS
             yield from table.slice(start, size).combine_chunks().to_batches()
+
+
+def as_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s types: a Parquet file's dictionary columns may come back with other index
+    widths than were written (pyarrow 15 reads every one with int32 indices), and tables of two widths do not
+    concatenate.
+
+    >>> codes = pa.table({"x": pa.array(["a", "b"]).dictionary_encode()})  # int32 indices
+    >>> as_schema(codes, pa.schema([("x", pa.dictionary(pa.int16(), pa.string()))])).schema.field("x").type
+    DictionaryType(dictionary<values=string, indices=int16, ordered=0>)
+    """
+    return table if table.schema.equals(schema, check_metadata=False) else table.cast(schema)
 
 
 def write_row_groups(writer: pq.ParquetWriter, table: pa.Table, group_rows: int, final: bool) -> pa.Table:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pipesim
-from pipesim.plan import parse_values
+from pipesim.planning import parse_values
 
 SERVICES = ("stt", "llm", "tts")
 

@@ -36,9 +36,9 @@ _EXPORTS = {
     "SLO": "pipesim.slo",
     "CheckResult": "pipesim.gate",
     "check": "pipesim.gate",
-    "Plan": "pipesim.plan",
-    "plan": "pipesim.plan",
-    "headroom": "pipesim.plan",
+    "Plan": "pipesim.planning",
+    "plan": "pipesim.planning",
+    "headroom": "pipesim.planning",
 }
 _SUBMODULES = ("analysis", "plots", "live", "protocol", "scenario", "state", "model", "trace", "results",
                "calibration", "replications", "theory", "slo", "gate")

@@ -277,7 +277,7 @@ def _cost(text: str) -> tuple[str, float]:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from pipesim.plan import DEFAULT_UNTIL_S, DEFAULT_WARMUP_S, headroom, plan, write_json
+    from pipesim.planning import DEFAULT_UNTIL_S, DEFAULT_WARMUP_S, headroom, plan, write_json
     from pipesim.vocabulary import SERVICES
 
     scn = _load(args.scenario)

@@ -585,14 +585,14 @@ def session_timeline(results: Run, session_id: str | None = None,
 
 
 # Saving ------------------------------------------------------------------------------------------------
-def plan_figure(result: Any, pyplot: bool = True) -> Figure:  # a pipesim.plan.Plan: plan imports plots
+def plan_figure(result: Any, pyplot: bool = True) -> Figure:  # a pipesim.planning.Plan: planning imports plots
     """Each SLO's figure against each varied value of a :func:`pipesim.plan` (or ``headroom``): one panel per
     SLO figure (rows) and varied path (columns), every configuration evaluated a point: the mean and its
     interval (green met, red violated, amber undecided; faded when it differs from the recommendation in
     another path), the SLO's bound (dashed), the recommendation (a vertical line); a point whose mean is
     infinite or with a collapsed run is a cross at the top of the panel.
 
-    >>> from pipesim.plan import plan
+    >>> from pipesim.planning import plan
     >>> sessions = {"arrivals": {"kind": "poisson", "rate_per_s": 1.0, "count": 40}, "turns": 2}
     >>> found = plan({"sessions": sessions}, ["e2e_latency_p95 <= 3s"], vary={"services.llm.capacity": "1..8"},
     ...              until=60, warmup_s=0)

@@ -20,7 +20,7 @@ import pytest
 import pipesim
 from pipesim.cli import main
 from pipesim.errors import PlanError
-from pipesim.plan import Plan, headroom, parse_values, plan, service_loads
+from pipesim.planning import Plan, headroom, parse_values, plan, service_loads
 from pipesim.replications import replication_seeds
 from pipesim.theory import MMc, min_servers, single_stage_scenario
 
@@ -139,11 +139,10 @@ def test_values_and_costs_are_checked() -> None:
         plan(SMALL, SLOS, vary={"services.llm.capacity": "1..4"}, costs={"services.stt.capacity": 1}, **QUICK)
 
 
-def test_pipesim_plan_is_callable_as_promised() -> None:
-    import pipesim.plan as module
+def test_pipesim_plan_is_the_function() -> None:
+    import pipesim.planning as module
 
-    assert pipesim.plan is module.plan or callable(pipesim.plan)
-    assert callable(module) and pipesim.Plan is Plan
+    assert pipesim.plan is module.plan and pipesim.headroom is module.headroom and pipesim.Plan is Plan
 
 
 def test_plan_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], small_plan: Plan) -> None:
@@ -201,7 +200,7 @@ def test_plan_needs_an_slo_and_a_valid_cost(tmp_path: Path, capsys: pytest.Captu
 def test_plan_without_a_bar_imports_no_tqdm_auto() -> None:
     """``progress=False`` asks for no bar, so tqdm.auto (which warns "IProgress not found" into a notebook
     without ipywidgets) is never imported: notebooks/06_capacity_plan.ipynb stays free of the warning."""
-    code = ("import sys, pipesim.plan as p\n"
+    code = ("import sys, pipesim.planning as p\n"
             "sessions = {'arrivals': {'kind': 'poisson', 'rate_per_s': 1.0, 'count': 20}, 'turns': 2}\n"
             "p.plan({'sessions': sessions}, ['e2e_latency_p95 <= 5s'], vary={'services.llm.capacity': '2..3'},"
             " until=30, warmup_s=0, progress=False)\n"

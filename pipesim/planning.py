@@ -34,8 +34,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
-import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -484,17 +482,6 @@ def headroom(scenario: ScenarioLike, slos: Iterable[str | SLO] = (), *, find: st
     finally:
         judge.close()
     return out
-
-
-class _CallableModule(types.ModuleType):
-    """``pipesim.plan`` is this module once imported; calling it calls :func:`plan`, as ``pipesim.plan(...)``
-    promises whichever of the two the name holds."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Plan:
-        return plan(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 
 def write_json(result: Plan, path: str | Path) -> None:

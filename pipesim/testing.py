@@ -15,7 +15,8 @@ The fixture yields a :class:`PipesimServer`: ``.ws_url``, ``.http_url``, ``.admi
 
 Which scenario: ``frontend_demo`` at speed 1 by default. Per test, with the marker
 ``@pytest.mark.pipesim(scenario="baseline", seed=7, speed=10, paused=True)`` (any keyword of
-:class:`~pipesim.live.LiveServer` goes, plus ``paused``: pause the clock before the test starts); for a
+:class:`~pipesim.live.LiveServer` goes, ``options=ServerOptions(...)`` included, plus ``paused``: pause the
+clock before the test starts); for a
 whole module or ``conftest.py``, override the ``pipesim_options`` fixture to return the same keywords.
 
 :class:`AdminClient` also works on its own against ``pipesim serve`` (``AdminClient(url, token)``).

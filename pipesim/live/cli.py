@@ -26,26 +26,25 @@ import os
 import signal
 import sys
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
 from pipesim.live.collector import ServingCollector
 from pipesim.live.connection import RTVI_PATH
 from pipesim.live.liveserver import LiveServer
+from pipesim.live.options import ServerOptions
 from pipesim.live.recording import load_replay
 from pipesim.live.replay import ReplayServer
 from pipesim.live.server import BaseServer
 from pipesim.scenario import load_scenario
-
-DEFAULT_ADMIN_PORT = 8002
 
 
 def serve(args: argparse.Namespace) -> int:
     """``pipesim serve [SCENARIO] [--host] [--port] [--speed] [--seed] [--record] [--owner-only]
     [--allow-origin] [--allow-host] [--token] [--forget-after] [--trace-limit]``."""
     scenario = load_scenario(args.scenario)
-    server = LiveServer(scenario, host=args.host, port=args.port, speed=args.speed, seed=args.seed,
-                        record=args.record, owner_only=args.owner_only, forget_after=args.forget_after,
-                        trace_limit=args.trace_limit or None, **_access(args), **_admin(args))
+    server = LiveServer(scenario, speed=args.speed, seed=args.seed, owner_only=args.owner_only,
+                        forget_after=args.forget_after, trace_limit=args.trace_limit or None,
+                        options=ServerOptions.from_args(args))
     what = f"scenario {scenario.name} (seed {server.sim.seed})"
     return _run(server, what)
 
@@ -54,8 +53,7 @@ def replay(args: argparse.Namespace) -> int:
     """``pipesim replay FILE [--host] [--port] [--speed] [--loop] [--allow-origin] [--allow-host] [--token]``."""
     with LoadingReport(args.file) as report:
         items = load_replay(args.file, progress=report)
-    server = ReplayServer(items, host=args.host, port=args.port, speed=args.speed, loop=args.loop,
-                          **_access(args), **_admin(args))
+    server = ReplayServer(items, speed=args.speed, loop=args.loop, options=ServerOptions.from_args(args))
     server.source = args.file
     what = f"replay of {args.file} ({len(items)} messages{', looping' if args.loop else ''})"
     return _run(server, what)
@@ -100,21 +98,6 @@ class LoadingReport:
         if self._rewriting:  # what follows (the serving line, an error, "interrupted") starts a line of its own
             self.stream.write("\n")
             self.stream.flush()
-
-
-def _access(args: argparse.Namespace) -> dict[str, Any]:
-    """The handshake options: ``--allow-origin``, ``--allow-host``, ``--token`` (else ``$PIPESIM_TOKEN``)."""
-    return {"allow_origins": args.allow_origin, "allow_hosts": args.allow_host,
-            "token": args.token or os.environ.get("PIPESIM_TOKEN") or None}
-
-
-def _admin(args: argparse.Namespace) -> dict[str, Any]:
-    """The admin API options: ``--admin-port``, ``--no-admin``, ``--admin-token`` (else
-    ``$PIPESIM_ADMIN_TOKEN``), ``--journal-size``."""
-    port = args.admin_port if args.admin_port is not None else 0 if args.port == 0 else DEFAULT_ADMIN_PORT
-    return {"admin_port": None if args.no_admin else port,
-            "admin_token": args.admin_token or os.environ.get("PIPESIM_ADMIN_TOKEN") or None,
-            "journal_size": args.journal_size}
 
 
 def listening_line(server: BaseServer) -> str:

@@ -18,7 +18,7 @@ ONE_MESSAGE = [(0.0, {"type": "session_created", "session_id": "a", "timestamp":
 
 
 def command(name: str) -> argparse.ArgumentParser:
-    return build_parser()._subparsers._group_actions[0].choices[name]  # type: ignore[union-attr]
+    return build_parser().commands.choices[name]  # type: ignore[attr-defined]
 
 
 def flags_of(parser: argparse.ArgumentParser) -> set[str]:

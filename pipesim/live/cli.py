@@ -7,7 +7,8 @@ their own)::
     {"event":"listening","ws":"ws://127.0.0.1:PORT/ws","http":"http://127.0.0.1:PORT/","port":PORT,
      "admin":"http://127.0.0.1:APORT/__admin","admin_port":APORT,"pid":PID}
 
-(``admin`` and ``admin_port`` are null with ``--no-admin``), then a line for people on standard error.
+(``admin`` and ``admin_port`` are null with ``--no-admin``; with TLS the URLs are ``wss://`` and ``https://``),
+then a line for people on standard error (with TLS, also where the certificate is and how to trust it).
 They stop cleanly on SIGINT or SIGTERM (clients get
 close code 1001, the recording is complete) and exit 0. A user mistake (bad scenario or replay file,
 port in use, recording not writable) raises a :class:`~pipesim.errors.PipesimError`, which
@@ -35,6 +36,7 @@ from pipesim.live.options import ServerOptions
 from pipesim.live.recording import load_replay
 from pipesim.live.replay import ReplayServer
 from pipesim.live.server import BaseServer
+from pipesim.live.tls import trust_hints
 from pipesim.scenario import load_scenario
 
 
@@ -51,9 +53,10 @@ def serve(args: argparse.Namespace) -> int:
 
 def replay(args: argparse.Namespace) -> int:
     """``pipesim replay FILE [--host] [--port] [--speed] [--loop] [--allow-origin] [--allow-host] [--token]``."""
+    options = ServerOptions.from_args(args)  # a mistake there is said before a long load
     with LoadingReport(args.file) as report:
         items = load_replay(args.file, progress=report)
-    server = ReplayServer(items, speed=args.speed, loop=args.loop, options=ServerOptions.from_args(args))
+    server = ReplayServer(items, speed=args.speed, loop=args.loop, options=options)
     server.source = args.file
     what = f"replay of {args.file} ({len(items)} messages{', looping' if args.loop else ''})"
     return _run(server, what)
@@ -132,6 +135,11 @@ async def _main(server: BaseServer, what: str, speed: float) -> None:
     rtvi = f"Pipecat clients (RTVI) on {base}{RTVI_PATH}; " if RTVI_PATH in server.dialect_paths else ""
     print(f"pipesim: serving {what} at {speed:g}x on {server.url} (dashboard {server.http_url}{admin}); {rtvi}"
           f"Ctrl-C to stop", file=sys.stderr, flush=True)
+    tls = server.options.tls
+    if tls is not None:
+        made = f"made by pipesim, kept in {tls.ca.parent}" if tls.ca is not None else f"{tls.cert}"
+        print(f"pipesim: TLS ({made}); to trust it:\n" + "\n".join(f"  {hint}" for hint in trust_hints(tls)),
+              file=sys.stderr, flush=True)
     try:
         await stop.wait()
     finally:

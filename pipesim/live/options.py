@@ -18,10 +18,14 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipesim import argtypes
+from pipesim.errors import LiveError
 from pipesim.live.journal import DEFAULT_JOURNAL_SIZE
+
+if TYPE_CHECKING:  # (the TLS room loads cryptography: only a server with TLS needs it)
+    from pipesim.live.tls import Tls
 
 __all__ = ["DEFAULT_ADMIN_PORT", "Flag", "ServerOptions"]
 
@@ -89,6 +93,8 @@ class ServerOptions:
     journal_size: int = _option(DEFAULT_JOURNAL_SIZE, "messages the admin API's journal keeps (0: no journal)", Flag(
         "--journal-size", "messages the admin API's journal keeps, 0 for none (default: 10000)",
         type=argtypes.journal_size, metavar="N"))
+    tls: Tls | None = _option(None, "the certificate and key: every endpoint, the admin API's too, over TLS "
+                                    "(wss://, https://); see pipesim.live.tls")
 
     def __post_init__(self) -> None:
         for name in ("allow_origins", "allow_hosts"):  # any iterable, kept as a tuple (the options are frozen)
@@ -119,6 +125,16 @@ class ServerOptions:
             parser.add_argument(flag.name, **kwargs)
             if f.name == "admin_port":
                 parser.add_argument("--no-admin", action="store_true", help="no admin API (default: on, on 127.0.0.1)")
+        parser.add_argument("--tls-cert", metavar="FILE", help="serve wss:// and https:// (every endpoint, the admin "
+                            "API too) with this PEM certificate (the server's first, then any intermediates); "
+                            "with --tls-key")
+        parser.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key (unencrypted)")
+        parser.add_argument("--tls-self-signed", action="store_true",
+                            help="serve wss:// and https:// with a certificate for localhost, 127.0.0.1 and ::1 from "
+                                 "a local CA pipesim makes once and keeps in --tls-dir (trust it once: the "
+                                 "command prints how)")
+        parser.add_argument("--tls-dir", metavar="DIR", help="where --tls-self-signed keeps its CA and certificate "
+                            "(default: pipesim/tls in the user's cache folder, e.g. ~/.cache/pipesim/tls)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerOptions:
@@ -136,5 +152,21 @@ class ServerOptions:
             given[f.name] = value
         admin = args.admin_port if args.admin_port is not None else 0 if args.port == 0 else DEFAULT_ADMIN_PORT
         given["admin_port"] = None if args.no_admin else admin
+        given["tls"] = _tls_from_args(args)
         return cls(**given)
 
+
+def _tls_from_args(args: argparse.Namespace) -> Tls | None:
+    """``--tls-cert``/``--tls-key`` (checked now) or ``--tls-self-signed`` [``--tls-dir``], or no TLS."""
+    from pipesim.live import tls
+
+    if args.tls_self_signed:
+        if args.tls_cert or args.tls_key:
+            raise LiveError("--tls-self-signed makes its own certificate: leave out --tls-cert and --tls-key")
+        return tls.self_signed(args.tls_dir)
+    if args.tls_dir:
+        raise LiveError("--tls-dir is where --tls-self-signed keeps its certificate: add --tls-self-signed")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise LiveError(f"{'--tls-cert' if args.tls_cert else '--tls-key'} needs "
+                        f"{'--tls-key' if args.tls_cert else '--tls-cert'} too")
+    return tls.Tls.from_files(args.tls_cert, args.tls_key) if args.tls_cert else None

@@ -23,6 +23,15 @@ With ``admin_port`` (``pipesim serve`` by default: 8002), :mod:`pipesim.live.adm
 push, the journal (:attr:`BaseServer.journal`: every inbound frame with its result, every outbound
 message) and reset.
 
+TLS
+---
+With ``tls`` (``--tls-cert``/``--tls-key`` or ``--tls-self-signed``: :mod:`pipesim.live.tls`), every endpoint
+is served over TLS with the same certificate: ``wss://`` for ``/ws`` and ``/rtvi``, ``https://`` for the
+dashboard, ``/healthz``, ``/stats`` and the admin API; :attr:`~BaseServer.url`, ``http_url`` and
+``admin_url`` say so. The checks below are unchanged (a page's ``Origin`` is then ``https://...``). A plain
+``ws://`` or ``http://`` client is refused by the TLS handshake (its connection is closed); the server
+carries on.
+
 Who may connect
 ---------------
 Checked at the ``/ws`` (and ``/rtvi``) handshake by :mod:`pipesim.live.access`; a refusal is ``403``
@@ -180,6 +189,8 @@ class BaseServer:
         #: Where it listens, who may connect, ...: ``options`` with ``keywords`` laid over them.
         self.options = opts = ServerOptions.of(options, keywords, type(self).__name__)
         self.host, self.port = opts.host, opts.port
+        #: The TLS context of every endpoint (None: plain ``ws://`` and ``http://``); see :mod:`pipesim.live.tls`.
+        self.ssl_context = opts.tls.server_context() if opts.tls is not None else None
         #: The handshake checks: Origin allowlist, Host check, token (see :mod:`pipesim.live.access`).
         self.access = Access.build(opts.host, opts.allow_origins, opts.allow_hosts, opts.token)
         #: WebSocket handshakes refused by :attr:`access`, since the start.
@@ -207,22 +218,22 @@ class BaseServer:
         if opts.admin_port is not None:
             from pipesim.live.admin import AdminListener  # FastAPI loads only when it is wanted
 
-            self.admin = AdminListener(self, opts.admin_port, opts.admin_token)
+            self.admin = AdminListener(self, opts.admin_port, opts.admin_token, tls=opts.tls)
 
     # Public API ------------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        """The WebSocket URL (``ws://host:port/ws``)."""
-        return f"ws://{self._display_host}:{self.port}/ws"
+        """The WebSocket URL (``ws://host:port/ws``; ``wss://`` with TLS)."""
+        return f"{'wss' if self.ssl_context else 'ws'}://{self._display_host}:{self.port}/ws"
 
     @property
     def http_url(self) -> str:
-        """The dashboard page's URL."""
-        return f"http://{self._display_host}:{self.port}/"
+        """The dashboard page's URL (``http://host:port/``; ``https://`` with TLS)."""
+        return f"{'https' if self.ssl_context else 'http'}://{self._display_host}:{self.port}/"
 
     @property
     def admin_url(self) -> str | None:
-        """The admin API's base URL (``http://127.0.0.1:PORT/__admin``), or None without one."""
+        """The admin API's base URL (``http://127.0.0.1:PORT/__admin``, ``https://`` with TLS), or None."""
         return self.admin.url if self.admin is not None else None
 
     @property
@@ -268,6 +279,7 @@ class BaseServer:
             self._server = await serve(
                 self._handler, self.host, self.port, process_request=self._process_request,
                 max_size=MAX_FRAME_BYTES, close_timeout=self.close_timeout, server_header="pipesim",
+                ssl=self.ssl_context,
                 # The library logs request lines and headers at DEBUG level: keep the token out of them.
                 logger=RedactingLogger(logging.getLogger("websockets.server"), token) if token else None)
         except OSError as exc:

@@ -36,7 +36,6 @@ from pipesim.live.options import ServerOptions
 from pipesim.live.recording import load_replay
 from pipesim.live.replay import ReplayServer
 from pipesim.live.server import BaseServer
-from pipesim.live.tls import trust_hints
 from pipesim.scenario import load_scenario
 
 
@@ -137,6 +136,8 @@ async def _main(server: BaseServer, what: str, speed: float) -> None:
           f"Ctrl-C to stop", file=sys.stderr, flush=True)
     tls = server.options.tls
     if tls is not None:
+        from pipesim.live.tls import trust_hints
+
         made = f"made by pipesim, kept in {tls.ca.parent}" if tls.ca is not None else f"{tls.cert}"
         print(f"pipesim: TLS ({made}); to trust it:\n" + "\n".join(f"  {hint}" for hint in trust_hints(tls)),
               file=sys.stderr, flush=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import fields
+from typing import Any
 
 import pytest
 from conftest import run, talking_scenario
@@ -78,3 +79,9 @@ def test_options_reach_the_listening_server() -> None:
 
     url, port = run(main())
     assert port != 0 and url == f"ws://127.0.0.1:{port}/ws"
+
+
+@pytest.mark.pipesim(scenario=talking_scenario(), options=ServerOptions(journal_size=0, token="t"))
+def test_the_pytest_fixture_takes_the_options_object(pipesim_server: Any) -> None:
+    server = pipesim_server.background.server
+    assert server.journal is None and server.access.token == "t" and server.port != 8001  # its port 0 wins

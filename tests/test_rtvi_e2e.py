@@ -22,17 +22,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import npm_modules, talking_scenario
+from conftest import CHROMIUM, CHROMIUM_ARGS, chromium_trusting, npm_modules, talking_scenario
 from test_rtvi import TURN, turns_in_order
 from websockets.sync.client import connect
 
 from pipesim.live.rtvi import RTVI_VERSION
 
 HERE = Path(__file__).resolve().parent / "rtvi_e2e"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+#: A fake microphone, allowed without asking.
+MEDIA_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 TIMEOUT_S = 60.0  # generous: two cores shared by many processes
 #: Callback -> the RTVI message that fires it.
 CALLBACKS = {"onUserStartedSpeaking": "user-started-speaking", "onUserStoppedSpeaking": "user-stopped-speaking",
@@ -75,18 +73,22 @@ def site(node_modules: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def page(site: Path) -> Iterator[tuple[Any, Any, list[str]]]:
+def page(site: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Any, Any, list[str]]]:
+    """The page, opened from a live server; parametrized with ``"tls"`` (indirect), over ``https://`` from a
+    server with the test session's certificate, in a Chromium that trusts it (a pin of its key)."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: run `make browser` (scripts/install-browser.sh, as root)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (a dev dependency) is not installed")
     from pipesim.live import serve_in_background
 
-    bg = serve_in_background(SCENARIO, port=0, speed=2.0, static_dir=site)
+    tls = request.getfixturevalue("tls_files") if getattr(request, "param", None) == "tls" else None
+    bg = serve_in_background(SCENARIO, port=0, speed=2.0, static_dir=site, tls=tls)
     problems: list[str] = []
     blocked: list[str] = []
     try:
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
+                *CHROMIUM_ARGS, *MEDIA_ARGS, *(chromium_trusting(tls) if tls is not None else [])])
             context = browser.new_context()
 
             def local_only(route: Any) -> None:
@@ -99,7 +101,7 @@ def page(site: Path) -> Iterator[tuple[Any, Any, list[str]]]:
             context.route("**/*", local_only)
             pg = context.new_page()
             pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-            pg.goto(f"http://127.0.0.1:{bg.port}/")
+            pg.goto(bg.http_url)
             yield pg, bg, problems
             context.close()
             browser.close()
@@ -161,3 +163,23 @@ def test_the_real_pipecat_client_connects_hears_a_turn_streams_audio_and_sees_a_
     while bg.call(lambda: bg.server.sim.manager.status("rtvi-1")) != "stopped" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert bg.call(lambda: bg.server.sim.manager.status("rtvi-1")) == "stopped"
+
+
+@pytest.mark.parametrize("page", ["tls"], indirect=True)
+def test_the_real_pipecat_client_over_wss_with_the_ca_trusted(page: Any) -> None:
+    """A page of ``https://`` (as a frontend configured for ``wss`` is served) connects to ``wss://.../rtvi``:
+    the same client, the same callbacks, the microphone's frames, over TLS."""
+    pg, bg, _problems = page
+    assert bg.http_url.startswith("https://") and pg.evaluate("() => location.protocol") == "https:"
+    url = bg.url.removesuffix("/ws") + "/rtvi"
+    assert url.startswith("wss://")
+    pg.evaluate("(url) => { window.rtvi.connect(url); }", url)
+    events = _wait_for(pg, "connect-resolved")
+    ready = next(e for e in events if e["name"] == "connect-resolved")["data"]
+    assert ready["version"] == RTVI_VERSION and ready["about"]["session_id"] == "rtvi-1"
+    events = _wait_for(pg, "onUserStoppedSpeaking")
+    assert [e["name"] for e in events if e["name"] in CALLBACKS][:2] == ["onUserStartedSpeaking",
+                                                                          "onUserStoppedSpeaking"]
+    conn = bg.call(lambda: bg.server.rtvi.connections["rtvi-1"])
+    assert bg.call(lambda: (conn.audio_frames > 0, conn.errors)) == (True, 0)
+    assert not any(e["name"] in ("onError", "onMessageError", "connect-failed") for e in events)

@@ -141,7 +141,7 @@ def test_churned_rtvi_connections_are_freed_by_reference_counting_and_leave_only
 
         monkeypatch.setattr(RtviDialect, "_on_send_text", boom)
         # A log record holds its exception's traceback (pytest keeps the records): not this test's subject.
-        monkeypatch.setattr(logging.getLogger("pipesim.live.rtvi"), "propagate", False)
+        monkeypatch.setattr(logging.getLogger("pipesim.live"), "propagate", False)  # (the hub logs it)
         monkeypatch.setattr(logging, "lastResort", None)
 
     async def main() -> tuple[list[Any], int, int, Counter[str], tuple[int, int], int]:

@@ -41,7 +41,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from pipesim import __version__ as pipesim_version
 from pipesim._jsonsafe import MAX_DEPTH, unsendable
@@ -218,20 +217,11 @@ class RtviDialect:
         """Run one RTVI socket until it closes; its session (if any) is stopped then."""
         client = _RtviClient(ws, watch_all=False, watched=set())
         conn = RtviConnection(client)
-        self.hub.attach(client)  # so that shutdown and the ``disconnect`` fault reach it
         log.info("RTVI client %s connected", client.name)
-        try:
-            while True:
-                raw = await ws.recv(decode=False)
-                try:
-                    self._on_frame(conn, raw)
-                except Exception as exc:  # a pipesim bug: say so, keep the connection and the server
-                    log.exception("RTVI: handling a frame failed")
-                    self._error(conn, None, f"internal error: {exc}")
-        except ConnectionClosed:
-            pass
+        try:  # attached to the hub, so that shutdown and the ``disconnect`` fault reach it
+            await self.hub.serve(client, lambda raw: self._on_frame(conn, raw),
+                                 lambda exc: self._error(conn, None, f"internal error: {exc}"))
         finally:
-            self.hub.detach(client)
             self._end_session(conn)
             log.info("RTVI client %s disconnected", client.name)
             conn.client = None  # the record stays until its session is forgotten; the socket goes

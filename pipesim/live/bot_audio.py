@@ -1,0 +1,128 @@
+"""The bot's synthetic voice: speech-like 16-bit PCM for the RTVI dialect to send while the bot speaks.
+
+Not speech, but what a frontend's audio path needs to see speech: syllables and pauses following the
+reply's words (one syllable per vowel group, a short gap between syllables, a longer one between words,
+a pause after the sentence), each syllable a half-sine swell of a voiced buzz (harmonics of a pitch up to
+4 kHz) with a breath of noise, peaking near -6 dBFS so that a level meter or a visualiser moves; silence
+between syllables. The plan (pitch, durations, loudness) is drawn once per reply from the generator it is
+given (the RTVI dialect's ``streams.generator(session, "rtvi-audio", turn)``): the same seed gives the same
+samples, and drawing them changes no other number. When the bot speaks longer than the words last, the
+plan repeats.
+
+Format: :data:`SAMPLE_RATE` Hz, mono, little-endian int16, in frames of :data:`FRAME_SAMPLES` samples
+(40 ms), as a Pipecat bot sends through its WebSocket transport (``audio_out_10ms_chunks`` 4) at the
+rate ``@pipecat-ai/websocket-transport`` plays (its ``PLAYER_SAMPLE_RATE``, and ``WavMediaManager``'s).
+
+Cheap by construction: the buzz and the noise are a few precomputed frames (every pitch's period divides
+a frame, so a frame of buzz is the same array each time), and a frame costs one envelope on a coarse grid,
+an interpolation and a multiplication.
+
+>>> voice = BotVoice(["Sure", "your", "order", "ships", "today."], np.random.default_rng(1))
+>>> pcm = voice.frame(0, 0.0)
+>>> len(pcm) == FRAME_SAMPLES * 2
+True
+>>> voice.frame(0, 0.0) == pcm        # the same frame, the same samples
+True
+>>> silent = voice.frame(1, voice.syllables[0][1] + 0.001, 0.001)   # just after the first syllable
+>>> bool(np.frombuffer(silent, "<i2").any())
+False
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["FRAME_S", "FRAME_SAMPLES", "NUM_CHANNELS", "SAMPLE_RATE", "BotVoice"]
+
+#: What ``@pipecat-ai/websocket-transport`` plays (it reads only the samples: the rate is its own, 24 kHz).
+SAMPLE_RATE = 24_000
+NUM_CHANNELS = 1
+#: 40 ms a frame: Pipecat's output transports send audio in ``audio_out_10ms_chunks`` (4) x 10 ms.
+FRAME_SAMPLES = SAMPLE_RATE * 40 // 1000
+FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
+#: Pitches (Hz) whose period divides a frame (240, 192, 160, 120 samples): one frame of buzz fits them all.
+_PITCHES = (100, 125, 150, 200)
+#: Peak of a syllable at its loudest, full scale 1 (about -6 dBFS).
+_PEAK = 0.5
+_NOISE = 0.08  # the breath under the buzz, relative to it
+_NOISE_FRAMES = 8  # frames of noise the voice cycles through
+_GRID = 24  # envelope points per frame (interpolated in between): a point every 1.7 ms of audio
+_VOWELS = re.compile(r"[aeiouy]+", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=len(_PITCHES))
+def _sources(pitch: int) -> np.ndarray:
+    """``_NOISE_FRAMES`` frames of buzz plus noise at ``pitch`` (float32, peak about 1): the voice's raw sound."""
+    n = np.arange(FRAME_SAMPLES)
+    harmonics = np.arange(1, 4000 // pitch + 1)
+    # Harmonics falling off as a voice's do (-6 dB an octave), with a lift around 500-1500 Hz (a vowel's formants).
+    gains = (1 / harmonics) * (1 + 1.5 * np.exp(-(((harmonics * pitch) - 900) / 500) ** 2))
+    buzz = gains @ np.sin(2 * np.pi * np.outer(harmonics, n) * pitch / SAMPLE_RATE)
+    buzz /= np.abs(buzz).max()
+    noise = np.random.default_rng(pitch).uniform(-1, 1, (_NOISE_FRAMES, FRAME_SAMPLES))  # fixed: a texture
+    return ((buzz + _NOISE * noise) / (1 + _NOISE)).astype(np.float32)
+
+
+def syllable_count(word: str) -> int:
+    """Syllables of a word, roughly: its vowel groups (at least one).
+
+    >>> [syllable_count(w) for w in ("order", "ships", "tomorrow", "I", "hmm")]
+    [2, 1, 3, 1, 1]
+    """
+    return max(1, len(_VOWELS.findall(word)))
+
+
+class BotVoice:
+    """One reply, spoken: a plan of syllables from its ``words`` and ``rng`` (drawn here, once), and the
+    frames of it (:meth:`frame`). Times are simulated seconds since the bot started speaking."""
+
+    def __init__(self, words: Sequence[str], rng: np.random.Generator) -> None:
+        words = [w for w in words if w] or ["hello."]
+        self.pitch = int(rng.choice(_PITCHES))
+        counts = [syllable_count(w) for w in words]
+        total = sum(counts)
+        durations = rng.uniform(0.12, 0.24, total)
+        loudness = rng.uniform(0.6, 1.0, total)
+        gaps = rng.uniform(0.02, 0.05, total)  # between the syllables of a word
+        word_ends = np.cumsum(counts) - 1
+        gaps[word_ends] = rng.uniform(0.08, 0.16, len(words))  # between words
+        gaps[-1] = 0.45  # after the sentence
+        ends_at = np.cumsum(durations + gaps)
+        starts = ends_at - durations - gaps
+        #: (start, end, peak) of each syllable, seconds and full scale 1.
+        self.syllables = [(float(s), float(s + d), float(p * _PEAK)) for s, d, p in zip(
+            starts, durations, loudness, strict=True)]
+        #: One pass through the words, seconds (the plan repeats after it).
+        self.duration = float(ends_at[-1])
+        self._starts, self._lengths, self._peaks = starts, durations, loudness * _PEAK
+        self._sources = _sources(self.pitch)
+
+    def envelope(self, t: np.ndarray) -> np.ndarray:
+        """The amplitude (full scale 1) at times ``t``: a half-sine per syllable, 0 between them.
+
+        >>> voice = BotVoice(["order"], np.random.default_rng(0))
+        >>> (start, end, peak), _ = voice.syllables
+        >>> [round(float(a / peak), 3) for a in voice.envelope(np.array([start, (start + end) / 2, end + 0.001]))]
+        [0.0, 1.0, 0.0]
+        """
+        t = np.mod(t, self.duration)
+        i = np.searchsorted(self._starts, t, side="right") - 1
+        u = (t - self._starts[i]) / self._lengths[i]
+        return np.where(u < 1, self._peaks[i] * np.sin(np.pi * np.clip(u, 0, 1)), 0.0)
+
+    def frame(self, index: int, start: float, span: float = FRAME_S) -> bytes:
+        """Frame number ``index`` of the reply: :data:`FRAME_SAMPLES` samples of 16-bit PCM holding the speech
+        from ``start`` to ``start + span`` (``span`` larger than :data:`FRAME_S`: fast-forwarded, as at a
+        speed above 1; the pitch stays, the syllables are shorter)."""
+        grid = start + span * np.linspace(0, 1, _GRID + 1)
+        amplitude = np.interp(_SAMPLE_POSITIONS, _GRID_POSITIONS, self.envelope(grid))
+        pcm = amplitude * self._sources[index % _NOISE_FRAMES] * 32767
+        return pcm.astype("<i2").tobytes()
+
+
+_GRID_POSITIONS = np.linspace(0, FRAME_SAMPLES, _GRID + 1)
+_SAMPLE_POSITIONS = np.arange(FRAME_SAMPLES, dtype=np.float64)

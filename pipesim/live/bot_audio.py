@@ -9,22 +9,22 @@ given (the RTVI dialect's ``streams.generator(session, "rtvi-audio", turn)``): t
 samples, and drawing them changes no other number. When the bot speaks longer than the words last, the
 plan repeats.
 
-Format: :data:`SAMPLE_RATE` Hz, mono, little-endian int16, in frames of :data:`FRAME_SAMPLES` samples
-(40 ms), as a Pipecat bot sends through its WebSocket transport (``audio_out_10ms_chunks`` 4) at the
-rate ``@pipecat-ai/websocket-transport`` plays (its ``PLAYER_SAMPLE_RATE``, and ``WavMediaManager``'s).
+Format: :data:`SAMPLE_RATE` Hz, mono, little-endian int16, as a Pipecat bot sends it through its WebSocket
+transport at the rate ``@pipecat-ai/websocket-transport`` plays (its ``PLAYER_SAMPLE_RATE``, and
+``WavMediaManager``'s), in frames of :data:`FRAME_SAMPLES` samples (120 ms).
 
-Cheap by construction: the buzz and the noise are a few precomputed frames (every pitch's period divides
-a frame, so a frame of buzz is the same array each time), and a frame costs one envelope on a coarse grid,
-an interpolation and a multiplication.
+Cheap by construction: the buzz and the noise are precomputed (every pitch's period divides a frame, so
+the buzz is the same array each frame), and frames are made eight at a time: one envelope on a coarse
+grid, an interpolation, a multiplication.
 
 >>> voice = BotVoice(["Sure", "your", "order", "ships", "today."], np.random.default_rng(1))
->>> pcm = voice.frame(0, 0.0)
+>>> pcm = voice.frame(0)
 >>> len(pcm) == FRAME_SAMPLES * 2
 True
->>> voice.frame(0, 0.0) == pcm        # the same frame, the same samples
+>>> voice.frame(9) != pcm and voice.frame(0) == pcm        # the same frame, the same samples
 True
->>> silent = voice.frame(1, voice.syllables[0][1] + 0.001, 0.001)   # just after the first syllable
->>> bool(np.frombuffer(silent, "<i2").any())
+>>> gap = int(voice.syllables[0][1] / 0.001) + 1           # a millisecond-long frame after the first syllable
+>>> bool(np.frombuffer(voice.frame(gap, span=0.001), "<i2").any())
 False
 """
 
@@ -41,30 +41,33 @@ __all__ = ["FRAME_S", "FRAME_SAMPLES", "NUM_CHANNELS", "SAMPLE_RATE", "BotVoice"
 #: What ``@pipecat-ai/websocket-transport`` plays (it reads only the samples: the rate is its own, 24 kHz).
 SAMPLE_RATE = 24_000
 NUM_CHANNELS = 1
-#: 40 ms a frame: Pipecat's output transports send audio in ``audio_out_10ms_chunks`` (4) x 10 ms.
-FRAME_SAMPLES = SAMPLE_RATE * 40 // 1000
+#: 120 ms a frame. The transport plays frames of any length (it queues their samples); a Pipecat bot sends
+#: ``audio_out_10ms_chunks`` x 10 ms, 4 by default. A third as many frames as that is what keeps a speaking
+#: session within twice the CPU of a silent one: a frame costs a send through the hub's writer, whatever its
+#: length (``docs/performance.md``, "Bot audio").
+FRAME_SAMPLES = SAMPLE_RATE * 120 // 1000
 FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
-#: Pitches (Hz) whose period divides a frame (240, 192, 160, 120 samples): one frame of buzz fits them all.
+#: Pitches (Hz) whose period (240, 192, 160, 120 samples) divides a frame: a frame of buzz is whole periods.
 _PITCHES = (100, 125, 150, 200)
 #: Peak of a syllable at its loudest, full scale 1 (about -6 dBFS).
 _PEAK = 0.5
 _NOISE = 0.08  # the breath under the buzz, relative to it
-_NOISE_FRAMES = 8  # frames of noise the voice cycles through
+_BLOCK = 8  # frames made at once (cheaper than one by one); the noise repeats after as many
 _GRID = 24  # envelope points per frame (interpolated in between): a point every 1.7 ms of audio
 _VOWELS = re.compile(r"[aeiouy]+", re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=len(_PITCHES))
 def _sources(pitch: int) -> np.ndarray:
-    """``_NOISE_FRAMES`` frames of buzz plus noise at ``pitch`` (float32, peak about 1): the voice's raw sound."""
+    """``_BLOCK`` frames of buzz plus noise at ``pitch`` (float32, in 16-bit units at peak 1), end to end."""
     n = np.arange(FRAME_SAMPLES)
     harmonics = np.arange(1, 4000 // pitch + 1)
     # Harmonics falling off as a voice's do (-6 dB an octave), with a lift around 500-1500 Hz (a vowel's formants).
     gains = (1 / harmonics) * (1 + 1.5 * np.exp(-(((harmonics * pitch) - 900) / 500) ** 2))
     buzz = gains @ np.sin(2 * np.pi * np.outer(harmonics, n) * pitch / SAMPLE_RATE)
     buzz /= np.abs(buzz).max()
-    noise = np.random.default_rng(pitch).uniform(-1, 1, (_NOISE_FRAMES, FRAME_SAMPLES))  # fixed: a texture
-    return ((buzz + _NOISE * noise) / (1 + _NOISE)).astype(np.float32)
+    noise = np.random.default_rng(pitch).uniform(-1, 1, (_BLOCK, FRAME_SAMPLES))  # fixed: a texture
+    return ((buzz + _NOISE * noise) * (32767 / (1 + _NOISE))).astype(np.float32).ravel()
 
 
 def syllable_count(word: str) -> int:
@@ -98,31 +101,37 @@ class BotVoice:
             starts, durations, loudness, strict=True)]
         #: One pass through the words, seconds (the plan repeats after it).
         self.duration = float(ends_at[-1])
-        self._starts, self._lengths, self._peaks = starts, durations, loudness * _PEAK
+        self._starts, self._per_length, self._peaks = starts, 1 / durations, loudness * _PEAK
         self._sources = _sources(self.pitch)
+        self._block: tuple[int, float, bytes] | None = None  # (first frame, span, its PCM): the last one made
 
     def envelope(self, t: np.ndarray) -> np.ndarray:
-        """The amplitude (full scale 1) at times ``t``: a half-sine per syllable, 0 between them.
+        """The amplitude (full scale 1) at times ``t`` (>= 0): a half-sine per syllable, 0 between them.
 
         >>> voice = BotVoice(["order"], np.random.default_rng(0))
         >>> (start, end, peak), _ = voice.syllables
         >>> [round(float(a / peak), 3) for a in voice.envelope(np.array([start, (start + end) / 2, end + 0.001]))]
         [0.0, 1.0, 0.0]
         """
-        t = np.mod(t, self.duration)
+        t = t % self.duration
         i = np.searchsorted(self._starts, t, side="right") - 1
-        u = (t - self._starts[i]) / self._lengths[i]
-        return np.where(u < 1, self._peaks[i] * np.sin(np.pi * np.clip(u, 0, 1)), 0.0)
+        u = (t - self._starts[i]) * self._per_length[i]  # 0 <= u: the first syllable starts at 0
+        return np.where(u < 1, self._peaks[i] * np.sin(np.pi * u), 0.0)
 
-    def frame(self, index: int, start: float, span: float = FRAME_S) -> bytes:
-        """Frame number ``index`` of the reply: :data:`FRAME_SAMPLES` samples of 16-bit PCM holding the speech
-        from ``start`` to ``start + span`` (``span`` larger than :data:`FRAME_S`: fast-forwarded, as at a
-        speed above 1; the pitch stays, the syllables are shorter)."""
-        grid = start + span * np.linspace(0, 1, _GRID + 1)
-        amplitude = np.interp(_SAMPLE_POSITIONS, _GRID_POSITIONS, self.envelope(grid))
-        pcm = amplitude * self._sources[index % _NOISE_FRAMES] * 32767
-        return pcm.astype("<i2").tobytes()
+    def frame(self, n: int, span: float = FRAME_S) -> bytes:
+        """Frame ``n`` (from 0) of the reply cut in frames of ``span`` seconds: :data:`FRAME_SAMPLES` samples of
+        16-bit PCM holding the speech from ``n * span`` to ``(n + 1) * span`` (``span`` larger than
+        :data:`FRAME_S`: fast-forwarded, as at a speed above 1; the pitch stays, the syllables are shorter)."""
+        first = n - n % _BLOCK
+        if self._block is None or self._block[:2] != (first, span):
+            # The envelope on a grid of _GRID points a frame, every point an integer number of steps from
+            # the start: a frame's samples do not depend on the block it was made in.
+            grid = self.envelope((first * _GRID + _GRID_STEPS) * (span / _GRID)).astype(np.float32)
+            amplitude = grid[:-1, None] + (grid[1:] - grid[:-1])[:, None] * _STEP_FRACTIONS  # linear in between
+            self._block = (first, span, (amplitude.ravel() * self._sources).astype("<i2").tobytes())
+        offset = (n - first) * FRAME_SAMPLES * 2
+        return self._block[2][offset:offset + FRAME_SAMPLES * 2]
 
 
-_GRID_POSITIONS = np.linspace(0, FRAME_SAMPLES, _GRID + 1)
-_SAMPLE_POSITIONS = np.arange(FRAME_SAMPLES, dtype=np.float64)
+_GRID_STEPS = np.arange(_BLOCK * _GRID + 1, dtype=np.float64)
+_STEP_FRACTIONS = np.arange(FRAME_SAMPLES // _GRID, dtype=np.float32) / (FRAME_SAMPLES // _GRID)

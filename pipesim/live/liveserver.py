@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,8 +33,9 @@ class LiveServer(BaseServer):
     broadcast; ``client_queue`` the slow-client limit (messages); ``send_buffer`` each client's socket
     send buffer (bytes; None leaves the OS default); ``allow_origins``, ``allow_hosts`` and ``token`` who
     may connect (see "Who may connect" above); ``owner_only`` lets a connection control only the sessions
-    it started. The scenario's own sessions (arrivals, scripted ones) run as they would offline; clients
-    add sessions with ``start``. ``port=0`` picks a free port.
+    it started; ``bot_audio`` sends the bot's audio to RTVI clients while it speaks (``/rtvi``, see
+    :mod:`pipesim.live.rtvi_audio`). The scenario's own sessions (arrivals, scripted ones) run as they
+    would offline; clients add sessions with ``start``. ``port=0`` picks a free port.
 
     >>> import asyncio
     >>> from pipesim.scenario import Scenario
@@ -54,7 +56,7 @@ class LiveServer(BaseServer):
                  allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = (), token: str | None = None,
                  owner_only: bool = False, admin_port: int | None = None, admin_token: str | None = None,
                  journal_size: int = DEFAULT_JOURNAL_SIZE, forget_after: float | None = 60.0,
-                 trace_limit: int | None = DEFAULT_TRACE_LIMIT) -> None:
+                 trace_limit: int | None = DEFAULT_TRACE_LIMIT, bot_audio: bool = True) -> None:
         super().__init__(host=host, port=port, record=record, client_queue=client_queue,
                          close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
                          allow_origins=allow_origins, allow_hosts=allow_hosts, token=token,
@@ -68,7 +70,7 @@ class LiveServer(BaseServer):
         self.model.subscribe(self._on_transition)
         self.model.on_reset(self._on_reset)
         self.timekeeper = PacerClock(lambda: self.model.pacer)
-        self._dialect_types = dict(DIALECTS)
+        self._dialect_types = {**DIALECTS, RTVI_PATH: functools.partial(RtviDialect, bot_audio=bot_audio)}
         self._dialects: dict[str, Dialect] = {}  # each made by its first connection
 
     @property

@@ -22,6 +22,7 @@ b'"L'
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -89,10 +90,20 @@ def encode_audio(pcm: bytes, sample_rate: int, num_channels: int) -> bytes:
     >>> decode_frame(encode_audio(b"\\x00" * 1920, 24000, 1)).audio_bytes
     1920
     """
-    audio = (_length_delimited(AUDIO_NAME, b"audio") + _length_delimited(AUDIO_SAMPLES, pcm)
-             + _varint(AUDIO_SAMPLE_RATE << 3 | _VARINT) + _varint(sample_rate)
-             + _varint(AUDIO_CHANNELS << 3 | _VARINT) + _varint(num_channels))
-    return _length_delimited(FRAME_AUDIO, audio)
+    head, tail = _audio_framing(len(pcm), sample_rate, num_channels)
+    return head + pcm + tail
+
+
+@functools.lru_cache(maxsize=16)
+def _audio_framing(size: int, sample_rate: int, num_channels: int) -> tuple[bytes, bytes]:
+    """What comes before and after ``size`` bytes of samples in :func:`encode_audio`'s frame (the bot's frames
+    all have the same size: computed once)."""
+    tail = (_varint(AUDIO_SAMPLE_RATE << 3 | _VARINT) + _varint(sample_rate)
+            + _varint(AUDIO_CHANNELS << 3 | _VARINT) + _varint(num_channels))
+    name = _length_delimited(AUDIO_NAME, b"audio")
+    samples_key = _varint(AUDIO_SAMPLES << 3 | _LENGTH_DELIMITED) + _varint(size)
+    inner = len(name) + len(samples_key) + size + len(tail)
+    return _varint(FRAME_AUDIO << 3 | _LENGTH_DELIMITED) + _varint(inner) + name + samples_key, tail
 
 
 def _fields(data: bytes, where: str) -> dict[int, bytes | int]:

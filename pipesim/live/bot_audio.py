@@ -3,7 +3,7 @@
 Not speech, but what a frontend's audio path needs to see speech: syllables and pauses following the
 reply's words (one syllable per vowel group, a short gap between syllables, a longer one between words,
 a pause after the sentence), each syllable a half-sine swell of a voiced buzz (harmonics of a pitch up to
-4 kHz) with a breath of noise, peaking near -6 dBFS so that a level meter or a visualiser moves; silence
+4 kHz) with a breath of noise, peaking at -10 to -6 dBFS so that a level meter or a visualiser moves; silence
 between syllables. The plan (pitch, durations, loudness) is drawn once per reply from the generator it is
 given (the RTVI dialect's ``streams.generator(session, "rtvi-audio", turn)``): the same seed gives the same
 samples, and drawing them changes no other number. When the bot speaks longer than the words last, the
@@ -36,7 +36,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["FRAME_S", "FRAME_SAMPLES", "NUM_CHANNELS", "SAMPLE_RATE", "BotVoice"]
+__all__ = ["FRAME_S", "FRAME_SAMPLES", "NUM_CHANNELS", "SAMPLE_RATE", "BotVoice", "syllable_count"]
 
 #: What ``@pipecat-ai/websocket-transport`` plays (it reads only the samples: the rate is its own, 24 kHz).
 SAMPLE_RATE = 24_000
@@ -49,11 +49,11 @@ FRAME_SAMPLES = SAMPLE_RATE * 120 // 1000
 FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
 #: Pitches (Hz) whose period (240, 192, 160, 120 samples) divides a frame: a frame of buzz is whole periods.
 _PITCHES = (100, 125, 150, 200)
-#: Peak of a syllable at its loudest, full scale 1 (about -6 dBFS).
+#: The envelope's peak for the loudest syllable, full scale 1 (-6 dBFS; others from 0.6 times that).
 _PEAK = 0.5
 _NOISE = 0.08  # the breath under the buzz, relative to it
 _BLOCK = 8  # frames made at once (cheaper than one by one); the noise repeats after as many
-_GRID = 24  # envelope points per frame (interpolated in between): a point every 1.7 ms of audio
+_GRID = 24  # envelope points per frame (linear in between): a point every 5 ms of audio
 _VOWELS = re.compile(r"[aeiouy]+", re.IGNORECASE)
 
 

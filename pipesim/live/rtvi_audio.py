@@ -23,17 +23,15 @@ import asyncio
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pipesim.live.bot_audio import FRAME_S, NUM_CHANNELS, SAMPLE_RATE, BotVoice
+from pipesim.live.connection import Client
 from pipesim.live.hub import Hub
 from pipesim.live.pacer import Pacer
 from pipesim.live.rtvi_codec import encode_audio
 
-if TYPE_CHECKING:
-    from pipesim.live.rtvi import RtviConnection
-
-__all__ = ["LEAD_S", "TICK_S", "BotAudio", "Speech"]
+__all__ = ["LEAD_S", "TICK_S", "BotAudio", "Speaker", "Speech"]
 
 #: Audio the client holds ahead of what it plays, at least (wall seconds).
 LEAD_S = 0.1
@@ -52,6 +50,15 @@ class Speech:
     due: float = -math.inf  # the simulated time it is due at (the ticker skips the speech until then)
 
 
+class Speaker(Protocol):
+    """What the ticker needs of a connection (an :class:`~pipesim.live.rtvi.RtviConnection`)."""
+
+    client: Client | None
+    speech: Speech | None
+    bot_audio_frames: int
+    bot_audio_bytes: int
+
+
 class BotAudio:
     """The sockets that speak now, and the ticker that sends their frames (see the module's docstring).
 
@@ -62,10 +69,10 @@ class BotAudio:
         self.hub = hub
         self.pacer = pacer
         #: The connections speaking now (a dict: the order they started in, for the same order every tick).
-        self.speaking: dict[RtviConnection, None] = {}
+        self.speaking: dict[Speaker, None] = {}
         self._ticker: asyncio.Task[None] | None = None
 
-    def start(self, conn: RtviConnection, voice: BotVoice, t: float) -> None:
+    def start(self, conn: Speaker, voice: BotVoice, t: float) -> None:
         """``conn``'s bot starts speaking ``voice`` at simulated time ``t``: the lead goes out now."""
         pacer = self.pacer()
         conn.speech = Speech(voice, began=t, span=FRAME_S * pacer.speed)
@@ -74,7 +81,7 @@ class BotAudio:
         if self._ticker is None and self.speaking:
             self._ticker = self.hub.spawn(self._tick())
 
-    def stop(self, conn: RtviConnection) -> None:
+    def stop(self, conn: Speaker) -> None:
         """Nothing more of ``conn``'s reply is sent (what was sent is the client's lead)."""
         conn.speech = None
         self.speaking.pop(conn, None)
@@ -96,7 +103,7 @@ class BotAudio:
         finally:
             self._ticker = None
 
-    def _send_due(self, conn: RtviConnection, now: float, speed: float) -> None:
+    def _send_due(self, conn: Speaker, now: float, speed: float) -> None:
         speech, client = conn.speech, conn.client
         if speech is None or client is None or client.closing:
             self.stop(conn)

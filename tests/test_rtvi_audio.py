@@ -89,13 +89,14 @@ def test_the_bot_speaks_while_its_tts_plays_in_the_transports_format_paced_in_re
     # 120 ms of 24 kHz mono 16-bit PCM a frame, what the transport's player plays.
     assert {(e["bytes"], e["rate"], e["channels"]) for e in stretch} == {(FRAME_SAMPLES * 2, SAMPLE_RATE, NUM_CHANNELS)}
     assert FRAME_SAMPLES / SAMPLE_RATE == FRAME_S == 0.12
-    # As much audio as the bot spoke on the wall clock (at 10x: each frame fast-forwards 1.2 s of speech) ...
+    # As much audio as the bot spoke on the wall clock (at 10x: each frame fast-forwards 1.2 s of speech; the
+    # margins are for this client's own delays in reading on a loaded machine) ...
     wall = stopped - started
-    assert wall / FRAME_S - 2 <= len(stretch) <= (wall + LEAD_S) / FRAME_S + 2, (wall, len(stretch))
+    assert wall / FRAME_S - 4 <= len(stretch) <= (wall + LEAD_S) / FRAME_S + 4, (wall, len(stretch))
     # ... and in real time: never more than the lead (and a frame) ahead of what has been played, no bursts.
     for i, e in enumerate(stretch):
         assert i * FRAME_S <= e["t"] - started + LEAD_S + FRAME_S + 0.3, (i, e["t"] - started)
-    assert len(stretch) >= 10 and stretch[-1]["t"] - stretch[0]["t"] >= (len(stretch) - 4) * FRAME_S
+    assert len(stretch) >= 10 and stretch[-1]["t"] - stretch[0]["t"] >= (len(stretch) - 6) * FRAME_S
     assert (frames, nbytes) == (len(stretch), len(stretch) * FRAME_SAMPLES * 2)
     assert speech is None and not speaking  # nothing left speaking once the session ended
 

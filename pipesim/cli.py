@@ -501,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=200_000, help="keep only this many of the most recent events and service samples "
                                          "(and a sixteenth as many turns) in the server's trace, so that its "
                                          "memory stays bounded (0: keep everything)")
+    p.add_argument("--no-bot-audio", action="store_true",
+                   help="send RTVI clients no bot audio (default: while the bot speaks, synthetic speech-like "
+                        "24 kHz PCM, about 48 KB/s per speaking session)")
 
     p = _command(sub, "replay", "serve a recorded or simulated trace over the same protocol")
     p.add_argument("file", help="a recording (serve --record), a trace.jsonl or a run --out folder")

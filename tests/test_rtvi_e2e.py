@@ -8,7 +8,9 @@ opens it in Debian's Chromium with a fake microphone; every request not to local
 
 It proves: ``connect()`` resolves with the RTVI version the client speaks; a whole turn's callbacks arrive
 in order; the microphone's audio frames reach pipesim with no error; a ``service_outage`` fault from a seed
-client makes ``onError`` fire (not fatal). Skipped when node/npm or Chromium is missing.
+client makes ``onError`` fire (not fatal); the bot's audio reaches the client's player while the bot speaks,
+``onRemoteAudioLevel`` is above zero then and near zero in between, and the callbacks are as without audio.
+Skipped when node/npm or Chromium is missing.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from conftest import CHROMIUM, CHROMIUM_ARGS, chromium_trusting, npm_modules, ta
 from test_rtvi import TURN, turns_in_order
 from websockets.sync.client import connect
 
+from pipesim.live.bot_audio import FRAME_SAMPLES
 from pipesim.live.rtvi import RTVI_VERSION
 
 HERE = Path(__file__).resolve().parent / "rtvi_e2e"
-#: A fake microphone, allowed without asking.
-MEDIA_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+#: A fake microphone, allowed without asking; the bot's audio plays without a click.
+MEDIA_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+              "--autoplay-policy=no-user-gesture-required"]
 TIMEOUT_S = 60.0  # generous: two cores shared by many processes
 #: Callback -> the RTVI message that fires it.
 CALLBACKS = {"onUserStartedSpeaking": "user-started-speaking", "onUserStoppedSpeaking": "user-stopped-speaking",
@@ -183,3 +187,33 @@ def test_the_real_pipecat_client_over_wss_with_the_ca_trusted(page: Any) -> None
     conn = bg.call(lambda: bg.server.rtvi.connections["rtvi-1"])
     assert bg.call(lambda: (conn.audio_frames > 0, conn.errors)) == (True, 0)
     assert not any(e["name"] in ("onError", "onMessageError", "connect-failed") for e in events)
+
+
+def test_the_real_client_plays_the_bots_audio_and_its_remote_level_follows_the_bot(page: Any) -> None:
+    pg, bg, _problems = page
+    pg.evaluate("(url) => { window.rtvi.connect(url); }", f"ws://127.0.0.1:{bg.port}/rtvi")
+    events = _wait_for(pg, "onBotStoppedSpeaking", 2)  # two turns: the bot speaks, is silent, speaks again
+    audio = pg.evaluate("() => JSON.parse(JSON.stringify(window.rtvi.audio))")
+    sent = bg.call(lambda: bg.server.rtvi.connections["rtvi-1"].bot_audio_frames)
+
+    # The callbacks are those of two whole turns, in order, as without audio; nothing went wrong.
+    turn = [CALLBACKS[e["name"]] for e in events if e["name"] in CALLBACKS]
+    assert turns_in_order(turn[:2 * len(TURN)], 2), turn
+    assert not any(e["name"] in ("onError", "onMessageError") for e in events)
+    # Every frame the bot sent reached the transport's player, whole (it may be speaking a third time now).
+    assert 0 < audio["frames"] <= sent and audio["samples"] == audio["frames"] * FRAME_SAMPLES
+    # onRemoteAudioLevel: above zero while the bot speaks, near zero in between: once what was sent ahead
+    # (at most the lead and a frame, 0.22 s) has played and has left the player's analyser (its FFT spans
+    # 8,192 samples: 0.34 s), 0.8 s after bot-stopped-speaking.
+    starts = [e["t"] for e in events if e["name"] == "onBotStartedSpeaking"]
+    stops = [e["t"] for e in events if e["name"] == "onBotStoppedSpeaking"]
+    levels = audio["levels"]
+
+    def between(t0: float, t1: float) -> list[float]:
+        return [x["level"] for x in levels if t0 <= x["t"] < t1]
+
+    for t0, t1 in zip(starts[:2], stops[:2], strict=True):
+        speaking = between(t0 + 300, t1)
+        assert speaking and max(speaking) > 0.1 and sum(speaking) / len(speaking) > 0.02, speaking
+    silent = between(0, starts[0]) + between(stops[0] + 800, starts[1])
+    assert len(silent) >= 10 and max(silent) < 0.01, silent

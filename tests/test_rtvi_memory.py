@@ -46,7 +46,10 @@ def scenario(turns: int) -> Scenario:
 
 async def until(ws: ClientConnection, type_: str) -> dict[str, Any]:
     while True:
-        message = decode_frame(await ws.recv()).message  # type: ignore[arg-type]
+        frame = decode_frame(await ws.recv())  # type: ignore[arg-type]
+        if frame.kind == "audio":  # the bot speaking
+            continue
+        message = frame.message
         assert message is not None
         if message["type"] == type_:
             return message

@@ -41,11 +41,11 @@ from pipesim.scenario import load_scenario
 
 def serve(args: argparse.Namespace) -> int:
     """``pipesim serve [SCENARIO] [--host] [--port] [--speed] [--seed] [--record] [--owner-only]
-    [--allow-origin] [--allow-host] [--token] [--forget-after] [--trace-limit]``."""
+    [--allow-origin] [--allow-host] [--token] [--forget-after] [--trace-limit] [--no-bot-audio]``."""
     scenario = load_scenario(args.scenario)
     server = LiveServer(scenario, speed=args.speed, seed=args.seed, owner_only=args.owner_only,
                         forget_after=args.forget_after, trace_limit=args.trace_limit or None,
-                        options=ServerOptions.from_args(args))
+                        bot_audio=not args.no_bot_audio, options=ServerOptions.from_args(args))
     what = f"scenario {scenario.name} (seed {server.sim.seed})"
     return _run(server, what)
 

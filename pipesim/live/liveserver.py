@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ class LiveServer(BaseServer):
     """The live mock backend: the scenario's model in real time, over the orchestrator's protocol.
 
     ``speed`` is simulated seconds per wall second; ``owner_only`` lets a connection control only the
-    sessions it started; ``forget_after`` and ``trace_limit`` bound its memory (see "Memory" in
-    :mod:`pipesim.live.server`). Where it listens and who may connect (``host``, ``port``, ``record``,
+    sessions it started; ``bot_audio`` sends the bot's audio to RTVI clients while it speaks (see
+    :mod:`pipesim.live.rtvi_audio`); ``forget_after`` and ``trace_limit`` bound its memory (see "Memory"
+    in :mod:`pipesim.live.server`). Where it listens and who may connect (``host``, ``port``, ``record``,
     ``token``, ``admin_port``, ...) are the :class:`~pipesim.live.options.ServerOptions`, given as
     ``options`` or as keywords of the same names (``port=0`` picks a free port). The scenario's own
     sessions (arrivals, scripted ones) run as they would offline; clients add sessions with ``start``.
@@ -48,8 +50,8 @@ class LiveServer(BaseServer):
 
     def __init__(self, scenario: Scenario | str | Path | dict[str, Any], *, seed: int | None = None,
                  speed: float = 1.0, owner_only: bool = False, forget_after: float | None = 60.0,
-                 trace_limit: int | None = DEFAULT_TRACE_LIMIT, options: ServerOptions | None = None,
-                 **server_options: Any) -> None:
+                 trace_limit: int | None = DEFAULT_TRACE_LIMIT, bot_audio: bool = True,
+                 options: ServerOptions | None = None, **server_options: Any) -> None:
         super().__init__(options, **server_options)
         #: Clients may control only the sessions they started on the same connection.
         self.owner_only = owner_only
@@ -60,7 +62,7 @@ class LiveServer(BaseServer):
         self.model.subscribe(self._on_transition)
         self.model.on_reset(self._on_reset)
         self.timekeeper = PacerClock(lambda: self.model.pacer)
-        self._dialect_types = dict(DIALECTS)
+        self._dialect_types = {**DIALECTS, RTVI_PATH: functools.partial(RtviDialect, bot_audio=bot_audio)}
         self._dialects: dict[str, Dialect] = {}  # each made by its first connection
 
     @property

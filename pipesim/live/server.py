@@ -147,7 +147,7 @@ from pipesim.errors import LiveError
 from pipesim.live.access import Access, RedactingLogger
 from pipesim.live.clock import Clock
 from pipesim.live.collector import ServingCollector
-from pipesim.live.connection import CLOSE_GOING_AWAY, Client, free_protocol
+from pipesim.live.connection import CLOSE_GOING_AWAY, UNCOMPRESSED_PATHS, Client, free_protocol
 from pipesim.live.hub import Hub
 from pipesim.live.journal import Journal
 from pipesim.live.options import ServerOptions
@@ -386,6 +386,8 @@ class BaseServer:
         if path == "/ws" or path in self.dialect_paths:
             refusal = handshake_refusal(self.access, request, target.query)
             if refusal is None:
+                if path in UNCOMPRESSED_PATHS:
+                    connection.protocol.available_extensions = None
                 return None  # the WebSocket handshake goes on
             self.refused += 1
             host, port = (connection.remote_address or ("?", 0))[:2]

@@ -8,7 +8,9 @@ does, with no lock. ``pipesim schema --format openapi`` prints its OpenAPI docum
 What it offers (WireMock's ``/__admin`` convention): sessions (list, get, create from the scenario's
 template, start/pause/stop), the clock (pause, resume, speed, step N transitions, advance N simulated
 seconds, run until a session reaches a state), faults with an acknowledgement, push of protocol messages
-to a session's watchers, the message journal, and reset to the scenario's start.
+to a session's watchers, stubs that answer clients' messages (:mod:`pipesim.live.stubs`), the message
+journal with count and find by pattern, recording start/stop, and reset to a scenario's start (the same
+one, or another with its seed and speed).
 
 Who may use it: it can freeze, reset and rewrite everything, so it listens on ``127.0.0.1`` only (even
 when the WebSocket side listens on every address), answers only requests whose ``Host`` is a loopback
@@ -52,6 +54,7 @@ from pipesim.live.admin_models import (
     Cleared,
     Clock,
     ClockMoved,
+    Counted,
     CreateSession,
     ErrorBody,
     FaultApplied,
@@ -59,7 +62,12 @@ from pipesim.live.admin_models import (
     GuardedJSONRoute,
     Health,
     JournalEntries,
+    JournalFind,
+    JournalQuery,
     PushBody,
+    Recording,
+    RecordingBody,
+    ResetBody,
     RunUntilBody,
     RunUntilResult,
     Scheduled,
@@ -68,12 +76,46 @@ from pipesim.live.admin_models import (
     SessionList,
     SpeedBody,
     StepBody,
+    StubAnswer,
+    StubBody,
+    StubList,
     error_response,
     field_path,
     json_error,
     responses_of,
 )
 from pipesim.live.admin_ops import Operations, Served
+
+EXAMPLE_ENTRY = {"id": 7, "wall_time": "2026-01-05T10:00:00.125000+00:00", "t": 12.5, "direction": "in",
+                 "connection": "c1", "session_id": "demo-1", "type": "conversation_control",
+                 "message": {"type": "conversation_control", "action": "pause", "session_id": "demo-1"},
+                 "result": "applied", "stub": None}
+JOURNAL_EXAMPLES = {
+    "the pauses the page sent for demo-1": {"value": {"direction": "in", "session_id": "demo-1",
+                                                       "type": "conversation_control", "message": {"action": "pause"}}},
+    "controls refused as unknown": {"value": {"direction": "in", "result": {"error": {"code": "unknown_session"}}}},
+    "what a stub took, after entry 120": {"value": {"stub": "slow-pause", "since": 120}},
+}
+EXAMPLE_STUB = {"id": "slow-pause", "when": {"path": "/ws", "type": "conversation_control",
+                                             "message": {"action": "pause"}},
+                "then": {"respond": [], "fault": None, "pass_through": True, "close": None, "delay_s": 2.0},
+                "priority": 5, "times": 1, "matched": 0, "exhausted": False}
+STUB_EXAMPLES = {
+    "pause applied 2 s late, once": {"value": {"id": "slow-pause", "when": {
+        "type": "conversation_control", "message": {"action": "pause"}}, "then": {"pass_through": True, "delay_s": 2},
+        "times": 1}},
+    "refuse to start demo-1": {"value": {"when": {"session_id": "demo-1", "message": {"action": "start"}}, "then": {
+        "respond": [{"type": "error", "code": "illegal_control", "message": "start: the orchestrator is full"}]}}},
+    "an RTVI client-message answered, then the socket closed": {"value": {"when": {
+        "path": "/rtvi", "type": "client-message", "message": {"data": {"t": "ping"}}}, "then": {
+        "respond": [{"type": "server-response", "data": {"t": "ping", "d": {"pong": True}}}],
+        "close": {"code": 4001, "reason": "stubbed"}}, "priority": 1}},
+    "a Kafka stall when a session stops": {"value": {"when": {"message": {"action": "stop"}}, "then": {
+        "pass_through": True, "fault": {"fault": "kafka_stall", "service": "llm", "duration_s": 4}}}},
+}
+NO_STUB = "No stub of this id (on a replay: 409)."
+NO_STUB_EXAMPLE = {404: ("not_found", "unknown stub 'stub-9'")}
+EXAMPLE_RECORDING = {"path": "/tmp/pipesim-recording.jsonl", "recording": True, "messages": 120, "segments": 1}
 
 __all__ = ["ADMIN_HOST", "PREFIX", "AdminError", "AdminListener", "Clock", "ErrorBody", "Served", "build_app",
            "openapi"]
@@ -279,10 +321,7 @@ def build_app(server: Served | None = None, *, token: str | None = None) -> Fast
         return get_ops().fault(body)
 
     @app.get(f"{PREFIX}/journal", response_model=JournalEntries, responses=responses_of(
-        {"entries": [{"id": 7, "wall_time": "2026-01-05T10:00:00.125000+00:00", "t": 12.5, "direction": "in",
-                      "connection": "c1", "session_id": "demo-1", "type": "conversation_control",
-                      "message": {"type": "conversation_control", "action": "pause", "session_id": "demo-1"},
-                      "result": "applied"}], "last_id": 9}, 422))
+        {"entries": [EXAMPLE_ENTRY], "last_id": 9}, 422))
     async def journal(session_id: str | None = None, type: str | None = None,  # noqa: A002 (the field's name)
                       direction: Literal["in", "out"] | None = None,
                       since: Annotated[int | None, Query(ge=0, description=(
@@ -304,12 +343,89 @@ def build_app(server: Served | None = None, *, token: str | None = None) -> Fast
         j = get_ops().server.journal
         return Cleared(cleared=j.clear() if j is not None else 0)
 
-    @app.post(f"{PREFIX}/reset", response_model=Clock,
-              responses=responses_of({**EXAMPLE_CLOCK, "t": 0.0, "next_event_t": 0.0}, 409, 415, e409=LIVE_ONLY))
-    async def reset() -> Clock:
-        """Back to the scenario's start, same seed: watchers get session_ended (reason reset) for the old
-        sessions, the journal is cleared, and a recording starts a new segment."""
-        return await get_ops().reset()
+    @app.post(f"{PREFIX}/journal/count", response_model=Counted, responses=responses_of({"count": 1}, 415, 422))
+    async def journal_count(body: Annotated[JournalQuery, Body(openapi_examples=JOURNAL_EXAMPLES)]) -> Counted:
+        """How many entries of the journal match the pattern (every field given; ``message`` and ``result`` as
+        JSON subsets): "did the page send exactly one pause for session demo-1?"."""
+        return Counted(count=len(get_ops().journal_find(body)))
+
+    @app.post(f"{PREFIX}/journal/find", response_model=JournalEntries, responses=responses_of(
+        {"entries": [EXAMPLE_ENTRY], "last_id": 9}, 415, 422))
+    async def journal_find(body: Annotated[JournalFind, Body(openapi_examples={
+            **JOURNAL_EXAMPLES, "the newest two": {"value": {"direction": "in", "limit": 2}}})]) -> JournalEntries:
+        """The entries of the journal that match the pattern (as ``journal/count``), oldest first."""
+        ops = get_ops()
+        j = ops.server.journal
+        return JournalEntries(entries=ops.journal_find(body), last_id=j.last_id if j is not None else 0)
+
+    @app.post(f"{PREFIX}/reset", response_model=Clock, responses=responses_of(
+        {**EXAMPLE_CLOCK, "t": 0.0, "next_event_t": 0.0}, 409, 415, 422, e409=LIVE_ONLY,
+        e422="A bad body: the message names the field (body.scenario.sessions.turns, body.seed, ...)."))
+    async def reset(body: Annotated[ResetBody | None, Body(openapi_examples={
+            "the same scenario and seed": {"value": {}},
+            "a bundled scenario, seed and speed": {"value": {"scenario": "baseline", "seed": 7, "speed": 10}},
+            "a scenario of its own": {"value": {"scenario": {"name": "two-users", "sessions": {
+                "arrivals": {"kind": "at_once", "count": 2}, "turns": 3}}}}})] = None) -> Clock:
+        """Back to a scenario's start: the same scenario, seed and speed, or those of the body (one server, a
+        different scenario per test). Watchers get session_ended (reason reset) for the old sessions, the
+        journal is cleared, the stubs are removed, and a recording starts a new segment. The clock stays
+        paused if it was."""
+        return await get_ops().reset(body)
+
+    # Stubs -------------------------------------------------------------------------------------------
+    @app.post(f"{PREFIX}/stubs", response_model=StubAnswer, status_code=201, responses=responses_of(
+        EXAMPLE_STUB, 409, 415, 422, status=201, error_examples={409: ("conflict", "stub 'slow-pause' exists")},
+        e409="The id is taken, or this server replays a recording."))
+    async def add_stub(body: Annotated[StubBody, Body(openapi_examples=STUB_EXAMPLES)]) -> StubAnswer:
+        """Register a stub: when a client sends a message matching ``when``, do ``then`` (reply, a fault, the
+        normal handling or not, close), ``delay_s`` simulated seconds later. The stub that takes a message is the
+        first by ``priority`` (1 first; among equals the newest) that matches and is not exhausted (``times``)."""
+        return get_ops().add_stub(body)
+
+    @app.get(f"{PREFIX}/stubs", response_model=StubList,
+             responses=responses_of({"stubs": [EXAMPLE_STUB]}, 409, e409=LIVE_ONLY))
+    async def list_stubs() -> StubList:
+        """Every stub, in the order they are tried, with how many messages each took (``matched``)."""
+        return StubList(stubs=get_ops().list_stubs())
+
+    @app.delete(f"{PREFIX}/stubs", response_model=Cleared, responses=responses_of({"cleared": 2}, 409, e409=LIVE_ONLY))
+    async def clear_stubs() -> Cleared:
+        """Remove every stub (a reset does too)."""
+        return Cleared(cleared=get_ops().clear_stubs())
+
+    @app.get(f"{PREFIX}/stubs/{{stub_id}}", response_model=StubAnswer, responses=responses_of(
+        EXAMPLE_STUB, 404, 409, e404=NO_STUB, e409=LIVE_ONLY, error_examples=NO_STUB_EXAMPLE))
+    async def get_stub(stub_id: str) -> StubAnswer:
+        """One stub, with how many messages it took."""
+        return get_ops().stub(stub_id)
+
+    @app.delete(f"{PREFIX}/stubs/{{stub_id}}", response_model=StubAnswer, responses=responses_of(
+        EXAMPLE_STUB, 404, 409, e404=NO_STUB, e409=LIVE_ONLY, error_examples=NO_STUB_EXAMPLE))
+    async def delete_stub(stub_id: str) -> StubAnswer:
+        """Remove one stub; the answer is the stub as it was (with its count)."""
+        return get_ops().delete_stub(stub_id)
+
+    # Recording ---------------------------------------------------------------------------------------
+    @app.get(f"{PREFIX}/recording", response_model=Recording, responses=responses_of(EXAMPLE_RECORDING))
+    async def recording() -> Recording:
+        """The recording being written (or the last one stopped): its file and how many messages it holds."""
+        return get_ops().recording()
+
+    @app.post(f"{PREFIX}/recording/start", response_model=Recording, responses=responses_of(
+        {**EXAMPLE_RECORDING, "messages": 0}, 409, 415, 422, e409="A recording is being written already.",
+        error_examples={409: ("conflict", "already recording into /tmp/pipesim-recording.jsonl")}))
+    async def start_recording(body: Annotated[RecordingBody, Body(openapi_examples={
+            "into a file": {"value": {"path": "/tmp/pipesim-recording.jsonl"}}})]) -> Recording:
+        """Record every message broadcast from now on into ``path`` (as ``pipesim serve --record``): a file
+        ``pipesim replay`` plays once it is stopped (each line is flushed as written)."""
+        return get_ops().start_recording(body.path)
+
+    @app.post(f"{PREFIX}/recording/stop", response_model=Recording, responses=responses_of(
+        {**EXAMPLE_RECORDING, "recording": False}, 409, 415, e409="No recording is being written.",
+        error_examples={409: ("conflict", "not recording (POST /__admin/recording/start first)")}))
+    async def stop_recording() -> Recording:
+        """Close the recording: complete, for ``pipesim replay``."""
+        return get_ops().stop_recording()
 
     @app.post(f"{PREFIX}/replay/seek", response_model=Clock, responses=responses_of(
         {**EXAMPLE_CLOCK, "t": 50.5}, 409, 415, 422, e409="Only a replay can seek; a live model moves forward."))

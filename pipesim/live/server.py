@@ -153,6 +153,7 @@ from pipesim.protocol import (
 
 if TYPE_CHECKING:
     from pipesim.live.admin import AdminListener
+    from pipesim.live.stubs import Stubs
 
 __all__ = ["DEFAULT_TRACE_LIMIT", "MAX_FRAME_BYTES", "BaseServer"]  # (the live server: pipesim.live.liveserver)
 
@@ -174,6 +175,8 @@ class BaseServer:
     model: LiveModel | None = None
     #: What a replay plays (None: a live model).
     source: str | None = None
+    #: The stubs that answer clients' messages (a live model's; None: a replay).
+    stubs: Stubs | None = None
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 8001, record: str | Path | None = None,
                  client_queue: int = 1000, close_timeout: float = 2.0, send_buffer: int | None = 128 * 1024,
@@ -188,7 +191,6 @@ class BaseServer:
         self.record_path = Path(record) if record is not None else None
         self.close_timeout = close_timeout
         self.static_dir = Path(static_dir) if static_dir is not None else STATIC_DIR
-        self.recorder: Recorder | None = None
         #: The process's garbage collector when this server's process owns it (``pipesim serve``): in /stats.
         self.collector: ServingCollector | None = None
         self._server: Server | None = None
@@ -245,6 +247,26 @@ class BaseServer:
     def running(self) -> bool:
         return self._server is not None and not self._stopping
 
+    @property
+    def recorder(self) -> Recorder | None:
+        """The recording being written (None: none)."""
+        return self.hub.recorder
+
+    def start_recording(self, path: str | Path) -> Recorder:
+        """Record every message broadcast from now on into ``path`` (``OSError`` when it cannot be written;
+        ``RuntimeError`` while a recording is being written)."""
+        if self.hub.recorder is not None:
+            raise RuntimeError(f"already recording into {self.hub.recorder.path}")
+        self.hub.recorder = Recorder(path, self._record_header())
+        return self.hub.recorder
+
+    def stop_recording(self) -> Recorder | None:
+        """Close the recording being written (None: there was none); it is then complete, for ``pipesim replay``."""
+        recorder, self.hub.recorder = self.hub.recorder, None
+        if recorder is not None:
+            recorder.close()
+        return recorder
+
     async def start(self) -> None:
         """Open the recording, listen (``port=0`` picks a free port, then in :attr:`port`) and start."""
         if self._server is not None:
@@ -254,7 +276,7 @@ class BaseServer:
         self._stopped = asyncio.Event()
         if self.record_path is not None:
             try:
-                self.recorder = self.hub.recorder = Recorder(self.record_path, self._record_header())
+                self.start_recording(self.record_path)
             except OSError as exc:
                 raise LiveError(f"cannot write the recording {self.record_path}: {exc.strerror}") from None
         token = self.access.token
@@ -262,8 +284,7 @@ class BaseServer:
             try:
                 self.admin.bind()  # before the WebSocket port: a busy admin port must not leave a half server
             except LiveError:
-                if self.recorder is not None:
-                    self.recorder.close()
+                self.stop_recording()
                 raise
         try:
             self._server = await serve(
@@ -272,8 +293,7 @@ class BaseServer:
                 # The library logs request lines and headers at DEBUG level: keep the token out of them.
                 logger=RedactingLogger(logging.getLogger("websockets.server"), token) if token else None)
         except OSError as exc:
-            if self.recorder is not None:
-                self.recorder.close()
+            self.stop_recording()
             if self.admin is not None:
                 await self.admin.stop()
             if isinstance(exc, socket.gaierror):  # its errno is getaddrinfo's, which os.strerror cannot name
@@ -309,8 +329,7 @@ class BaseServer:
                     await self._server.wait_closed()
             self.hub.cancel_tasks()
         finally:
-            if self.recorder is not None:
-                self.recorder.close()
+            self.stop_recording()
             assert self._stopped is not None
             self._stopped.set()
             log.info("stopped")

@@ -16,7 +16,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from pipesim import _jsonsafe
-from pipesim.live.connection import Client
+from pipesim.live.connection import WS_PATH, Client
 from pipesim.live.hub import Hub
 from pipesim.protocol import MAX_MESSAGE_BYTES, ConversationControl, FaultInjection, ProtocolError, dumps, parse_message
 from pipesim.vocabulary import CLIENT_MESSAGE_TYPES
@@ -77,6 +77,10 @@ class WsDialect:
         except ProtocolError as exc:
             self.hub.error(client, "bad_message", str(exc))
             return
+        self.hub.inbound(client, WS_PATH, msg.session_id, msg.model_dump(mode="json", exclude_unset=True),
+                         lambda: self._apply(client, msg))
+
+    def _apply(self, client: Client, msg: ConversationControl | FaultInjection) -> None:
         try:
             if isinstance(msg, ConversationControl):
                 self._on_control(client, msg)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from test_admin_api import admin_server, error_of, ok
 from test_rtvi import receive, rtvi_url, send
 from test_rtvi import scenario as rtvi_scenario
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from pipesim.live import LiveClient, ReplayServer
 from pipesim.live.stubs import matches
@@ -355,3 +357,46 @@ def test_a_replay_has_no_stubs_but_counts_its_journal() -> None:
             assert (await ok(await http.post("/journal/count", json={"type": "session_created"}))) == {"count": 1}
 
     run(main())
+
+
+# The Python helpers (pipesim.testing) ----------------------------------------------------------------------
+@pytest.mark.pipesim(scenario=scenario(background=2), paused=True)
+def test_the_pytest_fixture_stubs_counts_finds_resets_and_records(pipesim_server: Any, tmp_path: Path) -> None:
+    from websockets.sync.client import connect as connect_sync
+
+    admin = pipesim_server.admin
+    stub = admin.stub({"type": "conversation_control", "message": {"action": "pause"}},
+                      respond=[{"type": "error", "code": "illegal_control", "message": "busy"}], times=1)
+    closer = admin.stub({"message": {"action": "stop"}}, close=(4003, "no stopping"), stub_id="closer")
+    assert [s["id"] for s in admin.stubs()] == ["closer", stub["id"]] and closer["then"]["close"]["code"] == 4003
+    pause = json.dumps({"type": "conversation_control", "action": "pause", "session_id": "sim-00001"})
+
+    def next_message(ws: Any, predicate: Any) -> dict[str, Any]:
+        while not predicate(message := json.loads(ws.recv(timeout=10))):
+            pass
+        return message
+
+    with connect_sync(pipesim_server.ws_url) as ws:
+        ws.send(pause)
+        assert next_message(ws, lambda m: m["type"] == "error")["message"] == "busy"
+        ws.send(pause)  # the stub is exhausted: the model pauses the session
+        next_message(ws, lambda m: m.get("status") == "paused")
+        ws.send(json.dumps({"type": "conversation_control", "action": "stop", "session_id": "sim-00001"}))
+        with pytest.raises(ConnectionClosed) as closed:
+            next_message(ws, lambda m: False)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4003
+
+    assert admin.count(direction="in", session_id="sim-00001", message={"action": "pause"}) == 2
+    assert [e["result"] for e in admin.find(direction="in", type="conversation_control")] == \
+        ["stubbed", "applied", "stubbed"]
+    assert admin.find(direction="in", limit=1)[0]["stub"] == "closer"
+    assert admin.get_stub(stub["id"])["exhausted"] is True
+    assert admin.delete_stub("closer")["matched"] == 1 and admin.clear_stubs() == 1
+
+    recording = str(tmp_path / "rec.jsonl")
+    assert admin.start_recording(recording)["recording"] is True
+    admin.advance(3)
+    assert admin.stop_recording()["messages"] == admin.recording()["messages"] > 0
+    assert admin.reset("baseline", seed=7, speed=2) == {**admin.clock(), "t": 0.0}
+    assert admin.health()["scenario"] == "baseline" and admin.health()["seed"] == 7
+    assert admin.stubs() == [] and admin.count() == 0

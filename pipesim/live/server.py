@@ -21,7 +21,8 @@ Admin API
 With ``admin_port`` (``pipesim serve`` by default: 8002), :mod:`pipesim.live.admin` serves
 ``http://127.0.0.1:PORT/__admin`` (always loopback) from the same event loop: sessions, the clock, faults,
 push, the journal (:attr:`BaseServer.journal`: every inbound frame with its result, every outbound
-message) and reset.
+message) with count and find by pattern, stubs that answer clients' messages (:mod:`pipesim.live.stubs`),
+recording start/stop, and reset (to another scenario, seed and speed if asked).
 
 Who may connect
 ---------------

@@ -76,8 +76,8 @@ TYPES = {"Session": "Session", "Clock": "Clock", "Health": "Health", "CreateSess
          "Push": "PushItem", "JournalEntry": "JournalEntry", "JournalPattern": "JournalQuery", "StubWhen": "StubWhen",
          "StubThen": "StubThen", "StubDefinition": "StubBody", "Stub": "StubAnswer", "ResetOptions": "ResetBody",
          "Recording": "Recording"}
-REQUESTS = {"CreateSessionOptions", "Until", "Fault", "Push", "JournalPattern", "StubWhen", "StubThen", "StubDefinition",
-            "ResetOptions"}
+REQUESTS = {"CreateSessionOptions", "Until", "Fault", "Push", "JournalPattern", "StubWhen", "StubThen",
+            "StubDefinition", "ResetOptions"}
 
 
 def interfaces(source: str) -> dict[str, dict[str, bool]]:

@@ -1,4 +1,4 @@
-"""The admin API's bodies and answers, its errors, its JSON reader, and what its OpenAPI document shows.
+"""The admin API's bodies and answers, its errors and its JSON reader (its OpenAPI examples: admin_docs.py).
 
 Each body refuses a field it does not know (a misspelt option must not be ignored silently); a body that
 is not JSON, or a value the guarded reader refuses, is answered 422 naming where (:func:`json_error`).
@@ -404,61 +404,6 @@ class GuardedJSONRoute(APIRoute):
             return await handler(_GuardedJSONRequest(request.scope, request.receive))
 
         return guarded
-
-
-# What each operation answers (the OpenAPI document) ------------------------------------------------------
-EXAMPLE_CLOCK = {"t": 12.5, "paused": True, "speed": 1.0, "next_event_t": 12.62}
-EXAMPLE_SESSION = {"session_id": "demo-1", "status": "active", "state": "processing",
-            "services": {"stt": "complete", "llm": "executing", "tts": "idle"}, "turn_id": 2, "seq": 41,
-            "buffer_size": 0, "audio_quality": 0.82, "created_by": "scenario"}
-EXAMPLE_UPDATE = {"type": "pipeline_state_update", "session_id": "demo-1", "state": "processing",
-           "services": {"stt": "complete", "llm": "executing", "tts": "idle"},
-           "metadata": {"buffer_size": 0, "audio_quality": 0.82}, "timestamp": 12.5, "seq": 41}
-EXAMPLE_MOVED = {"clock": EXAMPLE_CLOCK, "transitions": [EXAMPLE_UPDATE], "transitions_total": 1, "truncated": False}
-
-#: The errors an operation may answer: why, and an example of the error body's code and message.
-_ERRORS: dict[int, tuple[str, str, str]] = {
-    400: ("A Host, Origin or Authorization header given more than once.", "bad_request",
-          "more than one Host header"),
-    401: ("The server was started with an admin token (--admin-token, $PIPESIM_ADMIN_TOKEN) and the request "
-          "did not carry it as Authorization: Bearer TOKEN.", "unauthorized", "wrong admin token"),
-    403: ("A Host that is not a loopback name, or an Origin the server does not allow (--allow-origin).",
-          "forbidden", "Origin 'http://evil.example' is not allowed"),
-    404: ("No session of this id.", "unknown_session", "unknown session 'demo-9'"),
-    408: ("The session did not reach the state in time (the body also carries the session and the clock).",
-          "timeout", "run-until: session 'demo-1' did not reach {\"services.llm\": \"executing\"} within 60 "
-          "simulated s (or 10 wall s)"),
-    409: ("Not possible now: a replay cannot change (only the clock, seek, the journal and health are "
-          "available), or the control is illegal in the session's state.", "illegal_control",
-          "pause: session 'demo-1' is paused"),
-    415: ("A body that is not application/json.", "bad_request",
-          "the body must be application/json, got 'text/plain'"),
-    422: ("A bad body or query parameter: the message names the field (body.messages[1].message.state), or "
-          "says the body is not JSON and where.", "bad_request",
-          "body.speed: Input should be greater than 0 (got -2)"),
-}
-#: Every operation may answer these: the access checks come before any handler.
-_ACCESS = (400, 401, 403)
-
-
-def responses_of(example: Any, *errors: int, status: int = 200,
-                 error_examples: dict[int, tuple[str, str]] | None = None,
-                 **why: str) -> dict[int | str, dict[str, Any]]:
-    """The ``responses`` of an operation: its answer's example, then each error it may answer (besides the
-    access checks every operation has, and 415 for a POST) with why and an example; ``why`` overrides the
-    reason (``e404="..."``), ``error_examples`` the example's code and message (``{404: (code, message)}``)."""
-    out: dict[int | str, dict[str, Any]] = {status: {"content": {"application/json": {"example": example}}}}
-    for code in sorted({*_ACCESS, *errors}):
-        reason, error_code, message = _ERRORS[code]
-        error_code, message = (error_examples or {}).get(code, (error_code, message))
-        out[code] = {"model": ErrorBody, "description": why.get(f"e{code}", reason),
-                     "content": {"application/json": {"example": {"error": {"code": error_code,
-                                                                            "message": message}}}}}
-    return out
-
-
-NO_SESSION = "No session of this id (on a replay: 409)."
-LIVE_ONLY = "This server replays a recording: only the clock, seek, the journal and health are available."
 
 
 def json_error(text: str, err: dict[str, Any]) -> str:

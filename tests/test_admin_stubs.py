@@ -400,3 +400,31 @@ def test_the_pytest_fixture_stubs_counts_finds_resets_and_records(pipesim_server
     assert admin.reset("baseline", seed=7, speed=2) == {**admin.clock(), "t": 0.0}
     assert admin.health()["scenario"] == "baseline" and admin.health()["seed"] == 7
     assert admin.stubs() == [] and admin.count() == 0
+
+
+def test_a_delayed_answer_that_comes_while_another_message_is_handled_leaves_that_ones_result_alone() -> None:
+    """A delayed stub answers from inside a step of the model, and a step can happen while the same client's
+    next message is being handled (its catch-up steps what is due): the stub's error reply belongs to the
+    message it took, not to the one being handled (whose journal result it overwrote)."""
+    from types import SimpleNamespace
+
+    from pipesim.live.connection import Client
+    from pipesim.live.hub import Hub
+    from pipesim.live.journal import Journal
+    from pipesim.live.source import LiveModel
+    from pipesim.live.stubs import Stub, Stubs
+
+    journal = Journal()
+    hub, model = Hub(journal=journal), LiveModel(scenario())
+    stubs = Stubs(hub, model)
+    stubs.add(Stub("late", {"path": "/ws", "message": {"action": "pause"}}, delay_s=1.0,
+                   respond=[{"type": "error", "code": "illegal_control", "message": "busy"}]))
+    client = Client(SimpleNamespace(), watch_all=True, watched=set(), id="c1")  # (the hub only queues for it)
+    pause = {"type": "conversation_control", "action": "pause", "session_id": "a"}
+    first = client.inbound = journal.inbound("c1", pause, 0.0)
+    stubs.take(client, "/ws", "a", pause, handle=lambda: pytest.fail("a stub without pass_through replaces it"))
+    second = client.inbound = journal.inbound("c1", {**pause, "action": "start"}, 0.5)
+    model.sim.env.run(until=2.0)  # the stub's answer is due while the second message is being handled
+    assert client.inbound is second and second["result"] is None and second.get("stub") is None
+    assert first["result"] == "stubbed" and first["stub"] == "late"
+    assert [e["message"]["message"] for e in journal.entries(direction="out")] == ["busy"]

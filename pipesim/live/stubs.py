@@ -223,20 +223,28 @@ class Stubs:
 
     def _answer(self, stub: Stub, client: Client, path: str, session_id: str | None, message: dict[str, Any],
                 handle: Callable[[], None], entry: dict[str, Any] | None) -> None:
-        for reply in stub.respond:
-            self._reply(client, path, session_id, message, reply)
-        if entry is not None:  # (an error among the replies is not the message's result)
-            entry["result"] = None if stub.pass_through else "stubbed"
-        if stub.fault is not None:
-            fault = stub.fault
-            if fault["fault"] == "disconnect":
-                self.hub.disconnect(fault.get("session_id"))
-            else:
-                self.model.inject_fault(fault["fault"], fault.get("service"), fault.get("duration_s", 5.0))
-        if stub.pass_through:
-            self._handle(client, entry, handle)
-        if stub.close is not None:
-            self.hub.close_when_drained(client, *stub.close)
+        # What the answer causes is this message's: a delayed answer may come while another message of the
+        # same client is being handled (its catch-up stepped the model), whose result it must not touch.
+        saved, client.inbound = client.inbound, entry
+        try:
+            for reply in stub.respond:
+                self._reply(client, path, session_id, message, reply)
+            if entry is not None:  # (an error among the replies is not the message's result)
+                entry["result"] = None if stub.pass_through else "stubbed"
+            if stub.fault is not None:
+                fault = stub.fault
+                if fault["fault"] == "disconnect":
+                    self.hub.disconnect(fault.get("session_id"))
+                else:
+                    self.model.inject_fault(fault["fault"], fault.get("service"), fault.get("duration_s", 5.0))
+            if stub.pass_through:
+                handle()
+                if entry is not None and entry["result"] is None:
+                    entry["result"] = "applied"
+            if stub.close is not None:
+                self.hub.close_when_drained(client, *stub.close)
+        finally:
+            client.inbound = saved
 
     def _reply(self, client: Client, path: str, session_id: str | None, message: dict[str, Any],
                reply: dict[str, Any]) -> None:
@@ -258,17 +266,3 @@ class Stubs:
             mgr, sid = self.model.sim.manager, out.get("session_id")
             out["seq"] = mgr.reserve_seq(sid) if isinstance(sid, str) and sid in mgr else 0
         self.hub.send(client, out)
-
-    @staticmethod
-    def _handle(client: Client, entry: dict[str, Any] | None, handle: Callable[[], None]) -> None:
-        """The normal handling, its result in the message's journal entry (also when it comes late)."""
-        if entry is None:
-            handle()
-            return
-        saved, client.inbound = client.inbound, entry
-        try:
-            handle()
-        finally:
-            client.inbound = saved
-            if entry["result"] is None:
-                entry["result"] = "applied"

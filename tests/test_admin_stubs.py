@@ -200,7 +200,7 @@ def test_a_bad_stub_is_422_naming_its_field(then: dict[str, Any], field: str) ->
     async def main() -> None:
         async with admin_server(scenario(), paused=True) as (server, http):
             message = error_of(await http.post("/stubs", json={"when": PAUSE, "then": then}), 422, "bad_request")
-            assert message.startswith(field), message
+            assert message.startswith(field) and "Value error" not in message, message
             for body, where in (({"when": {"path": "/sse"}, "then": {}}, "body.when.path"),
                                 ({"when": PAUSE, "then": {}, "priority": 0}, "body.priority"),
                                 ({"when": PAUSE, "then": {}, "times": 0}, "body.times"),

@@ -142,7 +142,8 @@ def build_app(server: Served | None = None, *, token: str | None = None) -> Fast
             where = field_path(tuple(err.get("loc", ())))
             value = err.get("input")
             shown = f" (got {json.dumps(value)[:80]})" if err.get("type") != "missing" and _jsonable(value) else ""
-            parts.append(f"{where}: {err.get('msg', 'invalid')}{shown}")
+            reason = str(err.get("msg", "invalid")).removeprefix("Value error, ")  # (a validator's own words)
+            parts.append(f"{where}: {reason}{shown}")
         return error_response(422, "bad_request", "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)

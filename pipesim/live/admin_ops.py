@@ -109,9 +109,12 @@ class Operations:
     def live(self) -> LiveModel:
         """The live model (a replay has none: 409)."""
         if self.server.model is None:
-            raise AdminError(409, "unsupported", f"this server replays {self.server.source}; "
-                             "only the clock, seek, the journal and health are available")
+            raise self._live_only()
         return self.server.model
+
+    def _live_only(self) -> AdminError:
+        return AdminError(409, "unsupported", f"this server replays {self.server.source}; "
+                          "only the clock, seek, the journal and health are available")
 
     def clock(self) -> Clock:
         return Clock(**self.server.timekeeper.reading())
@@ -313,8 +316,8 @@ class Operations:
     @property
     def stubs(self) -> Stubs:
         """The live model's stubs (a replay has none: 409)."""
-        self.live  # noqa: B018 (a replay: 409)
-        assert self.server.stubs is not None
+        if self.server.stubs is None:
+            raise self._live_only()
         return self.server.stubs
 
     def add_stub(self, body: StubBody) -> StubAnswer:

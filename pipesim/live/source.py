@@ -97,8 +97,10 @@ class LiveModel:
         await self.stop()
         old = self.sim
         if scenario is not None:
-            self.scenario = scenario
-        self.sim = self._new_model(seed if seed is not None else None if scenario is not None else old.seed)
+            self.scenario = scenario  # (with its own seed, unless one is given)
+        elif seed is None:
+            seed = old.seed
+        self.sim = self._new_model(seed)
         self.pacer = Pacer(self.sim.env, speed or pacer.speed, batch=pacer.batch)
         self.pacer.paused = pacer.paused
         for callback in self._resetting:

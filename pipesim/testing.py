@@ -13,6 +13,17 @@ for the ``pipesim_server`` fixture: a live server on free ports (WebSocket and a
 The fixture yields a :class:`PipesimServer`: ``.ws_url``, ``.http_url``, ``.admin_url`` and ``.admin``, an
 :class:`AdminClient` (synchronous, standard library only) with one method per admin endpoint.
 
+Stubs and verification, as WireMock's: a stub answers what the page sends instead of the model (or before
+it, ``pass_through=True``), and ``count`` asks the journal how often the page sent something::
+
+    def test_the_page_shows_a_refused_pause(pipesim_server, page):
+        admin = pipesim_server.admin
+        admin.stub({"type": "conversation_control", "message": {"action": "pause"}},
+                   respond=[{"type": "error", "code": "illegal_control", "message": "busy"}], times=1)
+        ...                                                                        # click Pause on the page
+        assert admin.count(direction="in", session_id="demo-1", message={"action": "pause"}) == 1
+        admin.reset("baseline", seed=7)        # the next test's scenario, on the same server (stubs removed)
+
 Which scenario: ``frontend_demo`` at speed 1 by default. Per test, with the marker
 ``@pytest.mark.pipesim(scenario="baseline", seed=7, speed=10, paused=True)`` (any keyword of
 :class:`~pipesim.live.LiveServer` goes, ``options=ServerOptions(...)`` included, plus ``paused``: pause the
@@ -176,8 +187,69 @@ class AdminClient:
     def clear_journal(self) -> int:
         return self.request("DELETE", "/journal")["cleared"]
 
-    def reset(self) -> dict[str, Any]:
-        return self.request("POST", "/reset")
+    def reset(self, scenario: str | dict[str, Any] | None = None, *, seed: int | None = None,
+              speed: float | None = None) -> dict[str, Any]:
+        """Back to a scenario's start: the same one, seed and speed, or ``scenario`` (a bundled name or a
+        mapping), ``seed`` and ``speed``. Journal and stubs are cleared; answers the clock."""
+        body = {k: v for k, v in (("scenario", scenario), ("seed", seed), ("speed", speed)) if v is not None}
+        return self.request("POST", "/reset", body or None)
+
+    # Stubs and verification
+    def stub(self, when: dict[str, Any], *, respond: Iterable[dict[str, Any]] = (), fault: dict[str, Any] | None = None,
+             pass_through: bool = False, close: int | tuple[int, str] | None = None, delay_s: float = 0.0,
+             priority: int = 5, times: int | None = None, stub_id: str | None = None) -> dict[str, Any]:
+        """Register a stub: when a client sends a message matching ``when`` (``path``, ``type``, ``session_id``,
+        ``connection``, and ``message`` as a JSON subset), send it ``respond``, apply ``fault``, hand the message
+        on to the model (``pass_through``) or not, and ``close`` the connection (a code, or ``(code, reason)``),
+        ``delay_s`` simulated seconds later. ``priority`` 1 is tried first; ``times`` limits how many messages
+        it takes. Answers the stub (its ``id``; ``matched`` counts what it took).
+
+        ``admin.stub({"path": "/rtvi", "type": "client-message"}, respond=[{"type": "server-response", "data":
+        {"t": "x", "d": 1}}])`` answers every RTVI ``client-message`` instead of the mock bot."""
+        then: dict[str, Any] = {"respond": list(respond), "pass_through": pass_through, "delay_s": delay_s}
+        if fault is not None:
+            then["fault"] = fault
+        if close is not None:
+            code, reason = close if isinstance(close, tuple) else (close, "stub")
+            then["close"] = {"code": code, "reason": reason}
+        body = {"when": when, "then": then, "priority": priority, "times": times, "id": stub_id}
+        return self.request("POST", "/stubs", {k: v for k, v in body.items() if v is not None})
+
+    def stubs(self) -> list[dict[str, Any]]:
+        """Every stub, in the order they are tried, each with ``matched``."""
+        return self.request("GET", "/stubs")["stubs"]
+
+    def get_stub(self, stub_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/stubs/{_quote(stub_id)}")
+
+    def delete_stub(self, stub_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/stubs/{_quote(stub_id)}")
+
+    def clear_stubs(self) -> int:
+        return self.request("DELETE", "/stubs")["cleared"]
+
+    def count(self, **pattern: Any) -> int:
+        """How many journal entries match ``pattern`` (``direction``, ``connection``, ``session_id``, ``type``,
+        ``message`` and ``result`` as JSON subsets, ``stub``, ``since``): ``count(direction="in",
+        session_id="demo-1", message={"action": "pause"}) == 1``."""
+        return self.request("POST", "/journal/count", pattern)["count"]
+
+    def find(self, *, limit: int | None = None, **pattern: Any) -> list[dict[str, Any]]:
+        """The journal entries that match ``pattern`` (as :meth:`count`), oldest first; the newest ``limit``."""
+        body = {**pattern, "limit": limit} if limit is not None else pattern
+        return self.request("POST", "/journal/find", body)["entries"]
+
+    # Recording
+    def start_recording(self, path: str) -> dict[str, Any]:
+        """Record every message broadcast from now into ``path`` (absolute, on the server's machine)."""
+        return self.request("POST", "/recording/start", {"path": path})
+
+    def stop_recording(self) -> dict[str, Any]:
+        """Close the recording (``pipesim replay`` plays it); answers its path and message count."""
+        return self.request("POST", "/recording/stop")
+
+    def recording(self) -> dict[str, Any]:
+        return self.request("GET", "/recording")
 
 
 def _quote(part: str) -> str:

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -508,6 +509,11 @@ ENDPOINTS = [  # (path, a valid body, the field to spoil)
     ("/__admin/sessions", {"session_id": "x"}, "audio_quality"),
     ("/__admin/sessions/a/push", {"messages": [{"message": {"type": "error", "code": "unsupported",
                                                             "message": "x"}}]}, "messages"),
+    ("/__admin/stubs", {"when": {"type": "x"}, "then": {}}, "when"),
+    ("/__admin/stubs", {"when": {"type": "x"}, "then": {}}, "then"),
+    ("/__admin/stubs", {"when": {"type": "x"}, "then": {}}, "priority"),
+    ("/__admin/journal/count", {"type": "x"}, "direction"),
+    ("/__admin/journal/find", {"type": "x"}, "limit"),
 ]
 BAD_VALUES = st.one_of(st.text(max_size=20).filter(lambda s: not _numeric(s)), st.lists(st.integers(), max_size=3),
                        st.dictionaries(st.text(max_size=5), st.integers(), min_size=1, max_size=2),
@@ -666,8 +672,10 @@ def test_every_operation_has_a_description_and_examples_and_the_bearer_scheme_is
 #: What makes each operation answer each documented status, besides what every request can meet (a token
 #: missing: 401, an Origin given twice: 400, a foreign Origin: 403, a text/plain POST: 415, a replay server: 409
 #: where it cannot serve, an unknown option in the body or query: 422, an unknown session: 404).
+RECORDING = str(Path(tempfile.gettempdir()) / f"pipesim-statuses-{os.getpid()}.jsonl")
 SETUP: dict[tuple[str, str], list[tuple[str, str, Any]]] = {
     ("POST", "/__admin/sessions/{session_id}/start"): [("POST", "/__admin/sessions/sim-00001/pause", None)],
+    ("POST", "/__admin/recording/stop"): [("POST", "/__admin/recording/start", {"path": RECORDING})],
 }
 EXTRA: dict[tuple[str, str], list[dict[str, Any]]] = {  # more bodies to send
     ("POST", "/__admin/clock/run-until"): [  # (the document's example is for frontend_demo's demo-1)
@@ -675,7 +683,10 @@ EXTRA: dict[tuple[str, str], list[dict[str, Any]]] = {  # more bodies to send
         {"session_id": "nobody", "until": {"state": "complete"}},
         {"session_id": "sim-00001", "until": {"status": "stopped"}, "timeout_s": 0.5}],
     ("POST", "/__admin/faults"): [{"fault": "disconnect", "session_id": "nobody"}],
+    ("POST", "/__admin/recording/start"): [{"path": RECORDING}],
 }
+#: Path parameters other than the session's: an id that exists (made by SETUP) and one that does not.
+IDS = {"{stub_id}": ("listed", "nothing")}
 
 
 async def _statuses_of(method: str, path: str, op: dict[str, Any], http: httpx.AsyncClient,
@@ -687,11 +698,15 @@ async def _statuses_of(method: str, path: str, op: dict[str, Any], http: httpx.A
     if "requestBody" in op:
         bodies = [e["value"] for e in op["requestBody"]["content"]["application/json"]["examples"].values()]
     bodies = [*bodies, *EXTRA.get(key, []), {"no_such_option": 1}]
-    for session_id in ("sim-00001", "nobody"):
+    for k, session_id in enumerate(("sim-00001", "nobody")):
         url = path.replace("{session_id}", session_id).removeprefix("/__admin")
+        for name, ids in IDS.items():
+            url = url.replace(name, ids[k])
         if live:
             for setup in SETUP.get(key, []):
                 await http.request(setup[0], setup[1].removeprefix("/__admin"), json=setup[2])
+            if "{stub_id}" in path:
+                await http.post("/stubs", json={"id": "listed", "when": {"type": "x"}, "then": {}})
         for body in bodies:
             for _ in range(2):  # again: what the first one changed (a session paused) may refuse the second
                 response = await http.request(method, url, json=body, params={"since": -1} if body == bodies[-1]

@@ -3,7 +3,8 @@
 ``npx playwright test`` in ``frontend/``: Playwright's ``webServer`` starts ``pipesim serve frontend_demo`` with
 the admin API on free ports, and the spec drives the bundled dashboard in Debian's headless Chromium: the clock
 frozen at "llm executing" through the admin API, the page showing it, Pause clicked on the page, the journal
-saying the page sent ``conversation_control`` pause, reset. Run here so that the example cannot rot.
+saying the page sent ``conversation_control`` pause, reset; then a stub refusing the page's first pause and the
+journal counting the pauses sent. Run here so that the example cannot rot.
 """
 
 from __future__ import annotations
@@ -44,4 +45,4 @@ def test_the_example_playwright_test_passes() -> None:
     proc = subprocess.run([str(modules / ".bin" / "playwright"), "test"], cwd=FRONTEND, env=env,
                           capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, f"npx playwright test failed:\n{proc.stdout}\n{proc.stderr}"
-    assert "1 passed" in proc.stdout, proc.stdout
+    assert "2 passed" in proc.stdout, proc.stdout

@@ -93,3 +93,22 @@ def test_a_server_that_fell_behind_still_answers_controls_and_handshakes() -> No
     # than 5 s). 2.5 s between the two: a full parallel test run on two cores took 1.5 s once.
     assert answered < 2.5, f"a start took {answered:.2f} s to answer with the pacer {backlog:.1f} s behind"
     assert stall < 0.3, f"the event loop stalled {stall:.2f} s with the pacer {backlog:.1f} s behind"
+
+
+def test_catch_up_inside_an_event_being_stepped_steps_nothing_and_returns_that_events_time() -> None:
+    """What an event's callback applies "now" (a stub's delayed answer: a control through the model) happens at
+    that event's time: a catch-up from inside the step must not step the later events first (it did: the
+    control landed after them, and their own callbacks ran before the rest of this event's)."""
+    env = simpy.Environment()
+    order: list[tuple[str, float]] = []
+    pacer = FixedClock(env)
+    pacer.t = 3.0  # the wall clock says 3 s: both events are due
+
+    def apply_now(event: simpy.Event) -> None:
+        order.append(("applied at", pacer.catch_up()))
+
+    env.timeout(1.0).callbacks.append(apply_now)
+    env.timeout(2.0).callbacks.append(lambda e: order.append(("later event", e.env.now)))
+    pacer.catch_up()
+    assert order == [("applied at", 1.0), ("later event", 2.0)]
+    assert env.now == 3.0

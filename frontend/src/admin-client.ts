@@ -12,6 +12,9 @@
  * await admin.createSession({ session_id: "abc" });
  * await admin.runUntil("abc", { "services.llm": "executing" });   // the clock is now paused there
  * const sent = await admin.journal({ session_id: "abc", type: "conversation_control", direction: "in" });
+ * await admin.addStub({ when: { message: { action: "stop" } }, then: { close: { code: 4001 } } });
+ * expect(await admin.count({ direction: "in", session_id: "abc", message: { action: "pause" } })).toBe(1);
+ * await admin.reset({ scenario: "baseline", seed: 7 });                // the next test's scenario
  * ```
  */
 
@@ -139,7 +142,94 @@ export interface JournalEntry {
   session_id: string | null;
   type: string;
   message: Record<string, unknown>;
-  result: "applied" | { error: { code: ErrorCode | string; message: string } } | null;
+  /** Inbound only: `stubbed` (a stub answered instead), `delayed` (a stub passes it on later). */
+  result: "applied" | "stubbed" | "delayed" | { error: { code: ErrorCode | string; message: string } } | null;
+  /** Inbound only: the id of the stub that took the message. */
+  stub: string | null;
+}
+
+/**
+ * A pattern over the journal: every field given must match; `message` and `result` are JSON subsets (objects
+ * match recursively, anything else must be equal).
+ */
+export interface JournalPattern {
+  direction?: "in" | "out";
+  connection?: string;
+  session_id?: string;
+  type?: string;
+  message?: Record<string, unknown>;
+  /** `"applied"`, `"stubbed"`, `{ error: { code: "unknown_session" } }`, ... */
+  result?: unknown;
+  stub?: string;
+  /** An entry id (e.g. from `journalMark()`): only the entries made after it. */
+  since?: number;
+}
+
+/** Which inbound messages a stub takes: every field given must match. */
+export interface StubWhen {
+  /** The endpoint the message came in on (default `/ws`). */
+  path?: "/ws" | "/rtvi";
+  type?: string;
+  /** The session the message is about (on `/rtvi`, the connection's: `rtvi-1`, ...). */
+  session_id?: string;
+  /** The connection's journal id (`c1`, ...). */
+  connection?: string;
+  /** A JSON subset of the message as the client sent it. */
+  message?: Record<string, unknown>;
+}
+
+/** What a stub does with a message it takes, in this order, `delay_s` simulated seconds later. */
+export interface StubThen {
+  /** Sent to the connection that sent the message (`/ws`: server messages, session_id, seq and timestamp filled
+   * in; `/rtvi`: RTVI messages, label and the request's id filled in). */
+  respond?: Record<string, unknown>[];
+  /** Applied as `fault()` would. */
+  fault?: Fault;
+  /** Then hand the message to the model (default false: the stub replaces the normal handling). */
+  pass_through?: boolean;
+  /** Then close the connection: 4000-4999, or 1000, 1001, 1008, 1011, 1013. */
+  close?: { code: number; reason?: string };
+  /** Simulated seconds before all of it (a paused clock holds it). */
+  delay_s?: number;
+}
+
+export interface StubDefinition {
+  /** Made up (`stub-1`, ...) when absent. */
+  id?: string;
+  when: StubWhen;
+  then: StubThen;
+  /** 1 is tried first (default 5); among equal priorities the newest stub. */
+  priority?: number;
+  /** Take at most this many messages, then stay listed, exhausted (default: no limit). */
+  times?: number | null;
+}
+
+/** A stub as the server lists it, with how many messages it took. */
+export interface Stub {
+  id: string;
+  when: StubWhen & { path: "/ws" | "/rtvi" };
+  then: Required<Omit<StubThen, "fault" | "close">> & { fault: Fault | null; close: { code: number; reason: string } | null };
+  priority: number;
+  times: number | null;
+  matched: number;
+  exhausted: boolean;
+}
+
+/** What `reset` starts from: absent fields keep the scenario, seed and speed the server has. */
+export interface ResetOptions {
+  /** A bundled scenario's name (`baseline`, ...) or a scenario as an object (validated as a scenario file). */
+  scenario?: string | Record<string, unknown>;
+  /** Default: the same seed, or the new scenario's own. */
+  seed?: number;
+  speed?: number;
+}
+
+/** The recording being written (or the last one stopped). */
+export interface Recording {
+  path: string | null;
+  recording: boolean;
+  messages: number;
+  segments: number;
 }
 
 /** An answer of the admin API that was not 2xx, or no answer at all (`code` "unreachable", `status` 0). */
@@ -193,9 +283,58 @@ export class AdminClient {
     return this.request("GET", "/__admin/openapi.json");
   }
 
-  /** Back to the scenario's start (same seed, same sessions); the journal is cleared. */
-  reset(): Promise<Clock> {
-    return this.request("POST", "/__admin/reset");
+  /**
+   * Back to a scenario's start: the same scenario, seed and speed, or those of `options` (one server, a different
+   * scenario per test). The journal is cleared and the stubs are removed.
+   */
+  reset(options: ResetOptions = {}): Promise<Clock> {
+    return this.request("POST", "/__admin/reset", options);
+  }
+
+  /** What is being recorded (or was last). */
+  recording(): Promise<Recording> {
+    return this.request("GET", "/__admin/recording");
+  }
+
+  /** Record every message broadcast from now into `path` (absolute, on the server's machine). */
+  startRecording(path: string): Promise<Recording> {
+    return this.request("POST", "/__admin/recording/start", { path });
+  }
+
+  /** Close the recording: a file `pipesim replay` plays. */
+  stopRecording(): Promise<Recording> {
+    return this.request("POST", "/__admin/recording/stop");
+  }
+
+  // Stubs -------------------------------------------------------------------------------------------
+  /**
+   * When a client sends a message matching `when`, do `then` instead of (or, with `pass_through`, before) the
+   * model's handling: `await admin.addStub({ when: { type: "conversation_control", message: { action: "pause" } },
+   * then: { respond: [{ type: "error", code: "illegal_control", message: "busy" }] }, times: 1 })`.
+   */
+  addStub(stub: StubDefinition): Promise<Stub> {
+    return this.request("POST", "/__admin/stubs", stub);
+  }
+
+  /** Every stub, in the order they are tried, each with `matched`. */
+  async stubs(): Promise<Stub[]> {
+    const answer = await this.request<{ stubs: Stub[] }>("GET", "/__admin/stubs");
+    return answer.stubs;
+  }
+
+  stub(stubId: string): Promise<Stub> {
+    return this.request("GET", `/__admin/stubs/${enc(stubId)}`);
+  }
+
+  /** Remove one stub; answers it as it was (with its count). */
+  deleteStub(stubId: string): Promise<Stub> {
+    return this.request("DELETE", `/__admin/stubs/${enc(stubId)}`);
+  }
+
+  /** Remove every stub; how many there were. */
+  async clearStubs(): Promise<number> {
+    const answer = await this.request<{ cleared: number }>("DELETE", "/__admin/stubs");
+    return answer.cleared;
   }
 
   // Sessions ----------------------------------------------------------------------------------------
@@ -306,6 +445,19 @@ export class AdminClient {
   async journalMark(): Promise<number> {
     const answer = await this.request<{ last_id: number }>("GET", "/__admin/journal", undefined, "?limit=0");
     return answer.last_id;
+  }
+
+  /** How many journal entries match: `await admin.count({ direction: "in", session_id: "abc", message: { action:
+   * "pause" } })` is how often the page sent pause for abc. */
+  async count(pattern: JournalPattern = {}): Promise<number> {
+    const answer = await this.request<{ count: number }>("POST", "/__admin/journal/count", pattern);
+    return answer.count;
+  }
+
+  /** The journal entries that match, oldest first (the newest `limit` of them). */
+  async find(pattern: JournalPattern & { limit?: number } = {}): Promise<JournalEntry[]> {
+    const answer = await this.request<{ entries: JournalEntry[] }>("POST", "/__admin/journal/find", pattern);
+    return answer.entries;
   }
 
   /** Empty the journal; how many entries it held. */

@@ -3,7 +3,8 @@
  *
  * Freeze the clock at the moment a session's LLM is executing, check the page shows it, click Pause on the
  * page and check, in the journal, that the page sent `conversation_control` pause for that session; then
- * reset the server for the next test.
+ * reset the server for the next test. The second test makes the backend refuse the page's first pause with a
+ * stub (as a busy orchestrator would) and counts, in the journal, the pauses the page sent.
  */
 import { expect, test } from "@playwright/test";
 
@@ -54,4 +55,31 @@ test("freeze at 'llm executing', pause from the page, check the journal", async 
   await admin.reset();
   expect((await admin.sessions()).map((s) => s.session_id)).not.toContain(sessionId);
   await expect(card).toHaveAttribute("data-status", "stopped");
+});
+
+test("a stub refuses the page's first pause; the journal counts the pauses it sent", async ({ page }) => {
+  const sessionId = "pw-2";
+  const card = page.locator(`[data-session="${sessionId}"]`);
+  const status = card.locator('[data-field="status"]');
+  await admin.createSession({ session_id: sessionId });
+  await expect(status).toHaveText("active");
+
+  // The stub answers instead of the model, once (times: 1); then the model handles pauses again.
+  const stub = await admin.addStub({
+    when: { type: "conversation_control", session_id: sessionId, message: { action: "pause" } },
+    then: { respond: [{ type: "error", code: "illegal_control", message: "pause: the orchestrator is busy" }] },
+    times: 1,
+  });
+  await card.locator('[data-action="pause"]').click();
+  const refusal = page.locator(`#errors .error-item[data-error-session="${sessionId}"]`);
+  await expect(refusal).toHaveAttribute("data-code", "illegal_control");
+  await expect(refusal).toContainText("the orchestrator is busy");
+  await expect(status).toHaveText("active");
+
+  await card.locator('[data-action="pause"]').click();
+  await expect(status).toHaveText("paused");
+
+  // Did the page send exactly two pauses for this session (and did the stub take one)?
+  expect(await admin.count({ direction: "in", session_id: sessionId, message: { action: "pause" } })).toBe(2);
+  expect((await admin.stub(stub.id)).matched).toBe(1);
 });

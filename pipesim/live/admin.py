@@ -8,7 +8,9 @@ does, with no lock. ``pipesim schema --format openapi`` prints its OpenAPI docum
 What it offers (WireMock's ``/__admin`` convention): sessions (list, get, create from the scenario's
 template, start/pause/stop), the clock (pause, resume, speed, step N transitions, advance N simulated
 seconds, run until a session reaches a state), faults with an acknowledgement, push of protocol messages
-to a session's watchers, the message journal, and reset to the scenario's start.
+to a session's watchers, stubs that answer clients' messages (:mod:`pipesim.live.stubs`), the message
+journal with count and find by pattern, recording start/stop, and reset to a scenario's start (the same
+one, or another with its seed and speed).
 
 Who may use it: it can freeze, reset and rewrite everything, so it listens on ``127.0.0.1`` only (even
 when the WebSocket side listens on every address), answers only requests whose ``Host`` is a loopback
@@ -39,19 +41,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import pipesim.live.admin_docs as docs
 from pipesim.errors import LiveError
 from pipesim.live.access import Access, bearer, same_token
+from pipesim.live.admin_docs import as_served, responses_of
 from pipesim.live.admin_models import (
-    EXAMPLE_CLOCK,
-    EXAMPLE_MOVED,
-    EXAMPLE_SESSION,
-    LIVE_ONLY,
-    NO_SESSION,
     AdminError,
     AdvanceBody,
     Cleared,
     Clock,
     ClockMoved,
+    Counted,
     CreateSession,
     ErrorBody,
     FaultApplied,
@@ -59,7 +59,12 @@ from pipesim.live.admin_models import (
     GuardedJSONRoute,
     Health,
     JournalEntries,
+    JournalFind,
+    JournalQuery,
     PushBody,
+    Recording,
+    RecordingBody,
+    ResetBody,
     RunUntilBody,
     RunUntilResult,
     Scheduled,
@@ -68,10 +73,12 @@ from pipesim.live.admin_models import (
     SessionList,
     SpeedBody,
     StepBody,
+    StubAnswer,
+    StubBody,
+    StubList,
     error_response,
     field_path,
     json_error,
-    responses_of,
 )
 from pipesim.live.admin_ops import Operations, Served
 
@@ -138,7 +145,8 @@ def build_app(server: Served | None = None, *, token: str | None = None) -> Fast
             where = field_path(tuple(err.get("loc", ())))
             value = err.get("input")
             shown = f" (got {json.dumps(value)[:80]})" if err.get("type") != "missing" and _jsonable(value) else ""
-            parts.append(f"{where}: {err.get('msg', 'invalid')}{shown}")
+            reason = str(err.get("msg", "invalid")).removeprefix("Value error, ")  # (a validator's own words)
+            parts.append(f"{where}: {reason}{shown}")
         return error_response(422, "bad_request", "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
@@ -163,14 +171,15 @@ def build_app(server: Served | None = None, *, token: str | None = None) -> Fast
                       seed=model.sim.seed if model is not None else None)
 
     @app.get(f"{PREFIX}/sessions", response_model=SessionList,
-             responses=responses_of({"sessions": [EXAMPLE_SESSION]}, 409, e409=LIVE_ONLY))
+             responses=responses_of({"sessions": [docs.EXAMPLE_SESSION]}, 409, e409=docs.LIVE_ONLY))
     async def list_sessions() -> SessionList:
         """Every session of the model, as the state manager has it now."""
         return SessionList(sessions=get_ops().sessions())
 
     @app.post(f"{PREFIX}/sessions", response_model=Session, status_code=201, responses=responses_of(
-        {**EXAMPLE_SESSION, "session_id": "admin-0001", "state": "listening", "created_by": "admin"}, 409, 415, 422,
-        status=201, e409="The id is taken (or reserved by the scenario), or this server replays a recording."))
+        {**docs.EXAMPLE_SESSION, "session_id": "admin-0001", "state": "listening", "created_by": "admin"},
+        409, 415, 422, status=201,
+        e409="The id is taken (or reserved by the scenario), or this server replays a recording."))
     async def create_session(body: Annotated[CreateSession | None, Body(openapi_examples={
             "generated id": {"value": {}}, "chosen": {"value": {"session_id": "abc", "turns": 2,
                                                                "audio_quality": 0.9, "start": True}}})] = None,
@@ -180,7 +189,7 @@ def build_app(server: Served | None = None, *, token: str | None = None) -> Fast
         return get_ops().create(body or CreateSession())
 
     @app.get(f"{PREFIX}/sessions/{{session_id}}", response_model=Session,
-             responses=responses_of(EXAMPLE_SESSION, 404, 409, e404=NO_SESSION, e409=LIVE_ONLY))
+             responses=responses_of(docs.EXAMPLE_SESSION, 404, 409, e404=docs.NO_SESSION, e409=docs.LIVE_ONLY))
     async def get_session(session_id: str) -> Session:
         """One session, as the state manager has it now."""
         return get_ops().session(session_id)
@@ -194,7 +203,7 @@ def build_app(server: Served | None = None, *, token: str | None = None) -> Fast
                  name=f"{action}_session", summary=f"{action.title()} a session (as conversation_control)",
                  description=f"{action.title()} the session as a client's conversation_control would; its watchers "
                              "get the same messages. Answers the session as it is then.",
-                 responses=responses_of({**EXAMPLE_SESSION, "status": status}, 404, 409, 415, e404=NO_SESSION,
+                 responses=responses_of({**docs.EXAMPLE_SESSION, "status": status}, 404, 409, 415, e404=docs.NO_SESSION,
                                       e409=f"{action} is illegal in the session's state (e.g. pause a paused "
                                            "session), or this server replays a recording."))(control)
 
@@ -204,7 +213,7 @@ def build_app(server: Served | None = None, *, token: str | None = None) -> Fast
     @app.post(f"{PREFIX}/sessions/{{session_id}}/push", response_model=Scheduled, responses=responses_of(
         {"scheduled": 2}, 404, 409, 415, 422,
         e404="No session of this id (add ?allow_unknown=true to send to the watchers of an id the model does not "
-             "know).", e409=LIVE_ONLY))
+             "know).", e409=docs.LIVE_ONLY))
     async def push(session_id: str,
                    body: Annotated[PushBody, Body(openapi_examples={"a stall, then an error 2 s later": {"value": {
                        "messages": [{"message": {"type": "pipeline_state_update", "state": "processing",
@@ -222,31 +231,31 @@ def build_app(server: Served | None = None, *, token: str | None = None) -> Fast
         clock holds the message)."""
         return get_ops().push(session_id, body, allow_unknown)
 
-    @app.get(f"{PREFIX}/clock", response_model=Clock, responses=responses_of(EXAMPLE_CLOCK))
+    @app.get(f"{PREFIX}/clock", response_model=Clock, responses=responses_of(docs.EXAMPLE_CLOCK))
     async def clock() -> Clock:
         """The clock: simulated time ``t``, paused or not, speed, and when the next model event is due."""
         return get_ops().clock()
 
-    @app.post(f"{PREFIX}/clock/pause", response_model=Clock, responses=responses_of(EXAMPLE_CLOCK, 415))
+    @app.post(f"{PREFIX}/clock/pause", response_model=Clock, responses=responses_of(docs.EXAMPLE_CLOCK, 415))
     async def pause() -> Clock:
         """Pause the clock: nothing moves (clients' controls are still answered, at the paused time)."""
         return get_ops().pause()
 
     @app.post(f"{PREFIX}/clock/resume", response_model=Clock,
-              responses=responses_of({**EXAMPLE_CLOCK, "paused": False}, 415))
+              responses=responses_of({**docs.EXAMPLE_CLOCK, "paused": False}, 415))
     async def resume() -> Clock:
         """Resume the clock from where it was paused (no jump)."""
         return get_ops().resume()
 
     @app.post(f"{PREFIX}/clock/speed", response_model=Clock,
-              responses=responses_of({**EXAMPLE_CLOCK, "speed": 10.0}, 415, 422))
+              responses=responses_of({**docs.EXAMPLE_CLOCK, "speed": 10.0}, 415, 422))
     async def speed(body: Annotated[SpeedBody, Body(openapi_examples={"ten times": {"value": {"speed": 10}}})],
                     ) -> Clock:
         """Run at ``speed`` simulated seconds per wall second from now on (no jump in simulated time)."""
         return get_ops().set_speed(body.speed)
 
     @app.post(f"{PREFIX}/clock/step", response_model=ClockMoved,
-              responses=responses_of(EXAMPLE_MOVED, 409, 415, 422, e409=LIVE_ONLY))
+              responses=responses_of(docs.EXAMPLE_MOVED, 409, 415, 422, e409=docs.LIVE_ONLY))
     async def step(body: Annotated[StepBody | None, Body(openapi_examples={
             "three transitions": {"value": {"count": 3}}})] = None) -> ClockMoved:
         """Run the model to its next ``count`` state transitions, then pause; the answer lists the first
@@ -255,7 +264,7 @@ def build_app(server: Served | None = None, *, token: str | None = None) -> Fast
         return await get_ops().step(body.count, body.limit)
 
     @app.post(f"{PREFIX}/clock/advance", response_model=ClockMoved,
-              responses=responses_of(EXAMPLE_MOVED, 409, 415, 422, e409=LIVE_ONLY))
+              responses=responses_of(docs.EXAMPLE_MOVED, 409, 415, 422, e409=docs.LIVE_ONLY))
     async def advance(body: Annotated[AdvanceBody, Body(openapi_examples={
             "2.5 s": {"value": {"seconds": 2.5}}})]) -> ClockMoved:
         """Move simulated time by exactly ``seconds``, as fast as the model goes, then pause; the answer lists
@@ -263,8 +272,8 @@ def build_app(server: Served | None = None, *, token: str | None = None) -> Fast
         return await get_ops().advance(body.seconds, body.limit)
 
     @app.post(f"{PREFIX}/clock/run-until", response_model=RunUntilResult, responses=responses_of(
-        {"clock": EXAMPLE_CLOCK, "session": EXAMPLE_SESSION, "reached": True}, 404, 408, 409, 415, 422,
-        e404="No session of this id, and the scenario will not create one.", e409=LIVE_ONLY))
+        {"clock": docs.EXAMPLE_CLOCK, "session": docs.EXAMPLE_SESSION, "reached": True}, 404, 408, 409, 415, 422,
+        e404="No session of this id, and the scenario will not create one.", e409=docs.LIVE_ONLY))
     async def run_until(body: Annotated[RunUntilBody, Body(openapi_examples={"LLM executing": {"value": {
             "session_id": "demo-1", "until": {"services.llm": "executing"}}}})]) -> RunUntilResult:
         """Run as fast as possible until the session matches every field of ``until``; the clock is left paused
@@ -274,7 +283,7 @@ def build_app(server: Served | None = None, *, token: str | None = None) -> Fast
     @app.post(f"{PREFIX}/faults", response_model=FaultApplied, responses=responses_of(
         {"applied": {"fault": "kafka_stall", "session_id": None, "from_t": 12.5, "service": "llm",
                      "duration_s": 4.0, "until_t": 16.5}}, 404, 409, 415, 422,
-        e404="A disconnect of a session the model does not know.", e409=LIVE_ONLY))
+        e404="A disconnect of a session the model does not know.", e409=docs.LIVE_ONLY))
     async def faults(body: Annotated[FaultBody, Body(openapi_examples={"a 4 s Kafka stall of the LLM": {"value": {
             "fault": "kafka_stall", "service": "llm", "duration_s": 4}}})]) -> FaultApplied:
         """Inject a fault as a client's fault_injection would; the answer says what was applied and its window
@@ -282,10 +291,7 @@ def build_app(server: Served | None = None, *, token: str | None = None) -> Fast
         return get_ops().fault(body)
 
     @app.get(f"{PREFIX}/journal", response_model=JournalEntries, responses=responses_of(
-        {"entries": [{"id": 7, "wall_time": "2026-01-05T10:00:00.125000+00:00", "t": 12.5, "direction": "in",
-                      "connection": "c1", "session_id": "demo-1", "type": "conversation_control",
-                      "message": {"type": "conversation_control", "action": "pause", "session_id": "demo-1"},
-                      "result": "applied"}], "last_id": 9}, 422))
+        {"entries": [docs.EXAMPLE_ENTRY], "last_id": 9}, 422))
     async def journal(session_id: str | None = None, type: str | None = None,  # noqa: A002 (the field's name)
                       direction: Literal["in", "out"] | None = None,
                       since: Annotated[int | None, Query(ge=0, description=(
@@ -307,40 +313,95 @@ def build_app(server: Served | None = None, *, token: str | None = None) -> Fast
         j = get_ops().server.journal
         return Cleared(cleared=j.clear() if j is not None else 0)
 
-    @app.post(f"{PREFIX}/reset", response_model=Clock,
-              responses=responses_of({**EXAMPLE_CLOCK, "t": 0.0, "next_event_t": 0.0}, 409, 415, e409=LIVE_ONLY))
-    async def reset() -> Clock:
-        """Back to the scenario's start, same seed: watchers get session_ended (reason reset) for the old
-        sessions, the journal is cleared, and a recording starts a new segment."""
-        return await get_ops().reset()
+    @app.post(f"{PREFIX}/journal/count", response_model=Counted, responses=responses_of({"count": 1}, 415, 422))
+    async def journal_count(body: Annotated[JournalQuery, Body(openapi_examples=docs.JOURNAL_EXAMPLES)]) -> Counted:
+        """How many entries of the journal match the pattern (every field given; ``message`` and ``result`` as
+        JSON subsets): "did the page send exactly one pause for session demo-1?"."""
+        return Counted(count=len(get_ops().journal_find(body)))
+
+    @app.post(f"{PREFIX}/journal/find", response_model=JournalEntries, responses=responses_of(
+        {"entries": [docs.EXAMPLE_ENTRY], "last_id": 9}, 415, 422))
+    async def journal_find(body: Annotated[JournalFind, Body(openapi_examples={
+            **docs.JOURNAL_EXAMPLES, "the newest two": {"value": {"direction": "in", "limit": 2}}})]) -> JournalEntries:
+        """The entries of the journal that match the pattern (as ``journal/count``), oldest first."""
+        ops = get_ops()
+        j = ops.server.journal
+        return JournalEntries(entries=ops.journal_find(body), last_id=j.last_id if j is not None else 0)
+
+    @app.post(f"{PREFIX}/reset", response_model=Clock, responses=responses_of(
+        {**docs.EXAMPLE_CLOCK, "t": 0.0, "next_event_t": 0.0}, 409, 415, 422, e409=docs.LIVE_ONLY,
+        e422="A bad body: the message names the field (body.scenario.sessions.turns, body.seed, ...)."))
+    async def reset(body: Annotated[ResetBody | None, Body(openapi_examples=docs.RESET_EXAMPLES)] = None) -> Clock:
+        """Back to a scenario's start: the same scenario, seed and speed, or those of the body (one server, a
+        different scenario per test). Watchers get session_ended (reason reset) for the old sessions, the
+        journal is cleared, the stubs are removed, and a recording starts a new segment. The clock stays
+        paused if it was."""
+        return await get_ops().reset(body)
+
+    # Stubs -------------------------------------------------------------------------------------------
+    @app.post(f"{PREFIX}/stubs", response_model=StubAnswer, status_code=201, responses=responses_of(
+        docs.EXAMPLE_STUB, 409, 415, 422, status=201, error_examples={409: ("conflict", "stub 'slow-pause' exists")},
+        e409="The id is taken, or this server replays a recording."))
+    async def add_stub(body: Annotated[StubBody, Body(openapi_examples=docs.STUB_EXAMPLES)]) -> StubAnswer:
+        """Register a stub: when a client sends a message matching ``when``, do ``then`` (reply, a fault, the
+        normal handling or not, close), ``delay_s`` simulated seconds later. The stub that takes a message is the
+        first by ``priority`` (1 first; among equals the newest) that matches and is not exhausted (``times``)."""
+        return get_ops().add_stub(body)
+
+    @app.get(f"{PREFIX}/stubs", response_model=StubList,
+             responses=responses_of({"stubs": [docs.EXAMPLE_STUB]}, 409, e409=docs.LIVE_ONLY))
+    async def list_stubs() -> StubList:
+        """Every stub, in the order they are tried, with how many messages each took (``matched``)."""
+        return StubList(stubs=get_ops().list_stubs())
+
+    @app.delete(f"{PREFIX}/stubs", response_model=Cleared,
+                responses=responses_of({"cleared": 2}, 409, e409=docs.LIVE_ONLY))
+    async def clear_stubs() -> Cleared:
+        """Remove every stub (a reset does too)."""
+        return Cleared(cleared=get_ops().clear_stubs())
+
+    @app.get(f"{PREFIX}/stubs/{{stub_id}}", response_model=StubAnswer, responses=responses_of(
+        docs.EXAMPLE_STUB, 404, 409, e404=docs.NO_STUB, e409=docs.LIVE_ONLY, error_examples=docs.NO_STUB_EXAMPLE))
+    async def get_stub(stub_id: str) -> StubAnswer:
+        """One stub, with how many messages it took."""
+        return get_ops().stub(stub_id)
+
+    @app.delete(f"{PREFIX}/stubs/{{stub_id}}", response_model=StubAnswer, responses=responses_of(
+        docs.EXAMPLE_STUB, 404, 409, e404=docs.NO_STUB, e409=docs.LIVE_ONLY, error_examples=docs.NO_STUB_EXAMPLE))
+    async def delete_stub(stub_id: str) -> StubAnswer:
+        """Remove one stub; the answer is the stub as it was (with its count)."""
+        return get_ops().delete_stub(stub_id)
+
+    # Recording ---------------------------------------------------------------------------------------
+    @app.get(f"{PREFIX}/recording", response_model=Recording, responses=responses_of(docs.EXAMPLE_RECORDING))
+    async def recording() -> Recording:
+        """The recording being written (or the last one stopped): its file and how many messages it holds."""
+        return get_ops().recording()
+
+    @app.post(f"{PREFIX}/recording/start", response_model=Recording, responses=responses_of(
+        {**docs.EXAMPLE_RECORDING, "messages": 0}, 409, 415, 422, e409="A recording is being written already.",
+        error_examples={409: ("conflict", "already recording into /tmp/pipesim-recording.jsonl")}))
+    async def start_recording(body: Annotated[RecordingBody, Body(openapi_examples={
+            "into a file": {"value": {"path": "/tmp/pipesim-recording.jsonl"}}})]) -> Recording:
+        """Record every message broadcast from now on into ``path`` (as ``pipesim serve --record``): a file
+        ``pipesim replay`` plays once it is stopped (each line is flushed as written)."""
+        return get_ops().start_recording(body.path)
+
+    @app.post(f"{PREFIX}/recording/stop", response_model=Recording, responses=responses_of(
+        {**docs.EXAMPLE_RECORDING, "recording": False}, 409, 415, e409="No recording is being written.",
+        error_examples={409: ("conflict", "not recording (POST /__admin/recording/start first)")}))
+    async def stop_recording() -> Recording:
+        """Close the recording: complete, for ``pipesim replay``."""
+        return get_ops().stop_recording()
 
     @app.post(f"{PREFIX}/replay/seek", response_model=Clock, responses=responses_of(
-        {**EXAMPLE_CLOCK, "t": 50.5}, 409, 415, 422, e409="Only a replay can seek; a live model moves forward."))
+        {**docs.EXAMPLE_CLOCK, "t": 50.5}, 409, 415, 422, e409="Only a replay can seek; a live model moves forward."))
     async def seek(body: Annotated[SeekBody, Body(openapi_examples={"to 50.5 s": {"value": {"t": 50.5}}})]) -> Clock:
         """``pipesim replay`` only: jump to simulated time ``t``; watchers get each session's state as of ``t``."""
         return get_ops().seek(body.t)
 
     base_openapi = app.openapi
-
-    def openapi_with_security() -> dict[str, Any]:
-        doc = base_openapi()
-        # FastAPI documents a 422 of its own (HTTPValidationError) on every operation with a parameter: a path's
-        # session_id cannot fail, and our 422 is an ErrorBody, documented where it can happen.
-        for item in doc["paths"].values():
-            for operation in item.values():
-                fastapi_422 = operation["responses"].get("422", {})
-                if "HTTPValidationError" in json.dumps(fastapi_422):
-                    del operation["responses"]["422"]
-        for unused in ("HTTPValidationError", "ValidationError"):
-            doc.get("components", {}).get("schemas", {}).pop(unused, None)
-        # Declared, not enforced here: the guard above checks the token (only when the server has one).
-        doc.setdefault("components", {}).setdefault("securitySchemes", {"adminToken": {
-            "type": "http", "scheme": "bearer", "description": "Needed only when the server was started with "
-            "--admin-token TOKEN (or $PIPESIM_ADMIN_TOKEN): Authorization: Bearer TOKEN."}})
-        doc["security"] = [{"adminToken": []}, {}]
-        return doc
-
-    app.openapi = openapi_with_security  # type: ignore[method-assign]
+    app.openapi = lambda: as_served(base_openapi())  # type: ignore[method-assign]
 
     return app
 

@@ -1,4 +1,4 @@
-"""The admin API's bodies and answers, its errors, its JSON reader, and what its OpenAPI document shows.
+"""The admin API's bodies and answers, its errors and its JSON reader (its OpenAPI examples: admin_docs.py).
 
 Each body refuses a field it does not know (a misspelt option must not be ignored silently); a body that
 is not JSON, or a value the guarded reader refuses, is answered 422 naming where (:func:`json_error`).
@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipesim import _jsonsafe
+from pipesim.live.stubs import CLOSE_CODES
 from pipesim.vocabulary import FaultKind, PipelineState, ServiceName, ServiceState, SessionStatus
 
 
@@ -31,7 +33,7 @@ class _Body(BaseModel):
 
 class ErrorDetail(BaseModel):
     code: str = Field(description="unknown_session, illegal_control, bad_request, forbidden, unauthorized, "
-                                  "unsupported, timeout, not_found, ...")
+                                  "unsupported, timeout, not_found, conflict, ...")
     message: str = Field(description="One line naming what is wrong.")
 
 
@@ -174,7 +176,9 @@ class JournalEntry(BaseModel):
     session_id: str | None
     type: str | None
     message: dict[str, Any]
-    result: Any = Field(description='Inbound only: "applied" or {"error": {code, message}}.')
+    result: Any = Field(description='Inbound only: "applied", {"error": {code, message}}, "stubbed" (a stub '
+                                    'answered instead) or "delayed" (a stub passes it on later).')
+    stub: str | None = Field(None, description="Inbound only: the id of the stub that took the message.")
 
 
 class JournalEntries(BaseModel):
@@ -185,6 +189,126 @@ class JournalEntries(BaseModel):
 
 class Cleared(BaseModel):
     cleared: int
+
+
+# Stubs and journal queries (the pattern language: pipesim.live.stubs) -------------------------------------
+_Id = Annotated[str, Field(min_length=1, max_length=200)]
+_JSON_SUBSET = "A JSON subset of the message as the client sent it: objects match recursively, anything else " \
+               "must be equal."
+
+
+class StubWhen(_Body):
+    """Which inbound messages the stub takes: every field given must match."""
+
+    path: Literal["/ws", "/rtvi"] = Field("/ws", description="The endpoint the message came in on.")
+    type: _Id | None = Field(None, description="The message's type (conversation_control, client-message, ...).")
+    session_id: _Id | None = Field(None, description="The session the message is about (on /rtvi: the "
+                                                     "connection's, rtvi-1, ...).")
+    connection: _Id | None = Field(None, description="The connection's journal id (c1, c2, ...).")
+    message: dict[str, Any] | None = Field(None, description=_JSON_SUBSET)
+
+
+class CloseWith(_Body):
+    code: int = Field(description="4000-4999, or 1000, 1001, 1008, 1011, 1013.")
+    reason: Annotated[str, Field(max_length=120)] = "stub"
+
+    @field_validator("code")
+    @classmethod
+    def _allowed(cls, code: int) -> int:
+        if code not in CLOSE_CODES:
+            raise ValueError("must be 4000-4999 or one of 1000, 1001, 1008, 1011, 1013")
+        return code
+
+
+class StubThen(_Body):
+    """What the stub does with a message it takes, in this order, ``delay_s`` simulated seconds later."""
+
+    respond: Annotated[list[dict[str, Any]], Field(max_length=1_000, description=(
+        "Messages sent to the connection that sent it: on /ws server messages of the protocol (session_id, seq and "
+        "timestamp filled in when absent); on /rtvi RTVI messages (label, and the request's id on a "
+        "server-response or error-response, filled in)."))] = []
+    fault: FaultBody | None = Field(None, description="A fault applied, as POST /__admin/faults.")
+    pass_through: bool = Field(False, description="Then hand the message to the normal handling (false: the stub "
+                                                  "replaces it).")
+    close: CloseWith | None = Field(None, description="Then close the connection (once what was sent is written).")
+    delay_s: Annotated[float, Field(ge=0, le=1e7, allow_inf_nan=False, description=(
+        "Simulated seconds before all of it (a paused clock holds it)."))] = 0.0
+
+
+class StubBody(_Body):
+    id: _Id | None = Field(None, description="Made up (stub-1, ...) when absent.")
+    when: StubWhen
+    then: StubThen
+    priority: Annotated[int, Field(ge=1, le=1_000_000, description=(
+        "1 is tried first; among equal priorities the newest stub."))] = 5
+    times: Annotated[int | None, Field(ge=1, le=1_000_000_000, description=(
+        "Take at most this many messages, then stay listed, exhausted (null: no limit)."))] = None
+
+
+class StubAnswer(BaseModel):
+    id: str
+    when: dict[str, Any]
+    then: dict[str, Any]
+    priority: int
+    times: int | None
+    matched: int = Field(description="Messages the stub took.")
+    exhausted: bool = Field(description="It took `times` messages and takes no more.")
+
+
+class StubList(BaseModel):
+    stubs: list[StubAnswer] = Field(description="In the order they are tried.")
+
+
+class JournalQuery(_Body):
+    """A pattern over the journal's entries: every field given must match."""
+
+    direction: Literal["in", "out"] | None = None
+    connection: _Id | None = None
+    session_id: _Id | None = None
+    type: _Id | None = None
+    message: dict[str, Any] | None = Field(None, description=_JSON_SUBSET)
+    result: Any = Field(None, description='A JSON subset of the result: "applied", "stubbed", '
+                                          '{"error": {"code": "unknown_session"}}, ...')
+    stub: _Id | None = Field(None, description="The id of the stub that took the message.")
+    since: Annotated[int | None, Field(ge=0, description="An entry id: only the entries made after it.")] = None
+
+
+class JournalFind(JournalQuery):
+    limit: Annotated[int | None, Field(ge=0, le=1_000_000, description=(
+        "Only the newest `limit` of the matching entries."))] = None
+
+
+class Counted(BaseModel):
+    count: int
+
+
+class ResetBody(_Body):
+    scenario: str | dict[str, Any] | None = Field(None, description=(
+        "A bundled scenario's name (baseline, frontend_demo, ...) or a scenario as a mapping (validated as a "
+        "scenario file); absent: the same scenario."))
+    seed: Annotated[int | None, Field(ge=0, le=2**63 - 1, description=(
+        "Absent: the same seed, or the new scenario's own."))] = None
+    speed: Annotated[float | None, Field(gt=0, le=1e6, allow_inf_nan=False, description=(
+        "Absent: the same speed."))] = None
+
+
+class RecordingBody(_Body):
+    path: Annotated[str, Field(min_length=1, max_length=4096, description=(
+        "The recording's file (JSON Lines), an absolute path on the server's machine; its folders are created."))]
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        if "\0" in path or not Path(path).is_absolute():
+            raise ValueError("must be an absolute path (the server's folder is not the caller's)")
+        return path
+
+
+class Recording(BaseModel):
+    path: str | None = Field(description="The file being (or last) written; null: none.")
+    recording: bool
+    messages: int = Field(description="Messages written so far.")
+    segments: int = Field(description="Segments (a reset starts a new one).")
 
 
 class SeekBody(_Body):
@@ -280,58 +404,6 @@ class GuardedJSONRoute(APIRoute):
             return await handler(_GuardedJSONRequest(request.scope, request.receive))
 
         return guarded
-
-
-# What each operation answers (the OpenAPI document) ------------------------------------------------------
-EXAMPLE_CLOCK = {"t": 12.5, "paused": True, "speed": 1.0, "next_event_t": 12.62}
-EXAMPLE_SESSION = {"session_id": "demo-1", "status": "active", "state": "processing",
-            "services": {"stt": "complete", "llm": "executing", "tts": "idle"}, "turn_id": 2, "seq": 41,
-            "buffer_size": 0, "audio_quality": 0.82, "created_by": "scenario"}
-EXAMPLE_UPDATE = {"type": "pipeline_state_update", "session_id": "demo-1", "state": "processing",
-           "services": {"stt": "complete", "llm": "executing", "tts": "idle"},
-           "metadata": {"buffer_size": 0, "audio_quality": 0.82}, "timestamp": 12.5, "seq": 41}
-EXAMPLE_MOVED = {"clock": EXAMPLE_CLOCK, "transitions": [EXAMPLE_UPDATE], "transitions_total": 1, "truncated": False}
-
-#: The errors an operation may answer: why, and an example of the error body's code and message.
-_ERRORS: dict[int, tuple[str, str, str]] = {
-    400: ("A Host, Origin or Authorization header given more than once.", "bad_request",
-          "more than one Host header"),
-    401: ("The server was started with an admin token (--admin-token, $PIPESIM_ADMIN_TOKEN) and the request "
-          "did not carry it as Authorization: Bearer TOKEN.", "unauthorized", "wrong admin token"),
-    403: ("A Host that is not a loopback name, or an Origin the server does not allow (--allow-origin).",
-          "forbidden", "Origin 'http://evil.example' is not allowed"),
-    404: ("No session of this id.", "unknown_session", "unknown session 'demo-9'"),
-    408: ("The session did not reach the state in time (the body also carries the session and the clock).",
-          "timeout", "run-until: session 'demo-1' did not reach {\"services.llm\": \"executing\"} within 60 "
-          "simulated s (or 10 wall s)"),
-    409: ("Not possible now: a replay cannot change (only the clock, seek, the journal and health are "
-          "available), or the control is illegal in the session's state.", "illegal_control",
-          "pause: session 'demo-1' is paused"),
-    415: ("A body that is not application/json.", "bad_request",
-          "the body must be application/json, got 'text/plain'"),
-    422: ("A bad body or query parameter: the message names the field (body.messages[1].message.state), or "
-          "says the body is not JSON and where.", "bad_request",
-          "body.speed: Input should be greater than 0 (got -2)"),
-}
-#: Every operation may answer these: the access checks come before any handler.
-_ACCESS = (400, 401, 403)
-
-
-def responses_of(example: Any, *errors: int, status: int = 200, **why: str) -> dict[int | str, dict[str, Any]]:
-    """The ``responses`` of an operation: its answer's example, then each error it may answer (besides the
-    access checks every operation has, and 415 for a POST) with why and an example; ``why`` overrides the
-    reason (``e404="..."``)."""
-    out: dict[int | str, dict[str, Any]] = {status: {"content": {"application/json": {"example": example}}}}
-    for code in sorted({*_ACCESS, *errors}):
-        reason, error_code, message = _ERRORS[code]
-        out[code] = {"model": ErrorBody, "description": why.get(f"e{code}", reason),
-                     "content": {"application/json": {"example": {"error": {"code": error_code,
-                                                                            "message": message}}}}}
-    return out
-
-
-NO_SESSION = "No session of this id (on a replay: 409)."
-LIVE_ONLY = "This server replays a recording: only the clock, seek, the journal and health are available."
 
 
 def json_error(text: str, err: dict[str, Any]) -> str:

@@ -13,8 +13,10 @@ import itertools
 import json
 import re
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from pipesim.errors import ScenarioError
 from pipesim.live.access import Access
 from pipesim.live.admin_models import (
     LISTED_TRANSITIONS,
@@ -24,19 +26,29 @@ from pipesim.live.admin_models import (
     CreateSession,
     FaultApplied,
     FaultBody,
+    JournalFind,
+    JournalQuery,
     PushBody,
+    Recording,
+    ResetBody,
     RunUntilBody,
     RunUntilResult,
     Scheduled,
     ServicesModel,
     Session,
+    StubAnswer,
+    StubBody,
 )
 from pipesim.live.clock import Clock as ServerClock
+from pipesim.live.connection import RTVI_PATH
 from pipesim.live.hub import Hub
 from pipesim.live.journal import Journal
 from pipesim.live.pacer import Pacer
+from pipesim.live.recording import Recorder
 from pipesim.live.source import LiveModel
-from pipesim.protocol import FaultInjection, ProtocolError, json_schemas, parse_message, wire_messages
+from pipesim.live.stubs import JOURNAL_FIELDS, Stub, Stubs, filled, matches
+from pipesim.protocol import FaultInjection, ProtocolError, parse_message, wire_messages
+from pipesim.scenario import Scenario, bundled_scenarios, load_scenario, scenario_path, validate_scenario
 from pipesim.state import IllegalTransition, Transition, UnknownSession
 from pipesim.vocabulary import SERVER_MESSAGE_TYPES
 
@@ -52,6 +64,14 @@ class Served(Protocol):
     access: Access
     model: LiveModel | None
     source: str | None
+    stubs: Stubs | None
+
+    @property
+    def recorder(self) -> Recorder | None: ...
+
+    def start_recording(self, path: str | Path) -> Recorder: ...
+
+    def stop_recording(self) -> Recorder | None: ...
 
 
 # The operations ----------------------------------------------------------------------------------------
@@ -78,6 +98,7 @@ class Operations:
         self._admin_ids = itertools.count(1)
         self.created_by_admin: set[str] = set()
         self._push_seq: dict[str, int] = {}  # next seq of sessions the model does not know
+        self._last_recording: Recorder | None = None  # what recording/stop closed
         # One clock-moving request at a time: a second step/advance/run-until/reset waits for the first.
         self._moving = asyncio.Lock()
         if server.model is not None:
@@ -88,9 +109,12 @@ class Operations:
     def live(self) -> LiveModel:
         """The live model (a replay has none: 409)."""
         if self.server.model is None:
-            raise AdminError(409, "unsupported", f"this server replays {self.server.source}; "
-                             "only the clock, seek, the journal and health are available")
+            raise self._live_only()
         return self.server.model
+
+    def _live_only(self) -> AdminError:
+        return AdminError(409, "unsupported", f"this server replays {self.server.source}; "
+                          "only the clock, seek, the journal and health are available")
 
     def clock(self) -> Clock:
         return Clock(**self.server.timekeeper.reading())
@@ -260,17 +284,7 @@ class Operations:
             if message.get("session_id", sid) != sid:
                 raise AdminError(422, "bad_request", f"body.messages[{i}].message.session_id: "
                                  f"{message['session_id']!r} is not the session of the path, {sid!r}")
-            probe = {**_filled(message.get("type"), {"session_id": sid, "seq": 0, "timestamp": 0.0}), **message}
-            try:
-                parse_message(json.dumps(probe), allowed=SERVER_MESSAGE_TYPES)
-            except (ProtocolError, TypeError, ValueError) as exc:
-                type_name = message.get("type")
-                text = str(exc)
-                if isinstance(type_name, str):
-                    text = re.sub(rf"(^|; ){re.escape(type_name)}\.", rf"\1body.messages[{i}].message.", text)
-                if not text.startswith("body."):
-                    text = f"body.messages[{i}].message: {text}"
-                raise AdminError(422, "bad_request", text) from None
+            _check_server_message(message, sid, f"body.messages[{i}].message")
             checked.append((item.after_s, message))
         env = model.sim.env
         for after_s, message in checked:
@@ -286,7 +300,7 @@ class Operations:
         model = self.live
         now = model.sim.env.now
         out = {**message, "session_id": sid}
-        fields = _filled(out.get("type"), {"seq": 0, "timestamp": 0.0})
+        fields = filled(out.get("type"), {"seq": 0, "timestamp": 0.0})
         if "seq" in fields and "seq" not in out:
             mgr = model.sim.manager
             if sid in mgr:
@@ -298,14 +312,108 @@ class Operations:
             out.setdefault("timestamp", now)
         self.server.hub.publish(sid, out, now)
 
-    # Reset
-    async def reset(self) -> Clock:
-        async with self._moving:
-            return await self._reset()
+    # Stubs
+    @property
+    def stubs(self) -> Stubs:
+        """The live model's stubs (a replay has none: 409)."""
+        if self.server.stubs is None:
+            raise self._live_only()
+        return self.server.stubs
 
-    async def _reset(self) -> Clock:
-        await self.live.reset()  # the server, the RTVI dialect and this (_forget_admin) hear of it
+    def add_stub(self, body: StubBody) -> StubAnswer:
+        stubs, when, then = self.stubs, body.when, body.then
+        if body.id is not None and body.id in stubs:
+            raise AdminError(409, "conflict", f"stub {body.id!r} exists (delete it first, or leave id out)")
+        for i, reply in enumerate(then.respond):
+            where = f"body.then.respond[{i}]"
+            if when.path == RTVI_PATH:
+                if not isinstance(reply.get("type"), str):
+                    raise AdminError(422, "bad_request", f"{where}.type: an RTVI message needs a string type")
+            else:
+                _check_server_message(reply, reply.get("session_id") or when.session_id or "stubbed", where)
+        fault = then.fault.model_dump(exclude_none=True) if then.fault is not None else None
+        if fault is not None and fault["fault"] == "service_outage" and "service" not in fault:
+            raise AdminError(422, "bad_request", "body.then.fault.service: service_outage needs a service "
+                             "(stt, llm or tts)")
+        pattern = when.model_dump(exclude_none=True)
+        if when.message is not None:
+            pattern["message"] = when.message  # as given: a null inside it means null
+        stub = stubs.add(Stub(body.id or stubs.new_id(), pattern, respond=then.respond, fault=fault,
+                              close=(then.close.code, then.close.reason) if then.close is not None else None,
+                              delay_s=then.delay_s, pass_through=then.pass_through, priority=body.priority,
+                              times=body.times))
+        return self._stub_answer(stub)
+
+    def stub(self, stub_id: str) -> StubAnswer:
+        stub = self.stubs.get(stub_id)
+        if stub is None:
+            raise AdminError(404, "not_found", f"unknown stub {stub_id!r}")
+        return self._stub_answer(stub)
+
+    def list_stubs(self) -> list[StubAnswer]:
+        return [self._stub_answer(stub) for stub in self.stubs]
+
+    def delete_stub(self, stub_id: str) -> StubAnswer:
+        answer = self.stub(stub_id)
+        self.stubs.remove(stub_id)
+        return answer
+
+    def clear_stubs(self) -> int:
+        return self.stubs.clear()
+
+    @staticmethod
+    def _stub_answer(stub: Stub) -> StubAnswer:
+        then: dict[str, Any] = {"respond": stub.respond, "fault": stub.fault, "pass_through": stub.pass_through,
+                                "close": {"code": stub.close[0], "reason": stub.close[1]} if stub.close else None,
+                                "delay_s": stub.delay_s}
+        return StubAnswer(id=stub.id, when=stub.when, then=then, priority=stub.priority, times=stub.times,
+                          matched=stub.matched, exhausted=stub.exhausted)
+
+    # Journal queries
+    def journal_find(self, query: JournalQuery) -> list[dict[str, Any]]:
+        journal = self.server.journal
+        if journal is None:
+            return []
+        pattern = {k: v for k in JOURNAL_FIELDS if (v := getattr(query, k)) is not None}
+        limit = query.limit if isinstance(query, JournalFind) else None
+        return journal.entries(since=query.since, limit=limit, where=lambda entry: matches(pattern, entry))
+
+    # Reset
+    async def reset(self, body: ResetBody | None = None) -> Clock:
+        async with self._moving:
+            return await self._reset(body or ResetBody())
+
+    async def _reset(self, body: ResetBody) -> Clock:
+        model = self.live
+        scenario = _scenario_of(body.scenario) if body.scenario is not None else None
+        # The server, the RTVI dialect, the stubs and this (_forget_admin) hear of it.
+        await model.reset(scenario, seed=body.seed, speed=body.speed)
         return self.clock()
+
+    # Recording
+    def recording(self) -> Recording:
+        rec = self.server.recorder or self._last_recording
+        if rec is None:
+            return Recording(path=None, recording=False, messages=0, segments=0)
+        return Recording(path=str(rec.path), recording=not rec.closed, messages=rec.count, segments=rec.segments)
+
+    def start_recording(self, path: str) -> Recording:
+        if self.server.recorder is not None:
+            raise AdminError(409, "conflict", f"already recording into {self.server.recorder.path} "
+                             "(POST /__admin/recording/stop first)")
+        try:
+            self.server.start_recording(path)
+        except OSError as exc:
+            raise AdminError(422, "bad_request", f"body.path: cannot write {path!r}: "
+                             f"{exc.strerror or exc}") from None
+        return self.recording()
+
+    def stop_recording(self) -> Recording:
+        recorder = self.server.stop_recording()
+        if recorder is None:
+            raise AdminError(409, "conflict", "not recording (POST /__admin/recording/start first)")
+        self._last_recording = recorder
+        return self.recording()
 
     def _forget_admin(self, old: Any) -> None:
         """On a reset: what the admin API created is gone with the old model."""
@@ -314,10 +422,34 @@ class Operations:
         self._admin_ids = itertools.count(1)
 
 
-def _filled(type_name: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """The ``values`` whose fields the message type has (an ``error`` has no seq nor timestamp)."""
-    fields = _FIELDS.get(type_name) if isinstance(type_name, str) else None
-    return {k: v for k, v in values.items() if fields is None or k in fields}
+def _check_server_message(message: dict[str, Any], sid: str, where: str) -> None:
+    """A server message of the protocol as a push or a stub's reply sends it (``session_id``, ``seq`` and
+    ``timestamp`` filled in when absent), or 422 naming its field (``where``: the message's own path)."""
+    probe = {**filled(message.get("type"), {"session_id": sid, "seq": 0, "timestamp": 0.0}), **message}
+    try:
+        parse_message(json.dumps(probe), allowed=SERVER_MESSAGE_TYPES)
+    except (ProtocolError, TypeError, ValueError) as exc:
+        type_name = message.get("type")
+        text = str(exc)
+        if isinstance(type_name, str):
+            text = re.sub(rf"(^|; ){re.escape(type_name)}\.", rf"\1{where}.", text)
+        if not text.startswith("body."):
+            text = f"{where}: {text}"
+        raise AdminError(422, "bad_request", text) from None
 
 
-_FIELDS = {name: set(schema.get("properties", {})) for name, schema in json_schemas().items()}
+def _scenario_of(given: str | dict[str, Any]) -> Scenario:
+    """A reset's scenario: a bundled scenario's name, or a mapping validated as a scenario file (422 naming
+    the field: ``body.scenario.sessions.turns: ...``)."""
+    if isinstance(given, str):
+        if given not in bundled_scenarios():
+            raise AdminError(422, "bad_request", f"body.scenario: no bundled scenario {given[:80]!r} (bundled: "
+                             f"{', '.join(bundled_scenarios())}; or give the scenario itself, as a mapping)")
+        return load_scenario(scenario_path(given))
+    source = "body.scenario"
+    try:
+        return validate_scenario(given, source=source)
+    except ScenarioError as exc:
+        problems = [p.replace(f"{source} (top level)", source, 1).replace(f"{source} ", f"{source}.", 1)
+                    for p in exc.problems]
+        raise AdminError(422, "bad_request", "; ".join(problems[:5])) from None

@@ -144,11 +144,11 @@ async def _main(server: BaseServer, what: str, speed: float) -> None:
     try:
         await stop.wait()
     finally:
+        rec = server.recorder  # (the stop closes it)
         server.collector.stop()
         await server.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
-    rec = server.recorder
     recorded = f"; recorded {rec.count} messages to {rec.path}" if rec is not None else ""
     print(f"pipesim: stopped{recorded}", file=sys.stderr, flush=True)

@@ -8,8 +8,9 @@ Shared by the hub (:mod:`pipesim.live.hub`), which keeps them, and the dialects 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
 
@@ -19,7 +20,8 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_SLOW = 1013
 CLOSE_FAULT = 4000
 
-#: Pipecat's RTVI dialect (:mod:`pipesim.live.rtvi`), served by the live server beside ``/ws``.
+#: The seed's protocol (:mod:`pipesim.live.ws`), and Pipecat's RTVI dialect (:mod:`pipesim.live.rtvi`) beside it.
+WS_PATH = "/ws"
 RTVI_PATH = "/rtvi"
 #: Paths whose handshake declines permessage-deflate (a client's offer is optional, RFC 7692): the RTVI
 #: bot's audio is PCM, which deflate shrinks by a third for more CPU than everything else a frame costs.
@@ -51,6 +53,22 @@ class Client:
     def name(self) -> str:
         host, port = (self.ws.remote_address or ("?", 0))[:2]
         return f"{host}:{port}"
+
+
+class InboundHook(Protocol):
+    """What is done with each message a dialect has parsed (the hub's :attr:`~pipesim.live.hub.Hub.inbound`):
+    ``handle()`` is the dialect's own handling, to call now, later or never (the stubs decide:
+    :mod:`pipesim.live.stubs`). ``session_id`` is the session the message is about (on ``/rtvi``, the
+    connection's)."""
+
+    def __call__(self, client: Client, path: str, session_id: str | None, message: dict[str, Any],
+                 handle: Callable[[], None]) -> None: ...
+
+
+def handle_now(client: Client, path: str, session_id: str | None, message: dict[str, Any],
+               handle: Callable[[], None]) -> None:
+    """The :class:`InboundHook` of a server without stubs: every message is handled as it comes."""
+    handle()
 
 
 async def free_protocol(ws: ServerConnection) -> None:

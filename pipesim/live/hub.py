@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from pipesim.live.connection import CLOSE_FAULT, CLOSE_GOING_AWAY, CLOSE_SLOW, Client
+from pipesim.live.connection import CLOSE_FAULT, CLOSE_GOING_AWAY, CLOSE_SLOW, Client, InboundHook, handle_now
 from pipesim.live.journal import Journal
 from pipesim.live.recording import Recorder
 from pipesim.protocol import dumps
@@ -53,6 +53,8 @@ class Hub:
         self.journal_t = journal_t
         #: The recording of what is published (set while the server runs with ``record``): a tap.
         self.recorder: Recorder | None = None
+        #: Every message a dialect has parsed goes through it (the stubs replace it: :mod:`pipesim.live.stubs`).
+        self.inbound: InboundHook = handle_now
         #: Clients disconnected for being too slow, since the start.
         self.slow_disconnects = 0
         #: Every open connection, whatever it speaks (shutdown and the ``disconnect`` fault reach them all).

@@ -25,6 +25,7 @@ import itertools
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,10 +79,11 @@ class Journal:
         return entry
 
     def entries(self, *, session_id: str | None = None, type: str | None = None,  # noqa: A002 (the field's name)
-                direction: str | None = None, since: int | None = None,
-                limit: int | None = None) -> list[dict[str, Any]]:
+                direction: str | None = None, since: int | None = None, limit: int | None = None,
+                where: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
         """The entries that match every given filter, oldest first: ``since`` (an entry id) keeps those made
-        after it, ``limit`` the newest ``limit`` of them. ``wall_time`` is an ISO 8601 string here."""
+        after it, ``where(entry)`` those it accepts (a pattern: :func:`pipesim.live.stubs.matches`), ``limit``
+        the newest ``limit`` of them. ``wall_time`` is an ISO 8601 string here."""
         for e in self._entries:
             if e["message"] is None:  # a broadcast kept as text: parse it once, now that it is read
                 e["message"] = json.loads(e.pop("text"))
@@ -92,7 +94,8 @@ class Journal:
         found = [e for e in entries
                  if (session_id is None or e["session_id"] == session_id)
                  and (type is None or e["type"] == type)
-                 and (direction is None or e["direction"] == direction)]
+                 and (direction is None or e["direction"] == direction)
+                 and (where is None or where(e))]
         if limit is not None:
             found = found[-limit:] if limit > 0 else []
         return [{**e, "wall_time": datetime.fromtimestamp(e["wall_time"], UTC).isoformat()} for e in found]

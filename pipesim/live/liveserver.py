@@ -19,6 +19,7 @@ from pipesim.live.pacer import Pacer
 from pipesim.live.rtvi import RtviDialect
 from pipesim.live.server import BaseServer, log
 from pipesim.live.source import DEFAULT_TRACE_LIMIT, LiveModel
+from pipesim.live.stubs import Stubs
 from pipesim.model import Simulation
 from pipesim.protocol import ConversationControl, FaultInjection
 from pipesim.scenario import Scenario, as_scenario
@@ -55,15 +56,21 @@ class LiveServer(BaseServer):
         super().__init__(options, **server_options)
         #: Clients may control only the sessions they started on the same connection.
         self.owner_only = owner_only
-        self.scenario = as_scenario(scenario)
         #: The simulation and its pacer: the one owner of both (a reset goes through it).
-        self.model: LiveModel = LiveModel(self.scenario, seed=seed, speed=speed, trace_limit=trace_limit,
+        self.model: LiveModel = LiveModel(as_scenario(scenario), seed=seed, speed=speed, trace_limit=trace_limit,
                                forget_after=forget_after)
         self.model.subscribe(self._on_transition)
         self.model.on_reset(self._on_reset)
         self.timekeeper = PacerClock(lambda: self.model.pacer)
+        #: The stubs that answer clients' messages (the admin API's ``/stubs``; a reset removes them).
+        self.stubs = Stubs(self.hub, self.model)
         self._dialect_types = {**DIALECTS, RTVI_PATH: functools.partial(RtviDialect, bot_audio=bot_audio)}
         self._dialects: dict[str, Dialect] = {}  # each made by its first connection
+
+    @property
+    def scenario(self) -> Scenario:
+        """The scenario served (a reset may change it: read it here each time)."""
+        return self.model.scenario
 
     @property
     def sim(self) -> Simulation:

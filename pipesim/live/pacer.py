@@ -66,6 +66,8 @@ class Pacer:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: While paused nothing moves: the wall clock no longer drives simulated time.
         self.paused = False
+        # True while an event is stepped: what its callbacks apply (a stub's delayed answer) happens at its time.
+        self._stepping = False
 
     def now(self) -> float:
         """The simulated time the wall clock says it is (``env.now`` before the pacer started or while
@@ -140,7 +142,7 @@ class Pacer:
         return self._catch_up(self.batch)
 
     def _catch_up(self, limit: int | None) -> float:
-        if self.paused:
+        if self.paused or self._stepping:  # (stepping from inside a step would run later events first)
             return self.env.now
         target = self.now()
         if self._step_due(target, limit) == limit and self.env.peek() <= target:
@@ -263,13 +265,17 @@ class Pacer:
 
     def _step_due(self, target: float, limit: int | None) -> int:
         env, stepped = self.env, 0
-        while env.peek() <= target and (limit is None or stepped < limit):
-            try:
-                env.step()
-            except Exception:
-                # A failed model process is a pipesim bug; it must not take the server (and every
-                # other session) down with it. SimPy has already removed the event, so we can go on.
-                self.errors += 1
-                log.exception("a model process failed at t=%.3f; the live run goes on", env.now)
-            stepped += 1
+        self._stepping = True
+        try:
+            while env.peek() <= target and (limit is None or stepped < limit):
+                try:
+                    env.step()
+                except Exception:
+                    # A failed model process is a pipesim bug; it must not take the server (and every
+                    # other session) down with it. SimPy has already removed the event, so we can go on.
+                    self.errors += 1
+                    log.exception("a model process failed at t=%.3f; the live run goes on", env.now)
+                stepped += 1
+        finally:
+            self._stepping = False
         return stepped

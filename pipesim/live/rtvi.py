@@ -285,7 +285,12 @@ class RtviDialect:
             self._error(conn, id_, f"label must be {LABEL!r}, got {str(message.get('label'))[:80]!r}")
         elif not isinstance(type_, str):
             self._error(conn, id_, "message has no string type")
-        elif type_ == "client-ready":
+        elif conn.client is not None:
+            self.hub.inbound(conn.client, RTVI_PATH, conn.session_id, message,
+                             lambda: self._dispatch(conn, type_, id_, message))
+
+    def _dispatch(self, conn: RtviConnection, type_: str, id_: str | None, message: dict[str, Any]) -> None:
+        if type_ == "client-ready":
             self._on_client_ready(conn, id_)
         elif conn.session_id is None:
             self._error(conn, id_, f"{type_[:80]}: send client-ready first")

@@ -21,7 +21,8 @@ Admin API
 With ``admin_port`` (``pipesim serve`` by default: 8002), :mod:`pipesim.live.admin` serves
 ``http://127.0.0.1:PORT/__admin`` (always loopback) from the same event loop: sessions, the clock, faults,
 push, the journal (:attr:`BaseServer.journal`: every inbound frame with its result, every outbound
-message) and reset.
+message) with count and find by pattern, stubs that answer clients' messages (:mod:`pipesim.live.stubs`),
+recording start/stop, and reset (to another scenario, seed and speed if asked).
 
 TLS
 ---
@@ -163,6 +164,7 @@ from pipesim.protocol import (
 
 if TYPE_CHECKING:
     from pipesim.live.admin import AdminListener
+    from pipesim.live.stubs import Stubs
 
 __all__ = ["DEFAULT_TRACE_LIMIT", "MAX_FRAME_BYTES", "BaseServer"]  # (the live server: pipesim.live.liveserver)
 
@@ -184,6 +186,8 @@ class BaseServer:
     model: LiveModel | None = None
     #: What a replay plays (None: a live model).
     source: str | None = None
+    #: The stubs that answer clients' messages (a live model's; None: a replay).
+    stubs: Stubs | None = None
 
     def __init__(self, options: ServerOptions | None = None, /, **keywords: Any) -> None:
         #: Where it listens, who may connect, ...: ``options`` with ``keywords`` laid over them.
@@ -198,7 +202,6 @@ class BaseServer:
         self.record_path = Path(opts.record) if opts.record is not None else None
         self.close_timeout = opts.close_timeout
         self.static_dir = Path(opts.static_dir) if opts.static_dir is not None else STATIC_DIR
-        self.recorder: Recorder | None = None
         #: The process's garbage collector when this server's process owns it (``pipesim serve``): in /stats.
         self.collector: ServingCollector | None = None
         self._server: Server | None = None
@@ -255,6 +258,26 @@ class BaseServer:
     def running(self) -> bool:
         return self._server is not None and not self._stopping
 
+    @property
+    def recorder(self) -> Recorder | None:
+        """The recording being written (None: none)."""
+        return self.hub.recorder
+
+    def start_recording(self, path: str | Path) -> Recorder:
+        """Record every message broadcast from now on into ``path`` (``OSError`` when it cannot be written;
+        ``RuntimeError`` while a recording is being written)."""
+        if self.hub.recorder is not None:
+            raise RuntimeError(f"already recording into {self.hub.recorder.path}")
+        self.hub.recorder = Recorder(path, self._record_header())
+        return self.hub.recorder
+
+    def stop_recording(self) -> Recorder | None:
+        """Close the recording being written (None: there was none); it is then complete, for ``pipesim replay``."""
+        recorder, self.hub.recorder = self.hub.recorder, None
+        if recorder is not None:
+            recorder.close()
+        return recorder
+
     async def start(self) -> None:
         """Open the recording, listen (``port=0`` picks a free port, then in :attr:`port`) and start."""
         if self._server is not None:
@@ -264,7 +287,7 @@ class BaseServer:
         self._stopped = asyncio.Event()
         if self.record_path is not None:
             try:
-                self.recorder = self.hub.recorder = Recorder(self.record_path, self._record_header())
+                self.start_recording(self.record_path)
             except OSError as exc:
                 raise LiveError(f"cannot write the recording {self.record_path}: {exc.strerror}") from None
         token = self.access.token
@@ -272,8 +295,7 @@ class BaseServer:
             try:
                 self.admin.bind()  # before the WebSocket port: a busy admin port must not leave a half server
             except LiveError:
-                if self.recorder is not None:
-                    self.recorder.close()
+                self.stop_recording()
                 raise
         try:
             self._server = await serve(
@@ -283,8 +305,7 @@ class BaseServer:
                 # The library logs request lines and headers at DEBUG level: keep the token out of them.
                 logger=RedactingLogger(logging.getLogger("websockets.server"), token) if token else None)
         except OSError as exc:
-            if self.recorder is not None:
-                self.recorder.close()
+            self.stop_recording()
             if self.admin is not None:
                 await self.admin.stop()
             if isinstance(exc, socket.gaierror):  # its errno is getaddrinfo's, which os.strerror cannot name
@@ -320,8 +341,7 @@ class BaseServer:
                     await self._server.wait_closed()
             self.hub.cancel_tasks()
         finally:
-            if self.recorder is not None:
-                self.recorder.close()
+            self.stop_recording()
             assert self._stopped is not None
             self._stopped.set()
             log.info("stopped")

@@ -89,13 +89,19 @@ class LiveModel:
         if self._unsubscribe is not None:
             self._unsubscribe()
 
-    async def reset(self) -> None:
-        """A new model of the same scenario and seed at t = 0, paused and paced as the old one was."""
+    async def reset(self, scenario: Scenario | None = None, seed: int | None = None,
+                    speed: float | None = None) -> None:
+        """A new model at t = 0, paused as the old one was: of ``scenario`` (None: the same one), with ``seed``
+        (None: the same one, or the new scenario's own), at ``speed`` (None: the same)."""
         pacer = self.pacer
         await self.stop()
         old = self.sim
-        self.sim = self._new_model(old.seed)
-        self.pacer = Pacer(self.sim.env, pacer.speed, batch=pacer.batch)
+        if scenario is not None:
+            self.scenario = scenario  # (with its own seed, unless one is given)
+        elif seed is None:
+            seed = old.seed
+        self.sim = self._new_model(seed)
+        self.pacer = Pacer(self.sim.env, speed or pacer.speed, batch=pacer.batch)
         self.pacer.paused = pacer.paused
         for callback in self._resetting:
             callback(old)

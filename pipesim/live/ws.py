@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 
 from pipesim import _jsonsafe
-from pipesim.live.connection import Client
+from pipesim.live.connection import WS_PATH, Client
 from pipesim.live.hub import Hub
 from pipesim.protocol import MAX_MESSAGE_BYTES, ConversationControl, FaultInjection, ProtocolError, dumps, parse_message
 from pipesim.vocabulary import CLIENT_MESSAGE_TYPES
@@ -59,10 +59,18 @@ class WsDialect:
         except ProtocolError as exc:
             self.hub.error(client, "bad_message", str(exc))
             return
-        if isinstance(msg, ConversationControl):
-            self._on_control(client, msg)
-        elif isinstance(msg, FaultInjection):
-            self._on_fault(client, msg)
+        self.hub.inbound(client, WS_PATH, msg.session_id, msg.model_dump(mode="json", exclude_unset=True),
+                         lambda: self._apply(client, msg))
+
+    def _apply(self, client: Client, msg: ConversationControl | FaultInjection) -> None:
+        try:
+            if isinstance(msg, ConversationControl):
+                self._on_control(client, msg)
+            elif isinstance(msg, FaultInjection):
+                self._on_fault(client, msg)
+        except Exception as exc:  # a pipesim bug: say so to the client, keep everything else running
+            log.exception("handling %r failed", msg)
+            self.hub.error(client, "unsupported", f"internal error: {exc}")
 
     def disconnect_fault(self, client: Client, msg: FaultInjection, known: Callable[[str], bool]) -> None:
         """The ``disconnect`` fault: close (4000) the connections that watch ``msg.session_id`` by name (by its

@@ -98,7 +98,6 @@ class Operations:
         self._admin_ids = itertools.count(1)
         self.created_by_admin: set[str] = set()
         self._push_seq: dict[str, int] = {}  # next seq of sessions the model does not know
-        self._last_recording: Recorder | None = None  # what recording/stop closed
         # One clock-moving request at a time: a second step/advance/run-until/reset waits for the first.
         self._moving = asyncio.Lock()
         if server.model is not None:
@@ -392,14 +391,15 @@ class Operations:
 
     # Recording
     def recording(self) -> Recording:
-        rec = self.server.recorder or self._last_recording
+        rec = self.server.recorder
         if rec is None:
             return Recording(path=None, recording=False, messages=0, segments=0)
         return Recording(path=str(rec.path), recording=not rec.closed, messages=rec.count, segments=rec.segments)
 
     def start_recording(self, path: str) -> Recording:
-        if self.server.recorder is not None:
-            raise AdminError(409, "conflict", f"already recording into {self.server.recorder.path} "
+        rec = self.server.recorder
+        if rec is not None and not rec.closed:
+            raise AdminError(409, "conflict", f"already recording into {rec.path} "
                              "(POST /__admin/recording/stop first)")
         try:
             self.server.start_recording(path)
@@ -412,7 +412,6 @@ class Operations:
         recorder = self.server.stop_recording()
         if recorder is None:
             raise AdminError(409, "conflict", "not recording (POST /__admin/recording/start first)")
-        self._last_recording = recorder
         return self.recording()
 
     def _forget_admin(self, old: Any) -> None:

@@ -199,6 +199,7 @@ class BaseServer:
         self.access = Access.build(opts.host, opts.allow_origins, opts.allow_hosts, opts.token)
         #: WebSocket handshakes refused by :attr:`access`, since the start.
         self.refused = 0
+        self._last_recording: Recorder | None = None
         self.record_path = Path(opts.record) if opts.record is not None else None
         self.close_timeout = opts.close_timeout
         self.static_dir = Path(opts.static_dir) if opts.static_dir is not None else STATIC_DIR
@@ -260,8 +261,8 @@ class BaseServer:
 
     @property
     def recorder(self) -> Recorder | None:
-        """The recording being written (None: none)."""
-        return self.hub.recorder
+        """The recording being written, else the last one written (closed: complete); None: none yet."""
+        return self.hub.recorder or self._last_recording
 
     def start_recording(self, path: str | Path) -> Recorder:
         """Record every message broadcast from now on into ``path`` (``OSError`` when it cannot be written;
@@ -276,6 +277,7 @@ class BaseServer:
         recorder, self.hub.recorder = self.hub.recorder, None
         if recorder is not None:
             recorder.close()
+            self._last_recording = recorder
         return recorder
 
     async def start(self) -> None:

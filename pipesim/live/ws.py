@@ -69,7 +69,7 @@ class WsDialect:
             elif isinstance(msg, FaultInjection):
                 self._on_fault(client, msg)
         except Exception as exc:  # a pipesim bug: say so to the client, keep everything else running
-            log.exception("handling %r failed", msg)
+            log.exception("handling a frame from %s failed", client.name)
             self.hub.error(client, "unsupported", f"internal error: {exc}")
 
     def disconnect_fault(self, client: Client, msg: FaultInjection, known: Callable[[str], bool]) -> None:

@@ -540,6 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=200_000, help="keep only this many of the most recent events and service samples "
                                          "(and a sixteenth as many turns) in the server's trace, so that its "
                                          "memory stays bounded (0: keep everything)")
+    p.add_argument("--user-audio", choices=("scenario", "vad"), default="scenario",
+                   help="where an RTVI session's utterances come from: the scenario's draws (default), or vad: "
+                        "the client's microphone, each utterance starting and ending with the voice (WebRTC's "
+                        "voice activity detector, 300 ms hangover) and scored from its level and clipping")
 
     p = _command(sub, "replay", "serve a recorded or simulated trace over the same protocol")
     p.add_argument("file", help="a recording (serve --record), a trace.jsonl or a run --out folder")

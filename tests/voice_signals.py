@@ -1,5 +1,6 @@
 """Synthetic voices for the microphone tests: speech-like utterances (voiced syllables and short pauses) and
-silences, as 16-bit PCM with the truth (where each utterance starts and ends), and WAV files of them.
+silences, as 16-bit PCM with the truth (where each utterance starts and ends), and WAV files of them; and a
+scenario whose bot answers quickly (:func:`quick_bot`).
 
 A syllable is a harmonic voice (a fundamental of 100..220 Hz with a slow vibrato, harmonics up to 3.4 kHz
 falling as 1/k) under a flat envelope with 10 ms ramps: WebRTC's VAD calls it speech, as it calls a voice.
@@ -10,8 +11,11 @@ from __future__ import annotations
 import io
 import wave
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from pipesim.scenario import Scenario
 
 RATE = 16_000
 
@@ -81,3 +85,15 @@ def recording(rng: np.random.Generator, parts: list[tuple[str, list[float]]], le
         utterances.append((start, at))
     samples = np.clip(np.rint(np.concatenate(chunks)), -32768, 32767).astype("<i2")
     return Recording(samples, utterances)
+
+
+def quick_bot(**sessions: Any) -> Scenario:
+    """A scenario whose bot answers within a second (no background sessions, no drawn barge-ins): a turn is
+    over before the next utterance of a recording begins."""
+    return Scenario.model_validate({
+        "name": "microphone", "seed": 3,
+        "sessions": {"arrivals": {"kind": "at_once", "count": 0}, "end_of_utterance_delay_s": 0.1,
+                     "barge_in_probability": 0.0, **sessions},
+        "kafka": {"latency_s": 0.002},
+        "services": {"stt": {"latency_s": 0.1}, "llm": {"ttft_s": 0.1, "per_token_s": 0.005, "tokens": 6},
+                     "tts": {"ttfb_s": 0.1, "audio_s_per_token": 0.05}}})

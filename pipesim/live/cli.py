@@ -41,11 +41,12 @@ DEFAULT_ADMIN_PORT = 8002
 
 def serve(args: argparse.Namespace) -> int:
     """``pipesim serve [SCENARIO] [--host] [--port] [--speed] [--seed] [--record] [--owner-only]
-    [--allow-origin] [--allow-host] [--token] [--forget-after] [--trace-limit]``."""
+    [--allow-origin] [--allow-host] [--token] [--forget-after] [--trace-limit] [--user-audio]``."""
     scenario = load_scenario(args.scenario)
     server = LiveServer(scenario, host=args.host, port=args.port, speed=args.speed, seed=args.seed,
                         record=args.record, owner_only=args.owner_only, forget_after=args.forget_after,
-                        trace_limit=args.trace_limit or None, **_access(args), **_admin(args))
+                        trace_limit=args.trace_limit or None, user_audio=args.user_audio, **_access(args),
+                        **_admin(args))
     what = f"scenario {scenario.name} (seed {server.sim.seed})"
     return _run(server, what)
 

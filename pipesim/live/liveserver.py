@@ -33,7 +33,8 @@ class LiveServer(BaseServer):
     send buffer (bytes; None leaves the OS default); ``allow_origins``, ``allow_hosts`` and ``token`` who
     may connect (see "Who may connect" above); ``owner_only`` lets a connection control only the sessions
     it started. The scenario's own sessions (arrivals, scripted ones) run as they would offline; clients
-    add sessions with ``start``. ``port=0`` picks a free port.
+    add sessions with ``start``. ``user_audio="vad"``: an RTVI session's user speaks when the client's
+    microphone does (:mod:`pipesim.live.vad`), not on the scenario's draws. ``port=0`` picks a free port.
 
     >>> import asyncio
     >>> from pipesim.scenario import Scenario
@@ -54,7 +55,7 @@ class LiveServer(BaseServer):
                  allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = (), token: str | None = None,
                  owner_only: bool = False, admin_port: int | None = None, admin_token: str | None = None,
                  journal_size: int = DEFAULT_JOURNAL_SIZE, forget_after: float | None = 60.0,
-                 trace_limit: int | None = DEFAULT_TRACE_LIMIT) -> None:
+                 trace_limit: int | None = DEFAULT_TRACE_LIMIT, user_audio: str = "scenario") -> None:
         super().__init__(host=host, port=port, record=record, client_queue=client_queue,
                          close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
                          allow_origins=allow_origins, allow_hosts=allow_hosts, token=token,
@@ -64,7 +65,7 @@ class LiveServer(BaseServer):
         self.scenario = as_scenario(scenario)
         #: The simulation and its pacer: the one owner of both (a reset goes through it).
         self.model: LiveModel = LiveModel(self.scenario, seed=seed, speed=speed, trace_limit=trace_limit,
-                               forget_after=forget_after)
+                                          forget_after=forget_after, user_audio=user_audio)
         self.model.subscribe(self._on_transition)
         self.model.on_reset(self._on_reset)
         self.timekeeper = PacerClock(lambda: self.model.pacer)

@@ -12,8 +12,12 @@ const names = [
   "onBotOutput", "onMetrics", "onServerMessage", "onMessageError", "onError",
 ];
 const callbacks = Object.fromEntries(names.map((name) => [name, (data) => log(name, data)]));
-// The default media manager loads a script from a third-party host: WavMediaManager works offline.
-const transport = new WebSocketTransport({ mediaManager: new WavMediaManager() });
+// The default media manager loads a script from a third-party host: WavMediaManager works offline. It records
+// at the rate the transport labels its audio frames with (16 kHz; its own default, 24 kHz, would be mislabelled),
+// in chunks of 20 ms (640 bytes), as a real microphone streams.
+const MIC_RATE = 16000;
+const transport = new WebSocketTransport({ mediaManager: new WavMediaManager(640, MIC_RATE),
+                                           recorderSampleRate: MIC_RATE });
 const client = new PipecatClient({ transport, enableMic: true, enableCam: false, callbacks });
 
 window.rtvi = {

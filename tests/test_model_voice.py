@@ -109,6 +109,8 @@ def test_a_silent_microphone_scores_zero_and_the_turn_carries_it() -> None:
     sim.voice_ended("mic", 64_000, 0.0)
     until(sim, 2.1)
     assert sim.trace.events_frame().query("event == 'speech_ended'")["value"].tolist() == [2.0]
+    sim.voice_audio("mic", 0, 0.0)  # silence after the utterance: its audio stays buffered for STT
+    assert sim.manager.snapshot("mic", sim.env.now).buffer_size == 64_000
     until(sim, 60.0)
     turn = sim.trace.turns_frame().iloc[0]
     assert turn["audio_quality"] == 0.0 < sim.scenario.quality.poor_threshold

@@ -47,7 +47,8 @@ def serve(args: argparse.Namespace) -> int:
                         record=args.record, owner_only=args.owner_only, forget_after=args.forget_after,
                         trace_limit=args.trace_limit or None, user_audio=args.user_audio, **_access(args),
                         **_admin(args))
-    what = f"scenario {scenario.name} (seed {server.sim.seed})"
+    heard = "; RTVI users heard from their microphones" if args.user_audio == "vad" else ""
+    what = f"scenario {scenario.name} (seed {server.sim.seed}{heard})"
     return _run(server, what)
 
 

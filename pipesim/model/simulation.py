@@ -441,13 +441,17 @@ class Simulation:
         self.env.process(self._speak(s, s.epoch, s.heard))
 
     def voice_audio(self, session_id: str, audio_bytes: int, quality: float) -> None:
-        """Live: the running audio report of a ``voice`` session (``audio_bytes`` of its utterance buffered,
-        ``quality`` 0..1 of its audio), now; ignored while the session takes no audio (a turn in flight, paused,
-        stopped), as the state manager would refuse it."""
+        """Live: an audio report of a ``voice`` session, now: while it speaks, ``audio_bytes`` of its utterance
+        are buffered; between utterances (a muted microphone) only the ``quality`` 0..1 is news, and the
+        buffer stays as it is. Ignored while the session takes no audio (a turn in flight, paused, stopped),
+        as the state manager would refuse it."""
         s = self._session(session_id)
-        mgr = self.manager
-        if mgr.status(session_id) == ACTIVE and mgr.snapshot(session_id, self.env.now).state != PROCESSING:
-            mgr.audio(session_id, self.env.now, audio_bytes, quality)
+        mgr, now = self.manager, self.env.now
+        if mgr.status(session_id) != ACTIVE:
+            return
+        snap = mgr.snapshot(session_id, now)
+        if snap.state != PROCESSING:
+            mgr.audio(session_id, now, audio_bytes if s.heard is not None else snap.buffer_size, quality)
         if s.heard is not None:
             s.heard.audio_bytes, s.heard.quality = audio_bytes, quality
 

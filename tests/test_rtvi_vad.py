@@ -123,3 +123,14 @@ def test_send_text_is_refused_and_unreadable_audio_is_said_once() -> None:
     errors = [m["data"] for m in messages if m["type"] == "error"]
     assert errors == [{"error": "microphone audio cannot be heard: audio sample_rate must be 8000..384000 Hz, got 0;"
                                 " its audio is ignored from now on", "fatal": False}]
+
+
+@pytest.mark.pipesim(scenario="frontend_demo", user_audio="vad")
+def test_the_pytest_fixture_serves_microphones_when_asked(pipesim_server: Any) -> None:
+    bg = pipesim_server.background
+    assert bg.call(lambda: bg.server.model.user_audio) == "vad"
+
+
+def test_an_unknown_user_audio_is_one_line() -> None:
+    with pytest.raises(ValueError, match="^user_audio must be one of scenario, vad, got 'mic'$"):
+        LiveServer(quick_bot(), port=0, user_audio="mic")

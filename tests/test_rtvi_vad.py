@@ -134,3 +134,12 @@ def test_the_pytest_fixture_serves_microphones_when_asked(pipesim_server: Any) -
 def test_an_unknown_user_audio_is_one_line() -> None:
     with pytest.raises(ValueError, match="^user_audio must be one of scenario, vad, got 'mic'$"):
         LiveServer(quick_bot(), port=0, user_audio="mic")
+
+
+def test_a_microphone_still_streaming_for_a_forgotten_session_changes_nothing() -> None:
+    from pipesim.live.source import LiveModel
+    from pipesim.live.vad import Heard
+
+    model = LiveModel(quick_bot(), user_audio="vad")
+    heard = [Heard(kind, 1.0, 1.0, 3200, 0.9, -20.0, 0.0) for kind in ("started", "speaking", "ended", "muted")]
+    assert model.hear("rtvi-9", heard) == 0 and len(model.sim.trace.events_frame()) == 0

@@ -153,8 +153,11 @@ class LiveModel:
 
     def hear(self, session_id: str, heard: list[Heard]) -> int:
         """What the microphone of a voice session was heard saying (:mod:`pipesim.live.vad`), now; returns how
-        many utterances began unheard (while the bot prepared its reply: the model ignores the user then)."""
+        many utterances began unheard (while the bot prepared its reply: the model ignores the user then).
+        Nothing for a session the model no longer knows (forgotten)."""
         unheard = 0
+        if session_id not in self.sim.sessions:
+            return unheard
         with self.applying():
             for h in heard:
                 if h.kind == "started":

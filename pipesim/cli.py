@@ -504,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bot-audio", action="store_true",
                    help="send RTVI clients no bot audio (default: while the bot speaks, synthetic speech-like "
                         "24 kHz PCM, about 48 KB/s per speaking session)")
+    p.add_argument("--user-audio", choices=("scenario", "vad"), default="scenario",
+                   help="where an RTVI session's utterances come from: the scenario's draws (default), or vad: "
+                        "the client's microphone, each utterance starting and ending with the voice (WebRTC's "
+                        "voice activity detector, 300 ms hangover) and scored from its level and clipping")
 
     p = _command(sub, "replay", "serve a recorded or simulated trace over the same protocol")
     p.add_argument("file", help="a recording (serve --record), a trace.jsonl or a run --out folder")

@@ -15,6 +15,7 @@ Skipped when node/npm or Chromium is missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -23,13 +24,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 from conftest import CHROMIUM, CHROMIUM_ARGS, chromium_trusting, npm_modules, talking_scenario
 from test_rtvi import TURN, turns_in_order
+from voice_signals import quick_bot, recording
 from websockets.sync.client import connect
 
 from pipesim.live.bot_audio import FRAME_SAMPLES
 from pipesim.live.rtvi import RTVI_VERSION
+from pipesim.live.vad import HANGOVER_MS, START_MS
 
 HERE = Path(__file__).resolve().parent / "rtvi_e2e"
 #: A fake microphone, allowed without asking; the bot's audio plays without a click.
@@ -76,23 +80,23 @@ def site(node_modules: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture
-def page(site: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Any, Any, list[str]]]:
-    """The page, opened from a live server; parametrized with ``"tls"`` (indirect), over ``https://`` from a
-    server with the test session's certificate, in a Chromium that trusts it (a pin of its key)."""
+@contextlib.contextmanager
+def browser_page(site: Path, scenario: Any = SCENARIO, speed: float = 2.0, tls: Any = None,
+                 chromium_args: tuple[str, ...] = (), **server: Any) -> Iterator[tuple[Any, Any, list[str]]]:
+    """A live server serving ``site`` (over ``https://`` with ``tls``), and the page open in headless Chromium
+    (trusting ``tls``'s certificate, local requests only)."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: run `make browser` (scripts/install-browser.sh, as root)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (a dev dependency) is not installed")
     from pipesim.live import serve_in_background
 
-    tls = request.getfixturevalue("tls_files") if getattr(request, "param", None) == "tls" else None
-    bg = serve_in_background(SCENARIO, port=0, speed=2.0, static_dir=site, tls=tls)
+    bg = serve_in_background(scenario, port=0, speed=speed, static_dir=site, tls=tls, **server)
     problems: list[str] = []
     blocked: list[str] = []
     try:
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
-                *CHROMIUM_ARGS, *MEDIA_ARGS, *(chromium_trusting(tls) if tls is not None else [])])
+                *CHROMIUM_ARGS, *MEDIA_ARGS, *(chromium_trusting(tls) if tls is not None else []), *chromium_args])
             context = browser.new_context()
 
             def local_only(route: Any) -> None:
@@ -113,6 +117,15 @@ def page(site: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Any, Any,
         bg.stop()
     assert not problems, "\n".join(problems)
     assert not blocked, f"the page asked for non-local resources: {blocked}"
+
+
+@pytest.fixture
+def page(site: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Any, Any, list[str]]]:
+    """The page, opened from a live server; parametrized with ``"tls"`` (indirect), over ``https://`` from a
+    server with the test session's certificate, in a Chromium that trusts it (a pin of its key)."""
+    tls = request.getfixturevalue("tls_files") if getattr(request, "param", None) == "tls" else None
+    with browser_page(site, tls=tls) as opened:
+        yield opened
 
 
 def _events(pg: Any) -> list[dict[str, Any]]:
@@ -217,3 +230,36 @@ def test_the_real_client_plays_the_bots_audio_and_its_remote_level_follows_the_b
         assert speaking and max(speaking) > 0.1 and sum(speaking) / len(speaking) > 0.02, speaking
     silent = between(0, starts[0]) + between(stops[0] + 800, starts[1])
     assert len(silent) >= 10 and max(silent) < 0.01, silent
+
+
+def test_a_fake_microphone_playing_two_utterances_gives_two_turns_ending_with_its_silences(
+        site: Path, tmp_path: Path) -> None:
+    """``--user-audio vad``: Chromium's fake microphone plays a WAV (two utterances between silences, once), the
+    real client streams it, and each turn's speech ends one hangover after the WAV's voice stopped."""
+    rec = recording(np.random.default_rng(12), [("silence", [3.0]), ("speech", [0.3, 0.1, 0.35, 0.08, 0.4]),
+                                                ("silence", [2.5]), ("speech", [0.45, 0.1, 0.3, 0.12, 0.5, 0.1, 0.3]),
+                                                ("silence", [3.0])])
+    wav = tmp_path / "two-utterances.wav"
+    wav.write_bytes(rec.wav(rate=48_000))
+    microphone = (f"--use-file-for-fake-audio-capture={wav}%noloop",)
+    with browser_page(site, quick_bot(), 1.0, chromium_args=microphone, user_audio="vad") as (pg, bg, _problems):
+        pg.evaluate("(url) => { window.rtvi.connect(url); }", f"ws://127.0.0.1:{bg.port}/rtvi")
+        _wait_for(pg, "onUserStoppedSpeaking", count=2)
+        time.sleep(1.5)  # the rest of the WAV (silence): no third utterance
+        events = _events(pg)
+        turns = bg.call(lambda: bg.server.sim.trace.turns_frame())
+        conn = bg.call(lambda: bg.server.rtvi.connections["rtvi-1"])
+        assert bg.call(lambda: (conn.errors, conn.unheard)) == (0, 0)
+    assert [e["name"] for e in events].count("onUserStartedSpeaking") == 2
+    assert len(turns) == 2 and turns["outcome"].tolist() == ["complete", "complete"], turns
+    hangover, start = HANGOVER_MS / 1000, START_MS / 1000
+    # A 30 ms frame, the browser's 20 ms chunks, its audio pipeline, and both processes' scheduling on a loaded
+    # machine (the detector hears in audio time, the model applies it when the audio arrives): once 0.23 s.
+    slack = 0.25
+    (a1, _b1), (a2, _b2) = rec.utterances
+    origin = turns["speech_start"].iloc[0] - start - a1  # where the WAV began, on the simulated clock (speed 1)
+    for (_, ended), speech_end in zip(rec.utterances, turns["speech_end"], strict=True):
+        assert ended + hangover - slack <= speech_end - origin <= ended + hangover + slack, (
+            (turns[["speech_start", "speech_end"]] - origin).values.tolist(), rec.utterances)
+    assert turns["speech_start"].iloc[1] - origin == pytest.approx(a2 + start, abs=slack)
+    assert (turns["audio_quality"] > quick_bot().quality.poor_threshold).all()

@@ -41,12 +41,14 @@ from pipesim.scenario import load_scenario
 
 def serve(args: argparse.Namespace) -> int:
     """``pipesim serve [SCENARIO] [--host] [--port] [--speed] [--seed] [--record] [--owner-only]
-    [--allow-origin] [--allow-host] [--token] [--forget-after] [--trace-limit] [--no-bot-audio]``."""
+    [--allow-origin] [--allow-host] [--token] [--forget-after] [--trace-limit] [--no-bot-audio] [--user-audio]``."""
     scenario = load_scenario(args.scenario)
     server = LiveServer(scenario, speed=args.speed, seed=args.seed, owner_only=args.owner_only,
                         forget_after=args.forget_after, trace_limit=args.trace_limit or None,
-                        bot_audio=not args.no_bot_audio, options=ServerOptions.from_args(args))
-    what = f"scenario {scenario.name} (seed {server.sim.seed})"
+                        bot_audio=not args.no_bot_audio, user_audio=args.user_audio,
+                        options=ServerOptions.from_args(args))
+    heard = "; RTVI users heard from their microphones" if args.user_audio == "vad" else ""
+    what = f"scenario {scenario.name} (seed {server.sim.seed}{heard})"
     return _run(server, what)
 
 

@@ -36,6 +36,8 @@ class LiveServer(BaseServer):
     ``token``, ``admin_port``, ...) are the :class:`~pipesim.live.options.ServerOptions`, given as
     ``options`` or as keywords of the same names (``port=0`` picks a free port). The scenario's own
     sessions (arrivals, scripted ones) run as they would offline; clients add sessions with ``start``.
+    ``user_audio="vad"``: an RTVI session's user speaks when the client's microphone does
+    (:mod:`pipesim.live.vad`), not on the scenario's draws.
 
     >>> import asyncio
     >>> from pipesim.scenario import Scenario
@@ -51,14 +53,14 @@ class LiveServer(BaseServer):
 
     def __init__(self, scenario: Scenario | str | Path | dict[str, Any], *, seed: int | None = None,
                  speed: float = 1.0, owner_only: bool = False, forget_after: float | None = 60.0,
-                 trace_limit: int | None = DEFAULT_TRACE_LIMIT, bot_audio: bool = True,
+                 trace_limit: int | None = DEFAULT_TRACE_LIMIT, bot_audio: bool = True, user_audio: str = "scenario",
                  options: ServerOptions | None = None, **server_options: Any) -> None:
         super().__init__(options, **server_options)
         #: Clients may control only the sessions they started on the same connection.
         self.owner_only = owner_only
         #: The simulation and its pacer: the one owner of both (a reset goes through it).
         self.model: LiveModel = LiveModel(as_scenario(scenario), seed=seed, speed=speed, trace_limit=trace_limit,
-                               forget_after=forget_after)
+                                          forget_after=forget_after, user_audio=user_audio)
         self.model.subscribe(self._on_transition)
         self.model.on_reset(self._on_reset)
         self.timekeeper = PacerClock(lambda: self.model.pacer)

@@ -7,7 +7,10 @@ sends ``client-ready`` and stopped when the socket closes or the client sends ``
 
 The wire: binary frames of :mod:`pipesim.live.rtvi_codec`, each holding one JSON envelope
 ``{"label": "rtvi-ai", "type": ..., "id": ..., "data": ...}``. Microphone audio frames are counted
-(:attr:`RtviConnection.audio_frames`) and dropped: the simulated user speaks on the model's schedule.
+(:attr:`RtviConnection.audio_frames`) and dropped: the simulated user speaks on the model's schedule. With
+``user_audio="vad"`` (``pipesim serve --user-audio vad``) the microphone is heard instead: a
+:class:`~pipesim.live.vad.Detector` per session starts and ends each utterance where the voice does, with
+the quality its audio has; the rest of the turn is the model's (``send-text`` is then refused: the user speaks).
 
 * ``client-ready`` -> ``bot-ready`` with the same ``id`` and ``data.version`` :data:`RTVI_VERSION`
   (the version ``@pipecat-ai/client-js`` 1.13.1 speaks), ``data.about.session_id`` naming the session.
@@ -54,8 +57,9 @@ from pipesim.live.bot_audio import BotVoice
 from pipesim.live.connection import CLOSE_NORMAL, RTVI_PATH, Client
 from pipesim.live.hub import Hub
 from pipesim.live.rtvi_audio import BotAudio, Speech
-from pipesim.live.rtvi_codec import decode_frame, encode_message
+from pipesim.live.rtvi_codec import Decoded, decode_frame, encode_message
 from pipesim.live.source import LiveModel
+from pipesim.live.vad import Detector
 from pipesim.model import Simulation
 from pipesim.protocol import MAX_MESSAGE_BYTES, wire_messages
 from pipesim.state import Transition
@@ -161,9 +165,15 @@ class RtviConnection:
     #: forgotten, the closed socket (with its permessage-deflate state, some 60 KB) does not.
     client: _RtviClient | None
     session_id: str | None = None
-    #: Microphone audio frames (and their bytes) received and dropped.
+    #: Microphone audio frames (and their bytes) received.
     audio_frames: int = 0
     audio_bytes: int = 0
+    #: The microphone's voice activity (``user_audio="vad"``; None: the model's user speaks).
+    detector: Detector | None = None
+    #: Utterances the microphone began while the bot prepared its reply (the model ignores the user then).
+    unheard: int = 0
+    #: The client's audio could not be read (said once, then its audio is ignored).
+    deaf: bool = False
     #: ``error``/``error-response`` messages sent because of what the client sent.
     errors: int = 0
     opened: set[str] = field(default_factory=set)
@@ -273,6 +283,8 @@ class RtviDialect:
         if frame.kind == "audio":
             conn.audio_frames += 1
             conn.audio_bytes += frame.audio_bytes
+            if conn.detector is not None and conn.session_id is not None and not conn.gone and not conn.deaf:
+                self._hear(conn, frame)
             return
         message = frame.message
         if message is None:
@@ -325,9 +337,25 @@ class RtviDialect:
             "library": "pipesim", "library_version": pipesim_version, "session_id": sid}}, id_ or "")
         self.connections[sid] = conn
         try:  # as a seed ``conversation_control start``: the session starts now
-            self.model.control(sid, "start")
+            if self.model.user_audio == "vad":
+                conn.detector = Detector(report_every_s=sim.scenario.audio.metadata_interval_s)
+                self.model.add_session(sid, turns=None, audio_quality=None, start=True, voice=True)
+            else:
+                self.model.control(sid, "start")
         except (IllegalTransition, UnknownSession) as exc:
             self._error(conn, None, f"cannot create the session: {exc}")
+
+    def _hear(self, conn: RtviConnection, frame: Decoded) -> None:
+        """The microphone's audio, heard: its utterances start and end the session's user's (see the module)."""
+        assert conn.detector is not None and conn.session_id is not None
+        try:
+            heard = conn.detector.feed(frame.audio, frame.sample_rate, frame.num_channels)
+        except ValueError as exc:
+            conn.deaf = True
+            self._error(conn, None, f"microphone audio cannot be heard: {exc}; its audio is ignored from now on")
+            return
+        if heard:
+            conn.unheard += self.model.hear(conn.session_id, heard)
 
     def _on_send_text(self, conn: RtviConnection, id_: str | None, data: Any) -> None:
         content = data.get("content") if isinstance(data, dict) else None

@@ -40,13 +40,15 @@ _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    """One inbound frame: its ``kind`` and, for ``message``, the JSON object; for ``audio``, its size."""
+    """One inbound frame: its ``kind`` and, for ``message``, the JSON object; for ``audio``, its samples (16-bit
+    PCM, interleaved), their size, rate and channels."""
 
     kind: str
     message: dict[str, Any] | None = None
     audio_bytes: int = 0
     sample_rate: int = 0
     num_channels: int = 0
+    audio: bytes = b""
 
 
 def _varint(value: int) -> bytes:
@@ -171,10 +173,10 @@ def decode_frame(data: bytes) -> Decoded:
     if field == FRAME_AUDIO:
         audio = _fields(payload, "pipecat.AudioRawFrame")
         samples = audio.get(AUDIO_SAMPLES, b"")
+        samples = samples if isinstance(samples, bytes) else b""
         rate, channels = audio.get(AUDIO_SAMPLE_RATE, 0), audio.get(AUDIO_CHANNELS, 0)
-        return Decoded("audio", audio_bytes=len(samples) if isinstance(samples, bytes) else 0,
-                       sample_rate=rate if isinstance(rate, int) else 0,
-                       num_channels=channels if isinstance(channels, int) else 0)
+        return Decoded("audio", audio_bytes=len(samples), sample_rate=rate if isinstance(rate, int) else 0,
+                       num_channels=channels if isinstance(channels, int) else 0, audio=samples)
     if field != FRAME_MESSAGE:
         return Decoded(_KINDS[field])
     raw = _fields(payload, "pipecat.MessageFrame").get(MESSAGE_DATA, b"")

@@ -98,11 +98,12 @@ _CHANNEL_DESCRIPTION = """\
 Pipecat's RTVI (protocol 2.1.0), for `@pipecat-ai/client-js` with `@pipecat-ai/websocket-transport`.
 Every message is one **binary** WebSocket frame: a protobuf `pipecat.Frame` whose field 4 (`message`)
 holds a `MessageFrame` whose field 1 (`data`) is the JSON envelope below as a string. Microphone audio
-arrives as `Frame.audio` (field 2) and is dropped; the bot's audio goes out as `Frame.audio` while it speaks
-(`BotAudio`). One socket is one model session: `client-ready` creates it from the scenario's template
-(answered by `bot-ready` with the same `id`); closing the socket or `disconnect-bot` stops it. Transcripts,
-LLM text and the bot's voice are synthetic. The same access checks as `/ws` apply; the handshake declines
-permessage-deflate.
+arrives as `Frame.audio` (field 2, 16-bit PCM) and is dropped, unless the server hears it
+(`pipesim serve --user-audio vad`): then the user's utterances begin and end with the voice in it, and
+`send-text` is refused. The bot's audio goes out as `Frame.audio` while it speaks (`BotAudio`). One socket is
+one model session: `client-ready` creates it from the scenario's template (answered by `bot-ready` with the
+same `id`); closing the socket or `disconnect-bot` stops it. Transcripts, LLM text and the bot's voice are
+synthetic. The same access checks as `/ws` apply; the handshake declines permessage-deflate.
 """
 
 #: The bot's audio: no RTVI message, a frame of the transport (``Frame.audio``, field 2).

@@ -21,11 +21,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipesim.live.pacer import Pacer
+from pipesim.live.vad import Heard
 from pipesim.model import Simulation
 from pipesim.protocol import wire_messages
 from pipesim.scenario import Scenario
-from pipesim.state import Transition
+from pipesim.state import IllegalTransition, Transition
 
+#: Where the user's utterances come from: the scenario's draws, or (RTVI sessions) the client's microphone,
+#: heard by :mod:`pipesim.live.vad`.
+USER_AUDIO = ("scenario", "vad")
 #: Events (and service samples; a sixteenth as many turns) a live server's trace keeps by default: a ring, so
 #: that memory stays bounded however long it runs (~60 bytes an event in the trace).
 DEFAULT_TRACE_LIMIT = 200_000
@@ -35,13 +39,18 @@ class LiveModel:
     """The scenario's model stepped in real time (see the module's docstring).
 
     ``forget_after``: simulated seconds after which a stopped session is forgotten (None: never);
-    ``trace_limit``: the events the model's trace keeps (None: everything).
+    ``trace_limit``: the events the model's trace keeps (None: everything); ``user_audio``: where an RTVI
+    session's utterances come from (:data:`USER_AUDIO`).
     """
 
     def __init__(self, scenario: Scenario, *, seed: int | None = None, speed: float = 1.0,
-                 trace_limit: int | None = DEFAULT_TRACE_LIMIT, forget_after: float | None = 60.0) -> None:
+                 trace_limit: int | None = DEFAULT_TRACE_LIMIT, forget_after: float | None = 60.0,
+                 user_audio: str = "scenario") -> None:
         if forget_after is not None and not forget_after >= 0:
             raise ValueError(f"forget_after must be >= 0 or None, got {forget_after}")
+        if user_audio not in USER_AUDIO:
+            raise ValueError(f"user_audio must be one of {', '.join(USER_AUDIO)}, got {user_audio!r}")
+        self.user_audio = user_audio
         self.scenario = scenario
         self.trace_limit = trace_limit
         self.forget_after = forget_after
@@ -142,10 +151,31 @@ class LiveModel:
         with self.applying():
             self.sim.speak_now(session_id)
 
-    def add_session(self, session_id: str, *, turns: int | None, audio_quality: float | None, start: bool) -> None:
+    def add_session(self, session_id: str, *, turns: int | None, audio_quality: float | None, start: bool,
+                    voice: bool = False) -> None:
         """A session from the scenario's template, now (errors as :meth:`Simulation.add_session`)."""
         with self.applying():
-            self.sim.add_session(session_id, turns=turns, audio_quality=audio_quality, start=start)
+            self.sim.add_session(session_id, turns=turns, audio_quality=audio_quality, start=start, voice=voice)
+
+    def hear(self, session_id: str, heard: list[Heard]) -> int:
+        """What the microphone of a voice session was heard saying (:mod:`pipesim.live.vad`), now; returns how
+        many utterances began unheard (while the bot prepared its reply: the model ignores the user then).
+        Nothing for a session the model no longer knows (forgotten)."""
+        unheard = 0
+        if session_id not in self.sim.sessions:
+            return unheard
+        with self.applying():
+            for h in heard:
+                if h.kind == "started":
+                    try:
+                        self.sim.voice_started(session_id)
+                    except IllegalTransition:
+                        unheard += 1
+                elif h.kind == "ended":
+                    self.sim.voice_ended(session_id, h.audio_bytes, h.quality)
+                else:  # a running report, or a muted microphone
+                    self.sim.voice_audio(session_id, h.audio_bytes, h.quality)
+        return unheard
 
     def inject_fault(self, fault: str, service: str | None, duration_s: float) -> float:
         """A model fault from now for ``duration_s``; returns now (``ValueError`` for a bad one)."""

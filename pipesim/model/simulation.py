@@ -34,7 +34,7 @@ from pipesim.model.kafka import KafkaBroker
 from pipesim.model.streams import Streams
 from pipesim.scenario import MAX_UTTERANCE_S, AtOnce, Poisson, Ramp, Scenario, ScriptedSession
 from pipesim.state import IllegalTransition, PipelineStateManager, Transition, UnknownSession
-from pipesim.state.rules import ACTIVE, EXECUTING, STOPPED
+from pipesim.state.rules import ACTIVE, EXECUTING, PROCESSING, STOPPED
 from pipesim.trace import TURN_COLUMNS, Trace
 from pipesim.vocabulary import SERVICES
 
@@ -193,11 +193,22 @@ class _AudioReports:
             self.spoken.callbacks.clear()
 
 
+class _Heard:
+    """An utterance of a real voice (live: a microphone): it ends when the live side says so, not after a drawn
+    duration. ``ended`` is the event the user's process waits on; the audio it carried comes with it."""
+
+    __slots__ = ("ended", "audio_bytes", "quality")
+
+    def __init__(self, ended: simpy.Event) -> None:
+        self.ended, self.audio_bytes, self.quality = ended, 0, 0.0
+
+
 class _Session:
-    """The model's side of one session: its random streams, progress and the turn in flight."""
+    """The model's side of one session: its random streams, progress and the turn in flight. A *voice*
+    session's user is a real voice (:meth:`Simulation.voice_started`): it has no schedule of its own."""
 
     __slots__ = ("id", "script", "epoch", "turns_done", "repeats", "n_turns", "snr_db", "turn", "draw",
-                 "user_rng", "services_rng", "ended")
+                 "user_rng", "services_rng", "ended", "voice", "heard")
 
     def __init__(self, sim: Simulation, session_id: str, script: ScriptedSession | None) -> None:
         scn, streams = sim.scenario, sim.streams
@@ -205,6 +216,8 @@ class _Session:
         self.epoch, self.turns_done, self.repeats = 0, 0, 0
         self.turn: _Turn | None = None
         self.ended = False
+        self.voice = False
+        self.heard: _Heard | None = None  # a voice session's utterance in progress
         self.user_rng = streams.generator(session_id, "user")
         u, sv, q = scn.sessions, scn.services, scn.quality
         rngs = {name: streams.generator(session_id, name) for name in (*SERVICES, "kafka")}
@@ -328,7 +341,7 @@ class Simulation:
         now = self.env.now
         if action == "start":
             tr = self.manager.start(session_id, now)
-            if s.script is None:
+            if s.script is None and not s.voice:
                 s.epoch += 1
                 self.env.process(self._user(s, s.epoch, fresh=False))
             return tr
@@ -344,9 +357,12 @@ class Simulation:
         return self.manager.control(session_id, action, now)  # raises: unknown action
 
     def add_session(self, session_id: str, *, turns: int | None = None, audio_quality: float | None = None,
-                    start: bool = True) -> Transition:
+                    start: bool = True, voice: bool = False) -> Transition:
         """Create a session now from the scenario's session template (live mode), with ``turns`` user
         turns and a user whose typical ``audio_quality`` (0..1, exclusive) is given, where not None.
+        With ``voice``, its user is a real voice instead: it speaks when :meth:`voice_started` and
+        :meth:`voice_ended` say (a microphone), with the quality its audio had; the rest of each turn is the
+        model's.
 
         The template's draws happen as for any session (same streams), then the options replace them.
 
@@ -362,6 +378,7 @@ class Simulation:
             raise IllegalTransition(session_id, "lifecycle", "unknown", "create", f"the id is reserved: {reserved}")
         tr = self._spawn(session_id, start=False)
         s = self.sessions[session_id]
+        s.voice = voice
         if turns is not None:
             s.n_turns = turns
         if audio_quality is not None:
@@ -370,7 +387,8 @@ class Simulation:
             s.snr_db = q.midpoint_db + q.scale_db * math.log(audio_quality / (1.0 - audio_quality))
         if start:
             tr = self.manager.start(session_id, self.env.now)
-            self.env.process(self._user(s, s.epoch, fresh=True))
+            if not voice:
+                self.env.process(self._user(s, s.epoch, fresh=True))
         return tr
 
     def speak_now(self, session_id: str) -> None:
@@ -378,7 +396,8 @@ class Simulation:
 
         The user's own schedule (thinking, speaking) is replaced by one that starts with this utterance;
         while the bot speaks this is a barge-in. Raises :class:`~pipesim.state.IllegalTransition` (nothing
-        changed) when the session is not active or the bot has not started speaking its reply yet.
+        changed) when the session is not active, the bot has not started speaking its reply yet, or the
+        session's user is a real voice (``add_session(..., voice=True)``).
 
         >>> sim = Simulation(Scenario(), live=True)
         >>> _ = sim.control("abc", "start")
@@ -386,24 +405,65 @@ class Simulation:
         >>> sim.trace.events_frame()["event"].iloc[-1]
         'speech_started'
         """
-        s = self.sessions.get(session_id)
-        if s is None:
-            raise UnknownSession(session_id)
+        s = self._session(session_id)
+        if s.voice:
+            raise IllegalTransition(session_id, "pipeline", self.manager.snapshot(session_id, self.env.now).state,
+                                    "speech_started", "the session's user is a real voice: it speaks itself")
         if s.script is not None:
             self._scripted_speech(s, s.draw["utterance"]())
             return
-        if self.manager.status(session_id) != ACTIVE:
-            raise IllegalTransition(session_id, "lifecycle", self.manager.status(session_id), "speech_started",
-                                    "a paused or stopped session ignores the user")
-        snap = self.manager.snapshot(session_id, self.env.now)
-        if snap.state == "processing":
-            if snap.tts != EXECUTING:
-                raise IllegalTransition(session_id, "pipeline", "processing", "speech_started",
-                                        "the bot is still preparing its reply; speak once it talks")
-            self._barge_in(s)
+        self._interrupting(s, "the bot is still preparing its reply; speak once it talks")
         s.epoch += 1  # the user's pending think time or utterance is superseded by this one
         s.n_turns = max(s.n_turns, s.turns_done + 1)
         self.env.process(self._user(s, s.epoch, fresh=False))
+
+    def voice_started(self, session_id: str) -> None:
+        """Live: the real voice of a ``voice`` session (:meth:`add_session`) starts an utterance now; it lasts
+        until :meth:`voice_ended`. While the bot speaks this is a barge-in. Raises
+        :class:`~pipesim.state.IllegalTransition` (nothing changed) when the session is not active, the bot is
+        preparing its reply (it hears the user again once it talks), or the voice is already speaking.
+
+        >>> sim = Simulation(Scenario(), live=True)
+        >>> _ = sim.add_session("mic", voice=True)
+        >>> sim.voice_started("mic"); sim.env.run(until=1.5)
+        >>> sim.voice_audio("mic", 48_000, 0.9); sim.voice_ended("mic", 48_000, 0.9)
+        >>> sim.env.run(until=1.51)
+        >>> sim.trace.events_frame()[["t", "event", "value"]].tail(2).values.tolist()
+        [[1.5, 'audio', nan], [1.5, 'speech_ended', 1.5]]
+        """
+        s = self._session(session_id)
+        if not s.voice:
+            raise ValueError(f"session {session_id!r} has no real voice (add_session(..., voice=True))")
+        if s.heard is not None:
+            raise IllegalTransition(session_id, "pipeline", "listening", "speech_started", "the voice is speaking")
+        self._interrupting(s, "the bot is still preparing its reply; the user is heard once it talks")
+        s.heard = _Heard(self.env.event())
+        self.env.process(self._speak(s, s.epoch, s.heard))
+
+    def voice_audio(self, session_id: str, audio_bytes: int, quality: float) -> None:
+        """Live: an audio report of a ``voice`` session, now: while it speaks, ``audio_bytes`` of its utterance
+        are buffered; between utterances (a muted microphone) only the ``quality`` 0..1 is news, and the
+        buffer stays as it is. Ignored while the session takes no audio (a turn in flight, paused, stopped),
+        as the state manager would refuse it."""
+        s = self._session(session_id)
+        mgr, now = self.manager, self.env.now
+        if mgr.status(session_id) != ACTIVE:
+            return
+        snap = mgr.snapshot(session_id, now)
+        if snap.state != PROCESSING:
+            mgr.audio(session_id, now, audio_bytes if s.heard is not None else snap.buffer_size, quality)
+        if s.heard is not None:
+            s.heard.audio_bytes, s.heard.quality = audio_bytes, quality
+
+    def voice_ended(self, session_id: str, audio_bytes: int, quality: float) -> None:
+        """Live: the utterance of a ``voice`` session ended now, with ``audio_bytes`` of audio of ``quality``;
+        the turn follows as any other (end-of-utterance delay, STT, LLM, TTS). Nothing when no utterance was
+        heard starting (it began while the bot prepared its reply, or a pause cut it)."""
+        s = self._session(session_id)
+        heard, s.heard = s.heard, None
+        if heard is not None:
+            heard.audio_bytes, heard.quality = audio_bytes, quality
+            heard.ended.succeed()
 
     def forget(self, session_id: str) -> None:
         """Drop everything kept about a stopped session (long live runs keep their memory bounded).
@@ -449,6 +509,12 @@ class Simulation:
         if session_id.startswith(prefix) and len(digits) >= 5 and digits.isdigit():
             return f"the scenario names its own sessions {prefix}NNNNN"
         return None
+
+    def _session(self, session_id: str) -> _Session:
+        s = self.sessions.get(session_id)
+        if s is None:
+            raise UnknownSession(session_id)
+        return s
 
     def _session_id(self, i: int) -> str:
         return f"{self.scenario.sessions.id_prefix}-{i + 1:05d}"
@@ -555,17 +621,26 @@ class Simulation:
                 return
         self._finish(s)
 
-    def _speak(self, s: _Session, epoch: int, duration: float) -> Generator[simpy.Event, Any, _Turn | None]:
+    def _speak(self, s: _Session, epoch: int,
+               duration: float | _Heard) -> Generator[simpy.Event, Any, _Turn | None]:
         """The user speaks for ``duration`` s: the buffer grows chunk by chunk and the running quality is
         reported every ``metadata_interval_s`` (closed form: one event per report, not per chunk). After the
         end-of-utterance delay the turn is handed to the pipeline. Returns the turn, or None if cancelled.
 
         An utterance lasts at least one chunk (so that no turn takes zero time) and at most
-        ``MAX_UTTERANCE_S`` (a longer draw is cut there)."""
+        ``MAX_UTTERANCE_S`` (a longer draw is cut there). A real voice's utterance (``_Heard``) lasts until
+        the live side ends it, and its audio is what the live side heard."""
         env, mgr, sid = self.env, self.manager, s.id
         if s.epoch != epoch:  # paused or stopped before the process that speaks took its first step
             return None
         t0 = env._now
+        if isinstance(duration, _Heard):
+            upcoming_turn = mgr.speech_started(sid, t0).turn_id + 1
+            yield duration.ended
+            if s.epoch != epoch:
+                return None
+            return (yield from self._spoken(s, epoch, t0, env._now - t0, duration.quality, duration.audio_bytes,
+                                            upcoming_turn))
         duration = min(max(duration, self._chunk_s), MAX_UTTERANCE_S)
         upcoming_turn = mgr.speech_started(sid, t0).turn_id + 1  # the turn this speech becomes
         n_chunks = max(1, math.ceil(duration / self._chunk_s - 1e-9))
@@ -603,8 +678,15 @@ class Simulation:
             yield env.timeout(t0 + duration - env._now)
         if s.epoch != epoch:
             return None
-        quality = _running_quality(running, n_chunks)
-        mgr.audio(sid, env._now, n_chunks * self._chunk_bytes, quality)
+        return (yield from self._spoken(s, epoch, t0, duration, _running_quality(running, n_chunks),
+                                        n_chunks * self._chunk_bytes, upcoming_turn))
+
+    def _spoken(self, s: _Session, epoch: int, t0: float, duration: float, quality: float, audio_bytes: int,
+                upcoming_turn: int) -> Generator[simpy.Event, Any, _Turn | None]:
+        """The utterance that began at ``t0`` and lasted ``duration`` s ended now: its last audio report, then
+        after the end-of-utterance delay the turn is handed to the pipeline (see :meth:`_speak`)."""
+        env, mgr, sid = self.env, self.manager, s.id
+        mgr.audio(sid, env._now, audio_bytes, quality)
         speech_end = env._now
         self.trace.model_event(speech_end, sid, upcoming_turn, "speech_ended", value=duration)
         yield env.timeout(s.draw["eou"]())
@@ -617,7 +699,7 @@ class Simulation:
         turn.rec[_TURN_INDEX["utterance_ended"]] = env._now
         turn.rec[_TURN_INDEX["utterance_duration"]] = duration
         turn.rec[_TURN_INDEX["audio_quality"]] = quality
-        turn.rec[_TURN_INDEX["audio_bytes"]] = n_chunks * self._chunk_bytes
+        turn.rec[_TURN_INDEX["audio_bytes"]] = audio_bytes
         turn.rec[_TURN_INDEX["end_of_utterance_delay"]] = env._now - speech_end
         env.process(self._pipeline(s, turn))
         return turn
@@ -647,17 +729,20 @@ class Simulation:
             except (IllegalTransition, UnknownSession) as exc:
                 self.trace.model_event(env.now, s.id, -1, "script_step_ignored", detail=str(exc))
 
-    def _scripted_speech(self, s: _Session, duration: float) -> None:
+    def _interrupting(self, s: _Session, too_early: str) -> None:
+        """The user starts speaking now, outside their own schedule: a barge-in while the bot speaks. Raises
+        :class:`~pipesim.state.IllegalTransition` (``too_early`` says why) while the bot prepares its reply."""
         if self.manager.status(s.id) != ACTIVE:
             raise IllegalTransition(s.id, "lifecycle", self.manager.status(s.id), "speech_started",
                                     "a paused or stopped session ignores the user")
         snap = self.manager.snapshot(s.id, self.env.now)
-        if snap.state == "processing":
+        if snap.state == PROCESSING:
             if snap.tts != EXECUTING:
-                raise IllegalTransition(s.id, "pipeline", "processing", "speech_started",
-                                        "the user spoke before the bot did; script it after the reply")
+                raise IllegalTransition(s.id, "pipeline", PROCESSING, "speech_started", too_early)
             self._barge_in(s)
 
+    def _scripted_speech(self, s: _Session, duration: float) -> None:
+        self._interrupting(s, "the user spoke before the bot did; script it after the reply")
         epoch = s.epoch  # now: a control between this step and the process's first ends the speech
 
         def speech() -> Generator[simpy.Event, Any, None]:
@@ -900,7 +985,7 @@ class Simulation:
         self.trace.model_event(first_audio, s.id, turn.turn_id, "first_audio", "tts", first_audio - start)
         playback_end = first_audio + audio_s
         barge_at = math.inf
-        if s.script is None and s.user_rng.random() < sessions.barge_in_probability:
+        if s.script is None and not s.voice and s.user_rng.random() < sessions.barge_in_probability:
             barge_at = first_audio + s.draw["barge_after"]()
         if barge_at < playback_end:
             yield env.timeout(barge_at - env._now)
@@ -984,6 +1069,9 @@ class Simulation:
         self._close_turn(s.turn, outcome)
         s.turn = None
         s.epoch += 1
+        if s.heard is not None:  # the voice's utterance is cut: nobody waits for its end any more
+            s.heard.ended.callbacks.clear()
+            s.heard = None
 
     def __repr__(self) -> str:
         status = self.manager.status

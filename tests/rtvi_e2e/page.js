@@ -41,7 +41,11 @@ class LevelledWavMediaManager extends WavMediaManager {
     return super.bufferBotAudio(data, id);
   }
 }
-const transport = new WebSocketTransport({ mediaManager: new LevelledWavMediaManager() });
+// It records at the rate the transport labels its audio frames with (16 kHz; WavMediaManager's own default, 24 kHz,
+// would be mislabelled), in chunks of 20 ms (640 bytes), as a real microphone streams.
+const MIC_RATE = 16000;
+const transport = new WebSocketTransport({ mediaManager: new LevelledWavMediaManager(640, MIC_RATE),
+                                           recorderSampleRate: MIC_RATE });
 const client = new PipecatClient({ transport, enableMic: true, enableCam: false, callbacks });
 
 window.rtvi = {

@@ -59,7 +59,12 @@ HERE = Path(__file__).resolve().parent
 SCENARIO = HERE / "live_bench.yaml"
 OUT = Path("out/bench")
 TICKS = os.sysconf("SC_CLK_TCK")
-TARGETS = {"cpu_ratio": 3.0, "p99_ms": 50.0, "lag_p99_ms": 10.0}
+TARGETS = {"cpu_ratio": 3.0, "p99_ms": 50.0, "lag_p99_ms": 10.0, "fanout_cpu_ratio": 1.5}
+#: The fan-out's scenario (``--fanout``): sessions that talk from the first second to the last.
+FANOUT_SCENARIO = HERE / "fanout_bench.yaml"
+#: The fan-out's speed is ``--fanout-speed`` up to this many watchers, then less in proportion, so that the
+#: messages delivered in all stay at what this speed gives that many watchers.
+FANOUT_FULL_SPEED_WATCHERS = 5
 
 
 # The server and its numbers ----------------------------------------------------------------------------
@@ -79,11 +84,11 @@ def rss_mb(pid: int) -> float:
 class Serve:
     """``pipesim serve`` in a subprocess on a free port."""
 
-    def __init__(self, speed: float, extra: list[str] = ()) -> None:
+    def __init__(self, speed: float, extra: list[str] = (), scenario: str | Path = SCENARIO) -> None:
         # Its log goes to a file: a pipe nobody reads would fill up and stall the server mid-run.
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by stop())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipesim", "serve", str(SCENARIO), "--port", "0", "--speed", f"{speed:g}",
+            [sys.executable, "-m", "pipesim", "serve", str(scenario), "--port", "0", "--speed", f"{speed:g}",
              *extra], stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         try:
@@ -114,7 +119,7 @@ class Serve:
 
 
 # The bare server -----------------------------------------------------------------------------------------
-def _bare_process(port: Any, size: int, session_rate: float) -> None:
+def _bare_process(port: Any, size: int, session_rate: float, broadcast_rate: float) -> None:
     # One real-looking message padded to the size pipesim's averaged, encoded once.
     payload = json.dumps({"type": "pipeline_state_update", "pad": ""})
     payload = payload.replace('""', '"' + "x" * max(0, size - len(payload)) + '"')
@@ -139,28 +144,39 @@ def _bare_process(port: Any, size: int, session_rate: float) -> None:
                 # dashboard, spread over time in 1 ms ticks rather than in bursts.
                 await asyncio.sleep(0.001)
                 now = loop.time()
+                # (The fan-out: no session clients, ``broadcast_rate`` messages a second to every dashboard.)
                 clients = list(groups["s"])
-                credit += session_rate * len(clients) * (now - last)
+                credit += (session_rate * len(clients) + broadcast_rate * bool(groups["d"])) * (now - last)
                 last = now
-                while credit >= 1 and clients:
+                while credit >= 1 and (clients or groups["d"]):
                     credit -= 1
-                    turn = (turn + 1) % len(clients)
-                    broadcast([clients[turn], *groups["d"]], payload)
+                    if clients:
+                        turn = (turn + 1) % len(clients)
+                        broadcast([clients[turn], *groups["d"]], payload)
+                    else:
+                        broadcast(groups["d"], payload)
 
     asyncio.run(main())
 
 
+#: A clock for the bare server's clients that makes them read each message as JSON, as pipesim's do (its
+#: messages name no session, so nothing else is done with them).
+PARSING = {"origin_monotonic": 0.0, "origin_sim": 0.0, "speed": 1.0}
+
+
 def run_bare(sessions: int, dashboards: int, seconds: float, warmup: float, workers: int, size: int,
-             session_rate: float) -> dict[str, Any]:
+             session_rate: float, broadcast_rate: float = 0.0, dashboard_workers: int | None = None,
+             parse: bool = False) -> dict[str, Any]:
     ctx = mp.get_context("fork")
     port = ctx.Value("i", 0)
-    proc = ctx.Process(target=_bare_process, args=(port, size, session_rate), daemon=True)
+    proc = ctx.Process(target=_bare_process, args=(port, size, session_rate, broadcast_rate), daemon=True)
     proc.start()
     while not port.value:
         time.sleep(0.05)
     try:
-        out = run_clients(f"ws://127.0.0.1:{port.value}/ws", sessions, dashboards, seconds, warmup, workers, None,
-                          on_window=lambda: cpu_seconds(proc.pid))
+        out = run_clients(f"ws://127.0.0.1:{port.value}/ws", sessions, dashboards, seconds, warmup, workers,
+                          PARSING if parse else None,
+                          on_window=lambda: cpu_seconds(proc.pid), dashboard_workers=dashboard_workers)
     finally:
         proc.kill()
         proc.join()
@@ -173,8 +189,9 @@ def run_bare(sessions: int, dashboards: int, seconds: float, warmup: float, work
 
 # One size ------------------------------------------------------------------------------------------------
 def run_pipesim(sessions: int, speed: float, dashboards: int, seconds: float, warmup: float,
-                workers: int, profile: Path | None = None) -> dict[str, Any]:
-    server = Serve(speed)
+                workers: int, profile: Path | None = None, scenario: str | Path = SCENARIO,
+                dashboard_workers: int | None = None) -> dict[str, Any]:
+    server = Serve(speed, scenario=scenario)
     spy = None
     try:
         def on_window() -> dict[str, Any]:
@@ -187,7 +204,8 @@ def run_pipesim(sessions: int, speed: float, dashboards: int, seconds: float, wa
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             return point
 
-        out = run_load(server.url, sessions, dashboards, seconds, warmup, workers, on_window=on_window)
+        out = run_load(server.url, sessions, dashboards, seconds, warmup, workers, on_window=on_window,
+                       dashboard_workers=dashboard_workers)
     finally:
         if spy is not None:
             spy.wait(60)
@@ -226,6 +244,49 @@ def row(r: dict[str, Any]) -> str:
             f"{p['settle_s']:>6.1f} {p['lag_max_before_ms']:>7.0f}  "
             f"{'ok' if r['ok'] else 'MISSED ' + ','.join(k for k, v in r['targets_met'].items() if not v)}")
 
+
+# The fan-out -----------------------------------------------------------------------------------------------
+def fanout(watchers: int, speed: float, seconds: float, warmup: float, workers: int,
+           profile: Path | None = None) -> dict[str, Any]:
+    """``pipesim serve baseline`` with ``watchers`` clients each watching every session, then the bare server
+    broadcasting a message of the same mean size to as many clients at the rate each pipesim client got."""
+    speed *= min(1.0, FANOUT_FULL_SPEED_WATCHERS / watchers)
+    spread = max(1, min(workers, watchers))
+    live = run_pipesim(0, speed, watchers, seconds, warmup, workers, profile, scenario=FANOUT_SCENARIO,
+                       dashboard_workers=spread)
+    bare = run_bare(0, watchers, seconds, min(warmup, 2.0), workers, round(live["mean_bytes"]), 0.0,
+                    live["msgs_per_s"] / watchers, dashboard_workers=spread, parse=True)
+    # The same server with nobody watching: the model, the encoder and the journal (same seed, same messages).
+    alone = Serve(speed, scenario=FANOUT_SCENARIO)
+    try:
+        time.sleep(warmup)
+        start = cpu_seconds(alone.pid)
+        time.sleep(seconds)
+        end = cpu_seconds(alone.pid)
+    finally:
+        alone.stop()
+    model_us = 1e6 * (sum(end) - sum(start)) / seconds / max(live["msgs_per_s"], 1e-9)
+    ratio = live["cpu_per_msg_us"] / max(bare["cpu_per_msg_us"], 1e-9)
+    lost = live["lost"] + live["slow"] + live["server_slow_disconnects"] + bare["slow"]
+    return {"watchers": watchers, "speed": speed, "pipesim": live, "bare": bare, "cpu_ratio": ratio,
+            "model_us_per_msg": model_us,
+            "fanout_ratio": (live["cpu_per_msg_us"] - model_us) / max(bare["cpu_per_msg_us"], 1e-9),
+            "ok": ratio <= TARGETS["fanout_cpu_ratio"] and lost == 0}
+
+
+def fanout_row(r: dict[str, Any]) -> str:
+    p, b = r["pipesim"], r["bare"]
+    return (f"{r['watchers']:>8} {r['speed']:>6g} {p['msgs_per_s']:>9.0f} {b['msgs_per_s']:>9.0f} "
+            f"{p['mean_bytes']:>6.0f} {p['cpu_per_msg_us']:>8.2f} {b['cpu_per_msg_us']:>8.2f} {r['cpu_ratio']:>6.2f} "
+            f"{r['model_us_per_msg']:>8.2f} {r['fanout_ratio']:>6.2f} {p['lost']:>5} "
+            f"{p['slow'] + p['server_slow_disconnects']:>5} {p['p99_ms']:>7.1f} {p['lag_p99_ms']:>7.1f} "
+            f"{p['settle_s']:>6.1f}  "
+            f"{'ok' if r['ok'] else 'MISSED'}")
+
+
+FANOUT_HEADER = (f"{'watchers':>8} {'speed':>6} {'msg/s':>9} {'bare/s':>9} {'bytes':>6} {'us/msg':>8} {'bare us':>8} "
+                 f"{'ratio':>6} {'model us':>8} {'hub':>6} {'lost':>5} {'slow':>5} {'p99 ms':>7} {'lag99':>7} "
+                 f"{'settle':>6}")
 
 HEADER = (f"{'N':>6} {'speed':>6} {'msg/s':>9} {'bare/s':>9} {'bytes':>6} {'lost':>5} {'slow':>5} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'lag99':>7} {'us/msg':>8} {'bare us':>8} {'ratio':>6} {'settle':>6} "
@@ -335,6 +396,10 @@ def main() -> None:
     parser.add_argument("--max-speed", type=float, default=64.0)
     parser.add_argument("--profile", type=Path, help="py-spy profile of the server at the largest size: a flame "
                         "graph (.svg) or collapsed stacks (.txt)")
+    parser.add_argument("--fanout", type=int, nargs="+", metavar="W",
+                        help="the fan-out instead: W clients watching every session, e.g. 1 50 200")
+    parser.add_argument("--fanout-speed", type=float, default=10.0,
+                        help=f"the fan-out's --speed up to {FANOUT_FULL_SPEED_WATCHERS} watchers (then in proportion)")
     parser.add_argument("--soak", action="store_true", help="the memory soak instead")
     parser.add_argument("--soak-speed", type=float, default=60.0)
     parser.add_argument("--soak-minutes", type=float, default=40.0, help="simulated minutes")
@@ -357,6 +422,16 @@ def main() -> None:
                   f"{r['slope_mb_per_sim_hour']:>9.2f}")
         soaked = {"benchmark": "live_soak", "machine": info, "runs": runs}
         (OUT / "live_soak.json").write_text(json.dumps(soaked, indent=1))
+        return
+    if args.fanout:
+        print(FANOUT_HEADER, flush=True)
+        fanned = []
+        for w in args.fanout:
+            profile = args.profile if w == max(args.fanout) else None
+            fanned.append(fanout(w, args.fanout_speed, args.seconds, args.warmup, args.workers, profile))
+            print(fanout_row(fanned[-1]), flush=True)
+        (OUT / "live_fanout.json").write_text(json.dumps({"benchmark": "live_fanout", "machine": info,
+                                                          "targets": TARGETS, "results": fanned}, indent=1))
         return
     if args.quick:
         args.sizes, args.seconds, args.warmup, args.workers, args.dashboards, args.no_ramp = [10], 3.0, 1.5, 1, 1, True

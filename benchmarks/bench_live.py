@@ -17,16 +17,35 @@ delivered message (``/proc/PID/stat``) and its ratio to the bare server's.
 
 Targets (``--speed 1``, 100 and 1,000 sessions): CPU/msg at most 3x bare, p99 latency < 50 ms, pacer lag
 p99 < 10 ms, 0 lost. ``--ramp`` then doubles the speed at the largest size until a target breaks.
-``--soak`` instead runs the memory soak (see :func:`soak`). ``--quick`` (CI): 10 sessions, a few seconds,
-asserts that messages flowed and none was lost, nothing about speed.
+``--soak`` instead runs the memory soak (see :func:`soak`).
+
+``--fanout W ...`` instead measures the fan-out: W clients (over ``--workers`` processes) each watching every
+session (plain ``/ws``), of ``pipesim serve benchmarks/fanout_bench.yaml`` (100 sessions that talk from the
+first second: ``baseline``'s arrivals take 25 simulated seconds to reach their steady number, longer than a
+run at low speed); then the bare server ``websockets.broadcast()``-ing a pre-encoded message of pipesim's mean
+size to W clients at the rate each pipesim client received, its clients reading each message as JSON as
+pipesim's do (both sides negotiate the library's default permessage-deflate: the clients are the same code);
+then the same server with nobody watching, whose CPU (the model, the encoder, the journal: everything but
+the delivery) is printed per delivered message (``model us``) and taken out of pipesim's in ``hub`` (what
+the rest costs, as a multiple of bare). The speed is 10 up to 5 watchers (about 1,600 messages a second to
+each) and 50/W beyond, so that about 8,000 messages a second are delivered in all: ``serve baseline --speed
+10`` asks for 100,000 a second at 50 watchers, more than this 2-core machine's server and clients can
+deliver; the server then falls a second behind and writes several messages per system call, which is
+cheaper per message than bare and no longer the fan-out one means to measure (``--fanout-scenario
+baseline --fanout-speed 10`` runs it all the same). Target: CPU per delivered message at most 1.5x bare.
+
+``--quick`` (CI): 10 sessions, a few seconds, asserts that messages flowed and none was lost, nothing about
+speed (the fan-out, three servers and a bare one, takes about 20 s more: not in it).
 
     .venv/bin/python benchmarks/bench_live.py                 # 100 and 1,000 sessions, then the ramp
     .venv/bin/python benchmarks/bench_live.py --sizes 1000 --no-ramp
     .venv/bin/python benchmarks/bench_live.py --soak          # RSS over >= 30 min of simulated time
     .venv/bin/python benchmarks/bench_live.py --soak --soak-dialect rtvi   # the same, churning /rtvi
+    .venv/bin/python benchmarks/bench_live.py --fanout 1 50 200   # W clients watching everything
     .venv/bin/python benchmarks/bench_live.py --quick
 
-Writes ``out/bench/live.json`` (``live_soak.json`` for ``--soak``) and prints a table.
+Writes ``out/bench/live.json`` (``live_soak.json`` for ``--soak``, ``live_fanout.json`` for ``--fanout``)
+and prints a table.
 """
 
 from __future__ import annotations
@@ -62,8 +81,10 @@ TICKS = os.sysconf("SC_CLK_TCK")
 TARGETS = {"cpu_ratio": 3.0, "p99_ms": 50.0, "lag_p99_ms": 10.0, "fanout_cpu_ratio": 1.5}
 #: The fan-out's scenario (``--fanout``): sessions that talk from the first second to the last.
 FANOUT_SCENARIO = HERE / "fanout_bench.yaml"
-#: The fan-out's speed is ``--fanout-speed`` up to this many watchers, then less in proportion, so that the
-#: messages delivered in all stay at what this speed gives that many watchers.
+#: Unless ``--fanout-speed`` is given, the fan-out runs at this speed up to ``FANOUT_FULL_SPEED_WATCHERS``
+#: watchers and slower beyond, in proportion, so that the messages delivered in all stay at what it gives
+#: that many (about 8,000 a second, which the server and its clients sustain side by side on 2 cores).
+FANOUT_SPEED = 10.0
 FANOUT_FULL_SPEED_WATCHERS = 5
 
 
@@ -246,18 +267,20 @@ def row(r: dict[str, Any]) -> str:
 
 
 # The fan-out -----------------------------------------------------------------------------------------------
-def fanout(watchers: int, speed: float, seconds: float, warmup: float, workers: int,
-           profile: Path | None = None) -> dict[str, Any]:
-    """``pipesim serve baseline`` with ``watchers`` clients each watching every session, then the bare server
-    broadcasting a message of the same mean size to as many clients at the rate each pipesim client got."""
-    speed *= min(1.0, FANOUT_FULL_SPEED_WATCHERS / watchers)
+def fanout(watchers: int, speed: float | None, seconds: float, warmup: float, workers: int,
+           profile: Path | None = None, scenario: str | Path = FANOUT_SCENARIO) -> dict[str, Any]:
+    """``pipesim serve`` with ``watchers`` clients each watching every session, then the bare server
+    broadcasting a message of the same mean size to as many clients at the rate each pipesim client got, then
+    the server again with nobody watching. ``speed`` None: see :data:`FANOUT_SPEED`."""
+    if speed is None:
+        speed = FANOUT_SPEED * min(1.0, FANOUT_FULL_SPEED_WATCHERS / watchers)
     spread = max(1, min(workers, watchers))
-    live = run_pipesim(0, speed, watchers, seconds, warmup, workers, profile, scenario=FANOUT_SCENARIO,
+    live = run_pipesim(0, speed, watchers, seconds, warmup, workers, profile, scenario=scenario,
                        dashboard_workers=spread)
     bare = run_bare(0, watchers, seconds, min(warmup, 2.0), workers, round(live["mean_bytes"]), 0.0,
                     live["msgs_per_s"] / watchers, dashboard_workers=spread, parse=True)
     # The same server with nobody watching: the model, the encoder and the journal (same seed, same messages).
-    alone = Serve(speed, scenario=FANOUT_SCENARIO)
+    alone = Serve(speed, scenario=scenario)
     try:
         time.sleep(warmup)
         start = cpu_seconds(alone.pid)
@@ -398,8 +421,10 @@ def main() -> None:
                         "graph (.svg) or collapsed stacks (.txt)")
     parser.add_argument("--fanout", type=int, nargs="+", metavar="W",
                         help="the fan-out instead: W clients watching every session, e.g. 1 50 200")
-    parser.add_argument("--fanout-speed", type=float, default=10.0,
-                        help=f"the fan-out's --speed up to {FANOUT_FULL_SPEED_WATCHERS} watchers (then in proportion)")
+    parser.add_argument("--fanout-speed", type=float, help=f"the fan-out's --speed at every size (default: "
+                        f"{FANOUT_SPEED:g} up to {FANOUT_FULL_SPEED_WATCHERS} watchers, then in proportion)")
+    parser.add_argument("--fanout-scenario", default=str(FANOUT_SCENARIO),
+                        help="the fan-out's scenario (default: benchmarks/fanout_bench.yaml)")
     parser.add_argument("--soak", action="store_true", help="the memory soak instead")
     parser.add_argument("--soak-speed", type=float, default=60.0)
     parser.add_argument("--soak-minutes", type=float, default=40.0, help="simulated minutes")
@@ -428,7 +453,8 @@ def main() -> None:
         fanned = []
         for w in args.fanout:
             profile = args.profile if w == max(args.fanout) else None
-            fanned.append(fanout(w, args.fanout_speed, args.seconds, args.warmup, args.workers, profile))
+            fanned.append(fanout(w, args.fanout_speed, args.seconds, args.warmup, args.workers, profile,
+                                 args.fanout_scenario))
             print(fanout_row(fanned[-1]), flush=True)
         (OUT / "live_fanout.json").write_text(json.dumps({"benchmark": "live_fanout", "machine": info,
                                                           "targets": TARGETS, "results": fanned}, indent=1))

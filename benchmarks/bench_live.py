@@ -20,19 +20,20 @@ p99 < 10 ms, 0 lost. ``--ramp`` then doubles the speed at the largest size until
 ``--soak`` instead runs the memory soak (see :func:`soak`).
 
 ``--fanout W ...`` instead measures the fan-out: W clients (over ``--workers`` processes) each watching every
-session (plain ``/ws``), of ``pipesim serve benchmarks/fanout_bench.yaml`` (100 sessions that talk from the
-first second: ``baseline``'s arrivals take 25 simulated seconds to reach their steady number, longer than a
-run at low speed); then the bare server ``websockets.broadcast()``-ing a pre-encoded message of pipesim's mean
-size to W clients at the rate each pipesim client received, its clients reading each message as JSON as
-pipesim's do (both sides negotiate the library's default permessage-deflate: the clients are the same code);
-then the same server with nobody watching, whose CPU (the model, the encoder, the journal: everything but
-the delivery) is printed per delivered message (``model us``) and taken out of pipesim's in ``hub`` (what
-the rest costs, as a multiple of bare). The speed is 10 up to 5 watchers (about 1,600 messages a second to
-each) and 50/W beyond, so that about 8,000 messages a second are delivered in all: ``serve baseline --speed
-10`` asks for 100,000 a second at 50 watchers, more than this 2-core machine's server and clients can
-deliver; the server then falls a second behind and writes several messages per system call, which is
-cheaper per message than bare and no longer the fan-out one means to measure (``--fanout-scenario
-baseline --fanout-speed 10`` runs it all the same). Target: CPU per delivered message at most 1.5x bare.
+session (plain ``/ws``) of ``pipesim serve benchmarks/fanout_bench.yaml --speed 10`` with 200/W sessions (100
+at most) that talk from the first second (``baseline``'s arrivals take 25 simulated seconds to reach their
+steady number); then the bare server ``websockets.broadcast()``-ing a pre-encoded message of pipesim's mean
+size to W clients at the rate each pipesim client received, a wake-up per message, its clients reading each
+message as JSON as pipesim's do (both sides negotiate the library's default permessage-deflate: the clients
+are the same code); then the same server with nobody watching, whose CPU (the model, the encoder, the
+journal: everything but the delivery) is printed per delivered message (``model us``) and taken out of
+pipesim's in ``hub`` (what the rest costs, as a multiple of bare). 200/W sessions keep the messages
+delivered in all near 3,000 a second beyond 2 watchers (1,550 a second to each of 1 or 2): ``serve baseline
+--speed 10`` asks for 100,000 a second at 50 watchers, more than this 2-core machine's server and clients
+can deliver; they then fall seconds behind, and the server writes many messages per system call, which is
+cheaper per message than bare and no longer the fan-out one means to measure (``--fanout-scenario baseline``
+runs it all the same). A row whose window never found the server caught up (``settle`` at its limit) says
+``behind``. Target: CPU per delivered message at most 1.5x bare.
 
 ``--quick`` (CI): 10 sessions, a few seconds, asserts that messages flowed and none was lost, nothing about
 speed (the fan-out, three servers and a bare one, takes about 20 s more: not in it).
@@ -71,7 +72,7 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import broadcast, serve
 
-from pipesim.live.load import raise_fd_limit, run_clients, run_load
+from pipesim.live.load import SETTLE_LIMIT_S, raise_fd_limit, run_clients, run_load
 from pipesim.live.rtvi_codec import encode_message
 
 HERE = Path(__file__).resolve().parent
@@ -81,11 +82,11 @@ TICKS = os.sysconf("SC_CLK_TCK")
 TARGETS = {"cpu_ratio": 3.0, "p99_ms": 50.0, "lag_p99_ms": 10.0, "fanout_cpu_ratio": 1.5}
 #: The fan-out's scenario (``--fanout``): sessions that talk from the first second to the last.
 FANOUT_SCENARIO = HERE / "fanout_bench.yaml"
-#: Unless ``--fanout-speed`` is given, the fan-out runs at this speed up to ``FANOUT_FULL_SPEED_WATCHERS``
-#: watchers and slower beyond, in proportion, so that the messages delivered in all stay at what it gives
-#: that many (about 8,000 a second, which the server and its clients sustain side by side on 2 cores).
-FANOUT_SPEED = 10.0
-FANOUT_FULL_SPEED_WATCHERS = 5
+#: Unless ``--fanout-scenario`` is given, ``FANOUT_SCENARIO`` with this many sessions over the number of
+#: watchers (100 at most): about 3,000 messages a second delivered in all at 10x beyond 2 watchers, which the
+#: server and its clients sustain side by side on 2 cores shared with other work (at 8,000 and a load average
+#: of 10 the clients fell seconds behind at 50 and 200 watchers).
+FANOUT_SESSION_WATCHERS = 200
 
 
 # The server and its numbers ----------------------------------------------------------------------------
@@ -162,10 +163,11 @@ def _bare_process(port: Any, size: int, session_rate: float, broadcast_rate: flo
             credit, last, turn = 0.0, loop.time(), 0
             while True:
                 # As pipesim sends: each "transition" goes to one session client (in turn) and to every
-                # dashboard, spread over time in 1 ms ticks rather than in bursts.
-                await asyncio.sleep(0.001)
+                # dashboard, spread over time in 1 ms ticks rather than in bursts. The fan-out (no session
+                # clients): ``broadcast_rate`` messages a second to every dashboard, a wake-up per message (as
+                # pipesim's pacer wakes per event), at most one a ms.
+                await asyncio.sleep(0.001 if groups["s"] or not broadcast_rate else max(0.001, 1 / broadcast_rate))
                 now = loop.time()
-                # (The fan-out: no session clients, ``broadcast_rate`` messages a second to every dashboard.)
                 clients = list(groups["s"])
                 credit += (session_rate * len(clients) + broadcast_rate * bool(groups["d"])) * (now - last)
                 last = now
@@ -267,13 +269,19 @@ def row(r: dict[str, Any]) -> str:
 
 
 # The fan-out -----------------------------------------------------------------------------------------------
-def fanout(watchers: int, speed: float | None, seconds: float, warmup: float, workers: int,
+def fanout_scenario(watchers: int, folder: Path) -> Path:
+    """:data:`FANOUT_SCENARIO` with its number of sessions for ``watchers`` (see :data:`FANOUT_SESSION_WATCHERS`)."""
+    sessions = max(1, min(100, round(FANOUT_SESSION_WATCHERS / watchers)))
+    path = folder / f"fanout_{sessions}.yaml"
+    path.write_text(FANOUT_SCENARIO.read_text().replace("count: 100}", f"count: {sessions}}}"))
+    return path
+
+
+def fanout(watchers: int, speed: float, seconds: float, warmup: float, workers: int,
            profile: Path | None = None, scenario: str | Path = FANOUT_SCENARIO) -> dict[str, Any]:
     """``pipesim serve`` with ``watchers`` clients each watching every session, then the bare server
     broadcasting a message of the same mean size to as many clients at the rate each pipesim client got, then
-    the server again with nobody watching. ``speed`` None: see :data:`FANOUT_SPEED`."""
-    if speed is None:
-        speed = FANOUT_SPEED * min(1.0, FANOUT_FULL_SPEED_WATCHERS / watchers)
+    the server again with nobody watching."""
     spread = max(1, min(workers, watchers))
     live = run_pipesim(0, speed, watchers, seconds, warmup, workers, profile, scenario=scenario,
                        dashboard_workers=spread)
@@ -294,7 +302,7 @@ def fanout(watchers: int, speed: float | None, seconds: float, warmup: float, wo
     return {"watchers": watchers, "speed": speed, "pipesim": live, "bare": bare, "cpu_ratio": ratio,
             "model_us_per_msg": model_us,
             "fanout_ratio": (live["cpu_per_msg_us"] - model_us) / max(bare["cpu_per_msg_us"], 1e-9),
-            "ok": ratio <= TARGETS["fanout_cpu_ratio"] and lost == 0}
+            "behind": live["settle_s"] >= SETTLE_LIMIT_S, "ok": ratio <= TARGETS["fanout_cpu_ratio"] and lost == 0}
 
 
 def fanout_row(r: dict[str, Any]) -> str:
@@ -304,7 +312,7 @@ def fanout_row(r: dict[str, Any]) -> str:
             f"{r['model_us_per_msg']:>8.2f} {r['fanout_ratio']:>6.2f} {p['lost']:>5} "
             f"{p['slow'] + p['server_slow_disconnects']:>5} {p['p99_ms']:>7.1f} {p['lag_p99_ms']:>7.1f} "
             f"{p['settle_s']:>6.1f}  "
-            f"{'ok' if r['ok'] else 'MISSED'}")
+            f"{'ok' if r['ok'] else 'MISSED'}{' (behind)' if r['behind'] else ''}")
 
 
 FANOUT_HEADER = (f"{'watchers':>8} {'speed':>6} {'msg/s':>9} {'bare/s':>9} {'bytes':>6} {'us/msg':>8} {'bare us':>8} "
@@ -421,10 +429,9 @@ def main() -> None:
                         "graph (.svg) or collapsed stacks (.txt)")
     parser.add_argument("--fanout", type=int, nargs="+", metavar="W",
                         help="the fan-out instead: W clients watching every session, e.g. 1 50 200")
-    parser.add_argument("--fanout-speed", type=float, help=f"the fan-out's --speed at every size (default: "
-                        f"{FANOUT_SPEED:g} up to {FANOUT_FULL_SPEED_WATCHERS} watchers, then in proportion)")
-    parser.add_argument("--fanout-scenario", default=str(FANOUT_SCENARIO),
-                        help="the fan-out's scenario (default: benchmarks/fanout_bench.yaml)")
+    parser.add_argument("--fanout-speed", type=float, default=10.0, help="the fan-out's --speed")
+    parser.add_argument("--fanout-scenario", help="the fan-out's scenario at every size (default: "
+                        f"benchmarks/fanout_bench.yaml with {FANOUT_SESSION_WATCHERS}/W sessions, 100 at most)")
     parser.add_argument("--soak", action="store_true", help="the memory soak instead")
     parser.add_argument("--soak-speed", type=float, default=60.0)
     parser.add_argument("--soak-minutes", type=float, default=40.0, help="simulated minutes")
@@ -453,8 +460,10 @@ def main() -> None:
         fanned = []
         for w in args.fanout:
             profile = args.profile if w == max(args.fanout) else None
-            fanned.append(fanout(w, args.fanout_speed, args.seconds, args.warmup, args.workers, profile,
-                                 args.fanout_scenario))
+            with tempfile.TemporaryDirectory() as folder:
+                scenario = args.fanout_scenario or fanout_scenario(w, Path(folder))
+                fanned.append(fanout(w, args.fanout_speed, args.seconds, args.warmup, args.workers, profile,
+                                     scenario))
             print(fanout_row(fanned[-1]), flush=True)
         (OUT / "live_fanout.json").write_text(json.dumps({"benchmark": "live_fanout", "machine": info,
                                                           "targets": TARGETS, "results": fanned}, indent=1))

@@ -273,7 +273,10 @@ def fanout_scenario(watchers: int, folder: Path) -> Path:
     """:data:`FANOUT_SCENARIO` with its number of sessions for ``watchers`` (see :data:`FANOUT_SESSION_WATCHERS`)."""
     sessions = max(1, min(100, round(FANOUT_SESSION_WATCHERS / watchers)))
     path = folder / f"fanout_{sessions}.yaml"
-    path.write_text(FANOUT_SCENARIO.read_text().replace("count: 100}", f"count: {sessions}}}"))
+    text = FANOUT_SCENARIO.read_text()
+    if "count: 100}" not in text:
+        raise RuntimeError(f"{FANOUT_SCENARIO}: no 'count: 100}}' to set the number of sessions in")
+    path.write_text(text.replace("count: 100}", f"count: {sessions}}}"))
     return path
 
 

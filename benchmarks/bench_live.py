@@ -29,7 +29,7 @@ are the same code); then the same server with nobody watching, whose CPU (the mo
 journal: everything but the delivery) is printed per delivered message (``model us``) and taken out of
 pipesim's in ``hub`` (what the rest costs, as a multiple of bare). 200/W sessions keep the messages
 delivered in all near 3,000 a second beyond 2 watchers (1,550 a second to each of 1 or 2): ``serve baseline
---speed 10`` asks for 100,000 a second at 50 watchers, more than this 2-core machine's server and clients
+--speed 10`` asks for 93,000 a second at 50 watchers, more than this 2-core machine's server and clients
 can deliver; they then fall seconds behind, and the server writes many messages per system call, which is
 cheaper per message than bare and no longer the fan-out one means to measure (``--fanout-scenario baseline``
 runs it all the same). A row whose window never found the server caught up (``settle`` at its limit) says

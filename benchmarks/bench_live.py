@@ -17,7 +17,8 @@ delivered message (``/proc/PID/stat``) and its ratio to the bare server's.
 
 Targets (``--speed 1``, 100 and 1,000 sessions): CPU/msg at most 3x bare, p99 latency < 50 ms, pacer lag
 p99 < 10 ms, 0 lost. ``--ramp`` then doubles the speed at the largest size until a target breaks.
-``--soak`` instead runs the memory soak (see :func:`soak`).
+``--soak`` instead runs the memory soak (see :func:`soak`). ``--bot-audio`` instead compares RTVI sessions
+with and without the bot's audio (see :func:`bot_audio`; target: at most 2x the CPU per session).
 
 ``--fanout W ...`` instead measures the fan-out: W clients (over ``--workers`` processes) each watching every
 session (plain ``/ws``) of ``pipesim serve benchmarks/fanout_bench.yaml --speed 10`` with 200/W sessions (100
@@ -42,11 +43,12 @@ speed (the fan-out, three servers and a bare one, takes about 20 s more: not in 
     .venv/bin/python benchmarks/bench_live.py --sizes 1000 --no-ramp
     .venv/bin/python benchmarks/bench_live.py --soak          # RSS over >= 30 min of simulated time
     .venv/bin/python benchmarks/bench_live.py --soak --soak-dialect rtvi   # the same, churning /rtvi
+    .venv/bin/python benchmarks/bench_live.py --bot-audio     # RTVI sessions with and without bot audio
     .venv/bin/python benchmarks/bench_live.py --fanout 1 50 200   # W clients watching everything
     .venv/bin/python benchmarks/bench_live.py --quick
 
-Writes ``out/bench/live.json`` (``live_soak.json`` for ``--soak``, ``live_fanout.json`` for ``--fanout``)
-and prints a table.
+Writes ``out/bench/live.json`` (``live_soak.json`` for ``--soak``, ``live_bot_audio.json`` for
+``--bot-audio``, ``live_fanout.json`` for ``--fanout``) and prints a table.
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import broadcast, serve
 
+from pipesim.live.bot_audio import FRAME_S
 from pipesim.live.load import SETTLE_LIMIT_S, raise_fd_limit, run_clients, run_load
-from pipesim.live.rtvi_codec import encode_message
+from pipesim.live.rtvi_codec import decode_frame, encode_message
 
 HERE = Path(__file__).resolve().parent
 SCENARIO = HERE / "live_bench.yaml"
@@ -410,6 +413,92 @@ def soak(speed: float, sim_minutes: float, concurrent: int, lifetime_s: float, t
             "slope_mb_per_sim_hour": slope, "samples": samples}
 
 
+# Bot audio ---------------------------------------------------------------------------------------------------
+async def _rtvi_listeners(url: str, sessions: int, window: tuple[float, float]) -> dict[str, Any]:
+    """``sessions`` RTVI sockets (``client-ready``, then reading everything, as a frontend does); what
+    arrived in the wall-clock ``window`` (``time.monotonic``, shared with the parent process)."""
+    tally = {"frames": 0, "audio_frames": 0, "wire_bytes": 0, "audio_bytes": 0, "closed_early": 0}
+
+    async def one(k: int) -> None:
+        await asyncio.sleep(k * 0.01)  # no thundering herd of handshakes
+        try:
+            async with connect(url, max_size=None, ping_interval=None, open_timeout=60) as ws:
+                await ws.send(encode_message({"label": "rtvi-ai", "type": "client-ready", "id": str(k), "data": {}}))
+                while (now := time.monotonic()) < window[1]:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(window[1] - now):
+                            raw = await ws.recv()
+                            if window[0] <= time.monotonic() < window[1]:
+                                frame = decode_frame(raw)
+                                tally["frames"] += 1
+                                # /rtvi negotiates no compression: a frame is its bytes and its header.
+                                size = len(raw)
+                                tally["wire_bytes"] += size + (2 if size < 126 else 4 if size < 2**16 else 10)
+                                if frame.kind == "audio":
+                                    tally["audio_frames"] += 1
+                                    tally["audio_bytes"] += frame.audio_bytes
+        except websockets.ConnectionClosed:
+            tally["closed_early"] += 1
+
+    await asyncio.gather(*(one(k) for k in range(sessions)))
+    return tally
+
+
+def _rtvi_run(sessions: int, speed: float, seconds: float, warmup: float, with_audio: bool) -> dict[str, Any]:
+    server = Serve(speed, [] if with_audio else ["--no-bot-audio"])
+    url = server.url.removesuffix("/ws") + "/rtvi"
+    window = (time.monotonic() + warmup, time.monotonic() + warmup + seconds)
+    ctx = mp.get_context("fork")
+    results = ctx.Queue()
+    clients = ctx.Process(target=lambda: results.put(asyncio.run(_rtvi_listeners(url, sessions, window))),
+                          daemon=True)
+    clients.start()
+    try:
+        time.sleep(max(0.0, window[0] - time.monotonic()))
+        cpu0 = cpu_seconds(server.pid)
+        time.sleep(max(0.0, window[1] - time.monotonic()))
+        cpu1 = cpu_seconds(server.pid)
+        tally = results.get(timeout=60)
+        clients.join(10)
+    finally:
+        err = server.stop()
+    cpu = (cpu1[0] - cpu0[0]) + (cpu1[1] - cpu0[1])
+    out = {"bot_audio": with_audio, "sessions": sessions, "speed": speed, "seconds": seconds, **tally,
+           "cpu_s": cpu, "cpu_sys_s": cpu1[1] - cpu0[1], "cpu_ms_per_session_s": 1000 * cpu / seconds / sessions,
+           "frames_per_session_s": tally["frames"] / seconds / sessions,
+           "wire_bytes_per_session_s": tally["wire_bytes"] / seconds / sessions,
+           "audio_bytes_per_session_s": tally["audio_bytes"] / seconds / sessions,
+           "speaking_share": tally["audio_frames"] * FRAME_S / seconds / sessions}
+    if "Traceback" in err:
+        out["server_stderr"] = err[-2000:]
+    return out
+
+
+def bot_audio(sessions: int, speed: float, seconds: float, warmup: float, rounds: int) -> dict[str, Any]:
+    """RTVI sessions (``/rtvi``, each a socket reading everything) on ``pipesim serve``, without and with the
+    bot's audio, in alternate rounds: server CPU per session (ms per wall second), frames and bytes per
+    session per wall second (WebSocket frames with their headers; the PCM alone), and the share of the time
+    the bot spoke. Target: CPU per session with audio at most 2x without."""
+    runs = [_rtvi_run(sessions, speed, seconds, warmup, with_audio)
+            for _ in range(rounds) for with_audio in (False, True)]
+    without = float(np.median([r["cpu_ms_per_session_s"] for r in runs if not r["bot_audio"]]))
+    with_ = float(np.median([r["cpu_ms_per_session_s"] for r in runs if r["bot_audio"]]))
+    return {"runs": runs, "cpu_ratio": with_ / without, "target": 2.0, "ok": with_ / without <= 2.0}
+
+
+def bot_audio_table(result: dict[str, Any]) -> str:
+    lines = [f"{'audio':>5} {'N':>5} {'speed':>5} {'CPU ms/s':>8} {'frames/s':>8} {'KB/s':>6} {'PCM KB/s':>8} "
+             f"{'speaking':>8} {'closed':>6}   (per session)"]
+    for r in result["runs"]:
+        lines.append(f"{'yes' if r['bot_audio'] else 'no':>5} {r['sessions']:>5} {r['speed']:>5g} "
+                     f"{r['cpu_ms_per_session_s']:>8.2f} {r['frames_per_session_s']:>8.1f} "
+                     f"{r['wire_bytes_per_session_s'] / 1000:>6.2f} {r['audio_bytes_per_session_s'] / 1000:>8.2f} "
+                     f"{r['speaking_share']:>8.0%} {r['closed_early']:>6}")
+    lines.append(f"CPU per session, with / without bot audio (medians): {result['cpu_ratio']:.2f} "
+                 f"(target <= {result['target']:g}: {'met' if result['ok'] else 'MISSED'})")
+    return "\n".join(lines)
+
+
 # Main ------------------------------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
     mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1]
@@ -440,6 +529,9 @@ def main() -> None:
     parser.add_argument("--soak-minutes", type=float, default=40.0, help="simulated minutes")
     parser.add_argument("--soak-dialect", choices=("ws", "rtvi"), default="ws",
                         help="what the soak churns: seed sessions on /ws, or RTVI sockets on /rtvi")
+    parser.add_argument("--bot-audio", action="store_true", help="RTVI sessions with and without bot audio instead")
+    parser.add_argument("--audio-sessions", type=int, default=50, help="RTVI sessions for --bot-audio")
+    parser.add_argument("--audio-rounds", type=int, default=2, help="rounds of (without, with) for --bot-audio")
     parser.add_argument("--soak-trace-limit", type=int, default=200_000,
                         help="the server's --trace-limit in the soak (smaller: the ring fills sooner)")
     args = parser.parse_args()
@@ -457,6 +549,12 @@ def main() -> None:
                   f"{r['slope_mb_per_sim_hour']:>9.2f}")
         soaked = {"benchmark": "live_soak", "machine": info, "runs": runs}
         (OUT / "live_soak.json").write_text(json.dumps(soaked, indent=1))
+        return
+    if args.bot_audio:
+        result = bot_audio(args.audio_sessions, args.speed, args.seconds, args.warmup, args.audio_rounds)
+        print(bot_audio_table(result))
+        (OUT / "live_bot_audio.json").write_text(json.dumps({"benchmark": "live_bot_audio", "machine": info,
+                                                              **result}, indent=1))
         return
     if args.fanout:
         print(FANOUT_HEADER, flush=True)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipesim import __version__
+from pipesim.argtypes import bounded as _bounded
 from pipesim.errors import PipesimError
 
 DESCRIPTION = """\
@@ -139,27 +140,9 @@ def _assignment(text: str) -> tuple[str, str]:
     return path, value
 
 
-def _bounded(convert: Callable[[str], Any], ok: Callable[[Any], bool], must: str,
-             noun: str = "a number") -> Callable[[str], Any]:
-    """An argparse ``type``: ``convert`` the text, then refuse a value that is not ``ok``, saying why."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {must}, got {text}")
-        return value
-
-    return parse
-
-
 _positive = _bounded(float, lambda v: 0 < v < math.inf, "> 0")
 _seconds = _bounded(float, lambda v: 0 <= v < math.inf, ">= 0 seconds")
 _count = _bounded(int, lambda v: v >= 1, ">= 1", "a whole number")
-_port = _bounded(int, lambda v: 0 <= v <= 65535, "0..65535", "a port number")
-_journal_size = _bounded(int, lambda v: 0 <= v <= 10_000_000, "0..10000000", "a whole number")
 #: A scenario's seed: what numpy's SeedSequence takes and a run folder stores (a 64-bit integer).
 _seed = _bounded(int, lambda v: 0 <= v < 2**63, "0..2**63-1", "a whole number")
 
@@ -466,34 +449,13 @@ def _command(sub: Any, name: str, summary: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
 
 
-def _add_server_options(p: argparse.ArgumentParser) -> None:
-    """Binding, pacing and who may connect: the options ``serve`` and ``replay`` share."""
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address or name to bind (default: 127.0.0.1, this machine only; 0.0.0.0: every "
-                        "interface, better with --token)")
-    p.add_argument("--port", type=_port, default=8001, help="port to listen on, 0 for any free one (default: 8001)")
+def _add_server_options(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """The options ``serve`` and ``replay`` share: pacing, and the server options (named once, with their
+    flags, in :class:`pipesim.live.options.ServerOptions`)."""
+    from pipesim.live.options import ServerOptions
+
     p.add_argument("--speed", type=_positive, default=1.0, help="simulated seconds per wall second (default: 1)")
-    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                   help="also accept WebSocket connections from pages of this origin, e.g. "
-                        "https://app.example:3000; '*' accepts any, 'null' sandboxed pages; repeatable (default: "
-                        "only pages of http(s)://localhost, 127.0.0.1 or [::1] on any port, and the server's own)")
-    p.add_argument("--allow-host", action="append", default=[], metavar="HOST",
-                   help="also accept this name or address in the Host header, e.g. the machine's name when "
-                        "binding 0.0.0.0; '*' accepts any; repeatable (default: loopback names and addresses and "
-                        "--host)")
-    p.add_argument("--token",
-                   help="require this token to open /ws, as 'Authorization: Bearer TOKEN' or '?token=TOKEN' "
-                        "(open the dashboard as http://HOST:PORT/?token=TOKEN); prefer $PIPESIM_TOKEN, "
-                        "as other users can see a command line (default: $PIPESIM_TOKEN if set, else no token)")
-    p.add_argument("--admin-port", type=_port,
-                   help="port of the admin API (http://127.0.0.1:PORT/__admin, always on loopback), 0 for any "
-                        "free one (default: 8002, or a free one with --port 0 so parallel servers never clash)")
-    p.add_argument("--no-admin", action="store_true", help="no admin API (default: on, on 127.0.0.1)")
-    p.add_argument("--admin-token",
-                   help="require 'Authorization: Bearer TOKEN' on the admin API; prefer $PIPESIM_ADMIN_TOKEN "
-                        "(default: $PIPESIM_ADMIN_TOKEN if set, else no token)")
-    p.add_argument("--journal-size", type=_journal_size, default=10_000, metavar="N",
-                   help="messages the admin API's journal keeps, 0 for none (default: 10000)")
+    ServerOptions.add_arguments(p, skip)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -529,7 +491,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scenario file or bundled name (default: frontend_demo)")
     _add_server_options(p)
     p.add_argument("--seed", type=_seed, help="override the scenario's seed (default: the scenario's)")
-    p.add_argument("--record", help="record every message sent to this JSON Lines file (default: none)")
     p.add_argument("--owner-only", action="store_true",
                    help="a connection may pause, resume or stop only the sessions it started itself (default: "
                         "any client may control any session, the scenario's included)")
@@ -540,10 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
                    default=200_000, help="keep only this many of the most recent events and service samples "
                                          "(and a sixteenth as many turns) in the server's trace, so that its "
                                          "memory stays bounded (0: keep everything)")
+    p.add_argument("--no-bot-audio", action="store_true",
+                   help="send RTVI clients no bot audio (default: while the bot speaks, synthetic speech-like "
+                        "24 kHz PCM, about 48 KB/s per speaking session)")
 
     p = _command(sub, "replay", "serve a recorded or simulated trace over the same protocol")
     p.add_argument("file", help="a recording (serve --record), a trace.jsonl or a run --out folder")
-    _add_server_options(p)
+    _add_server_options(p, skip=["record"])
     p.add_argument("--loop", action="store_true", help="start again at the end (default: play once)")
 
     p = _command(sub, "record", "record what a server of this protocol (a real orchestrator) broadcasts, as a "

@@ -15,7 +15,9 @@ The fixture yields a :class:`PipesimServer`: ``.ws_url``, ``.http_url``, ``.admi
 
 Which scenario: ``frontend_demo`` at speed 1 by default. Per test, with the marker
 ``@pytest.mark.pipesim(scenario="baseline", seed=7, speed=10, paused=True)`` (any keyword of
-:class:`~pipesim.live.LiveServer` goes, plus ``paused``: pause the clock before the test starts); for a
+:class:`~pipesim.live.LiveServer` goes, ``options=ServerOptions(...)`` included, plus ``paused``: pause the
+clock before the test starts, and ``tls=True``: ``wss://`` and ``https://`` with a certificate from a local CA,
+whose file the fixture hands over as ``.ca_file``); for a
 whole module or ``conftest.py``, override the ``pipesim_options`` fixture to return the same keywords.
 
 :class:`AdminClient` also works on its own against ``pipesim serve`` (``AdminClient(url, token)``).
@@ -32,6 +34,7 @@ For capacity, :func:`assert_slos_met` runs :func:`pipesim.check` and fails the t
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -66,10 +69,12 @@ class AdminClient:
     Every method returns the decoded JSON answer; an error answer raises :class:`AdminError`.
     """
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, cafile: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        #: The CA to trust for an ``https://`` admin API (``pipesim serve --tls-self-signed`` prints its path).
+        self.cafile = cafile
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """``method`` ``path`` (under the base URL) with a JSON ``body``; the decoded JSON answer."""
@@ -82,7 +87,8 @@ class AdminClient:
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as response:
+            context = ssl.create_default_context(cafile=self.cafile) if self.url.startswith("https:") else None
+            with urllib.request.urlopen(req, timeout=self.timeout, context=context) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             payload = exc.read()
@@ -188,6 +194,8 @@ class PipesimServer:
     admin: AdminClient
     #: The :class:`~pipesim.live.BackgroundServer` itself (``.server.sim`` is the model, touch it via ``.call``).
     background: Any
+    #: With ``tls=True``: the CA file that signed the server's certificate (trust it in the client), else None.
+    ca_file: str | None = None
 
 
 if pytest is not None:
@@ -201,9 +209,11 @@ if pytest is not None:
 
 
     @pytest.fixture
-    def pipesim_server(request: pytest.FixtureRequest, pipesim_options: dict[str, Any]) -> Iterator[PipesimServer]:
+    def pipesim_server(request: pytest.FixtureRequest, pipesim_options: dict[str, Any],
+                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipesimServer]:
         """A live pipesim server on free loopback ports for one test (see :mod:`pipesim.testing`)."""
         from pipesim.live import BackgroundServer, LiveServer
+        from pipesim.live.tls import self_signed
 
         options: dict[str, Any] = {"scenario": "frontend_demo", **pipesim_options}
         for marker in reversed(list(request.node.iter_markers("pipesim"))):  # the closest marker wins
@@ -211,22 +221,26 @@ if pytest is not None:
         paused = bool(options.pop("paused", False))
         scenario = options.pop("scenario")
         options.setdefault("admin_token", None)
+        if options.get("tls") is True:  # one local CA for the session's tests (the same folder each time)
+            options["tls"] = self_signed(tmp_path_factory.getbasetemp() / "pipesim-tls")
         live = LiveServer(scenario, port=0, admin_port=0, **options)
+        tls = live.options.tls
+        ca_file = str(tls.ca) if tls is not None and tls.ca is not None else None
         if paused:
             live.pacer.pause()  # before it starts: the test begins at t = 0 exactly
         background = BackgroundServer(live)
         try:
             assert live.admin_url is not None
-            admin = AdminClient(live.admin_url, token=options["admin_token"])
+            admin = AdminClient(live.admin_url, token=options["admin_token"], cafile=ca_file)
             yield PipesimServer(ws_url=live.url, http_url=live.http_url, admin_url=live.admin_url, admin=admin,
-                                background=background)
+                                background=background, ca_file=ca_file)
         finally:
             background.stop()
 
 
     def pytest_configure(config: pytest.Config) -> None:
-        config.addinivalue_line("markers", "pipesim(scenario=..., seed=..., speed=..., paused=..., ...): options of "
-                                           "the pipesim_server fixture's server")
+        config.addinivalue_line("markers", "pipesim(scenario=..., seed=..., speed=..., paused=..., tls=..., ...): "
+                                           "options of the pipesim_server fixture's server")
 
 
 def assert_slos_met(scenario: Any, slos: Iterable[str] = (), **options: Any) -> CheckResult:

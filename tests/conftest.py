@@ -98,3 +98,26 @@ def errors_logged() -> Iterator[list[logging.LogRecord]]:
         yield records
     finally:
         root.removeHandler(handler)
+
+
+#: Debian's Chromium (``scripts/install-browser.sh``), driven by Playwright in the browser tests.
+CHROMIUM = Path("/usr/bin/chromium")
+#: Its flags there: no sandbox (CI runs as root), and no network of its own (updates, sync, QUIC).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_trusting(tls: Any) -> list[str]:
+    """Chromium's flags that make it trust ``tls``'s certificate (a :class:`pipesim.live.tls.Tls`): a pin of
+    that certificate's public key, which headless Chromium honours with a ``--user-data-dir`` (Playwright gives
+    every browser one). Every other certificate is checked as ever: certificate errors are not ignored."""
+    return [f"--ignore-certificate-errors-spki-list={tls.spki_sha256()}"]
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A certificate for localhost, 127.0.0.1 and ::1 from a local CA (``pipesim serve --tls-self-signed``'s),
+    made once per test session (per worker) in a temporary folder: a :class:`pipesim.live.tls.Tls`."""
+    from pipesim.live.tls import self_signed
+
+    return self_signed(tmp_path_factory.mktemp("tls"))

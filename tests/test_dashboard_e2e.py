@@ -21,11 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import talking_scenario
+from conftest import CHROMIUM, CHROMIUM_ARGS, chromium_trusting, talking_scenario
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SPEED = 5.0  # simulated seconds per wall second
 TIMEOUT_MS = 20_000  # generous: a slow CI machine must not make this flaky
 
@@ -312,3 +309,37 @@ def test_a_replay_disables_every_control(browser: Any, tmp_path: Path) -> None:
             expect(pg.locator("#clock")).to_have_text("replay: controls off")  # said, not only greyed out
         finally:
             context.close()
+
+
+def test_the_dashboard_over_https_and_wss_with_the_ca_trusted(browser: Any, tls_files: Any) -> None:
+    """Served over TLS, the page is ``https://`` and talks to ``wss://.../ws`` (its ``Origin`` is ``https://``,
+    which the access check lets in): a session started from it runs. Chromium trusts the certificate by a pin
+    of its key; the module's Chromium, without the pin, refuses the page (certificate errors are not ignored)."""
+    from pipesim.live import serve_in_background
+
+    with serve_in_background(SCENARIO, port=0, speed=SPEED, tls=tls_files) as bg:
+        assert bg.http_url.startswith("https://127.0.0.1:")
+        untrusting = browser.new_context()
+        try:
+            with pytest.raises(sync_api.Error, match="ERR_CERT_AUTHORITY_INVALID"):
+                untrusting.new_page().goto(bg.http_url)
+        finally:
+            untrusting.close()
+        chromium = browser.browser_type.launch(executable_path=str(CHROMIUM),
+                                               args=[*CHROMIUM_ARGS, *chromium_trusting(tls_files)])
+        try:
+            pg = chromium.new_page()
+            problems: list[str] = []
+            pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            pg.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
+                  if msg.type == "error" else None)
+            pg.set_default_timeout(TIMEOUT_MS)
+            pg.goto(bg.http_url)
+            expect(pg.locator("#connection")).to_have_attribute("data-state", "open")
+            assert pg.evaluate("() => location.protocol") == "https:"
+            _start_from_page(pg, "tls-1")
+            expect(_field(pg, "tls-1", "turn")).not_to_have_text("–")
+            assert bg.call(lambda: bg.server.sim.manager.status("tls-1")) == "active"
+            assert not problems, "\n".join(problems)
+        finally:
+            chromium.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from conftest import run
@@ -115,3 +116,43 @@ def test_the_slow_client_rule_reaches_a_toy_client_and_spares_the_others() -> No
             assert json.loads(await seed.recv())["type"] == "session_created"
 
     run(main())
+
+
+def test_a_bug_in_either_dialect_is_said_to_its_client_and_the_connection_carries_on(
+        monkeypatch: pytest.MonkeyPatch, errors_logged: list[Any]) -> None:
+    """The one connection loop (``Hub.serve``): a handler that raises is pipesim's bug, logged with its traceback,
+    answered in the dialect's own words (``/ws``: ``error`` ``unsupported``, journaled as the frame's result;
+    ``/rtvi``: ``error`` with ``fatal: false``), and the same connection goes on being served."""
+
+    def boom(*args: Any) -> None:
+        raise RuntimeError("a bug in a handler")
+
+    async def main() -> None:
+        async with LiveServer(scenario(turns=1), port=0, speed=40, admin_port=0) as server, \
+                connect(server.url) as seed, connect(rtvi_url(server)) as rtvi:
+            monkeypatch.setattr(server.ws, "_on_control", boom)
+            start = {"type": "conversation_control", "action": "start", "session_id": "abc"}
+            await seed.send(json.dumps(start))
+            error = json.loads(await asyncio.wait_for(seed.recv(), 10))
+            assert error == {"type": "error", "code": "unsupported", "message": "internal error: a bug in a handler",
+                             "session_id": None}
+            assert server.journal is not None
+            inbound = [e for e in server.journal.entries() if e["direction"] == "in"]
+            assert inbound[-1]["message"] == start
+            assert inbound[-1]["result"] == {"error": {"code": "unsupported",
+                                                       "message": "internal error: a bug in a handler"}}
+            await seed.send("not json")  # the connection is still served
+            assert json.loads(await asyncio.wait_for(seed.recv(), 10))["code"] == "bad_message"
+
+            monkeypatch.setattr(server.rtvi, "_on_client_ready", boom)
+            await send(rtvi, "client-ready", {}, "r1")
+            said = decode_frame(await asyncio.wait_for(rtvi.recv(), 10)).message
+            assert said == {"label": "rtvi-ai", "type": "error",
+                            "data": {"error": "internal error: a bug in a handler", "fatal": False}}
+            await send(rtvi, "send-text", {"content": "hi"}, "t1")
+            answer = decode_frame(await asyncio.wait_for(rtvi.recv(), 10)).message
+            assert answer is not None and answer["type"] == "error-response"  # (no session: it never got ready)
+
+    run(main())
+    assert len(errors_logged) == 2 and all(r.exc_info and r.getMessage().startswith("handling a frame from ")
+                                           for r in errors_logged)

@@ -37,6 +37,7 @@ import os
 import re
 import shlex
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -134,17 +135,22 @@ def run_server(argv: list[str], where: str, cwd: Path, command: list[str]) -> No
         argv[argv.index("--port") + 1] = "0"
     else:
         argv += ["--port", "0"]
+    # --tls-self-signed keeps its CA in the user's cache folder: the reader's folder stands in for it.
+    env = {**os.environ, "XDG_CACHE_HOME": str(cwd / ".cache")}
     proc = subprocess.Popen([*command, *argv], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the server prints its URLs once it is listening
-        found = re.search(r"\"http\":\"(http://\S+?/)\"", line)  # the JSON line: {"event":"listening",...}
+        found = re.search(r"\"http\":\"(https?://\S+?/)\"", line)  # the JSON line: {"event":"listening",...}
+        # Over TLS, trust the CA the server made (as its reader is told to).
+        trusted = ssl.create_default_context(cafile=cwd / ".cache" / "pipesim" / "tls" / "ca.pem") \
+            if found and found.group(1).startswith("https:") else None
         assert found, f"{where}: pipesim {' '.join(argv)} did not start: {line}{proc.stdout.read()}"
         deadline = time.monotonic() + SERVER_START_S
         while True:
             try:
-                with urllib.request.urlopen(found.group(1) + "healthz", timeout=5) as response:
+                with urllib.request.urlopen(found.group(1) + "healthz", timeout=5, context=trusted) as response:
                     assert response.read().decode().strip() == "ok", where
                 break
             except OSError:

@@ -2,7 +2,8 @@
 
 ``tests/data/rtvi_frames.json`` was written once by ``tests/rtvi_e2e/golden.mjs`` with the pinned
 ``@pipecat-ai/websocket-transport`` 1.7.1's own ``ProtobufFrameSerializer``: pipesim must encode the same
-messages to the same bytes and decode them back, and refuse malformed frames with one clear message.
+messages and the same bot audio to the same bytes (whose samples the transport's own decoder read back as
+they were) and decode them back, and refuse malformed frames with one clear message.
 """
 
 from __future__ import annotations
@@ -10,16 +11,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pipesim.errors import ProtocolError
-from pipesim.live.rtvi_codec import decode_frame, encode_message
+from pipesim.live.bot_audio import NUM_CHANNELS, SAMPLE_RATE
+from pipesim.live.rtvi_codec import decode_frame, encode_audio, encode_message
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "rtvi_frames.json").read_text(encoding="utf-8"))["frames"]
 MESSAGES = [f for f in GOLDEN if f["kind"] == "message"]
 AUDIO = [f for f in GOLDEN if f["kind"] == "audio"]
+(BOT_AUDIO,) = [f for f in GOLDEN if f["kind"] == "bot-audio"]
 
 
 @pytest.mark.parametrize("frame", MESSAGES, ids=lambda f: json.loads(f["json"])["type"])
@@ -39,6 +43,20 @@ def test_decodes_the_js_transports_audio_frame() -> None:
     decoded = decode_frame(bytes.fromhex(frame["hex"]))
     assert (decoded.kind, decoded.audio_bytes, decoded.sample_rate, decoded.num_channels) == (
         "audio", frame["audio_bytes"], frame["sample_rate"], frame["num_channels"])
+
+
+def test_encodes_the_bots_audio_to_the_js_transports_bytes_which_its_decoder_reads_back() -> None:
+    pcm = np.array(BOT_AUDIO["samples"], dtype="<i2").tobytes()
+    assert (BOT_AUDIO["sample_rate"], BOT_AUDIO["num_channels"]) == (SAMPLE_RATE, NUM_CHANNELS)
+    assert encode_audio(pcm, SAMPLE_RATE, NUM_CHANNELS).hex() == BOT_AUDIO["hex"]
+    assert (BOT_AUDIO["decoded_type"], BOT_AUDIO["decoded_samples"]) == ("audio", BOT_AUDIO["samples"])
+
+
+@given(st.binary(max_size=4000).filter(lambda b: len(b) % 2 == 0), st.integers(1, 2**32 - 1), st.integers(1, 8))
+def test_any_audio_round_trips(pcm: bytes, rate: int, channels: int) -> None:
+    decoded = decode_frame(encode_audio(pcm, rate, channels))
+    assert (decoded.kind, decoded.audio_bytes, decoded.sample_rate, decoded.num_channels) == (
+        "audio", len(pcm), rate, channels)
 
 
 _JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.text(),

@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 from test_contract import ASYNCAPI_SPEC, node_modules  # noqa: F401  (the fixture: npm ci in frontend/)
 from test_rtvi import receive, rtvi_url, run, scenario, send
+from test_rtvi_audio import listen
 from websockets.asyncio.client import connect
 
 from pipesim.cli import main
@@ -67,3 +68,21 @@ def test_the_schema_command_prints_the_rtvi_contract(fmt: str, capsys: pytest.Ca
     printed = json.loads(capsys.readouterr().out)
     expected = rtvi_asyncapi_document() if fmt == "asyncapi" else rtvi_json_schemas()
     assert printed == expected
+
+
+def test_the_bots_audio_frames_are_in_the_contract_and_follow_it() -> None:
+    document = rtvi_asyncapi_document()
+    audio = document["components"]["messages"]["BotAudio"]
+    assert document["operations"]["sendBotAudio"]["action"] == "send"
+    assert "BotAudio" in document["channels"]["rtvi"]["messages"] and "BotAudio" in document["info"]["description"]
+
+    async def main_() -> list[dict[str, Any]]:
+        async with LiveServer(scenario(turns=1), port=0, speed=30) as server, connect(rtvi_url(server)) as ws:
+            await send(ws, "client-ready", {}, "r")
+            return [e for e in await listen(ws) if e["type"] == "audio"]
+
+    frames = run(main_())
+    assert frames
+    for frame in frames:
+        assert f"sample_rate: {frame['rate']}, num_channels: {frame['channels']}" in audio["description"]
+        assert f"`audio` {frame['bytes']:,} bytes" in audio["description"]

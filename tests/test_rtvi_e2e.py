@@ -8,7 +8,9 @@ opens it in Debian's Chromium with a fake microphone; every request not to local
 
 It proves: ``connect()`` resolves with the RTVI version the client speaks; a whole turn's callbacks arrive
 in order; the microphone's audio frames reach pipesim with no error; a ``service_outage`` fault from a seed
-client makes ``onError`` fire (not fatal). Skipped when node/npm or Chromium is missing.
+client makes ``onError`` fire (not fatal); the bot's audio reaches the client's player while the bot speaks,
+``onRemoteAudioLevel`` is above zero then and near zero in between, and the callbacks are as without audio.
+Skipped when node/npm or Chromium is missing.
 """
 
 from __future__ import annotations
@@ -22,17 +24,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import npm_modules, talking_scenario
+from conftest import CHROMIUM, CHROMIUM_ARGS, chromium_trusting, npm_modules, talking_scenario
 from test_rtvi import TURN, turns_in_order
 from websockets.sync.client import connect
 
+from pipesim.live.bot_audio import FRAME_SAMPLES
 from pipesim.live.rtvi import RTVI_VERSION
 
 HERE = Path(__file__).resolve().parent / "rtvi_e2e"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+#: A fake microphone, allowed without asking; the bot's audio plays without a click.
+MEDIA_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+              "--autoplay-policy=no-user-gesture-required"]
 TIMEOUT_S = 60.0  # generous: two cores shared by many processes
 #: Callback -> the RTVI message that fires it.
 CALLBACKS = {"onUserStartedSpeaking": "user-started-speaking", "onUserStoppedSpeaking": "user-stopped-speaking",
@@ -75,18 +77,22 @@ def site(node_modules: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def page(site: Path) -> Iterator[tuple[Any, Any, list[str]]]:
+def page(site: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Any, Any, list[str]]]:
+    """The page, opened from a live server; parametrized with ``"tls"`` (indirect), over ``https://`` from a
+    server with the test session's certificate, in a Chromium that trusts it (a pin of its key)."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: run `make browser` (scripts/install-browser.sh, as root)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (a dev dependency) is not installed")
     from pipesim.live import serve_in_background
 
-    bg = serve_in_background(SCENARIO, port=0, speed=2.0, static_dir=site)
+    tls = request.getfixturevalue("tls_files") if getattr(request, "param", None) == "tls" else None
+    bg = serve_in_background(SCENARIO, port=0, speed=2.0, static_dir=site, tls=tls)
     problems: list[str] = []
     blocked: list[str] = []
     try:
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
+                *CHROMIUM_ARGS, *MEDIA_ARGS, *(chromium_trusting(tls) if tls is not None else [])])
             context = browser.new_context()
 
             def local_only(route: Any) -> None:
@@ -99,7 +105,7 @@ def page(site: Path) -> Iterator[tuple[Any, Any, list[str]]]:
             context.route("**/*", local_only)
             pg = context.new_page()
             pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-            pg.goto(f"http://127.0.0.1:{bg.port}/")
+            pg.goto(bg.http_url)
             yield pg, bg, problems
             context.close()
             browser.close()
@@ -161,3 +167,53 @@ def test_the_real_pipecat_client_connects_hears_a_turn_streams_audio_and_sees_a_
     while bg.call(lambda: bg.server.sim.manager.status("rtvi-1")) != "stopped" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert bg.call(lambda: bg.server.sim.manager.status("rtvi-1")) == "stopped"
+
+
+@pytest.mark.parametrize("page", ["tls"], indirect=True)
+def test_the_real_pipecat_client_over_wss_with_the_ca_trusted(page: Any) -> None:
+    """A page of ``https://`` (as a frontend configured for ``wss`` is served) connects to ``wss://.../rtvi``:
+    the same client, the same callbacks, the microphone's frames, over TLS."""
+    pg, bg, _problems = page
+    assert bg.http_url.startswith("https://") and pg.evaluate("() => location.protocol") == "https:"
+    url = bg.url.removesuffix("/ws") + "/rtvi"
+    assert url.startswith("wss://")
+    pg.evaluate("(url) => { window.rtvi.connect(url); }", url)
+    events = _wait_for(pg, "connect-resolved")
+    ready = next(e for e in events if e["name"] == "connect-resolved")["data"]
+    assert ready["version"] == RTVI_VERSION and ready["about"]["session_id"] == "rtvi-1"
+    events = _wait_for(pg, "onUserStoppedSpeaking")
+    assert [e["name"] for e in events if e["name"] in CALLBACKS][:2] == ["onUserStartedSpeaking",
+                                                                          "onUserStoppedSpeaking"]
+    conn = bg.call(lambda: bg.server.rtvi.connections["rtvi-1"])
+    assert bg.call(lambda: (conn.audio_frames > 0, conn.errors)) == (True, 0)
+    assert not any(e["name"] in ("onError", "onMessageError", "connect-failed") for e in events)
+
+
+def test_the_real_client_plays_the_bots_audio_and_its_remote_level_follows_the_bot(page: Any) -> None:
+    pg, bg, _problems = page
+    pg.evaluate("(url) => { window.rtvi.connect(url); }", f"ws://127.0.0.1:{bg.port}/rtvi")
+    events = _wait_for(pg, "onBotStoppedSpeaking", 2)  # two turns: the bot speaks, is silent, speaks again
+    audio = pg.evaluate("() => JSON.parse(JSON.stringify(window.rtvi.audio))")
+    sent = bg.call(lambda: bg.server.rtvi.connections["rtvi-1"].bot_audio_frames)
+
+    # The callbacks are those of two whole turns, in order, as without audio; nothing went wrong.
+    turn = [CALLBACKS[e["name"]] for e in events if e["name"] in CALLBACKS]
+    assert turns_in_order(turn[:2 * len(TURN)], 2), turn
+    assert not any(e["name"] in ("onError", "onMessageError") for e in events)
+    # Every frame the bot sent reached the transport's player, whole (it may be speaking a third time now).
+    assert 0 < audio["frames"] <= sent and audio["samples"] == audio["frames"] * FRAME_SAMPLES
+    # onRemoteAudioLevel: above zero while the bot speaks, near zero in between: once what was sent ahead
+    # (at most the lead and a frame, 0.22 s) has played and has left the player's analyser (its FFT spans
+    # 8,192 samples: 0.34 s), 0.8 s after bot-stopped-speaking.
+    starts = [e["t"] for e in events if e["name"] == "onBotStartedSpeaking"]
+    stops = [e["t"] for e in events if e["name"] == "onBotStoppedSpeaking"]
+    levels = audio["levels"]
+
+    def between(t0: float, t1: float) -> list[float]:
+        return [x["level"] for x in levels if t0 <= x["t"] < t1]
+
+    for t0, t1 in zip(starts[:2], stops[:2], strict=True):
+        speaking = between(t0 + 300, t1)
+        assert speaking and max(speaking) > 0.1 and sum(speaking) / len(speaking) > 0.02, speaking
+    silent = between(0, starts[0]) + between(stops[0] + 800, starts[1])
+    assert len(silent) >= 10 and max(silent) < 0.01, silent

@@ -272,7 +272,10 @@ def answers_until(ws: ClientConnection, sentinel: str) -> list[dict[str, Any]]:
     while True:
         raw = ws.recv(timeout=10)
         assert isinstance(raw, bytes), "RTVI frames are binary"
-        message = decode_frame(raw).message
+        frame = decode_frame(raw)
+        if frame.kind == "audio":  # the bot speaking
+            continue
+        message = frame.message
         assert message is not None and message["label"] == "rtvi-ai", message
         if message.get("id") == sentinel:
             assert message["type"] == "server-response", message

@@ -6,6 +6,7 @@
 * :func:`serve_in_background` / :func:`replay_in_background` -- the same in a background thread, for
   Jupyter (whose event loop is already running) and plain scripts.
 * :class:`LiveClient` -- a small asyncio client for tests and scripts.
+* :class:`ServerOptions` -- the options both servers take (where they listen, who may connect, ...).
 
 The watching rules, limits and close codes are documented in :mod:`pipesim.live.server`.
 
@@ -16,13 +17,38 @@ The watching rules, limits and close codes are documented in :mod:`pipesim.live.
 >>> server.stop()                                                                # doctest: +SKIP
 """
 
-from pipesim.errors import LiveError
-from pipesim.live.background import BackgroundServer, replay_in_background, serve_in_background
-from pipesim.live.client import LiveClient
-from pipesim.live.liveserver import LiveServer
-from pipesim.live.pacer import Pacer
-from pipesim.live.recording import Recorder, ReplayError, load_replay
-from pipesim.live.replay import ReplayServer
+from __future__ import annotations
 
-__all__ = ["BackgroundServer", "LiveClient", "LiveError", "LiveServer", "Pacer", "Recorder", "ReplayError",
-           "ReplayServer", "load_replay", "replay_in_background", "serve_in_background"]
+import importlib
+from typing import Any
+
+# Names are imported on first use, so that the command line reads the server options
+# (:mod:`pipesim.live.options`) without loading the servers.
+_EXPORTS = {
+    "BackgroundServer": "pipesim.live.background",
+    "replay_in_background": "pipesim.live.background",
+    "serve_in_background": "pipesim.live.background",
+    "LiveClient": "pipesim.live.client",
+    "LiveError": "pipesim.errors",
+    "LiveServer": "pipesim.live.liveserver",
+    "Pacer": "pipesim.live.pacer",
+    "Recorder": "pipesim.live.recording",
+    "ReplayError": "pipesim.live.recording",
+    "load_replay": "pipesim.live.recording",
+    "ReplayServer": "pipesim.live.replay",
+    "ServerOptions": "pipesim.live.options",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pipesim.live' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

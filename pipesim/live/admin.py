@@ -31,7 +31,7 @@ import contextlib
 import json
 import socket
 from collections.abc import Awaitable, Callable, Generator
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import uvicorn
 from fastapi import Body, FastAPI, Query, Request
@@ -74,6 +74,9 @@ from pipesim.live.admin_models import (
     responses_of,
 )
 from pipesim.live.admin_ops import Operations, Served
+
+if TYPE_CHECKING:
+    from pipesim.live.tls import Tls
 
 __all__ = ["ADMIN_HOST", "PREFIX", "AdminError", "AdminListener", "Clock", "ErrorBody", "Served", "build_app",
            "openapi"]
@@ -381,8 +384,8 @@ class _EmbeddedServer(uvicorn.Server):
 class AdminListener:
     """The admin API of one server on ``127.0.0.1:port`` (``0``: a free port, then in :attr:`port`)."""
 
-    def __init__(self, server: Served, port: int, token: str | None = None) -> None:
-        self.server, self.port, self.token = server, port, token or None
+    def __init__(self, server: Served, port: int, token: str | None = None, tls: Tls | None = None) -> None:
+        self.server, self.port, self.token, self.tls = server, port, token or None, tls
         self._uvicorn: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
@@ -408,8 +411,11 @@ class AdminListener:
             self.bind()
         # log_config=None: uvicorn leaves the process's logging as pipesim set it (its warnings then read like
         # pipesim's own); no access log, so no request line (nor token) is ever written.
+        tls = self.tls
         config = uvicorn.Config(build_app(self.server, token=self.token), log_config=None, log_level="warning",
-                                access_log=False, lifespan="off", timeout_graceful_shutdown=1, server_header=False)
+                                access_log=False, lifespan="off", timeout_graceful_shutdown=1, server_header=False,
+                                # the WebSocket side's certificate (checked there): https:// as wss://
+                                ssl_certfile=tls and str(tls.cert), ssl_keyfile=tls and str(tls.key))
         self._uvicorn = _EmbeddedServer(config)
         self._task = asyncio.ensure_future(self._uvicorn.serve(sockets=[self._sock]))
         while not self._uvicorn.started:
@@ -429,5 +435,5 @@ class AdminListener:
 
     @property
     def url(self) -> str:
-        return f"http://{ADMIN_HOST}:{self.port}{PREFIX}"
+        return f"{'https' if self.tls else 'http'}://{ADMIN_HOST}:{self.port}{PREFIX}"
 

@@ -107,25 +107,23 @@ class BackgroundServer(Generic[_S]):
 
 
 def serve_in_background(scenario: Scenario | str | Path | dict[str, Any] = "frontend_demo", *,
-                        port: int = 8001, host: str = "127.0.0.1", speed: float = 1.0,
-                        seed: int | None = None, record: str | Path | None = None,
-                        **kwargs: Any) -> BackgroundServer[LiveServer]:
-    """Start a :class:`LiveServer` in a background thread; returns once it listens.
+                        speed: float = 1.0, seed: int | None = None, **options: Any) -> BackgroundServer[LiveServer]:
+    """Start a :class:`LiveServer` in a background thread; returns once it listens. ``options`` are the
+    live server's other keywords (``port``, ``host``, ``token``, ``options=ServerOptions(...)``, ...).
 
     >>> server = serve_in_background("frontend_demo", port=0)   # doctest: +SKIP
     >>> server.url                                                # doctest: +SKIP
     'ws://127.0.0.1:53211/ws'
     >>> server.stop()                                             # doctest: +SKIP
     """
-    return BackgroundServer(LiveServer(scenario, port=port, host=host, speed=speed, seed=seed, record=record,
-                                       **kwargs))
+    return BackgroundServer(LiveServer(scenario, speed=speed, seed=seed, **options))
 
 
-def replay_in_background(source: str | Path | Iterable[tuple[float, dict[str, Any]]], *, port: int = 8001,
-                         host: str = "127.0.0.1", speed: float = 1.0, loop: bool = False,
-                         **kwargs: Any) -> BackgroundServer[ReplayServer]:
-    """Start a :class:`ReplayServer` in a background thread; returns once it listens.
+def replay_in_background(source: str | Path | Iterable[tuple[float, dict[str, Any]]], *, speed: float = 1.0,
+                         loop: bool = False, **options: Any) -> BackgroundServer[ReplayServer]:
+    """Start a :class:`ReplayServer` in a background thread; returns once it listens (``options``: as
+    :func:`serve_in_background`'s).
 
     >>> server = replay_in_background("out/trace.jsonl", port=0, speed=5)   # doctest: +SKIP
     """
-    return BackgroundServer(ReplayServer(source, port=port, host=host, speed=speed, loop=loop, **kwargs))
+    return BackgroundServer(ReplayServer(source, speed=speed, loop=loop, **options))

@@ -7,7 +7,8 @@ their own)::
     {"event":"listening","ws":"ws://127.0.0.1:PORT/ws","http":"http://127.0.0.1:PORT/","port":PORT,
      "admin":"http://127.0.0.1:APORT/__admin","admin_port":APORT,"pid":PID}
 
-(``admin`` and ``admin_port`` are null with ``--no-admin``), then a line for people on standard error.
+(``admin`` and ``admin_port`` are null with ``--no-admin``; with TLS the URLs are ``wss://`` and ``https://``),
+then a line for people on standard error (with TLS, also where the certificate is and how to trust it).
 They stop cleanly on SIGINT or SIGTERM (clients get
 close code 1001, the recording is complete) and exit 0. A user mistake (bad scenario or replay file,
 port in use, recording not writable) raises a :class:`~pipesim.errors.PipesimError`, which
@@ -26,36 +27,35 @@ import os
 import signal
 import sys
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
 from pipesim.live.collector import ServingCollector
 from pipesim.live.connection import RTVI_PATH
 from pipesim.live.liveserver import LiveServer
+from pipesim.live.options import ServerOptions
 from pipesim.live.recording import load_replay
 from pipesim.live.replay import ReplayServer
 from pipesim.live.server import BaseServer
 from pipesim.scenario import load_scenario
 
-DEFAULT_ADMIN_PORT = 8002
-
 
 def serve(args: argparse.Namespace) -> int:
     """``pipesim serve [SCENARIO] [--host] [--port] [--speed] [--seed] [--record] [--owner-only]
-    [--allow-origin] [--allow-host] [--token] [--forget-after] [--trace-limit]``."""
+    [--allow-origin] [--allow-host] [--token] [--forget-after] [--trace-limit] [--no-bot-audio]``."""
     scenario = load_scenario(args.scenario)
-    server = LiveServer(scenario, host=args.host, port=args.port, speed=args.speed, seed=args.seed,
-                        record=args.record, owner_only=args.owner_only, forget_after=args.forget_after,
-                        trace_limit=args.trace_limit or None, **_access(args), **_admin(args))
+    server = LiveServer(scenario, speed=args.speed, seed=args.seed, owner_only=args.owner_only,
+                        forget_after=args.forget_after, trace_limit=args.trace_limit or None,
+                        bot_audio=not args.no_bot_audio, options=ServerOptions.from_args(args))
     what = f"scenario {scenario.name} (seed {server.sim.seed})"
     return _run(server, what)
 
 
 def replay(args: argparse.Namespace) -> int:
     """``pipesim replay FILE [--host] [--port] [--speed] [--loop] [--allow-origin] [--allow-host] [--token]``."""
+    options = ServerOptions.from_args(args)  # a mistake there is said before a long load
     with LoadingReport(args.file) as report:
         items = load_replay(args.file, progress=report)
-    server = ReplayServer(items, host=args.host, port=args.port, speed=args.speed, loop=args.loop,
-                          **_access(args), **_admin(args))
+    server = ReplayServer(items, speed=args.speed, loop=args.loop, options=options)
     server.source = args.file
     what = f"replay of {args.file} ({len(items)} messages{', looping' if args.loop else ''})"
     return _run(server, what)
@@ -102,21 +102,6 @@ class LoadingReport:
             self.stream.flush()
 
 
-def _access(args: argparse.Namespace) -> dict[str, Any]:
-    """The handshake options: ``--allow-origin``, ``--allow-host``, ``--token`` (else ``$PIPESIM_TOKEN``)."""
-    return {"allow_origins": args.allow_origin, "allow_hosts": args.allow_host,
-            "token": args.token or os.environ.get("PIPESIM_TOKEN") or None}
-
-
-def _admin(args: argparse.Namespace) -> dict[str, Any]:
-    """The admin API options: ``--admin-port``, ``--no-admin``, ``--admin-token`` (else
-    ``$PIPESIM_ADMIN_TOKEN``), ``--journal-size``."""
-    port = args.admin_port if args.admin_port is not None else 0 if args.port == 0 else DEFAULT_ADMIN_PORT
-    return {"admin_port": None if args.no_admin else port,
-            "admin_token": args.admin_token or os.environ.get("PIPESIM_ADMIN_TOKEN") or None,
-            "journal_size": args.journal_size}
-
-
 def listening_line(server: BaseServer) -> str:
     """The machine-readable first line of ``pipesim serve``/``replay`` (see the module docstring)."""
     admin = server.admin
@@ -149,6 +134,13 @@ async def _main(server: BaseServer, what: str, speed: float) -> None:
     rtvi = f"Pipecat clients (RTVI) on {base}{RTVI_PATH}; " if RTVI_PATH in server.dialect_paths else ""
     print(f"pipesim: serving {what} at {speed:g}x on {server.url} (dashboard {server.http_url}{admin}); {rtvi}"
           f"Ctrl-C to stop", file=sys.stderr, flush=True)
+    tls = server.options.tls
+    if tls is not None:
+        from pipesim.live.tls import trust_hints
+
+        made = f"made by pipesim, kept in {tls.ca.parent}" if tls.ca is not None else f"{tls.cert}"
+        print(f"pipesim: TLS ({made}); to trust it:\n" + "\n".join(f"  {hint}" for hint in trust_hints(tls)),
+              file=sys.stderr, flush=True)
     try:
         await stop.wait()
     finally:

@@ -21,6 +21,9 @@ CLOSE_FAULT = 4000
 
 #: Pipecat's RTVI dialect (:mod:`pipesim.live.rtvi`), served by the live server beside ``/ws``.
 RTVI_PATH = "/rtvi"
+#: Paths whose handshake declines permessage-deflate (a client's offer is optional, RFC 7692): the RTVI
+#: bot's audio is PCM, which deflate shrinks by a third for more CPU than everything else a frame costs.
+UNCOMPRESSED_PATHS = frozenset({RTVI_PATH})
 
 
 @dataclass(eq=False)

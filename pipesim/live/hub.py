@@ -219,6 +219,36 @@ class Hub:
             client.writer.cancel()
             client.writer = None  # the task's frame holds the client: no cycle left for the collector
 
+    async def serve(self, client: Client, on_frame: Callable[[bytes], None], on_bug: Callable[[Exception], None],
+                    *, first: Iterable[str] = (), on_attach: Callable[[], None] = lambda: None,
+                    journal_view: Callable[[bytes], dict[str, Any]] | None = None) -> None:
+        """Run one connection of any dialect until it closes: :meth:`attach` it (``first`` queued, then
+        ``on_attach()``), hand each inbound frame to ``on_frame``, :meth:`detach` it. With ``journal_view``
+        (and a journal), each frame is journaled first, as ``journal_view(frame)``, and the ``error`` it causes
+        becomes its result. An exception from ``on_frame`` is a pipesim bug: logged, told to the client by
+        ``on_bug(exc)``, and the connection and the server carry on."""
+        self.attach(client, first)
+        on_attach()
+        try:
+            while True:
+                raw = await client.ws.recv(decode=False)
+                if journal_view is not None and self.journal is not None:
+                    client.inbound = self.journal.inbound(client.id, journal_view(raw), self.journal_t())
+                try:
+                    on_frame(raw)
+                except Exception as exc:  # a pipesim bug: say so, keep the connection and the server
+                    log.exception("handling a frame from %s failed", client.name)
+                    on_bug(exc)
+                finally:
+                    if client.inbound is not None:
+                        if client.inbound["result"] is None:
+                            client.inbound["result"] = "applied"
+                        client.inbound = None
+        except ConnectionClosed:
+            pass
+        finally:
+            self.detach(client)
+
     def drop(self, client: Client, code: int, reason: str) -> None:
         """Disconnect a client without waiting for it (callable from the pacer's callbacks)."""
         if client.closing:

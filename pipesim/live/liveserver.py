@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from pipesim.live.clock import PacerClock
 from pipesim.live.connection import RTVI_PATH, Client
 from pipesim.live.dialect import DIALECTS, Dialect
 from pipesim.live.encode import encode_transition
-from pipesim.live.journal import DEFAULT_JOURNAL_SIZE
+from pipesim.live.options import ServerOptions
 from pipesim.live.pacer import Pacer
 from pipesim.live.rtvi import RtviDialect
 from pipesim.live.server import BaseServer, log
@@ -28,12 +28,13 @@ from pipesim.state import IllegalTransition, Transition, UnknownSession
 class LiveServer(BaseServer):
     """The live mock backend: the scenario's model in real time, over the orchestrator's protocol.
 
-    ``speed`` is simulated seconds per wall second; ``record`` a JSON Lines file of every message
-    broadcast; ``client_queue`` the slow-client limit (messages); ``send_buffer`` each client's socket
-    send buffer (bytes; None leaves the OS default); ``allow_origins``, ``allow_hosts`` and ``token`` who
-    may connect (see "Who may connect" above); ``owner_only`` lets a connection control only the sessions
-    it started. The scenario's own sessions (arrivals, scripted ones) run as they would offline; clients
-    add sessions with ``start``. ``port=0`` picks a free port.
+    ``speed`` is simulated seconds per wall second; ``owner_only`` lets a connection control only the
+    sessions it started; ``bot_audio`` sends the bot's audio to RTVI clients while it speaks (see
+    :mod:`pipesim.live.rtvi_audio`); ``forget_after`` and ``trace_limit`` bound its memory (see "Memory"
+    in :mod:`pipesim.live.server`). Where it listens and who may connect (``host``, ``port``, ``record``,
+    ``token``, ``admin_port``, ...) are the :class:`~pipesim.live.options.ServerOptions`, given as
+    ``options`` or as keywords of the same names (``port=0`` picks a free port). The scenario's own
+    sessions (arrivals, scripted ones) run as they would offline; clients add sessions with ``start``.
 
     >>> import asyncio
     >>> from pipesim.scenario import Scenario
@@ -48,17 +49,10 @@ class LiveServer(BaseServer):
     kind = "live"
 
     def __init__(self, scenario: Scenario | str | Path | dict[str, Any], *, seed: int | None = None,
-                 speed: float = 1.0, host: str = "127.0.0.1", port: int = 8001,
-                 record: str | Path | None = None, client_queue: int = 1000, close_timeout: float = 2.0,
-                 send_buffer: int | None = 128 * 1024, static_dir: str | Path | None = None,
-                 allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = (), token: str | None = None,
-                 owner_only: bool = False, admin_port: int | None = None, admin_token: str | None = None,
-                 journal_size: int = DEFAULT_JOURNAL_SIZE, forget_after: float | None = 60.0,
-                 trace_limit: int | None = DEFAULT_TRACE_LIMIT) -> None:
-        super().__init__(host=host, port=port, record=record, client_queue=client_queue,
-                         close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
-                         allow_origins=allow_origins, allow_hosts=allow_hosts, token=token,
-                         admin_port=admin_port, admin_token=admin_token, journal_size=journal_size)
+                 speed: float = 1.0, owner_only: bool = False, forget_after: float | None = 60.0,
+                 trace_limit: int | None = DEFAULT_TRACE_LIMIT, bot_audio: bool = True,
+                 options: ServerOptions | None = None, **server_options: Any) -> None:
+        super().__init__(options, **server_options)
         #: Clients may control only the sessions they started on the same connection.
         self.owner_only = owner_only
         self.scenario = as_scenario(scenario)
@@ -68,7 +62,7 @@ class LiveServer(BaseServer):
         self.model.subscribe(self._on_transition)
         self.model.on_reset(self._on_reset)
         self.timekeeper = PacerClock(lambda: self.model.pacer)
-        self._dialect_types = dict(DIALECTS)
+        self._dialect_types = {**DIALECTS, RTVI_PATH: functools.partial(RtviDialect, bot_audio=bot_audio)}
         self._dialects: dict[str, Dialect] = {}  # each made by its first connection
 
     @property

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipesim.live.clock import PlaybackClock
 from pipesim.live.connection import Client
-from pipesim.live.journal import DEFAULT_JOURNAL_SIZE
+from pipesim.live.options import ServerOptions
 from pipesim.live.playback import Playback
 from pipesim.live.recording import load_replay
 from pipesim.live.server import BaseServer
@@ -26,7 +26,8 @@ class ReplayServer(BaseServer):
     ``source`` is a file (see :func:`~pipesim.live.recording.load_replay`) or ``(t, message)`` pairs.
     Playback starts when the first client connects, from the first message (so nobody misses the
     beginning); ``loop=True`` starts again after the last one. Controls and model faults are answered with
-    ``error`` ``unsupported`` (a replay cannot change); ``disconnect`` works as live.
+    ``error`` ``unsupported`` (a replay cannot change); ``disconnect`` works as live. Where it listens
+    and who may connect are the :class:`~pipesim.live.options.ServerOptions`, as ``options`` or keywords.
 
     >>> server = ReplayServer([(0.0, {"type": "session_created", "session_id": "a", "timestamp": 0.0,
     ...                                 "seq": 0})], port=0)
@@ -37,16 +38,8 @@ class ReplayServer(BaseServer):
     kind = "replay"
 
     def __init__(self, source: str | Path | Iterable[tuple[float, dict[str, Any]]], *, speed: float = 1.0,
-                 loop: bool = False, host: str = "127.0.0.1", port: int = 8001,
-                 record: str | Path | None = None, client_queue: int = 1000, close_timeout: float = 2.0,
-                 send_buffer: int | None = 128 * 1024, static_dir: str | Path | None = None,
-                 allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = (),
-                 token: str | None = None, admin_port: int | None = None, admin_token: str | None = None,
-                 journal_size: int = DEFAULT_JOURNAL_SIZE) -> None:
-        super().__init__(host=host, port=port, record=record, client_queue=client_queue,
-                         close_timeout=close_timeout, send_buffer=send_buffer, static_dir=static_dir,
-                         allow_origins=allow_origins, allow_hosts=allow_hosts, token=token,
-                         admin_port=admin_port, admin_token=admin_token, journal_size=journal_size)
+                 loop: bool = False, options: ServerOptions | None = None, **server_options: Any) -> None:
+        super().__init__(options, **server_options)
         self.source = str(source) if isinstance(source, str | Path) else "<messages>"
         self._items = load_replay(source) if isinstance(source, str | Path) else list(source)
         if not self._items:

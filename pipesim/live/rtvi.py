@@ -26,7 +26,12 @@ The model's events become RTVI messages by the one table :data:`MAPPING`, render
 timeouts and errors; ``session_created``; ``session_ended``). The user's transcripts and the LLM's text are
 **synthetic**: words drawn from the session's own random stream (``streams.generator(session_id,
 "rtvi-text")``), so the same seed gives the same words, and drawing them changes no other number. Only
-their timing and length come from the model. No bot audio is sent: every callback fires from messages.
+their timing and length come from the model. While the bot speaks (``bot-started-speaking`` to
+``bot-stopped-speaking``) its audio goes out too, as Pipecat's WebSocket transport plays it: binary
+``Frame.audio`` frames of synthetic, speech-like 24 kHz mono PCM, 40 ms each, in real time, cut at once
+when the bot stops (:mod:`pipesim.live.rtvi_audio`; the voice: :mod:`pipesim.live.bot_audio`; drawn from
+the session's own stream ``streams.generator(session_id, "rtvi-audio", turn)``). ``bot_audio=False``
+(``pipesim serve --no-bot-audio``) sends none.
 
 >>> [rule.rtvi for rule in MAPPING if rule.trigger == "speech_started"]
 [('user-started-speaking',)]
@@ -41,13 +46,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from pipesim import __version__ as pipesim_version
 from pipesim._jsonsafe import MAX_DEPTH, unsendable
 from pipesim.errors import IllegalTransition, ProtocolError, UnknownSession
+from pipesim.live.bot_audio import BotVoice
 from pipesim.live.connection import CLOSE_NORMAL, RTVI_PATH, Client
 from pipesim.live.hub import Hub
+from pipesim.live.rtvi_audio import BotAudio, Speech
 from pipesim.live.rtvi_codec import decode_frame, encode_message
 from pipesim.live.source import LiveModel
 from pipesim.model import Simulation
@@ -169,6 +175,11 @@ class RtviConnection:
     words: np.random.Generator | None = None  # the synthetic text's own stream
     #: Its session vanished in a reset (the socket is closing): nothing it sends reaches the new model.
     gone: bool = False
+    #: The reply being spoken now (None: the bot is silent, or sends no audio).
+    speech: Speech | None = None
+    #: Bot audio frames (and their bytes of PCM) sent.
+    bot_audio_frames: int = 0
+    bot_audio_bytes: int = 0
 
     @property
     def closable(self) -> _RtviClient | None:
@@ -178,11 +189,14 @@ class RtviConnection:
 
 class RtviDialect:
     """The RTVI side of a live server: its sockets, by session. Handed the hub (the way out) and the
-    model (what the sockets drive); on a reset it closes its sockets and follows the new model."""
+    model (what the sockets drive); on a reset it closes its sockets and follows the new model.
+    ``bot_audio``: send the bot's audio while it speaks."""
 
-    def __init__(self, hub: Hub, model: LiveModel) -> None:
+    def __init__(self, hub: Hub, model: LiveModel, *, bot_audio: bool = True) -> None:
         self.hub = hub
         self.model = model
+        #: The bot's audio on the sockets that speak (None: no bot audio).
+        self.audio = BotAudio(hub, lambda: self.model.pacer) if bot_audio else None
         #: Every RTVI connection that has sent ``client-ready``, by session id (kept after it closes, without
         #: its socket, until its session is forgotten).
         self.connections: dict[str, RtviConnection] = {}
@@ -199,6 +213,8 @@ class RtviDialect:
 
     def _on_reset(self, old: Simulation) -> None:
         """The sessions are gone: close every socket; the next connection starts afresh (``rtvi-1``)."""
+        if self.audio is not None:
+            self.audio.stop_all()
         for conn in list(self.connections.values()):
             conn.gone = True
             if (client := conn.closable) is not None:
@@ -218,20 +234,13 @@ class RtviDialect:
         """Run one RTVI socket until it closes; its session (if any) is stopped then."""
         client = _RtviClient(ws, watch_all=False, watched=set())
         conn = RtviConnection(client)
-        self.hub.attach(client)  # so that shutdown and the ``disconnect`` fault reach it
         log.info("RTVI client %s connected", client.name)
-        try:
-            while True:
-                raw = await ws.recv(decode=False)
-                try:
-                    self._on_frame(conn, raw)
-                except Exception as exc:  # a pipesim bug: say so, keep the connection and the server
-                    log.exception("RTVI: handling a frame failed")
-                    self._error(conn, None, f"internal error: {exc}")
-        except ConnectionClosed:
-            pass
+        try:  # attached to the hub, so that shutdown and the ``disconnect`` fault reach it
+            await self.hub.serve(client, lambda raw: self._on_frame(conn, raw),
+                                 lambda exc: self._error(conn, None, f"internal error: {exc}"))
         finally:
-            self.hub.detach(client)
+            if self.audio is not None:
+                self.audio.stop(conn)
             self._end_session(conn)
             log.info("RTVI client %s disconnected", client.name)
             conn.client = None  # the record stays until its session is forgotten; the socket goes
@@ -370,6 +379,7 @@ class RtviDialect:
             conn.requested.setdefault(ev.service, ev.t)
         elif ev.event == "speech_ended":
             conn.utterance_s = ev.value
+        speaks = False
         for rule in MAPPING:
             if rule.trigger not in (ev.event, "*") or rule.service not in (None, ev.service):
                 continue
@@ -386,13 +396,25 @@ class RtviDialect:
                     if opener not in conn.opened:
                         continue
                     conn.opened.discard(opener)
+                    if type_ == "bot-stopped-speaking" and self.audio is not None:
+                        self.audio.stop(conn)  # at once: a barge-in cuts the bot off
                 elif type_ in _OPENERS.values():
                     if type_ in conn.opened:
                         continue  # once a turn (a retried request starts its service again)
                     conn.opened.add(type_)
                 self._send(conn, type_, self._data(conn, type_, ev))
+                if type_ == "bot-started-speaking" and self.audio is not None:
+                    speaks = True
+        if speaks:  # after the event's messages (bot-output)
+            self._speak(conn, ev)
         if ev.event == "session_stopped" and (client := conn.closable) is not None:
             self._close_later(client)
+
+    def _speak(self, conn: RtviConnection, ev: _Event) -> None:
+        """The bot starts speaking its reply: its voice, from the session's own stream for this turn."""
+        assert self.audio is not None and conn.session_id is not None
+        rng = self.sim.streams.generator(conn.session_id, "rtvi-audio", str(ev.turn_id))
+        self.audio.start(conn, BotVoice(conn.reply, rng), ev.t)
 
     def _data(self, conn: RtviConnection, type_: str, ev: _Event) -> Any:
         """The ``data`` of one RTVI message caused by ``ev`` (None: a message without data)."""

@@ -4,14 +4,14 @@
 message ``pipecat.Frame`` holding one of ``text`` (field 1), ``audio`` (2, an ``AudioRawFrame``:
 ``id`` 1, ``name`` 2, ``audio`` 3, ``sample_rate`` 4, ``num_channels`` 5, ``pts`` 6), ``transcription``
 (3) or ``message`` (4, a ``MessageFrame`` whose field 1 ``data`` is the RTVI envelope as a JSON string).
-pipesim needs only two of them, so the codec is a few lines of varints and length-delimited fields rather
-than a protobuf runtime: :func:`encode_message` writes field 4 -> field 1, :func:`decode_frame` reads any
-frame (unknown fields are skipped, as protobuf requires) and returns the message's JSON object or, for
-microphone audio, how much audio arrived. Anything else raises :class:`~pipesim.errors.ProtocolError`
-with one line saying what is wrong.
+pipesim needs only three of them, so the codec is a few lines of varints and length-delimited fields rather
+than a protobuf runtime: :func:`encode_message` writes field 4 -> field 1, :func:`encode_audio` the bot's
+audio (field 2), :func:`decode_frame` reads any frame (unknown fields are skipped, as protobuf requires) and
+returns the message's JSON object or, for microphone audio, how much audio arrived. Anything else raises
+:class:`~pipesim.errors.ProtocolError` with one line saying what is wrong.
 
-The golden bytes in ``tests/data/rtvi_frames.json`` come from the real transport's encoder
-(``tests/rtvi_e2e/golden.mjs``).
+The golden bytes in ``tests/data/rtvi_frames.json`` come from the real transport's encoder, and the samples
+its decoder reads from them (``tests/rtvi_e2e/golden.mjs``).
 
 >>> frame = encode_message({"label": "rtvi-ai", "type": "bot-ready", "id": "1", "data": {"version": "2.1.0"}})
 >>> frame[:2]
@@ -22,6 +22,7 @@ b'"L'
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,7 @@ from pipesim.errors import ProtocolError
 #: ``pipecat.Frame``'s fields (a oneof) and the ones pipesim reads inside them.
 FRAME_TEXT, FRAME_AUDIO, FRAME_TRANSCRIPTION, FRAME_MESSAGE = 1, 2, 3, 4
 MESSAGE_DATA = 1
-AUDIO_SAMPLES, AUDIO_SAMPLE_RATE, AUDIO_CHANNELS = 3, 4, 5
+AUDIO_NAME, AUDIO_SAMPLES, AUDIO_SAMPLE_RATE, AUDIO_CHANNELS = 2, 3, 4, 5
 _KINDS = {FRAME_TEXT: "text", FRAME_AUDIO: "audio", FRAME_TRANSCRIPTION: "transcription", FRAME_MESSAGE: "message"}
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 
@@ -77,6 +78,32 @@ def encode_message(envelope: dict[str, Any]) -> bytes:
     data = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
         "utf-8", "backslashreplace")
     return _length_delimited(FRAME_MESSAGE, _length_delimited(MESSAGE_DATA, data))
+
+
+def encode_audio(pcm: bytes, sample_rate: int, num_channels: int) -> bytes:
+    """The binary frame carrying audio: ``Frame{audio: AudioRawFrame{name: "audio", audio: pcm, sample_rate,
+    num_channels}}``, byte for byte as the JS transport's ``serializeAudio`` writes it (``id`` 0 and no
+    ``pts``: proto3 leaves them out). ``pcm``: 16-bit little-endian samples, channels interleaved.
+
+    >>> encode_audio(b"\\x01\\x00", 24000, 1)
+    b'\\x12\\x11\\x12\\x05audio\\x1a\\x02\\x01\\x00 \\xc0\\xbb\\x01(\\x01'
+    >>> decode_frame(encode_audio(b"\\x00" * 1920, 24000, 1)).audio_bytes
+    1920
+    """
+    head, tail = _audio_framing(len(pcm), sample_rate, num_channels)
+    return head + pcm + tail
+
+
+@functools.lru_cache(maxsize=16)
+def _audio_framing(size: int, sample_rate: int, num_channels: int) -> tuple[bytes, bytes]:
+    """What comes before and after ``size`` bytes of samples in :func:`encode_audio`'s frame (the bot's frames
+    all have the same size: computed once)."""
+    tail = (_varint(AUDIO_SAMPLE_RATE << 3 | _VARINT) + _varint(sample_rate)
+            + _varint(AUDIO_CHANNELS << 3 | _VARINT) + _varint(num_channels))
+    name = _length_delimited(AUDIO_NAME, b"audio")
+    samples_key = _varint(AUDIO_SAMPLES << 3 | _LENGTH_DELIMITED) + _varint(size)
+    inner = len(name) + len(samples_key) + size + len(tail)
+    return _varint(FRAME_AUDIO << 3 | _LENGTH_DELIMITED) + _varint(inner) + name + samples_key, tail
 
 
 def _fields(data: bytes, where: str) -> dict[int, bytes | int]:

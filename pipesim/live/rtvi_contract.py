@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from pipesim import __version__
+from pipesim.live.bot_audio import FRAME_S, FRAME_SAMPLES, NUM_CHANNELS, SAMPLE_RATE
+from pipesim.live.rtvi_audio import LEAD_S
 from pipesim.vocabulary import RTVI_CLIENT_MESSAGE_TYPES, RTVI_SERVER_MESSAGE_TYPES
 
 _STR: dict[str, Any] = {"type": "string"}
@@ -96,10 +98,28 @@ _CHANNEL_DESCRIPTION = """\
 Pipecat's RTVI (protocol 2.1.0), for `@pipecat-ai/client-js` with `@pipecat-ai/websocket-transport`.
 Every message is one **binary** WebSocket frame: a protobuf `pipecat.Frame` whose field 4 (`message`)
 holds a `MessageFrame` whose field 1 (`data`) is the JSON envelope below as a string. Microphone audio
-arrives as `Frame.audio` (field 2) and is dropped. One socket is one model session: `client-ready`
-creates it from the scenario's template (answered by `bot-ready` with the same `id`); closing the socket or
-`disconnect-bot` stops it. Transcripts and LLM text are synthetic. The same access checks as `/ws` apply.
+arrives as `Frame.audio` (field 2) and is dropped; the bot's audio goes out as `Frame.audio` while it speaks
+(`BotAudio`). One socket is one model session: `client-ready` creates it from the scenario's template
+(answered by `bot-ready` with the same `id`); closing the socket or `disconnect-bot` stops it. Transcripts,
+LLM text and the bot's voice are synthetic. The same access checks as `/ws` apply; the handshake declines
+permessage-deflate.
 """
+
+#: The bot's audio: no RTVI message, a frame of the transport (``Frame.audio``, field 2).
+BOT_AUDIO: dict[str, Any] = {
+    "name": "bot-audio", "title": "bot audio", "contentType": "application/x-protobuf",
+    "summary": "The bot's voice, from bot-started-speaking to bot-stopped-speaking, in real time.",
+    "description": (
+        f"`pipecat.Frame{{audio: AudioRawFrame{{name: \"audio\", audio, sample_rate: {SAMPLE_RATE}, "
+        f"num_channels: {NUM_CHANNELS}}}}}` (`id` 0 and no `pts`, as the JS transport writes it), `audio` "
+        f"{FRAME_SAMPLES * 2:,} bytes: {FRAME_S * 1000:.0f} ms of 16-bit little-endian PCM, synthetic and "
+        f"speech-like (syllables following the reply's words). Sent in real time, at most "
+        f"{(LEAD_S + FRAME_S) * 1000:.0f} ms ahead of what the client has played; at `--speed` S a frame "
+        f"holds S times as much speech (fast-forwarded). Nothing more is sent once the bot stops (playback "
+        f"done, a barge-in, a pause). Off with `pipesim serve --no-bot-audio`."),
+    "payload": {"type": "string", "format": "binary",
+                "description": "The protobuf bytes of one `pipecat.Frame` holding an `AudioRawFrame`."},
+}
 
 
 def rtvi_asyncapi_document() -> dict[str, Any]:
@@ -116,6 +136,10 @@ def rtvi_asyncapi_document() -> dict[str, Any]:
         operations[f"{action}{msg_id}"] = {"action": action, "channel": {"$ref": "#/channels/rtvi"},
                                            "summary": schema["description"],
                                            "messages": [{"$ref": f"#/channels/rtvi/messages/{msg_id}"}]}
+    messages["BotAudio"] = BOT_AUDIO
+    operations["sendBotAudio"] = {"action": "send", "channel": {"$ref": "#/channels/rtvi"},
+                                  "summary": BOT_AUDIO["summary"],
+                                  "messages": [{"$ref": "#/channels/rtvi/messages/BotAudio"}]}
     return {
         "asyncapi": "3.0.0",
         "info": {"title": "pipesim RTVI dialect (Pipecat clients)", "version": __version__,

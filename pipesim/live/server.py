@@ -23,6 +23,15 @@ With ``admin_port`` (``pipesim serve`` by default: 8002), :mod:`pipesim.live.adm
 push, the journal (:attr:`BaseServer.journal`: every inbound frame with its result, every outbound
 message) and reset.
 
+TLS
+---
+With ``tls`` (``--tls-cert``/``--tls-key`` or ``--tls-self-signed``: :mod:`pipesim.live.tls`), every endpoint
+is served over TLS with the same certificate: ``wss://`` for ``/ws`` and ``/rtvi``, ``https://`` for the
+dashboard, ``/healthz``, ``/stats`` and the admin API; :attr:`~BaseServer.url`, ``http_url`` and
+``admin_url`` say so. The checks below are unchanged (a page's ``Origin`` is then ``https://...``). A plain
+``ws://`` or ``http://`` client is refused by the TLS handshake (its connection is closed); the server
+carries on.
+
 Who may connect
 ---------------
 Checked at the ``/ws`` (and ``/rtvi``) handshake by :mod:`pipesim.live.access`; a refusal is ``403``
@@ -126,7 +135,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -138,9 +147,10 @@ from pipesim.errors import LiveError
 from pipesim.live.access import Access, RedactingLogger
 from pipesim.live.clock import Clock
 from pipesim.live.collector import ServingCollector
-from pipesim.live.connection import CLOSE_GOING_AWAY, Client, free_protocol
+from pipesim.live.connection import CLOSE_GOING_AWAY, UNCOMPRESSED_PATHS, Client, free_protocol
 from pipesim.live.hub import Hub
-from pipesim.live.journal import DEFAULT_JOURNAL_SIZE, Journal
+from pipesim.live.journal import Journal
+from pipesim.live.options import ServerOptions
 from pipesim.live.recording import Recorder
 from pipesim.live.routes import STATIC_DIR, answer, handshake_refusal
 from pipesim.live.source import DEFAULT_TRACE_LIMIT, LiveModel
@@ -175,19 +185,19 @@ class BaseServer:
     #: What a replay plays (None: a live model).
     source: str | None = None
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 8001, record: str | Path | None = None,
-                 client_queue: int = 1000, close_timeout: float = 2.0, send_buffer: int | None = 128 * 1024,
-                 static_dir: str | Path | None = None, allow_origins: Iterable[str] = (),
-                 allow_hosts: Iterable[str] = (), token: str | None = None, admin_port: int | None = None,
-                 admin_token: str | None = None, journal_size: int = DEFAULT_JOURNAL_SIZE) -> None:
-        self.host, self.port = host, port
+    def __init__(self, options: ServerOptions | None = None, /, **keywords: Any) -> None:
+        #: Where it listens, who may connect, ...: ``options`` with ``keywords`` laid over them.
+        self.options = opts = ServerOptions.of(options, keywords, type(self).__name__)
+        self.host, self.port = opts.host, opts.port
+        #: The TLS context of every endpoint (None: plain ``ws://`` and ``http://``); see :mod:`pipesim.live.tls`.
+        self.ssl_context = opts.tls.server_context() if opts.tls is not None else None
         #: The handshake checks: Origin allowlist, Host check, token (see :mod:`pipesim.live.access`).
-        self.access = Access.build(host, allow_origins, allow_hosts, token)
+        self.access = Access.build(opts.host, opts.allow_origins, opts.allow_hosts, opts.token)
         #: WebSocket handshakes refused by :attr:`access`, since the start.
         self.refused = 0
-        self.record_path = Path(record) if record is not None else None
-        self.close_timeout = close_timeout
-        self.static_dir = Path(static_dir) if static_dir is not None else STATIC_DIR
+        self.record_path = Path(opts.record) if opts.record is not None else None
+        self.close_timeout = opts.close_timeout
+        self.static_dir = Path(opts.static_dir) if opts.static_dir is not None else STATIC_DIR
         self.recorder: Recorder | None = None
         #: The process's garbage collector when this server's process owns it (``pipesim serve``): in /stats.
         self.collector: ServingCollector | None = None
@@ -196,34 +206,34 @@ class BaseServer:
         self._stopped: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Every inbound and outbound message (bounded; None when ``journal_size`` is 0): see the admin API.
-        self.journal: Journal | None = Journal(journal_size) if journal_size > 0 else None
+        self.journal: Journal | None = Journal(opts.journal_size) if opts.journal_size > 0 else None
         #: The connections and the way out to them (publish, send, the slow-client rule, close).
-        self.hub = Hub(client_queue=client_queue, close_timeout=close_timeout, send_buffer=send_buffer,
+        self.hub = Hub(client_queue=opts.client_queue, close_timeout=opts.close_timeout, send_buffer=opts.send_buffer,
                        journal=self.journal, journal_t=lambda: self._journal_t())
         #: The seed's protocol on ``/ws``: what a client watches, its controls and faults (this server's hooks).
         self.ws = WsDialect(self.hub, snapshot=self._snapshot, on_control=self._on_control,
                             on_fault=self._on_fault, on_connect=self._on_connect)
         #: The admin API's listener (``admin_port`` None: no admin API).
         self.admin: AdminListener | None = None
-        if admin_port is not None:
+        if opts.admin_port is not None:
             from pipesim.live.admin import AdminListener  # FastAPI loads only when it is wanted
 
-            self.admin = AdminListener(self, admin_port, admin_token)
+            self.admin = AdminListener(self, opts.admin_port, opts.admin_token, tls=opts.tls)
 
     # Public API ------------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        """The WebSocket URL (``ws://host:port/ws``)."""
-        return f"ws://{self._display_host}:{self.port}/ws"
+        """The WebSocket URL (``ws://host:port/ws``; ``wss://`` with TLS)."""
+        return f"{'wss' if self.ssl_context else 'ws'}://{self._display_host}:{self.port}/ws"
 
     @property
     def http_url(self) -> str:
-        """The dashboard page's URL."""
-        return f"http://{self._display_host}:{self.port}/"
+        """The dashboard page's URL (``http://host:port/``; ``https://`` with TLS)."""
+        return f"{'https' if self.ssl_context else 'http'}://{self._display_host}:{self.port}/"
 
     @property
     def admin_url(self) -> str | None:
-        """The admin API's base URL (``http://127.0.0.1:PORT/__admin``), or None without one."""
+        """The admin API's base URL (``http://127.0.0.1:PORT/__admin``, ``https://`` with TLS), or None."""
         return self.admin.url if self.admin is not None else None
 
     @property
@@ -269,6 +279,7 @@ class BaseServer:
             self._server = await serve(
                 self._handler, self.host, self.port, process_request=self._process_request,
                 max_size=MAX_FRAME_BYTES, close_timeout=self.close_timeout, server_header="pipesim",
+                ssl=self.ssl_context,
                 # The library logs request lines and headers at DEBUG level: keep the token out of them.
                 logger=RedactingLogger(logging.getLogger("websockets.server"), token) if token else None)
         except OSError as exc:
@@ -375,6 +386,8 @@ class BaseServer:
         if path == "/ws" or path in self.dialect_paths:
             refusal = handshake_refusal(self.access, request, target.query)
             if refusal is None:
+                if path in UNCOMPRESSED_PATHS:
+                    connection.protocol.available_extensions = None
                 return None  # the WebSocket handshake goes on
             self.refused += 1
             host, port = (connection.remote_address or ("?", 0))[:2]

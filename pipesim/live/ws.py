@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from pipesim import _jsonsafe
 from pipesim.live.connection import Client
@@ -41,34 +40,17 @@ class WsDialect:
         assert ws.request is not None
         wanted = [sid for sid in parse_qs(urlsplit(ws.request.path).query).get("session_id", []) if sid]
         client = Client(ws, watch_all=not wanted, watched=set(wanted), id=f"c{next(self._connections)}")
-        self.hub.attach(client, [dumps(message) for message in self._snapshot(client)])
         log.info("client %s connected (%s)", client.name, "all sessions" if client.watch_all else
                  ", ".join(repr(sid) for sid in sorted(client.watched)))  # repr: ids may hold newlines
-        self._on_connect(client)
         try:
-            while True:
-                raw = await ws.recv(decode=False)
-                self._on_message(client, raw)
-        except ConnectionClosed:
-            pass
+            await self.hub.serve(client, lambda raw: self._on_message(client, raw),
+                                 lambda exc: self.hub.error(client, "unsupported", f"internal error: {exc}"),
+                                 first=[dumps(message) for message in self._snapshot(client)],
+                                 on_attach=lambda: self._on_connect(client), journal_view=_journal_view)
         finally:
-            self.hub.detach(client)
             log.info("client %s disconnected", client.name)
 
     def _on_message(self, client: Client, raw: bytes) -> None:
-        if self.hub.journal is None:
-            self._handle_message(client, raw)
-            return
-        # Journal the frame first, then let the hub's send() fill in the error it causes, if any.
-        client.inbound = self.hub.journal.inbound(client.id, _journal_view(raw), self.hub.journal_t())
-        try:
-            self._handle_message(client, raw)
-        finally:
-            if client.inbound["result"] is None:
-                client.inbound["result"] = "applied"
-            client.inbound = None
-
-    def _handle_message(self, client: Client, raw: bytes) -> None:
         if len(raw) > MAX_MESSAGE_BYTES:
             self.hub.error(client, "too_large", f"message is {len(raw)} bytes, the limit is {MAX_MESSAGE_BYTES}")
             return
@@ -77,14 +59,10 @@ class WsDialect:
         except ProtocolError as exc:
             self.hub.error(client, "bad_message", str(exc))
             return
-        try:
-            if isinstance(msg, ConversationControl):
-                self._on_control(client, msg)
-            elif isinstance(msg, FaultInjection):
-                self._on_fault(client, msg)
-        except Exception as exc:  # a pipesim bug: say so to the client, keep everything else running
-            log.exception("handling %r failed", msg)
-            self.hub.error(client, "unsupported", f"internal error handling {getattr(msg, 'type', msg)}: {exc}")
+        if isinstance(msg, ConversationControl):
+            self._on_control(client, msg)
+        elif isinstance(msg, FaultInjection):
+            self._on_fault(client, msg)
 
     def disconnect_fault(self, client: Client, msg: FaultInjection, known: Callable[[str], bool]) -> None:
         """The ``disconnect`` fault: close (4000) the connections that watch ``msg.session_id`` by name (by its

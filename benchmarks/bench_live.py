@@ -19,18 +19,36 @@ Targets (``--speed 1``, 100 and 1,000 sessions): CPU/msg at most 3x bare, p99 la
 p99 < 10 ms, 0 lost. ``--ramp`` then doubles the speed at the largest size until a target breaks.
 ``--soak`` instead runs the memory soak (see :func:`soak`). ``--bot-audio`` instead compares RTVI sessions
 with and without the bot's audio (see :func:`bot_audio`; target: at most 2x the CPU per session).
-``--quick`` (CI): 10 sessions, a few seconds, asserts that messages flowed and none was lost, nothing
-about speed.
+
+``--fanout W ...`` instead measures the fan-out: W clients (over ``--workers`` processes) each watching every
+session (plain ``/ws``) of ``pipesim serve benchmarks/fanout_bench.yaml --speed 10`` with 200/W sessions (100
+at most) that talk from the first second (``baseline``'s arrivals take 25 simulated seconds to reach their
+steady number); then the bare server ``websockets.broadcast()``-ing a pre-encoded message of pipesim's mean
+size to W clients at the rate each pipesim client received, a wake-up per message, its clients reading each
+message as JSON as pipesim's do (both sides negotiate the library's default permessage-deflate: the clients
+are the same code); then the same server with nobody watching, whose CPU (the model, the encoder, the
+journal: everything but the delivery) is printed per delivered message (``model us``) and taken out of
+pipesim's in ``hub`` (what the rest costs, as a multiple of bare). 200/W sessions keep the messages
+delivered in all near 3,000 a second beyond 2 watchers (1,550 a second to each of 1 or 2): ``serve baseline
+--speed 10`` asks for 93,000 a second at 50 watchers, more than this 2-core machine's server and clients
+can deliver; they then fall seconds behind, and the server writes many messages per system call, which is
+cheaper per message than bare and no longer the fan-out one means to measure (``--fanout-scenario baseline``
+runs it all the same). A row whose window never found the server caught up (``settle`` at its limit) says
+``behind``. Target: CPU per delivered message at most 1.5x bare.
+
+``--quick`` (CI): 10 sessions, a few seconds, asserts that messages flowed and none was lost, nothing about
+speed (the fan-out, three servers and a bare one, takes about 20 s more: not in it).
 
     .venv/bin/python benchmarks/bench_live.py                 # 100 and 1,000 sessions, then the ramp
     .venv/bin/python benchmarks/bench_live.py --sizes 1000 --no-ramp
     .venv/bin/python benchmarks/bench_live.py --soak          # RSS over >= 30 min of simulated time
     .venv/bin/python benchmarks/bench_live.py --soak --soak-dialect rtvi   # the same, churning /rtvi
     .venv/bin/python benchmarks/bench_live.py --bot-audio     # RTVI sessions with and without bot audio
+    .venv/bin/python benchmarks/bench_live.py --fanout 1 50 200   # W clients watching everything
     .venv/bin/python benchmarks/bench_live.py --quick
 
 Writes ``out/bench/live.json`` (``live_soak.json`` for ``--soak``, ``live_bot_audio.json`` for
-``--bot-audio``) and prints a table.
+``--bot-audio``, ``live_fanout.json`` for ``--fanout``) and prints a table.
 """
 
 from __future__ import annotations
@@ -57,14 +75,21 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import broadcast, serve
 
 from pipesim.live.bot_audio import FRAME_S
-from pipesim.live.load import raise_fd_limit, run_clients, run_load
+from pipesim.live.load import SETTLE_LIMIT_S, raise_fd_limit, run_clients, run_load
 from pipesim.live.rtvi_codec import decode_frame, encode_message
 
 HERE = Path(__file__).resolve().parent
 SCENARIO = HERE / "live_bench.yaml"
 OUT = Path("out/bench")
 TICKS = os.sysconf("SC_CLK_TCK")
-TARGETS = {"cpu_ratio": 3.0, "p99_ms": 50.0, "lag_p99_ms": 10.0}
+TARGETS = {"cpu_ratio": 3.0, "p99_ms": 50.0, "lag_p99_ms": 10.0, "fanout_cpu_ratio": 1.5}
+#: The fan-out's scenario (``--fanout``): sessions that talk from the first second to the last.
+FANOUT_SCENARIO = HERE / "fanout_bench.yaml"
+#: Unless ``--fanout-scenario`` is given, ``FANOUT_SCENARIO`` with this many sessions over the number of
+#: watchers (100 at most): about 3,000 messages a second delivered in all at 10x beyond 2 watchers, which the
+#: server and its clients sustain side by side on 2 cores shared with other work (at 8,000 and a load average
+#: of 10 the clients fell seconds behind at 50 and 200 watchers).
+FANOUT_SESSION_WATCHERS = 200
 
 
 # The server and its numbers ----------------------------------------------------------------------------
@@ -84,11 +109,11 @@ def rss_mb(pid: int) -> float:
 class Serve:
     """``pipesim serve`` in a subprocess on a free port."""
 
-    def __init__(self, speed: float, extra: list[str] = ()) -> None:
+    def __init__(self, speed: float, extra: list[str] = (), scenario: str | Path = SCENARIO) -> None:
         # Its log goes to a file: a pipe nobody reads would fill up and stall the server mid-run.
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by stop())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipesim", "serve", str(SCENARIO), "--port", "0", "--speed", f"{speed:g}",
+            [sys.executable, "-m", "pipesim", "serve", str(scenario), "--port", "0", "--speed", f"{speed:g}",
              *extra], stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         try:
@@ -119,7 +144,7 @@ class Serve:
 
 
 # The bare server -----------------------------------------------------------------------------------------
-def _bare_process(port: Any, size: int, session_rate: float) -> None:
+def _bare_process(port: Any, size: int, session_rate: float, broadcast_rate: float) -> None:
     # One real-looking message padded to the size pipesim's averaged, encoded once.
     payload = json.dumps({"type": "pipeline_state_update", "pad": ""})
     payload = payload.replace('""', '"' + "x" * max(0, size - len(payload)) + '"')
@@ -141,31 +166,43 @@ def _bare_process(port: Any, size: int, session_rate: float) -> None:
             credit, last, turn = 0.0, loop.time(), 0
             while True:
                 # As pipesim sends: each "transition" goes to one session client (in turn) and to every
-                # dashboard, spread over time in 1 ms ticks rather than in bursts.
-                await asyncio.sleep(0.001)
+                # dashboard, spread over time in 1 ms ticks rather than in bursts. The fan-out (no session
+                # clients): ``broadcast_rate`` messages a second to every dashboard, a wake-up per message (as
+                # pipesim's pacer wakes per event), at most one a ms.
+                await asyncio.sleep(0.001 if groups["s"] or not broadcast_rate else max(0.001, 1 / broadcast_rate))
                 now = loop.time()
                 clients = list(groups["s"])
-                credit += session_rate * len(clients) * (now - last)
+                credit += (session_rate * len(clients) + broadcast_rate * bool(groups["d"])) * (now - last)
                 last = now
-                while credit >= 1 and clients:
+                while credit >= 1 and (clients or groups["d"]):
                     credit -= 1
-                    turn = (turn + 1) % len(clients)
-                    broadcast([clients[turn], *groups["d"]], payload)
+                    if clients:
+                        turn = (turn + 1) % len(clients)
+                        broadcast([clients[turn], *groups["d"]], payload)
+                    else:
+                        broadcast(groups["d"], payload)
 
     asyncio.run(main())
 
 
+#: A clock for the bare server's clients that makes them read each message as JSON, as pipesim's do (its
+#: messages name no session, so nothing else is done with them).
+PARSING = {"origin_monotonic": 0.0, "origin_sim": 0.0, "speed": 1.0}
+
+
 def run_bare(sessions: int, dashboards: int, seconds: float, warmup: float, workers: int, size: int,
-             session_rate: float) -> dict[str, Any]:
+             session_rate: float, broadcast_rate: float = 0.0, dashboard_workers: int | None = None,
+             parse: bool = False) -> dict[str, Any]:
     ctx = mp.get_context("fork")
     port = ctx.Value("i", 0)
-    proc = ctx.Process(target=_bare_process, args=(port, size, session_rate), daemon=True)
+    proc = ctx.Process(target=_bare_process, args=(port, size, session_rate, broadcast_rate), daemon=True)
     proc.start()
     while not port.value:
         time.sleep(0.05)
     try:
-        out = run_clients(f"ws://127.0.0.1:{port.value}/ws", sessions, dashboards, seconds, warmup, workers, None,
-                          on_window=lambda: cpu_seconds(proc.pid))
+        out = run_clients(f"ws://127.0.0.1:{port.value}/ws", sessions, dashboards, seconds, warmup, workers,
+                          PARSING if parse else None,
+                          on_window=lambda: cpu_seconds(proc.pid), dashboard_workers=dashboard_workers)
     finally:
         proc.kill()
         proc.join()
@@ -178,8 +215,9 @@ def run_bare(sessions: int, dashboards: int, seconds: float, warmup: float, work
 
 # One size ------------------------------------------------------------------------------------------------
 def run_pipesim(sessions: int, speed: float, dashboards: int, seconds: float, warmup: float,
-                workers: int, profile: Path | None = None) -> dict[str, Any]:
-    server = Serve(speed)
+                workers: int, profile: Path | None = None, scenario: str | Path = SCENARIO,
+                dashboard_workers: int | None = None) -> dict[str, Any]:
+    server = Serve(speed, scenario=scenario)
     spy = None
     try:
         def on_window() -> dict[str, Any]:
@@ -192,7 +230,8 @@ def run_pipesim(sessions: int, speed: float, dashboards: int, seconds: float, wa
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             return point
 
-        out = run_load(server.url, sessions, dashboards, seconds, warmup, workers, on_window=on_window)
+        out = run_load(server.url, sessions, dashboards, seconds, warmup, workers, on_window=on_window,
+                       dashboard_workers=dashboard_workers)
     finally:
         if spy is not None:
             spy.wait(60)
@@ -231,6 +270,60 @@ def row(r: dict[str, Any]) -> str:
             f"{p['settle_s']:>6.1f} {p['lag_max_before_ms']:>7.0f}  "
             f"{'ok' if r['ok'] else 'MISSED ' + ','.join(k for k, v in r['targets_met'].items() if not v)}")
 
+
+# The fan-out -----------------------------------------------------------------------------------------------
+def fanout_scenario(watchers: int, folder: Path) -> Path:
+    """:data:`FANOUT_SCENARIO` with its number of sessions for ``watchers`` (see :data:`FANOUT_SESSION_WATCHERS`)."""
+    sessions = max(1, min(100, round(FANOUT_SESSION_WATCHERS / watchers)))
+    path = folder / f"fanout_{sessions}.yaml"
+    text = FANOUT_SCENARIO.read_text()
+    if "count: 100}" not in text:
+        raise RuntimeError(f"{FANOUT_SCENARIO}: no 'count: 100}}' to set the number of sessions in")
+    path.write_text(text.replace("count: 100}", f"count: {sessions}}}"))
+    return path
+
+
+def fanout(watchers: int, speed: float, seconds: float, warmup: float, workers: int,
+           profile: Path | None = None, scenario: str | Path = FANOUT_SCENARIO) -> dict[str, Any]:
+    """``pipesim serve`` with ``watchers`` clients each watching every session, then the bare server
+    broadcasting a message of the same mean size to as many clients at the rate each pipesim client got, then
+    the server again with nobody watching."""
+    spread = max(1, min(workers, watchers))
+    live = run_pipesim(0, speed, watchers, seconds, warmup, workers, profile, scenario=scenario,
+                       dashboard_workers=spread)
+    bare = run_bare(0, watchers, seconds, min(warmup, 2.0), workers, round(live["mean_bytes"]), 0.0,
+                    live["msgs_per_s"] / watchers, dashboard_workers=spread, parse=True)
+    # The same server with nobody watching: the model, the encoder and the journal (same seed, same messages).
+    alone = Serve(speed, scenario=scenario)
+    try:
+        time.sleep(warmup)
+        start = cpu_seconds(alone.pid)
+        time.sleep(seconds)
+        end = cpu_seconds(alone.pid)
+    finally:
+        alone.stop()
+    model_us = 1e6 * (sum(end) - sum(start)) / seconds / max(live["msgs_per_s"], 1e-9)
+    ratio = live["cpu_per_msg_us"] / max(bare["cpu_per_msg_us"], 1e-9)
+    lost = live["lost"] + live["slow"] + live["server_slow_disconnects"] + bare["slow"]
+    return {"watchers": watchers, "speed": speed, "pipesim": live, "bare": bare, "cpu_ratio": ratio,
+            "model_us_per_msg": model_us,
+            "fanout_ratio": (live["cpu_per_msg_us"] - model_us) / max(bare["cpu_per_msg_us"], 1e-9),
+            "behind": live["settle_s"] >= SETTLE_LIMIT_S, "ok": ratio <= TARGETS["fanout_cpu_ratio"] and lost == 0}
+
+
+def fanout_row(r: dict[str, Any]) -> str:
+    p, b = r["pipesim"], r["bare"]
+    return (f"{r['watchers']:>8} {r['speed']:>6g} {p['msgs_per_s']:>9.0f} {b['msgs_per_s']:>9.0f} "
+            f"{p['mean_bytes']:>6.0f} {p['cpu_per_msg_us']:>8.2f} {b['cpu_per_msg_us']:>8.2f} {r['cpu_ratio']:>6.2f} "
+            f"{r['model_us_per_msg']:>8.2f} {r['fanout_ratio']:>6.2f} {p['lost']:>5} "
+            f"{p['slow'] + p['server_slow_disconnects']:>5} {p['p99_ms']:>7.1f} {p['lag_p99_ms']:>7.1f} "
+            f"{p['settle_s']:>6.1f}  "
+            f"{'ok' if r['ok'] else 'MISSED'}{' (behind)' if r['behind'] else ''}")
+
+
+FANOUT_HEADER = (f"{'watchers':>8} {'speed':>6} {'msg/s':>9} {'bare/s':>9} {'bytes':>6} {'us/msg':>8} {'bare us':>8} "
+                 f"{'ratio':>6} {'model us':>8} {'hub':>6} {'lost':>5} {'slow':>5} {'p99 ms':>7} {'lag99':>7} "
+                 f"{'settle':>6}")
 
 HEADER = (f"{'N':>6} {'speed':>6} {'msg/s':>9} {'bare/s':>9} {'bytes':>6} {'lost':>5} {'slow':>5} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'lag99':>7} {'us/msg':>8} {'bare us':>8} {'ratio':>6} {'settle':>6} "
@@ -426,6 +519,11 @@ def main() -> None:
     parser.add_argument("--max-speed", type=float, default=64.0)
     parser.add_argument("--profile", type=Path, help="py-spy profile of the server at the largest size: a flame "
                         "graph (.svg) or collapsed stacks (.txt)")
+    parser.add_argument("--fanout", type=int, nargs="+", metavar="W",
+                        help="the fan-out instead: W clients watching every session, e.g. 1 50 200")
+    parser.add_argument("--fanout-speed", type=float, default=10.0, help="the fan-out's --speed")
+    parser.add_argument("--fanout-scenario", help="the fan-out's scenario at every size (default: "
+                        f"benchmarks/fanout_bench.yaml with {FANOUT_SESSION_WATCHERS}/W sessions, 100 at most)")
     parser.add_argument("--soak", action="store_true", help="the memory soak instead")
     parser.add_argument("--soak-speed", type=float, default=60.0)
     parser.add_argument("--soak-minutes", type=float, default=40.0, help="simulated minutes")
@@ -457,6 +555,19 @@ def main() -> None:
         print(bot_audio_table(result))
         (OUT / "live_bot_audio.json").write_text(json.dumps({"benchmark": "live_bot_audio", "machine": info,
                                                               **result}, indent=1))
+        return
+    if args.fanout:
+        print(FANOUT_HEADER, flush=True)
+        fanned = []
+        for w in args.fanout:
+            profile = args.profile if w == max(args.fanout) else None
+            with tempfile.TemporaryDirectory() as folder:
+                scenario = args.fanout_scenario or fanout_scenario(w, Path(folder))
+                fanned.append(fanout(w, args.fanout_speed, args.seconds, args.warmup, args.workers, profile,
+                                     scenario))
+            print(fanout_row(fanned[-1]), flush=True)
+        (OUT / "live_fanout.json").write_text(json.dumps({"benchmark": "live_fanout", "machine": info,
+                                                          "targets": TARGETS, "results": fanned}, indent=1))
         return
     if args.quick:
         args.sizes, args.seconds, args.warmup, args.workers, args.dashboards, args.no_ramp = [10], 3.0, 1.5, 1, 1, True

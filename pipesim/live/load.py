@@ -213,8 +213,12 @@ async def _clients(url: str, sids: list[str | None], clock: dict[str, float] | N
 
 def run_clients(url: str, sessions: int, dashboards: int, seconds: float, warmup: float, workers: int,
                 clock: dict[str, float] | None, on_window: Callable[[], Any] | None = None,
-                token: str | None = None, caught_up: Callable[[], bool] | None = None) -> dict[str, Any]:
+                token: str | None = None, caught_up: Callable[[], bool] | None = None,
+                dashboard_workers: int | None = None) -> dict[str, Any]:
     """N session clients and D dashboards in ``workers`` + D processes; the tallies of the window, summed.
+
+    ``dashboard_workers``: the dashboards spread over that many processes instead of one each (many
+    watchers of everything, as the benchmark's fan-out has, would otherwise be a process each).
 
     ``clock`` is ``/stats``'s ``clock`` (None for a server that is not pipesim: then nothing but counts);
     ``on_window`` is called at the start and at the end of the window, its results returned as ``window``;
@@ -229,7 +233,9 @@ def run_clients(url: str, sessions: int, dashboards: int, seconds: float, warmup
     if clock is not None and "origin_monotonic" in clock and not _loopback(url):
         # monotonic clocks of two machines have nothing in common; wall clocks at least roughly agree
         clock = {k: v for k, v in clock.items() if k != "origin_monotonic"}
-    groups = [sids[w::workers] for w in range(workers)] + [[None]] * dashboards
+    watchers: list[str | None] = [None] * dashboards
+    spread = dashboard_workers or dashboards
+    groups = [sids[w::workers] for w in range(workers)] + [watchers[w::spread] for w in range(spread)]
     groups = [g for g in groups if g]
     procs = [ctx.Process(target=_client_process, args=(url, g, clock, window, ready, results, token),
                          daemon=True)
@@ -285,10 +291,12 @@ def _loopback(url: str) -> bool:
 
 
 def run_load(url: str, sessions: int = 100, dashboards: int = 2, seconds: float = 10.0, warmup: float = 2.0,
-             workers: int = 4, on_window: Callable[[], Any] | None = None, token: str | None = None) -> dict[str, Any]:
+             workers: int = 4, on_window: Callable[[], Any] | None = None, token: str | None = None,
+             dashboard_workers: int | None = None) -> dict[str, Any]:
     """Load-test the ``pipesim serve`` at ``url`` (see the module docstring); the figures of the window.
 
-    ``token``: sent as ``Authorization: Bearer TOKEN`` (a server started with ``--token``).
+    ``token``: sent as ``Authorization: Bearer TOKEN`` (a server started with ``--token``);
+    ``dashboard_workers``: see :func:`run_clients`.
 
     ``on_window`` (the benchmark's CPU readings) is called at the window's start and end, its results are
     returned under ``window``. Raises :class:`~pipesim.errors.LiveError` when the server cannot be reached
@@ -303,7 +311,7 @@ def run_load(url: str, sessions: int = 100, dashboards: int = 2, seconds: float 
         return server_stats(url)["clock"].get("behind_s", 0.0) < CAUGHT_UP_S
 
     out = run_clients(url, sessions, dashboards, seconds, warmup, workers, stats["clock"], on_window=reading,
-                      token=token, caught_up=caught_up)
+                      token=token, caught_up=caught_up, dashboard_workers=dashboard_workers)
     if out["connected"] == 0:
         raise LiveError(f"{url}: no client could connect ({out['refusal']})")
     start, end = out.pop("window")

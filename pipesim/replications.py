@@ -76,7 +76,32 @@ def replication_seeds(base_seed: int, n: int) -> list[int]:
 
 
 # One run's measurements ---------------------------------------------------------------------------------
-def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
+#: The stage of each latency figure (0: before STT, 1: STT, 2: LLM, 3: TTS, 4: the whole turn): a turn that
+#: timed out at a stage is infinitely late in that stage's figures and every later one (``timeouts_infinite``).
+_STAGE_OF = {"end_of_utterance_delay": 0, "stt_stage": 1, "stt_queue": 1, "transcription_delay": 1,
+             "llm_stage": 2, "llm_queue": 2, "ttft": 2, "tts_stage": 3, "tts_queue": 3, "e2e_latency": 4}
+_SERVICE_STAGE = {"stt": 1, "llm": 2, "tts": 3}
+
+
+def _timeout_stage(turns: pd.DataFrame) -> np.ndarray:
+    """Each turn's stage (:data:`_STAGE_OF`'s numbers) where it failed by timeout; NaN for one that did not."""
+    service = turns["error"].astype("string").str.split(":", n=1).str[0]
+    stage = service.map(_SERVICE_STAGE).astype("float").fillna(1).to_numpy()
+    return np.where((analysis.failure_kind(turns) == "timeout").to_numpy(), stage, np.nan)
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """The linear-interpolation quantile (pandas' and numpy's default) of values some of which may be +inf:
+    inf when the quantile touches an infinite value."""
+    finite = values[np.isfinite(values)]
+    if len(finite) == len(values):
+        return float(np.quantile(values, q))
+    stand_in = np.where(np.isfinite(values), values, 1e300)  # interpolating towards it lands past every finite
+    result = float(np.quantile(stand_in, q))
+    return math.inf if not len(finite) or result > finite.max() else result
+
+
+def run_metrics(res: Results, warmup_s: float = 0.0, timeouts_infinite: bool = False) -> dict[str, Any]:
     """The per-run figures of a replication or a sweep row (seconds; counts; shares).
 
     Turns whose ``utterance_ended`` is before ``warmup_s`` are dropped (the run starts empty, which is not
@@ -86,7 +111,9 @@ def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
     * ``turns``, ``complete``, ``failed``: kept turns, and those by outcome;
     * for each of :data:`FIGURES` (every stage, ``transcription_delay``, ``ttft``, ``e2e_latency``, and
       ``<service>_queue``, the wait for a worker): ``<figure>_mean``, ``_p50``, ``_p95``, ``_p99`` and
-      ``_n``, the turns it rests on;
+      ``_n``, the turns it rests on. With ``timeouts_infinite`` (the figures SLOs judge), a turn that failed
+      by timeout counts as infinitely late in the figures of the stage where it timed out and every later
+      one (``e2e_latency`` always); otherwise a figure is over the turns that have it;
     * ``goodput``: complete turns per second of the window;
     * ``kafka_timeouts_per_turn``: Kafka timeouts (every service) per kept turn: the attempts beyond one
       per request, the retry amplification;
@@ -115,11 +142,15 @@ def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
     window = float(turns["utterance_ended"].max()) - warmup_s if len(turns) else math.nan
     out: dict[str, Any] = {"turns": len(kept), "complete": int((kept["outcome"] == "complete").sum()),
                            "failed": int((kept["outcome"] == "failed").sum())}
+    timed_out_at = _timeout_stage(kept) if timeouts_infinite else None
     for figure in FIGURES:
-        values = kept[figure].dropna()
+        values = kept[figure].to_numpy(dtype=float, copy=True)
+        if timed_out_at is not None:
+            values[timed_out_at <= _STAGE_OF[figure]] = math.inf  # NaN (no timeout) compares False
+        values = values[~np.isnan(values)]
         out[f"{figure}_mean"] = float(values.mean()) if len(values) else math.nan
         for name, q in QUANTILES.items():
-            out[f"{figure}_{name}"] = float(values.quantile(q)) if len(values) else math.nan
+            out[f"{figure}_{name}"] = _quantile(values, q) if len(values) else math.nan
         out[f"{figure}_n"] = len(values)
     out["goodput"] = out["complete"] / window if window > 0 else math.nan
     timeouts = sum(int(kept[f"{svc}_timeouts"].sum()) for svc in SERVICES)

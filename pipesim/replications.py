@@ -50,6 +50,7 @@ from pipesim import analysis
 from pipesim.errors import ScenarioError
 from pipesim.results import Results, progress_bar_class, simulate
 from pipesim.scenario import Scenario, as_scenario
+from pipesim.slo import collapsed_runs
 from pipesim.vocabulary import SERVICES
 
 Metrics = Callable[[Results], Mapping[str, Any]]
@@ -390,9 +391,9 @@ def format_summary(summary: pd.DataFrame) -> str:
         lines.append(rest.to_string())
     warned = summary[summary["warning"] != ""]
     for why, group in warned.groupby("warning", sort=False):
-        names = [m for m in group.index]
-        lines.append(f"! {why}: {', '.join(names)}")
-    if len(warned):
+        names = "every figure" if len(group) == len(summary) else ", ".join(group.index)
+        lines.append(f"! {why}: {names}")
+    if warned["warning"].str.startswith("only ").any():
         lines.append(f"  (! marks a percentile with fewer than {MIN_TAIL_TURNS} turns beyond it, or a mean with fewer "
                      f"than {MIN_TAIL_TURNS} turns, in some replication: simulate more sessions or a longer run)")
     return "\n".join(lines)
@@ -406,13 +407,13 @@ def regime_notes(runs: pd.DataFrame, summary: pd.DataFrame,
 
     >>> runs = pd.DataFrame({"collapse_share": [0.0, 0.99, 0.0], "goodput": [4.0, 0.1, 4.1]})
     >>> print("\\n".join(regime_notes(runs, summarise(runs))))   # doctest: +ELLIPSIS
-    collapse: 1 of 3 replications collapsed (more than 50% of the turns ...): the runs split into two regimes, ...
+    collapse: 1 of 3 replications collapsed (more than 50% of the turns ...): the runs split into two regimes; ...
     ! the runs disagree (the interval is wider than the mean): collapse_share, goodput
     """
     notes = []
     if "collapse_share" in runs:
-        collapsed = int((runs["collapse_share"] > collapse_threshold).sum())
-        split = (": the runs split into two regimes, and a mean of both describes neither"
+        collapsed = int(collapsed_runs(runs, collapse_threshold).sum())
+        split = (": the runs split into two regimes; a mean of both describes neither, so each is summarised apart"
                  if 0 < collapsed < len(runs) else "")
         notes.append(f"collapse: {collapsed} of {len(runs)} replications collapsed "
                      f"({analysis.collapse_criterion(collapse_threshold)}){split}")
@@ -494,24 +495,55 @@ class Replications:
         warning where a percentile rests on too few turns (see :func:`summarise`). Seconds."""
         return summarise(self.runs, confidence)
 
+    def regimes(self, collapse_threshold: float = analysis.COLLAPSE_SHARE) -> dict[str, pd.DataFrame]:
+        """The runs by regime when they split: {"collapsed": runs, "recovered": runs} (collapsed: their
+        ``collapse_share`` above ``collapse_threshold``); {} when every run is in the same regime."""
+        if "collapse_share" not in self.runs:
+            return {}
+        collapsed = collapsed_runs(self.runs, collapse_threshold)
+        if collapsed.all() or not collapsed.any():
+            return {}
+        return {"collapsed": self.runs[collapsed], "recovered": self.runs[~collapsed]}
+
     def _heading(self) -> str:
+        across = "the runs of each regime" if self.regimes() else "them"
         return (f"scenario {self.scenario.name}: {len(self.runs)} replications (seeds from {self.base_seed}), "
-                f"warm-up {self.warmup_s:g} s; mean ± half-width of the 95% Student-t interval across them")
+                f"warm-up {self.warmup_s:g} s; mean ± half-width of the 95% Student-t interval across {across}")
 
     def __str__(self) -> str:
-        summary = self.summary()
-        return "\n".join([self._heading(), format_summary(summary), *regime_notes(self.runs, summary)])
+        regimes = self.regimes()
+        if not regimes:
+            summary = self.summary()
+            return "\n".join([self._heading(), format_summary(summary), *regime_notes(self.runs, summary)])
+        # Two regimes: a mean across both is the answer of neither (its interval is wider than itself), so
+        # each regime has its own table, and the collapse, which is the answer, comes first.
+        lines = [self._heading(), regime_notes(self.runs, self.summary())[0]]
+        for name, runs in regimes.items():
+            summary = summarise(runs)
+            which = ", ".join(str(i + 1) for i in np.flatnonzero(self.runs.index.isin(runs.index)))
+            lines += [f"{name}: {len(runs)} of {len(self.runs)} replications ({which} in seed order)",
+                      format_summary(summary), *regime_notes(runs, summary)[1:]]
+        return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"<Replications {self.scenario.name!r} n={len(self.runs)} base_seed={self.base_seed}>"
 
     def _repr_html_(self) -> str:
-        summary = self.summary()
-        shown = summary.copy()
-        latency = [m for m in shown.index if _is_latency(m)]
-        shown.loc[latency, ["mean", "low", "high", "half_width"]] *= 1000
-        shown.index = [f"{m} (ms)" if m in latency else m for m in shown.index]
-        return f"<b>{html.escape(self._heading())}</b>{shown.to_html(float_format=lambda v: f'{v:.4g}')}"
+        def table(runs: pd.DataFrame) -> str:
+            shown = summarise(runs)
+            latency = [m for m in shown.index if _is_latency(m)]
+            shown.loc[latency, ["mean", "low", "high", "half_width"]] *= 1000
+            shown.index = [f"{m} (ms)" if m in latency else m for m in shown.index]
+            return shown.to_html(float_format=lambda v: f"{v:.4g}")
+
+        heading = f"<b>{html.escape(self._heading())}</b>"
+        regimes = self.regimes()
+        if not regimes:
+            return heading + table(self.runs)
+        collapse = html.escape(regime_notes(self.runs, self.summary())[0])
+        return heading + f"<p>{collapse}</p>" + "".join(
+            f"<p><b>{name}</b>: {len(runs)} of {len(self.runs)} replications</p>{table(runs)}"
+            for name, runs in regimes.items())
 
 
 def replicate(scenario: ScenarioLike, n: int = 20, warmup_s: float = 0.0, seed: int | None = None,

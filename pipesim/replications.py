@@ -367,9 +367,17 @@ def _format(mean: float, half: float, ms: bool) -> str:
     return text if math.isnan(half) else f"{text} ± {half * scale:.{digits}f}"
 
 
+def _cell(row: pd.Series, ms: bool) -> str:
+    """A figure as printed: mean ± half-width, then ``!`` when :func:`summarise` warns and ``?`` when the
+    interval is wider than the mean (the runs disagree: no answer to read)."""
+    marks = ("!" if row["warning"] else "") + ("?" if row["half_width"] > abs(row["mean"]) else "")
+    return _format(row["mean"], row["half_width"], ms) + (f" {marks}" if marks else "")
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     """A summary (:func:`summarise`) as text: latencies in milliseconds (mean ± half-width of the 95%
-    interval), one row per figure; then the other metrics; then one line per warning, marked ``!``.
+    interval), one row per figure; then the other metrics; then one line per warning, marked ``!``. A
+    figure whose interval is wider than its mean is marked ``?`` (:func:`regime_notes` lists them).
     """
     lines = []
     latency = {m: _figure_and_stat(m) for m in summary.index if _is_latency(m)}
@@ -379,15 +387,12 @@ def format_summary(summary: pd.DataFrame) -> str:
         table = pd.DataFrame(index=figures, columns=pd.Index([*stats, "turns"], name="ms"), dtype=object)
         for metric, (figure, stat) in latency.items():
             row = summary.loc[metric]
-            table.loc[figure, stat] = _format(row["mean"], row["half_width"], ms=True) + (" !" if row["warning"]
-                                                                                           else "")
+            table.loc[figure, stat] = _cell(row, ms=True)
             table.loc[figure, "turns"] = row["turns"]
         lines.append(table.fillna("-").to_string())
     others = [m for m in summary.index if m not in latency]
     if others:
-        rest = pd.DataFrame({"per replication": [
-            _format(summary.loc[m, "mean"], summary.loc[m, "half_width"], ms=False)
-            + (" !" if summary.loc[m, "warning"] else "") for m in others]}, index=others)
+        rest = pd.DataFrame({"per replication": [_cell(summary.loc[m], ms=False) for m in others]}, index=others)
         lines.append(rest.to_string())
     warned = summary[summary["warning"] != ""]
     for why, group in warned.groupby("warning", sort=False):
@@ -408,7 +413,7 @@ def regime_notes(runs: pd.DataFrame, summary: pd.DataFrame,
     >>> runs = pd.DataFrame({"collapse_share": [0.0, 0.99, 0.0], "goodput": [4.0, 0.1, 4.1]})
     >>> print("\\n".join(regime_notes(runs, summarise(runs))))   # doctest: +ELLIPSIS
     collapse: 1 of 3 replications collapsed (more than 50% of the turns ...): the runs split into two regimes; ...
-    ! the runs disagree (the interval is wider than the mean): collapse_share, goodput
+    ? the runs disagree (the interval is wider than the mean: read no answer from it): collapse_share, goodput
     """
     notes = []
     if "collapse_share" in runs:
@@ -419,7 +424,8 @@ def regime_notes(runs: pd.DataFrame, summary: pd.DataFrame,
                      f"({analysis.collapse_criterion(collapse_threshold)}){split}")
     wide = summary.index[summary["half_width"] > summary["mean"].abs()]
     if len(wide):
-        notes.append(f"! the runs disagree (the interval is wider than the mean): {', '.join(wide)}")
+        notes.append(f"? the runs disagree (the interval is wider than the mean: read no answer from it): "
+                     f"{', '.join(wide)}")
     return notes
 
 

@@ -271,19 +271,18 @@ def test_replications_name_collapse(capsys: pytest.CaptureFixture[str]) -> None:
        st.randoms(use_true_random=False))
 def test_split_replications_print_each_regime_not_a_mean_of_both(collapsed: list[bool], rng: Any) -> None:
     """The README's capacity-8 example (3 of 4 runs collapsed) printed `failed 6695.8 ± 8597.4`: a mean of
-    two regimes, its interval wider than itself. Each regime is now summarised apart; within one (runs
-    alike, as collapsed runs are) no interval is wider than its mean."""
-    runs = pd.DataFrame([{"seed": i, "collapse_share": rng.uniform(0.9, 1.0) if c else 0.0,
-                          "failed": rng.uniform(9000, 9100) if c else rng.uniform(60, 64),
-                          "goodput": rng.uniform(0.2, 0.21) if c else rng.uniform(8.0, 8.2),
-                          "e2e_latency_p95": rng.uniform(2.2, 2.3), "e2e_latency_n": 2000}
+    two regimes, its interval wider than itself. Each regime is now summarised apart, and an interval still
+    wider than its mean (collapsed runs differ in when they collapsed) is marked ``?``: no answer to read."""
+    runs = pd.DataFrame([{"seed": i, "collapse_share": rng.uniform(0.6, 1.0) if c else 0.0,
+                          "failed": rng.uniform(2000, 12000) if c else rng.uniform(60, 64),
+                          "goodput": rng.uniform(0.1, 3.0) if c else rng.uniform(8.0, 8.2),
+                          "e2e_latency_p95": rng.uniform(1.5, 3.0), "e2e_latency_n": 2000}
                          for i, c in enumerate(collapsed)])
     reps = replicate(LIGHT, n=1, workers=1, progress=False, until=1)
     reps.runs = runs
     text = str(reps)
-    for line in text.splitlines():
-        for mean, half in re.findall(r"(-?[\d.]+) ± ([\d.]+)", line):
-            assert float(half) <= abs(float(mean)), line
+    for mean, half, marks in re.findall(r"(-?[\d.]+) ± ([\d.]+)( [!?]+)?", text):
+        assert float(half) <= abs(float(mean)) or "?" in marks, (mean, half, text)
     goodput = [float(line.split()[1]) for line in text.splitlines() if line.startswith("goodput ")]
     mask = pd.Series(collapsed)
     assert goodput == [round(runs["goodput"][mask].mean(), 3), round(runs["goodput"][~mask].mean(), 3)]

@@ -503,7 +503,12 @@ class Replications:
 
     def regimes(self, collapse_threshold: float = analysis.COLLAPSE_SHARE) -> dict[str, pd.DataFrame]:
         """The runs by regime when they split: {"collapsed": runs, "recovered": runs} (collapsed: their
-        ``collapse_share`` above ``collapse_threshold``); {} when every run is in the same regime."""
+        ``collapse_share`` above ``collapse_threshold``); {} when every run is in the same regime.
+
+        >>> runs = pd.DataFrame({"seed": [1, 2, 3], "collapse_share": [0.0, 0.99, 0.0]})
+        >>> {name: len(part) for name, part in Replications(Scenario(), 1, 0.0, runs).regimes().items()}
+        {'collapsed': 1, 'recovered': 2}
+        """
         if "collapse_share" not in self.runs:
             return {}
         collapsed = collapsed_runs(self.runs, collapse_threshold)

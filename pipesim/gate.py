@@ -23,37 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from pipesim.analysis import COLLAPSE_SHARE, collapse_criterion, failure_kind
+from pipesim.analysis import COLLAPSE_SHARE, collapse_criterion
 from pipesim.errors import SLOError
-from pipesim.replications import FIGURES, QUANTILES, RunTask, ScenarioLike, execute_runs, replication_seeds, run_metrics
+from pipesim.replications import RunTask, ScenarioLike, execute_runs, replication_seeds, run_metrics
 from pipesim.scenario import as_scenario
 from pipesim.slo import SLO, TIME_UNITS, Judgement, collapsed_runs, json_number, judge_runs, merge_slos
 
-#: The stage of each latency figure (0: before STT, 1: STT, 2: LLM, 3: TTS, 4: the whole turn): a turn that
-#: timed out at a stage is infinitely late in that stage's figures and every later one.
-_STAGE_OF = {"end_of_utterance_delay": 0, "stt_stage": 1, "stt_queue": 1, "transcription_delay": 1,
-             "llm_stage": 2, "llm_queue": 2, "ttft": 2, "tts_stage": 3, "tts_queue": 3, "e2e_latency": 4}
-_SERVICE_STAGE = {"stt": 1, "llm": 2, "tts": 3}
-
 
 # One run's figures ---------------------------------------------------------------------------------------
-def _quantile(values: np.ndarray, q: float) -> float:
-    """The linear-interpolation quantile (pandas' and numpy's default) of values some of which are +inf: inf
-    when the quantile touches an infinite value."""
-    finite = values[np.isfinite(values)]
-    if len(finite) == len(values):
-        return float(np.quantile(values, q))
-    stand_in = np.where(np.isfinite(values), values, 1e300)  # interpolating towards it lands past every finite
-    result = float(np.quantile(stand_in, q))
-    return math.inf if not len(finite) or result > finite.max() else result
-
-
 def slo_metrics(res: Any, warmup_s: float = 0.0) -> dict[str, Any]:
-    """The per-run figures SLOs judge: :func:`~pipesim.replications.run_metrics`, whose latency figures
-    count each turn that failed by ``timeout`` as infinitely late in the figures of the stage where it timed
+    """The per-run figures SLOs judge: :func:`~pipesim.replications.run_metrics` with ``timeouts_infinite``,
+    so each turn that failed by ``timeout`` is infinitely late in the figures of the stage where it timed
     out and every later one (see the module's docstring). Picklable through ``functools.partial``.
 
     >>> from pipesim.results import simulate
@@ -63,21 +45,7 @@ def slo_metrics(res: Any, warmup_s: float = 0.0) -> dict[str, Any]:
     >>> m["timeout_failed_share"] > 0.05, m["e2e_latency_p95"], m["e2e_latency_mean"]
     (True, inf, inf)
     """
-    out = run_metrics(res, warmup_s)
-    turns = res.turns
-    kept = turns[~(turns["utterance_ended"] < warmup_s)]
-    service = kept["error"].astype("string").str.split(":", n=1).str[0]
-    failed_stage = service.map(_SERVICE_STAGE).astype("float").fillna(1).to_numpy()
-    timed_out = (failure_kind(kept) == "timeout").to_numpy()
-    for figure in FIGURES:
-        values = kept[figure].to_numpy(dtype=float, copy=True)
-        values[timed_out & (failed_stage <= _STAGE_OF[figure])] = math.inf
-        values = values[~np.isnan(values)]
-        out[f"{figure}_mean"] = float(values.mean()) if len(values) else math.nan
-        for name, q in QUANTILES.items():
-            out[f"{figure}_{name}"] = _quantile(values, q) if len(values) else math.nan
-        out[f"{figure}_n"] = len(values)
-    return out
+    return run_metrics(res, warmup_s, timeouts_infinite=True)
 
 
 # The CI gate ----------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from pipesim import analysis
 from pipesim.errors import ScenarioError
 from pipesim.results import Results, progress_bar_class, simulate
 from pipesim.scenario import Scenario, as_scenario
+from pipesim.slo import collapsed_runs
 from pipesim.vocabulary import SERVICES
 
 Metrics = Callable[[Results], Mapping[str, Any]]
@@ -76,7 +77,32 @@ def replication_seeds(base_seed: int, n: int) -> list[int]:
 
 
 # One run's measurements ---------------------------------------------------------------------------------
-def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
+#: The stage of each latency figure (0: before STT, 1: STT, 2: LLM, 3: TTS, 4: the whole turn): a turn that
+#: timed out at a stage is infinitely late in that stage's figures and every later one (``timeouts_infinite``).
+_STAGE_OF = {"end_of_utterance_delay": 0, "stt_stage": 1, "stt_queue": 1, "transcription_delay": 1,
+             "llm_stage": 2, "llm_queue": 2, "ttft": 2, "tts_stage": 3, "tts_queue": 3, "e2e_latency": 4}
+_SERVICE_STAGE = {"stt": 1, "llm": 2, "tts": 3}
+
+
+def _timeout_stage(turns: pd.DataFrame) -> np.ndarray:
+    """Each turn's stage (:data:`_STAGE_OF`'s numbers) where it failed by timeout; NaN for one that did not."""
+    service = turns["error"].astype("string").str.split(":", n=1).str[0]
+    stage = service.map(_SERVICE_STAGE).astype("float").fillna(1).to_numpy()
+    return np.where((analysis.failure_kind(turns) == "timeout").to_numpy(), stage, np.nan)
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """The linear-interpolation quantile (pandas' and numpy's default) of values some of which may be +inf:
+    inf when the quantile touches an infinite value."""
+    finite = values[np.isfinite(values)]
+    if len(finite) == len(values):
+        return float(np.quantile(values, q))
+    stand_in = np.where(np.isfinite(values), values, 1e300)  # interpolating towards it lands past every finite
+    result = float(np.quantile(stand_in, q))
+    return math.inf if not len(finite) or result > finite.max() else result
+
+
+def run_metrics(res: Results, warmup_s: float = 0.0, timeouts_infinite: bool = False) -> dict[str, Any]:
     """The per-run figures of a replication or a sweep row (seconds; counts; shares).
 
     Turns whose ``utterance_ended`` is before ``warmup_s`` are dropped (the run starts empty, which is not
@@ -86,7 +112,9 @@ def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
     * ``turns``, ``complete``, ``failed``: kept turns, and those by outcome;
     * for each of :data:`FIGURES` (every stage, ``transcription_delay``, ``ttft``, ``e2e_latency``, and
       ``<service>_queue``, the wait for a worker): ``<figure>_mean``, ``_p50``, ``_p95``, ``_p99`` and
-      ``_n``, the turns it rests on;
+      ``_n``, the turns it rests on. With ``timeouts_infinite`` (the figures SLOs judge), a turn that failed
+      by timeout counts as infinitely late in the figures of the stage where it timed out and every later
+      one (``e2e_latency`` always); otherwise a figure is over the turns that have it;
     * ``goodput``: complete turns per second of the window;
     * ``kafka_timeouts_per_turn``: Kafka timeouts (every service) per kept turn: the attempts beyond one
       per request, the retry amplification;
@@ -115,11 +143,15 @@ def run_metrics(res: Results, warmup_s: float = 0.0) -> dict[str, Any]:
     window = float(turns["utterance_ended"].max()) - warmup_s if len(turns) else math.nan
     out: dict[str, Any] = {"turns": len(kept), "complete": int((kept["outcome"] == "complete").sum()),
                            "failed": int((kept["outcome"] == "failed").sum())}
+    timed_out_at = _timeout_stage(kept) if timeouts_infinite else None
     for figure in FIGURES:
-        values = kept[figure].dropna()
+        values = kept[figure].to_numpy(dtype=float, copy=True)
+        if timed_out_at is not None:
+            values[timed_out_at <= _STAGE_OF[figure]] = math.inf  # NaN (no timeout) compares False
+        values = values[~np.isnan(values)]
         out[f"{figure}_mean"] = float(values.mean()) if len(values) else math.nan
         for name, q in QUANTILES.items():
-            out[f"{figure}_{name}"] = float(values.quantile(q)) if len(values) else math.nan
+            out[f"{figure}_{name}"] = _quantile(values, q) if len(values) else math.nan
         out[f"{figure}_n"] = len(values)
     out["goodput"] = out["complete"] / window if window > 0 else math.nan
     timeouts = sum(int(kept[f"{svc}_timeouts"].sum()) for svc in SERVICES)
@@ -335,9 +367,17 @@ def _format(mean: float, half: float, ms: bool) -> str:
     return text if math.isnan(half) else f"{text} ± {half * scale:.{digits}f}"
 
 
+def _cell(row: pd.Series, ms: bool) -> str:
+    """A figure as printed: mean ± half-width, then ``!`` when :func:`summarise` warns and ``?`` when the
+    interval is wider than the mean (the runs disagree: no answer to read)."""
+    marks = ("!" if row["warning"] else "") + ("?" if row["half_width"] > abs(row["mean"]) else "")
+    return _format(row["mean"], row["half_width"], ms) + (f" {marks}" if marks else "")
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     """A summary (:func:`summarise`) as text: latencies in milliseconds (mean ± half-width of the 95%
-    interval), one row per figure; then the other metrics; then one line per warning, marked ``!``.
+    interval), one row per figure; then the other metrics; then one line per warning, marked ``!``. A
+    figure whose interval is wider than its mean is marked ``?`` (:func:`regime_notes` lists them).
     """
     lines = []
     latency = {m: _figure_and_stat(m) for m in summary.index if _is_latency(m)}
@@ -347,21 +387,18 @@ def format_summary(summary: pd.DataFrame) -> str:
         table = pd.DataFrame(index=figures, columns=pd.Index([*stats, "turns"], name="ms"), dtype=object)
         for metric, (figure, stat) in latency.items():
             row = summary.loc[metric]
-            table.loc[figure, stat] = _format(row["mean"], row["half_width"], ms=True) + (" !" if row["warning"]
-                                                                                           else "")
+            table.loc[figure, stat] = _cell(row, ms=True)
             table.loc[figure, "turns"] = row["turns"]
         lines.append(table.fillna("-").to_string())
     others = [m for m in summary.index if m not in latency]
     if others:
-        rest = pd.DataFrame({"per replication": [
-            _format(summary.loc[m, "mean"], summary.loc[m, "half_width"], ms=False)
-            + (" !" if summary.loc[m, "warning"] else "") for m in others]}, index=others)
+        rest = pd.DataFrame({"per replication": [_cell(summary.loc[m], ms=False) for m in others]}, index=others)
         lines.append(rest.to_string())
     warned = summary[summary["warning"] != ""]
     for why, group in warned.groupby("warning", sort=False):
-        names = [m for m in group.index]
-        lines.append(f"! {why}: {', '.join(names)}")
-    if len(warned):
+        names = "every figure" if len(group) == len(summary) else ", ".join(group.index)
+        lines.append(f"! {why}: {names}")
+    if warned["warning"].str.startswith("only ").any():
         lines.append(f"  (! marks a percentile with fewer than {MIN_TAIL_TURNS} turns beyond it, or a mean with fewer "
                      f"than {MIN_TAIL_TURNS} turns, in some replication: simulate more sessions or a longer run)")
     return "\n".join(lines)
@@ -375,19 +412,20 @@ def regime_notes(runs: pd.DataFrame, summary: pd.DataFrame,
 
     >>> runs = pd.DataFrame({"collapse_share": [0.0, 0.99, 0.0], "goodput": [4.0, 0.1, 4.1]})
     >>> print("\\n".join(regime_notes(runs, summarise(runs))))   # doctest: +ELLIPSIS
-    collapse: 1 of 3 replications collapsed (more than 50% of the turns ...): the runs split into two regimes, ...
-    ! the runs disagree (the interval is wider than the mean): collapse_share, goodput
+    collapse: 1 of 3 replications collapsed (more than 50% of the turns ...): the runs split into two regimes; ...
+    ? the runs disagree (the interval is wider than the mean: read no answer from it): collapse_share, goodput
     """
     notes = []
     if "collapse_share" in runs:
-        collapsed = int((runs["collapse_share"] > collapse_threshold).sum())
-        split = (": the runs split into two regimes, and a mean of both describes neither"
+        collapsed = int(collapsed_runs(runs, collapse_threshold).sum())
+        split = (": the runs split into two regimes; a mean of both describes neither, so each is summarised apart"
                  if 0 < collapsed < len(runs) else "")
         notes.append(f"collapse: {collapsed} of {len(runs)} replications collapsed "
                      f"({analysis.collapse_criterion(collapse_threshold)}){split}")
     wide = summary.index[summary["half_width"] > summary["mean"].abs()]
     if len(wide):
-        notes.append(f"! the runs disagree (the interval is wider than the mean): {', '.join(wide)}")
+        notes.append(f"? the runs disagree (the interval is wider than the mean: read no answer from it): "
+                     f"{', '.join(wide)}")
     return notes
 
 
@@ -463,24 +501,60 @@ class Replications:
         warning where a percentile rests on too few turns (see :func:`summarise`). Seconds."""
         return summarise(self.runs, confidence)
 
+    def regimes(self, collapse_threshold: float = analysis.COLLAPSE_SHARE) -> dict[str, pd.DataFrame]:
+        """The runs by regime when they split: {"collapsed": runs, "recovered": runs} (collapsed: their
+        ``collapse_share`` above ``collapse_threshold``); {} when every run is in the same regime.
+
+        >>> runs = pd.DataFrame({"seed": [1, 2, 3], "collapse_share": [0.0, 0.99, 0.0]})
+        >>> {name: len(part) for name, part in Replications(Scenario(), 1, 0.0, runs).regimes().items()}
+        {'collapsed': 1, 'recovered': 2}
+        """
+        if "collapse_share" not in self.runs:
+            return {}
+        collapsed = collapsed_runs(self.runs, collapse_threshold)
+        if collapsed.all() or not collapsed.any():
+            return {}
+        return {"collapsed": self.runs[collapsed], "recovered": self.runs[~collapsed]}
+
     def _heading(self) -> str:
+        across = "the runs of each regime" if self.regimes() else "them"
         return (f"scenario {self.scenario.name}: {len(self.runs)} replications (seeds from {self.base_seed}), "
-                f"warm-up {self.warmup_s:g} s; mean ± half-width of the 95% Student-t interval across them")
+                f"warm-up {self.warmup_s:g} s; mean ± half-width of the 95% Student-t interval across {across}")
 
     def __str__(self) -> str:
-        summary = self.summary()
-        return "\n".join([self._heading(), format_summary(summary), *regime_notes(self.runs, summary)])
+        regimes = self.regimes()
+        if not regimes:
+            summary = self.summary()
+            return "\n".join([self._heading(), format_summary(summary), *regime_notes(self.runs, summary)])
+        # Two regimes: a mean across both is the answer of neither (its interval is wider than itself), so
+        # each regime has its own table, and the collapse, which is the answer, comes first.
+        lines = [self._heading(), regime_notes(self.runs, self.summary())[0]]
+        for name, runs in regimes.items():
+            summary = summarise(runs)
+            which = ", ".join(str(i + 1) for i in np.flatnonzero(self.runs.index.isin(runs.index)))
+            lines += [f"{name}: {len(runs)} of {len(self.runs)} replications ({which} in seed order)",
+                      format_summary(summary), *regime_notes(runs, summary)[1:]]
+        return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"<Replications {self.scenario.name!r} n={len(self.runs)} base_seed={self.base_seed}>"
 
     def _repr_html_(self) -> str:
-        summary = self.summary()
-        shown = summary.copy()
-        latency = [m for m in shown.index if _is_latency(m)]
-        shown.loc[latency, ["mean", "low", "high", "half_width"]] *= 1000
-        shown.index = [f"{m} (ms)" if m in latency else m for m in shown.index]
-        return f"<b>{html.escape(self._heading())}</b>{shown.to_html(float_format=lambda v: f'{v:.4g}')}"
+        def table(runs: pd.DataFrame) -> str:
+            shown = summarise(runs)
+            latency = [m for m in shown.index if _is_latency(m)]
+            shown.loc[latency, ["mean", "low", "high", "half_width"]] *= 1000
+            shown.index = [f"{m} (ms)" if m in latency else m for m in shown.index]
+            return shown.to_html(float_format=lambda v: f"{v:.4g}")
+
+        heading = f"<b>{html.escape(self._heading())}</b>"
+        regimes = self.regimes()
+        if not regimes:
+            return heading + table(self.runs)
+        collapse = html.escape(regime_notes(self.runs, self.summary())[0])
+        return heading + f"<p>{collapse}</p>" + "".join(
+            f"<p><b>{name}</b>: {len(runs)} of {len(self.runs)} replications</p>{table(runs)}"
+            for name, runs in regimes.items())
 
 
 def replicate(scenario: ScenarioLike, n: int = 20, warmup_s: float = 0.0, seed: int | None = None,

@@ -80,8 +80,11 @@ def test_plan_quick_run_sets_the_plan_beside_the_grid(tmp_path):
                    check=True, capture_output=True, timeout=600)
     result = json.loads(out.read_text(encoding="utf-8"))
     plan, grid = result["plan"], result["grid"]
-    assert grid["points"] == math.prod(len(values) for values in result["ranges"].values())
+    assert grid["points"] + grid["below_floor"] == math.prod(len(values) for values in result["ranges"].values())
     assert grid["runs"] == grid["points"] * grid["replications"] and sum(grid["verdicts"].values()) == grid["points"]
+    # By default the grid gives every point as many runs as the plan needed where it needed most.
+    assert grid["replications"] == plan["most_replications"]
+    assert all(g["runs"] == g["points"] * int(n) for n, g in result["grid_with_fewer"].items())
     assert plan["runs"] > plan["configurations"] > 0 and plan["cpu_s"] > 0 and grid["cpu_s"] > 0
     # The same-answer check ran: the plan's recommendation set against the grid's cheapest met points.
     assert result["same_answer"] == (plan["recommended"] in grid["cheapest"] if grid["cheapest"] else

@@ -145,12 +145,14 @@ def test_warning_rule(counts: list[int], stat: str) -> None:
 
 
 def test_cli_replications_print_milliseconds_with_intervals(scenario_file: Path, capsys) -> None:
+    # 3 LLM workers: neither run collapses (at 2, one of the two does, and each regime is printed apart)
     assert main(["run", str(scenario_file), "--replications", "2", "--warmup", "5", "--workers", "1",
-                 "--set", "services.llm.capacity=2"]) == 0
+                 "--set", "services.llm.capacity=3"]) == 0
     out = capsys.readouterr().out
     assert "2 replications" in out and "warm-up 5 s" in out and "e2e_latency" in out and " ± " in out
-    reps = pipesim.replicate(pipesim.load_scenario(scenario_file).override({"services.llm.capacity": 2}), n=2,
+    reps = pipesim.replicate(pipesim.load_scenario(scenario_file).override({"services.llm.capacity": 3}), n=2,
                              warmup_s=5, workers=1, progress=False)
+    assert not reps.regimes()
     assert f"{reps.summary().loc['e2e_latency_mean', 'mean'] * 1000:.1f} ± " in out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
@@ -256,11 +257,36 @@ def test_replications_name_collapse(capsys: pytest.CaptureFixture[str]) -> None:
     reps.runs = mixed
     text = str(reps)
     assert "1 of 3 replications collapsed" in text and "two regimes" in text
-    assert "! the runs disagree (the interval is wider than the mean): collapse_share, goodput" in text
+    assert "collapsed: 1 of 3 replications (2 in seed order)" in text  # each regime apart: no mean of both
+    assert "recovered: 2 of 3 replications (1, 3 in seed order)" in text and "disagree" not in text
+    assert "<b>recovered</b>: 2 of 3 replications" in reps._repr_html_()
     result = sweep(OVERLOADED, {"services.llm.capacity": [1, 20]}, replications=2, workers=1, progress=False,
                    until=120)
     assert result.table()["collapsed"].tolist() == ["2/2", "0/2"]
     assert "collapsed: replications in which more than 50%" in str(result)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), min_size=2, max_size=8).filter(lambda c: 0 < sum(c) < len(c)),
+       st.randoms(use_true_random=False))
+def test_split_replications_print_each_regime_not_a_mean_of_both(collapsed: list[bool], rng: Any) -> None:
+    """The README's capacity-8 example (3 of 4 runs collapsed) printed `failed 6695.8 ± 8597.4`: a mean of
+    two regimes, its interval wider than itself. Each regime is now summarised apart, and an interval still
+    wider than its mean (collapsed runs differ in when they collapsed) is marked ``?``: no answer to read."""
+    runs = pd.DataFrame([{"seed": i, "collapse_share": rng.uniform(0.6, 1.0) if c else 0.0,
+                          "failed": rng.uniform(2000, 12000) if c else rng.uniform(60, 64),
+                          "goodput": rng.uniform(0.1, 3.0) if c else rng.uniform(8.0, 8.2),
+                          "e2e_latency_p95": rng.uniform(1.5, 3.0), "e2e_latency_n": 2000}
+                         for i, c in enumerate(collapsed)])
+    reps = replicate(LIGHT, n=1, workers=1, progress=False, until=1)
+    reps.runs = runs
+    text = str(reps)
+    for mean, half, marks in re.findall(r"(-?[\d.]+) ± ([\d.]+)( [!?]+)?", text):
+        assert float(half) <= abs(float(mean)) or "?" in marks, (mean, half, text)
+    goodput = [float(line.split()[1]) for line in text.splitlines() if line.startswith("goodput ")]
+    mask = pd.Series(collapsed)
+    assert goodput == [round(runs["goodput"][mask].mean(), 3), round(runs["goodput"][~mask].mean(), 3)]
+    assert f"collapsed: {sum(collapsed)} of {len(collapsed)} replications" in text and "recovered: " in text
 
 
 def _write(tmp_path: Path, data: dict[str, Any]) -> Path:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import run
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_rtvi import rtvi_url, scenario, send
 from websockets.asyncio.client import ClientConnection, connect
@@ -122,8 +122,11 @@ def test_a_voice_is_a_pure_function_of_its_words_its_stream_and_the_frame_asked_
     assert voice.frame(3, span=FRAME_S * 10) != ahead[3]  # fast-forwarded
 
 
-def _bursts(pcm: np.ndarray, min_silence: int = SAMPLE_RATE // 500) -> list[tuple[int, int]]:
-    """(start, end) sample indices of the sounding stretches separated by at least ``min_silence`` zeros."""
+def _bursts(pcm: np.ndarray, min_silence: int = SAMPLE_RATE * 8 // 1000) -> list[tuple[int, int]]:
+    """(start, end) sample indices of the sounding stretches separated by at least ``min_silence`` zeros (8 ms:
+    under the 10 ms a pause between syllables takes, over the runs of zeros within a syllable's onset, where the
+    envelope is nearly nothing and its 100 Hz carrier rounds to 0 for a few milliseconds around each zero
+    crossing; with 2 ms, hypothesis found such an onset counted as a syllable of its own)."""
     loud = np.flatnonzero(pcm)
     if not len(loud):
         return []
@@ -133,6 +136,7 @@ def _bursts(pcm: np.ndarray, min_silence: int = SAMPLE_RATE // 500) -> list[tupl
     return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
+@example(words=["a", "a", "aba", "a", "abababa", "aba", "ababa", "ababa", "abababa"], seed=3932)
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz"), min_size=1, max_size=12), min_size=1,
                 max_size=12), st.integers(0, 2**32 - 1))

@@ -82,7 +82,10 @@ def test_document_is_asyncapi_3_for_the_ws_channel_on_port_8001(doc: dict[str, A
     assert doc["asyncapi"] == "3.0.0"
     server = doc["servers"]["localhost"]
     assert (server["host"], server["protocol"]) == ("localhost:8001", "ws")
+    tls = doc["servers"]["localhostTls"]  # pipesim serve --tls-self-signed: the same channel over wss://
+    assert (tls["host"], tls["protocol"]) == ("localhost:8001", "wss")
     channel = doc["channels"]["ws"]
+    assert channel["servers"] == [{"$ref": "#/servers/localhost"}, {"$ref": "#/servers/localhostTls"}]
     assert channel["address"] == "/ws"
     query = channel["bindings"]["ws"]["query"]
     assert query["type"] == "object" and "session_id" in query["properties"]

@@ -62,6 +62,14 @@ def test_the_asyncapi_document_validates_against_the_official_schema(node_module
     assert not errors, "\n".join(errors)
 
 
+def test_the_rtvi_channel_is_served_over_ws_and_over_wss() -> None:
+    doc = rtvi_asyncapi_document()
+    assert {name: server["protocol"] for name, server in doc["servers"].items()} == {"localhost": "ws",
+                                                                                   "localhostTls": "wss"}
+    assert [ref["$ref"] for ref in doc["channels"]["rtvi"]["servers"]] == ["#/servers/localhost",
+                                                                          "#/servers/localhostTls"]
+
+
 @pytest.mark.parametrize("fmt", ["jsonschema", "asyncapi"])
 def test_the_schema_command_prints_the_rtvi_contract(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema", "--dialect", "rtvi", "--format", fmt]) == 0

@@ -202,7 +202,7 @@ A refused handshake gets HTTP 403 with a one-line reason.
 def asyncapi_document() -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document of the ``/ws`` channel, self-contained (every ``$ref`` is local).
 
-    Server ``localhost:8001`` (protocol ``ws``), channel ``ws`` at address ``/ws`` (the optional
+    Servers ``localhost:8001`` (protocol ``ws``; ``wss`` with TLS on), channel ``ws`` at address ``/ws`` (the optional
     ``session_id`` query parameter is in the channel's description and its WebSocket binding), one
     ``send`` operation per server message and one ``receive`` operation per client message. Payloads are
     :func:`component_schemas`; every message carries an example.
@@ -250,13 +250,20 @@ def asyncapi_document() -> dict[str, Any]:
                 "description": "`pipesim serve`, the mock backend (the production orchestrator listens on the "
                                "same port and path). Its dashboard is served at `http://localhost:8001/`.",
             },
+            "localhostTls": {
+                "host": "localhost:8001",
+                "protocol": "wss",
+                "description": "`pipesim serve --tls-self-signed` (or `--tls-cert FILE --tls-key FILE`): the "
+                               "same protocol over TLS, the dashboard at `https://localhost:8001/`; the "
+                               "certificate authority to trust is printed at start.",
+            },
         },
         "channels": {
             "ws": {
                 "address": "/ws",
                 "title": "Pipeline state",
                 "description": _CHANNEL_DESCRIPTION,
-                "servers": [{"$ref": "#/servers/localhost"}],
+                "servers": [{"$ref": "#/servers/localhost"}, {"$ref": "#/servers/localhostTls"}],
                 "messages": {msg_id: {"$ref": f"#/components/messages/{msg_id}"} for msg_id in messages},
                 "bindings": {
                     "ws": {

@@ -22,6 +22,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from pipesim.live import LiveClient, ReplayServer
+from pipesim.live.rtvi_codec import encode_audio
 from pipesim.live.stubs import matches
 
 scenario = functools.partial(talking_scenario, name="stubs-test")
@@ -270,6 +271,29 @@ def test_journal_count_and_find_answer_did_the_page_send_exactly_one_pause_for_s
                                 ({"message": [1]}, "body.message"), ({"kind": "x"}, "body.kind"),
                                 ({"limit": 2}, "body.limit")):
                 assert error_of(await http.post("/journal/count", json=body), 422, "bad_request").startswith(where)
+
+    run(main())
+
+
+def test_journal_counts_what_an_rtvi_page_sent_about_its_session_but_not_its_microphone() -> None:
+    async def main() -> None:
+        async with admin_server(rtvi_scenario(), speed=10) as (server, http), connect(rtvi_url(server)) as ws:
+            await send(ws, "client-ready", {}, "r1")
+            await receive(ws, until="bot-ready")
+            for _ in range(5):  # microphone audio: fifty frames a second, not journaled
+                await ws.send(encode_audio(b"\x00\x00" * 320, 16000, 1))
+            await send(ws, "send-text", {"content": "hello"}, "t1")
+            await send(ws, "no-such-type", {}, "x1")
+            await receive(ws, until="error-response")
+
+            async def count(**pattern: Any) -> int:
+                return (await ok(await http.post("/journal/count", json=pattern)))["count"]
+
+            assert await count(direction="in", connection="r1") == 3
+            assert await count(direction="in", session_id="rtvi-1", type="send-text",
+                               message={"data": {"content": "hello"}}, result="applied") == 1
+            assert await count(direction="in", type="no-such-type", result={"error": {"code": "error-response"}}) == 1
+            assert await count(direction="in", type="client-ready", session_id=None) == 1  # before it had one
 
     run(main())
 

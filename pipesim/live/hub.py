@@ -223,10 +223,12 @@ class Hub:
 
     async def serve(self, client: Client, on_frame: Callable[[bytes], None], on_bug: Callable[[Exception], None],
                     *, first: Iterable[str] = (), on_attach: Callable[[], None] = lambda: None,
-                    journal_view: Callable[[bytes], dict[str, Any]] | None = None) -> None:
+                    journal_view: Callable[[bytes], dict[str, Any] | None] | None = None,
+                    session_of: Callable[[], str | None] = lambda: None) -> None:
         """Run one connection of any dialect until it closes: :meth:`attach` it (``first`` queued, then
         ``on_attach()``), hand each inbound frame to ``on_frame``, :meth:`detach` it. With ``journal_view``
-        (and a journal), each frame is journaled first, as ``journal_view(frame)``, and the ``error`` it causes
+        (and a journal), each frame is journaled first, as ``journal_view(frame)`` (None: not journaled, e.g.
+        audio), about ``session_of()`` (None: the session the message names), and the ``error`` it causes
         becomes its result. An exception from ``on_frame`` is a pipesim bug: logged, told to the client by
         ``on_bug(exc)``, and the connection and the server carry on."""
         self.attach(client, first)
@@ -235,7 +237,9 @@ class Hub:
             while True:
                 raw = await client.ws.recv(decode=False)
                 if journal_view is not None and self.journal is not None:
-                    client.inbound = self.journal.inbound(client.id, journal_view(raw), self.journal_t())
+                    view = journal_view(raw)
+                    if view is not None:
+                        client.inbound = self.journal.inbound(client.id, view, self.journal_t(), session_of())
                 try:
                     on_frame(raw)
                 except Exception as exc:  # a pipesim bug: say so, keep the connection and the server

@@ -51,9 +51,11 @@ class Journal:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def inbound(self, connection: str, message: dict[str, Any], t: float) -> dict[str, Any]:
-        """Record a client's frame; returns the entry, whose ``result`` the caller sets once handled."""
-        return self._add("in", connection, message, t, result=None)
+    def inbound(self, connection: str, message: dict[str, Any], t: float,
+                session_id: str | None = None) -> dict[str, Any]:
+        """Record a client's frame (about ``session_id``, else the message's own); returns the entry, whose
+        ``result`` the caller sets once handled."""
+        return self._add("in", connection, message, t, result=None, session_id=session_id)
 
     def outbound(self, connection: str | None, message: dict[str, Any], t: float) -> dict[str, Any]:
         """Record a message sent to one connection, or broadcast (``connection`` None)."""
@@ -67,8 +69,8 @@ class Journal:
                               "text": text, "result": None})
 
     def _add(self, direction: str, connection: str | None, message: dict[str, Any], t: float,
-             result: Any) -> dict[str, Any]:
-        session_id, type_name = message.get("session_id"), message.get("type")
+             result: Any, session_id: str | None = None) -> dict[str, Any]:
+        session_id, type_name = session_id or message.get("session_id"), message.get("type")
         self.last_id = next(self._ids)
         entry = {"id": self.last_id, "wall_time": time.time(), "t": t, "direction": direction,
                  "connection": connection,

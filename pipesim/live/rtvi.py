@@ -42,6 +42,7 @@ the session's own stream ``streams.generator(session_id, "rtvi-audio", turn)``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,7 +58,7 @@ from pipesim.live.bot_audio import BotVoice
 from pipesim.live.connection import CLOSE_NORMAL, RTVI_PATH, Client
 from pipesim.live.hub import Hub
 from pipesim.live.rtvi_audio import BotAudio, Speech
-from pipesim.live.rtvi_codec import Decoded, decode_frame, encode_message
+from pipesim.live.rtvi_codec import Decoded, decode_frame, encode_message, journal_view
 from pipesim.live.source import LiveModel
 from pipesim.live.vad import Detector
 from pipesim.model import Simulation
@@ -211,6 +212,7 @@ class RtviDialect:
         #: its socket, until its session is forgotten).
         self.connections: dict[str, RtviConnection] = {}
         self._next = 1
+        self._connections = itertools.count(1)  # journal ids: r1, r2, ... (/ws's are c1, c2, ...)
         self.sim: Simulation = model.sim
         self._follow(model.sim)
         model.on_reset(self._on_reset)
@@ -242,12 +244,13 @@ class RtviDialect:
     # The socket ----------------------------------------------------------------------------------------
     async def serve(self, ws: ServerConnection) -> None:
         """Run one RTVI socket until it closes; its session (if any) is stopped then."""
-        client = _RtviClient(ws, watch_all=False, watched=set())
+        client = _RtviClient(ws, watch_all=False, watched=set(), id=f"r{next(self._connections)}")
         conn = RtviConnection(client)
         log.info("RTVI client %s connected", client.name)
         try:  # attached to the hub, so that shutdown and the ``disconnect`` fault reach it
             await self.hub.serve(client, lambda raw: self._on_frame(conn, raw),
-                                 lambda exc: self._error(conn, None, f"internal error: {exc}"))
+                                 lambda exc: self._error(conn, None, f"internal error: {exc}"),
+                                 journal_view=journal_view, session_of=lambda: conn.session_id)
         finally:
             if self.audio is not None:
                 self.audio.stop(conn)
@@ -266,10 +269,10 @@ class RtviDialect:
 
     def _error(self, conn: RtviConnection, id_: str | None, text: str) -> None:
         conn.errors += 1
-        if id_ is None:
-            self._send(conn, "error", {"error": text, "fatal": False})
-        else:
-            self._send(conn, "error-response", {"error": text}, id_)
+        type_ = "error-response" if id_ else "error"
+        if conn.client is not None and conn.client.inbound is not None:  # the journaled frame's result
+            conn.client.inbound["result"] = {"error": {"code": type_, "message": text}}
+        self._send(conn, type_, {"error": text} if id_ else {"error": text, "fatal": False}, id_)
 
     def _on_frame(self, conn: RtviConnection, raw: bytes) -> None:
         if len(raw) > MAX_MESSAGE_BYTES:
@@ -493,3 +496,4 @@ class RtviDialect:
         picked = [words[i] for i in conn.words.integers(0, len(words), n)]
         picked[0] = picked[0].capitalize()
         return " ".join(picked) + "."
+

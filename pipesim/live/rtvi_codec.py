@@ -191,3 +191,19 @@ def decode_frame(data: bytes) -> Decoded:
     if not isinstance(message, dict):
         raise ProtocolError(f"pipecat.Frame: message.data is JSON {type(message).__name__}, not an object")
     return Decoded("message", message=message)
+
+
+def journal_view(raw: bytes) -> dict[str, Any] | None:
+    """An inbound frame as the admin API's journal shows it: the message's envelope; None for microphone audio
+    (fifty frames a second: not journaled); a frame that cannot be read, as ``{"raw": ...}`` (cut).
+
+    >>> journal_view(encode_message({"label": "rtvi-ai", "type": "client-ready"}))
+    {'label': 'rtvi-ai', 'type': 'client-ready'}
+    >>> journal_view(encode_audio(b"\\x00\\x00", 16000, 1)) is None
+    True
+    """
+    try:
+        frame = decode_frame(raw)
+    except ProtocolError:
+        return {"raw": raw[:200].decode("utf-8", "replace")}
+    return None if frame.kind == "audio" else frame.message or {"kind": frame.kind}

@@ -37,8 +37,10 @@ demo: $(RUN_STAMP)
 
 ## make test: the whole test suite (unit, model, notebooks, live server, browser end-to-end) in parallel
 ## workers and, meanwhile, the built wheel installed into a clean venv (its output follows pytest's).
-## Whatever the tests install is installed here, once, before the workers start.
-test: $(DEV_STAMP) browser npm-packages
+## Whatever the tests install is installed here, once, before the workers start: the Python packages, the
+## browser and the npm packages side by side (on a fresh machine each mostly waits on the network).
+test:
+	@$(MAKE) --no-print-directory -j4 $(DEV_STAMP) browser npm-packages
 	@bash scripts/wheel-check.sh $(BIN)/python >$(VENV)/wheel-check.log 2>&1 & wheel=$$!; \
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile; tests=$$?; \
 	wait $$wheel; checked=$$?; cat $(VENV)/wheel-check.log; \

@@ -86,9 +86,9 @@ def test_the_bot_speaks_while_its_tts_plays_in_the_transports_format_paced_in_re
     (stretch,) = spoken(events)
     started = next(e["t"] for e in events if e["type"] == "bot-started-speaking")
     stopped = next(e["t"] for e in events if e["type"] == "bot-stopped-speaking")
-    # 120 ms of 24 kHz mono 16-bit PCM a frame, what the transport's player plays.
+    # 40 ms of 24 kHz mono 16-bit PCM a frame, what the transport's player plays.
     assert {(e["bytes"], e["rate"], e["channels"]) for e in stretch} == {(FRAME_SAMPLES * 2, SAMPLE_RATE, NUM_CHANNELS)}
-    assert FRAME_SAMPLES / SAMPLE_RATE == FRAME_S == 0.12
+    assert FRAME_SAMPLES / SAMPLE_RATE == FRAME_S == 0.04  # a Pipecat bot's 4 x 10 ms
     # As much audio as the bot spoke on the wall clock (at 10x: each frame fast-forwards 1.2 s of speech; the
     # margins are for this client's own delays in reading on a loaded machine) ...
     wall = stopped - started

@@ -216,7 +216,7 @@ def test_the_real_client_plays_the_bots_audio_and_its_remote_level_follows_the_b
     # Every frame the bot sent reached the transport's player, whole (it may be speaking a third time now).
     assert 0 < audio["frames"] <= sent and audio["samples"] == audio["frames"] * FRAME_SAMPLES
     # onRemoteAudioLevel: above zero while the bot speaks, near zero in between: once what was sent ahead
-    # (at most the lead and a frame, 0.22 s) has played and has left the player's analyser (its FFT spans
+    # (at most the lead and a frame, 0.14 s) has played and has left the player's analyser (its FFT spans
     # 8,192 samples: 0.34 s), 0.8 s after bot-stopped-speaking.
     starts = [e["t"] for e in events if e["name"] == "onBotStartedSpeaking"]
     stops = [e["t"] for e in events if e["name"] == "onBotStoppedSpeaking"]

@@ -11,7 +11,7 @@ plan repeats.
 
 Format: :data:`SAMPLE_RATE` Hz, mono, little-endian int16, as a Pipecat bot sends it through its WebSocket
 transport at the rate ``@pipecat-ai/websocket-transport`` plays (its ``PLAYER_SAMPLE_RATE``, and
-``WavMediaManager``'s), in frames of :data:`FRAME_SAMPLES` samples (120 ms).
+``WavMediaManager``'s), in frames of :data:`FRAME_SAMPLES` samples (40 ms).
 
 Cheap by construction: the buzz and the noise are precomputed (every pitch's period divides a frame, so
 the buzz is the same array each frame), and frames are made eight at a time: one envelope on a coarse
@@ -41,19 +41,16 @@ __all__ = ["FRAME_S", "FRAME_SAMPLES", "NUM_CHANNELS", "SAMPLE_RATE", "BotVoice"
 #: What ``@pipecat-ai/websocket-transport`` plays (it reads only the samples: the rate is its own, 24 kHz).
 SAMPLE_RATE = 24_000
 NUM_CHANNELS = 1
-#: 120 ms a frame. The transport plays frames of any length (it queues their samples); a Pipecat bot sends
-#: ``audio_out_10ms_chunks`` x 10 ms, 4 by default. A third as many frames as that is what keeps a speaking
-#: session within twice the CPU of a silent one: a frame costs a send through the hub's writer, whatever its
-#: length (``docs/performance.md``, "Bot audio").
-FRAME_SAMPLES = SAMPLE_RATE * 120 // 1000
+#: 40 ms a frame, as a Pipecat bot sends them (``audio_out_10ms_chunks`` x 10 ms, 4 by default).
+FRAME_SAMPLES = SAMPLE_RATE * 40 // 1000
 FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
 #: Pitches (Hz) whose period (240, 192, 160, 120 samples) divides a frame: a frame of buzz is whole periods.
 _PITCHES = (100, 125, 150, 200)
 #: The envelope's peak for the loudest syllable, full scale 1 (-6 dBFS; others from 0.6 times that).
 _PEAK = 0.5
 _NOISE = 0.08  # the breath under the buzz, relative to it
-_BLOCK = 8  # frames made at once (cheaper than one by one); the noise repeats after as many
-_GRID = 24  # envelope points per frame (linear in between): a point every 5 ms of audio
+_BLOCK = 24  # frames made at once (cheaper than one by one); the noise repeats after as many
+_GRID = 8  # envelope points per frame (linear in between): a point every 5 ms of audio
 _VOWELS = re.compile(r"[aeiouy]+", re.IGNORECASE)
 
 

@@ -33,6 +33,10 @@ from pipesim.protocol import dumps
 log = logging.getLogger("pipesim.live")
 
 
+class Binary(bytes):
+    """A binary frame among the text frames (their UTF-8) waiting for :meth:`Hub.flush`."""
+
+
 class Hub:
     """The connections and the outbound path (see the module's docstring).
 
@@ -64,7 +68,7 @@ class Hub:
         self._watch_all: set[Client] = set()
         self._watchers: dict[str, set[Client]] = {}
         # Messages on their way straight to a socket, written at the end of the current step (flush).
-        self._pending: dict[Client, list[bytes]] = {}
+        self._pending: dict[Client, list[bytes]] = {}  # text frames' UTF-8, and Binary frames
         self._flush_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -145,13 +149,29 @@ class Hub:
                 continue  # as a send would: nothing more reaches a closing connection
             try:
                 for frame in frames:
-                    ws.protocol.send_text(frame)
+                    if type(frame) is Binary:
+                        ws.protocol.send_binary(frame)
+                    else:
+                        ws.protocol.send_text(frame)
                 # The frames, compressed for this connection, in one write (one system call).
                 ws.transport.writelines(ws.protocol.data_to_send())
             except Exception as exc:  # a broken connection: its handler sees it close
                 log.debug("writing to %s failed: %s", client.name, exc)
 
     # One client --------------------------------------------------------------------------------------
+    def push(self, client: Client, frame: bytes) -> None:
+        """Send one binary frame to one client as :meth:`publish` sends a message: straight to its socket with
+        this step's other writes while it keeps up, else through its queue (the slow-client rule). For frames
+        many a second per client (the bot's audio), where a writer task woken per frame is what costs."""
+        if client.closing:
+            return
+        if client in self._pending or self._writable(client):
+            self._pending.setdefault(client, []).append(Binary(frame))
+            if self._flush_handle is None and self._loop is not None:
+                self._flush_handle = self._loop.call_soon(self.flush)
+        else:
+            self.offer(client, frame)
+
     def send(self, client: Client, message: dict[str, Any] | BaseModel) -> None:
         """Send one message to one client (journaled; an ``error`` also becomes its inbound's result)."""
         if self.journal is not None:

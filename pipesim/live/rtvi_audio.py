@@ -13,8 +13,9 @@ loop, the admin API's ``advance``) is skipped, never sent in a burst.
 
 Cutting: :meth:`BotAudio.stop` (the RTVI dialect calls it with ``bot-stopped-speaking``: playback done, a
 barge-in, a failed turn, a paused or stopped session) sends nothing more, at once. Frames go through
-:meth:`Hub.offer <pipesim.live.hub.Hub.offer>`, the same queue as the messages, in order with them and
-under the same slow-client rule (``client_queue`` frames behind: closed with 1013).
+:meth:`Hub.push <pipesim.live.hub.Hub.push>`: written with the step's other writes while the client keeps
+up, else into the same queue as the messages, in order with them and under the same slow-client rule
+(``client_queue`` frames behind: closed with 1013).
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class BotAudio:
         speech.next = max(speech.next, math.floor((now - speech.began) / span) - 1)
         while speech.began + speech.next * span < now + LEAD_S * speed:
             pcm = speech.voice.frame(speech.next, span)
-            self.hub.offer(client, encode_audio(pcm, SAMPLE_RATE, NUM_CHANNELS))
+            self.hub.push(client, encode_audio(pcm, SAMPLE_RATE, NUM_CHANNELS))
             if client.closing:  # too slow: the hub is closing it
                 self.stop(conn)
                 return

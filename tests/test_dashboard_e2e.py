@@ -64,16 +64,22 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-@pytest.fixture
-def page(browser: Any, server: Any) -> Iterator[Any]:
-    """The dashboard, connected; fails the test on any JavaScript error or console error."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    pg = context.new_page()
+def _problems_of(pg: Any) -> list[str]:
+    """The page's JavaScript and console errors, collected as they come (the page's default timeout set)."""
     problems: list[str] = []
     pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     pg.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
           if msg.type == "error" else None)
     pg.set_default_timeout(TIMEOUT_MS)
+    return problems
+
+
+@pytest.fixture
+def page(browser: Any, server: Any) -> Iterator[Any]:
+    """The dashboard, connected; fails the test on any JavaScript error or console error."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    pg = context.new_page()
+    problems = _problems_of(pg)
     pg.goto(f"http://127.0.0.1:{server.port}/")
     # Colours are checked as computed: no easing in between.
     pg.add_style_tag(content="* { transition: none !important; }")
@@ -329,11 +335,7 @@ def test_the_dashboard_over_https_and_wss_with_the_ca_trusted(browser: Any, tls_
                                                args=[*CHROMIUM_ARGS, *chromium_trusting(tls_files)])
         try:
             pg = chromium.new_page()
-            problems: list[str] = []
-            pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-            pg.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
-                  if msg.type == "error" else None)
-            pg.set_default_timeout(TIMEOUT_MS)
+            problems = _problems_of(pg)
             pg.goto(bg.http_url)
             expect(pg.locator("#connection")).to_have_attribute("data-state", "open")
             assert pg.evaluate("() => location.protocol") == "https:"
